@@ -1,0 +1,250 @@
+//! `init`: connecting this process to a cluster, or starting a local one in-process.
+
+use super::{context, Error, Result};
+use crate::binaries::hash_file;
+use crate::core_worker::{Connection, CoreWorker};
+use crate::launch::{launch_head, resolve, LaunchOptions, Launched};
+use crate::protocol::{Hello, PeerRole, Welcome};
+use crate::resources::{ResourceSet, CPU};
+use crate::session::{read_cluster_record, temp_root, Session};
+use crate::transfer::upload_binary;
+use crate::transport::tls::{new_token, ClusterTls};
+use crate::transport::{connect, make_endpoint, open_control};
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// How `init` connects.
+#[derive(Debug, Clone)]
+pub struct Config {
+    address: Option<String>,
+    token: Option<String>,
+    num_cpus: Option<f64>,
+    resources: ResourceSet,
+    node_timeout: Duration,
+}
+
+impl Default for Config {
+    /// Local mode unless `RAYISH_ADDRESS` is set; token from `RAYISH_TOKEN`.
+    fn default() -> Self {
+        Self {
+            address: std::env::var("RAYISH_ADDRESS")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            token: std::env::var("RAYISH_TOKEN").ok().filter(|s| !s.is_empty()),
+            num_cpus: None,
+            resources: ResourceSet::new(),
+            node_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// The default configuration (see [`Config::default`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connect to the head at `address` (`HOST:PORT`, or `auto` for the cluster
+    /// started on this machine). `None` starts a local cluster in this process.
+    pub fn address(mut self, address: Option<String>) -> Self {
+        self.address = address;
+        self
+    }
+
+    /// The cluster token (otherwise `RAYISH_TOKEN`, or the local cluster record).
+    pub fn token(mut self, token: Option<String>) -> Self {
+        if token.is_some() {
+            self.token = token;
+        }
+        self
+    }
+
+    /// Local mode: CPUs to offer (default: all of this machine's).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = Some(n);
+        self
+    }
+
+    /// Local mode: a custom resource to offer.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.set(name, amount);
+        self
+    }
+}
+
+struct Runtime {
+    rt: tokio::runtime::Runtime,
+    local: Option<Launched>,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static INIT: Mutex<()> = Mutex::new(());
+
+/// Connects this process to a cluster, or starts a local one (head and node in this
+/// process, workers as child processes) when no address is given.
+///
+/// Call it first thing in `main`: worker processes run the same binary, and in them
+/// `init` serves tasks and never returns. Later calls do nothing.
+pub fn init(config: Config) -> Result<()> {
+    if std::env::var_os("RAYISH_WORKER_FD").is_some() {
+        crate::worker::run_worker();
+    }
+    if let Ok(filter) = std::env::var("RAYISH_LOG") {
+        // Drivers log to stderr only when asked; nodes always log to their session.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let _guard = INIT
+        .lock()
+        .map_err(|_| Error::Init("a previous init panicked".into()))?;
+    if context::try_current().is_some() {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rayish-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Init(format!("tokio runtime: {e}")))?;
+    let handle = rt.handle().clone();
+    let root = temp_root();
+
+    let (address, token, local) = match config.address.as_deref() {
+        None | Some("") | Some("local") => {
+            let session = Session::create(&root).map_err(|e| {
+                Error::Init(format!("session directory under {}: {e}", root.display()))
+            })?;
+            let cpus = config.num_cpus.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1) as f64
+            });
+            let mut resources = config.resources.clone();
+            resources.set(CPU, cpus);
+            let opts = LaunchOptions {
+                ip: [127, 0, 0, 1].into(),
+                port: 0,
+                resources,
+                token: new_token(),
+                root: root.clone(),
+                log_dir: session.logs(),
+                node_timeout: config.node_timeout,
+            };
+            let launched = handle
+                .block_on(launch_head(&opts))
+                .map_err(|e| Error::Init(e.to_string()))?;
+            (launched.address, opts.token, Some(launched))
+        }
+        Some(addr) => {
+            let record = read_cluster_record(&root);
+            let addr = if addr == "auto" {
+                record.as_ref().map(|r| r.address.clone()).ok_or_else(|| {
+                    Error::Init(format!("address \"auto\": no cluster was started on this machine ({} has no record)", root.display()))
+                })?
+            } else {
+                addr.to_string()
+            };
+            let sock: SocketAddr = resolve(&addr).map_err(Error::Init)?;
+            let token = config
+                .token
+                .clone()
+                .or_else(|| {
+                    record
+                        .filter(|r| resolve(&r.address).ok() == Some(sock))
+                        .map(|r| r.token)
+                })
+                .ok_or_else(|| {
+                    Error::Init(format!(
+                        "no token for the cluster at {addr}: pass it (--token) or set RAYISH_TOKEN"
+                    ))
+                })?;
+            (sock, token, None)
+        }
+    };
+
+    let endpoint = match &local {
+        Some(l) => l.endpoint.clone(),
+        None => {
+            let tls = ClusterTls::from_token(&token).map_err(|e| Error::Init(e.to_string()))?;
+            let _enter = handle.enter();
+            let bind: SocketAddr = if address.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .map_err(|_| Error::Init("bind address".into()))?;
+            make_endpoint(bind, &tls, config.node_timeout)
+                .map_err(|e| Error::Init(e.to_string()))?
+        }
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Init(format!("cannot find this program's executable: {e}")))?;
+    let binary = hash_file(&exe).map_err(|e| Error::Init(e.to_string()))?;
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+
+    let conn = handle.block_on(async {
+        let head_conn = connect(&endpoint, address, Duration::from_secs(10))
+            .await
+            .map_err(|e| Error::Init(e.to_string()))?;
+        let hello = Hello {
+            role: PeerRole::Driver {
+                binary: binary.clone(),
+                name,
+            },
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let control = open_control(&head_conn, hello)
+            .await
+            .map_err(|e| Error::Init(e.to_string()))?;
+        let Welcome::Accepted {
+            peer,
+            job: Some(job),
+            upload_binary: upload,
+            head_node,
+        } = control.welcome
+        else {
+            return Err(Error::Init(
+                "the head did not create a job for this driver".into(),
+            ));
+        };
+        if upload {
+            upload_binary(&head_conn, &binary, &exe)
+                .await
+                .map_err(|e| Error::Init(format!("uploading this program to the head: {e}")))?;
+        }
+        Ok(Connection {
+            endpoint: endpoint.clone(),
+            head_conn,
+            head: control.sender,
+            reader: control.reader,
+            peer,
+            job,
+            head_node,
+        })
+    })?;
+    let cw = CoreWorker::start(handle, conn, None);
+    context::install(cw);
+    let _ = RUNTIME.set(Runtime { rt, local });
+    Ok(())
+}
+
+/// Disconnects from the cluster; in local mode, stops its workers. Later API calls fail.
+pub fn shutdown() {
+    if let Some(rt) = RUNTIME.get() {
+        if let Some(local) = &rt.local {
+            local.node.kill_workers();
+            local.endpoint.close(0u32.into(), b"shutdown");
+        }
+        if let Some(cw) = context::try_current() {
+            cw.disconnect();
+        }
+        let _ = &rt.rt;
+    }
+}

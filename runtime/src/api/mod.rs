@@ -1,0 +1,296 @@
+//! The user API: `init`, remote calls, `put`, `get`, `wait`.
+//!
+//! This is the top of the data path: it turns Rust values into encoded arguments and
+//! task specs, hands them to the core worker, and turns encoded results back into
+//! values. Everything below it works on bytes and ids.
+
+pub(crate) mod context;
+mod object_ref;
+
+pub use object_ref::{Arg, ObjectRef};
+
+use crate::core_worker::{collect_nested, GetError};
+use crate::ids::{ObjectId, TaskId};
+use crate::protocol::{decode_value, encode_value, TaskArg, TaskError, TaskSpec};
+use crate::resources::{ResourceSet, CPU, GPU};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Errors of the user API.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    /// The task failed (panic, error, worker death) or its object was lost.
+    #[error(transparent)]
+    Task(TaskError),
+    /// `get` or `wait` ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The cluster is down or unreachable.
+    #[error("the cluster is unreachable: {0}")]
+    ClusterDown(String),
+    /// The object could not be fetched from any holder.
+    #[error("{0}")]
+    Unavailable(String),
+    /// `init` failed.
+    #[error("rayish::init failed: {0}")]
+    Init(String),
+    /// A value could not be encoded or decoded as the expected type.
+    #[error("value encoding: {0}")]
+    Codec(String),
+}
+
+impl From<GetError> for Error {
+    fn from(e: GetError) -> Self {
+        match e {
+            GetError::Task(t) => Error::Task(t),
+            GetError::Timeout(d) => Error::Timeout(d),
+            GetError::ClusterDown(r) => Error::ClusterDown(r),
+            e @ GetError::Unavailable { .. } => Error::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Results of the user API.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+mod init;
+pub use init::{init, shutdown, Config};
+
+/// The node this code runs on: `Some(id)` inside a task, `None` in a driver (Ray's
+/// `get_runtime_context().get_node_id()`).
+pub fn current_node_id() -> Option<String> {
+    std::env::var("RAYISH_NODE_ID")
+        .ok()
+        .and_then(|v| v.parse::<u128>().ok())
+        .map(|n| crate::ids::NodeId(n).to_string())
+}
+
+/// Options of one remote call (Ray's `.options(...)`).
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    resources: ResourceSet,
+    max_retries: u32,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self {
+            resources: ResourceSet::new().with(CPU, 1.0),
+            max_retries: 3,
+        }
+    }
+}
+
+impl TaskOptions {
+    /// Default options: 1 CPU, 3 retries (as Ray).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// CPUs the task holds while it runs (may be fractional or zero).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.resources.set(CPU, n);
+        self
+    }
+
+    /// GPUs the task holds while it runs.
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.resources.set(GPU, n);
+        self
+    }
+
+    /// A custom resource the task holds while it runs.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.set(name, amount);
+        self
+    }
+
+    /// How many times the task is re-run if its worker or node dies (default 3).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+}
+
+/// Encodes `value`, returning its bytes and the references it contains.
+fn encode_with_refs<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<ObjectId>)> {
+    let (bytes, nested) = collect_nested(|| encode_value(value));
+    Ok((bytes.map_err(Error::Codec)?, nested))
+}
+
+/// Stores `value` in the cluster and returns a reference to it.
+pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
+    let cw = context::current()?;
+    let (bytes, nested) = encode_with_refs(value)?;
+    let id = ObjectId::random();
+    cw.nest(id, nested);
+    cw.put(id, bytes)?;
+    Ok(ObjectRef::created(id))
+}
+
+/// Waits for the object and returns its value.
+pub fn get<T: DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
+    get_with_timeout(r, None)
+}
+
+/// Like [`get`], giving up after `timeout` with [`Error::Timeout`].
+pub fn get_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Duration) -> Result<T> {
+    get_with_timeout(r, Some(timeout))
+}
+
+fn get_with_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
+    let cw = context::current()?;
+    let bytes = cw.get(r.id(), timeout)?;
+    decode_value(&bytes).map_err(Error::Codec)
+}
+
+/// Gets every object, in order; the first error ends it.
+pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    // Subscribe to all first so that readiness of the later ones overlaps the wait.
+    let cw = context::current()?;
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    cw.wait(&ids, 0, Some(Duration::ZERO))?;
+    refs.iter().map(get).collect()
+}
+
+/// Waits until `num_returns` of `refs` are ready or `timeout` passes (forever if
+/// `None`); returns `(ready, not_ready)`, each in the order given (Ray's `ray.wait`).
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    let cw = context::current()?;
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    let flags = cw.wait(&ids, num_returns, timeout)?;
+    let mut ready = Vec::new();
+    let mut not_ready = Vec::new();
+    for (r, is_ready) in refs.iter().zip(flags) {
+        if is_ready && ready.len() < num_returns {
+            ready.push(r.clone());
+        } else {
+            not_ready.push(r.clone());
+        }
+    }
+    Ok((ready, not_ready))
+}
+
+/// The machinery `#[remote]` expands to. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+    pub use crate::registry::{Encoded, InvokeError, RemoteFunction};
+    pub use inventory;
+
+    /// An argument, encoded for a task spec.
+    pub struct EncodedArg {
+        arg: TaskArg,
+        nested: Vec<ObjectId>,
+        // Keeps a reference argument alive until the task is submitted.
+        _keep: Option<Box<dyn std::any::Any>>,
+    }
+
+    /// Encodes one argument of a remote call.
+    pub fn encode_arg<T: Serialize + 'static>(arg: Arg<T>) -> Result<EncodedArg> {
+        match arg {
+            Arg::Value(v) => {
+                let (bytes, nested) = encode_with_refs(&v)?;
+                Ok(EncodedArg {
+                    arg: TaskArg::Value(bytes),
+                    nested,
+                    _keep: Some(Box::new(v)),
+                })
+            }
+            Arg::Ref(r) => Ok(EncodedArg {
+                arg: TaskArg::Ref(r.id()),
+                nested: Vec::new(),
+                _keep: Some(Box::new(r)),
+            }),
+        }
+    }
+
+    /// Submits a call of the remote function `name`.
+    pub fn submit<R>(
+        name: &str,
+        args: Vec<Result<EncodedArg>>,
+        options: TaskOptions,
+    ) -> ObjectRef<R> {
+        let return_id = ObjectId::random();
+        let result = (|| -> Result<()> {
+            let cw = context::current()?;
+            let mut task_args = Vec::with_capacity(args.len());
+            let mut nested_refs = Vec::new();
+            let mut keep = Vec::new();
+            for a in args {
+                let a = a?;
+                task_args.push(a.arg);
+                nested_refs.extend(a.nested);
+                keep.push(a._keep);
+            }
+            let spec = TaskSpec {
+                task_id: TaskId::random(),
+                job: cw.job(),
+                function: name.to_string(),
+                args: task_args,
+                nested_refs,
+                return_id,
+                resources: options.resources,
+                max_retries: options.max_retries,
+            };
+            cw.submit(spec);
+            // The argument handles may drop now: the head pinned them on submission.
+            drop(keep);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => ObjectRef::created(return_id),
+            Err(e) => {
+                // Like Ray, a call that cannot be submitted fails on `get`.
+                let err = TaskError::Codec {
+                    function: name.to_string(),
+                    message: e.to_string(),
+                };
+                match context::try_current() {
+                    Some(cw) => {
+                        cw.fail_locally(return_id, err);
+                        ObjectRef::created(return_id)
+                    }
+                    None => panic!("rayish: cannot submit {name}: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Checks the number of arguments a worker received.
+    pub fn check_arity(args: &[Vec<u8>], n: usize) -> Result<(), InvokeError> {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(InvokeError::Codec(format!(
+                "expected {n} arguments, got {}",
+                args.len()
+            )))
+        }
+    }
+
+    /// Decodes one argument in a worker.
+    pub fn decode_arg<T: DeserializeOwned>(bytes: &[u8], name: &str) -> Result<T, InvokeError> {
+        decode_value(bytes).map_err(|e| InvokeError::Codec(format!("argument {name}: {e}")))
+    }
+
+    /// Encodes a task's return value in a worker.
+    pub fn encode_return<T: Serialize>(value: &T) -> Result<Encoded, InvokeError> {
+        let (bytes, nested) = collect_nested(|| encode_value(value));
+        Ok(Encoded {
+            bytes: bytes.map_err(|e| InvokeError::Codec(format!("return value: {e}")))?,
+            nested,
+        })
+    }
+
+    /// Turns a task's error return into a task failure.
+    pub fn fail<E: std::fmt::Display>(e: E) -> InvokeError {
+        InvokeError::Failed(format!("{e:#}"))
+    }
+}

@@ -1,0 +1,132 @@
+//! `rayish status`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rayish::launch::resolve;
+use rayish::protocol::{ClusterStatus, FromHead, Hello, PeerRole, ToHead};
+use rayish::resources::ResourceSet;
+use rayish::session::{read_cluster_record, temp_root};
+use rayish::transport::tls::ClusterTls;
+use rayish::transport::{connect, make_endpoint, open_control};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Arguments of `rayish status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The head, HOST:PORT (default: the cluster started on this machine).
+    #[arg(long)]
+    address: Option<String>,
+    /// The cluster token (default: the one recorded on this machine).
+    #[arg(long, env = "RAYISH_TOKEN")]
+    token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Root for sessions (default /tmp/rayish or $RAYISH_TEMP_DIR).
+    #[arg(long)]
+    temp_dir: Option<PathBuf>,
+}
+
+/// Runs `rayish status`.
+pub fn run(args: StatusArgs) -> Result<()> {
+    let root = args.temp_dir.clone().unwrap_or_else(temp_root);
+    let record = read_cluster_record(&root);
+    let address = match args
+        .address
+        .clone()
+        .or_else(|| record.as_ref().map(|r| r.address.clone()))
+    {
+        Some(a) => a,
+        None => bail!("no cluster found on this machine; pass --address HOST:PORT"),
+    };
+    let head = resolve(&address).map_err(anyhow::Error::msg)?;
+    let token = args
+        .token
+        .clone()
+        .or_else(|| {
+            record
+                .filter(|r| resolve(&r.address).ok() == Some(head))
+                .map(|r| r.token)
+        })
+        .context("no token: pass --token or set RAYISH_TOKEN")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = rt.block_on(async {
+        let tls = ClusterTls::from_token(&token)?;
+        let endpoint = make_endpoint("0.0.0.0:0".parse()?, &tls, Duration::from_secs(10))?;
+        let conn = connect(&endpoint, head, Duration::from_secs(5)).await?;
+        let hello = Hello {
+            role: PeerRole::Client,
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let mut control = open_control(&conn, hello).await?;
+        control.sender.send(ToHead::StatusRequest);
+        loop {
+            match control.reader.next().await? {
+                Some(FromHead::Status(s)) => return Ok::<_, anyhow::Error>(*s),
+                Some(_) => continue,
+                None => bail!("the head closed the connection"),
+            }
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&address, &status));
+    }
+    Ok(())
+}
+
+fn render(address: &str, s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let line = "-".repeat(60);
+    out += &format!("======== rayish cluster status (head {address}) ========\n");
+    out += &format!("Node status\n{line}\n");
+    let alive: Vec<_> = s.nodes.iter().filter(|n| n.alive).collect();
+    let dead: Vec<_> = s.nodes.iter().filter(|n| !n.alive).collect();
+    out += "Active:\n";
+    for n in &alive {
+        out += &format!(
+            " {} {} ({}) running {} finished {}  {}\n",
+            n.node_id, n.address, n.hostname, n.running_tasks, n.finished_tasks, n.total
+        );
+    }
+    if alive.is_empty() {
+        out += " (no active nodes)\n";
+    }
+    out += "Dead:\n";
+    for n in &dead {
+        out += &format!(" {} {} ({})\n", n.node_id, n.address, n.hostname);
+    }
+    if dead.is_empty() {
+        out += " (no dead nodes)\n";
+    }
+    out += &format!("\nResources\n{line}\nUsage:\n");
+    let mut total = ResourceSet::new();
+    let mut available = ResourceSet::new();
+    for n in &alive {
+        total.add(&n.total);
+        available.add(&n.available);
+    }
+    for (name, t) in total.iter() {
+        let used = t - available.get(name);
+        out += &format!(" {used}/{t} {name}\n");
+    }
+    out += &format!(
+        "\nTasks: {} running, {} pending, {} finished; {} objects; {} drivers\n",
+        s.running_tasks, s.pending_tasks, s.finished_tasks, s.objects, s.drivers
+    );
+    out += "Demands:\n";
+    if s.pending_demand.is_empty() && s.infeasible_demand.is_empty() {
+        out += " (no resource demands)\n";
+    }
+    for (shape, n) in &s.pending_demand {
+        out += &format!(" {shape}: {n} pending tasks\n");
+    }
+    for (shape, n) in &s.infeasible_demand {
+        out += &format!(" {shape}: {n} infeasible tasks (no node can run them)\n");
+    }
+    out
+}

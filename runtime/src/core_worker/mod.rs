@@ -1,0 +1,502 @@
+//! The core worker: the part of every driver and worker process that talks to the
+//! cluster. It submits tasks, counts this process's references, learns when objects are
+//! ready and fetches their values (Ray's core_worker).
+//!
+//! Architecture invariant: the core worker speaks to the head over one ordered control
+//! stream, so that for any object this process's messages (submit, nest, add, remove)
+//! arrive in the order they were made. It never decodes values into user types: that
+//! is the API layer's job.
+
+pub mod node_link;
+mod refs;
+
+pub use refs::{collect_nested, note_nested};
+
+use crate::ids::{JobId, NodeId, ObjectId, PeerId, TaskId};
+use crate::protocol::{
+    FromHead, NodeAddress, ObjectLocation, TaskError, TaskSpec, ToHead, INLINE_OBJECT_MAX,
+};
+use crate::transfer::{pull_object, push_object};
+use crate::transport::{connect, Endpoint, FrameReader, MessageSender};
+use dashmap::DashMap;
+use node_link::NodeLink;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// Why an object could not be had.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum GetError {
+    /// The object is an error (the task failed, or the object was lost).
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The deadline passed first.
+    #[error("timed out after {0:?} waiting for the object")]
+    Timeout(Duration),
+    /// The connection to the head is gone: the cluster is down or unreachable.
+    #[error("the cluster is unreachable: {0}")]
+    ClusterDown(String),
+    /// No holder could serve the object.
+    #[error("object {id} could not be fetched: {reason}")]
+    Unavailable {
+        /// The object.
+        id: String,
+        /// The last failure.
+        reason: String,
+    },
+}
+
+thread_local! {
+    static CURRENT_TASK: Cell<Option<TaskId>> = const { Cell::new(None) };
+}
+
+/// Marks the task this thread is running (worker processes), so that a `get` inside
+/// it can give its CPU back while it waits.
+pub fn set_current_task(task: Option<TaskId>) {
+    CURRENT_TASK.with(|c| c.set(task));
+}
+
+#[derive(Default)]
+struct Slot {
+    location: Option<ObjectLocation>,
+    subscribed: bool,
+    waiters: Vec<mpsc::UnboundedSender<ObjectId>>,
+}
+
+/// How this process reached the cluster.
+pub struct Connection {
+    /// The endpoint used for every connection.
+    pub endpoint: Endpoint,
+    /// The connection to the head.
+    pub head_conn: quinn::Connection,
+    /// The control stream's sender.
+    pub head: MessageSender<ToHead>,
+    /// The control stream's reader (the welcome already read).
+    pub reader: FrameReader<quinn::RecvStream, FromHead>,
+    /// This process's id at the head.
+    pub peer: PeerId,
+    /// The job it works for.
+    pub job: JobId,
+    /// The head process's node.
+    pub head_node: NodeId,
+}
+
+/// The core worker of this process.
+pub struct CoreWorker {
+    rt: tokio::runtime::Handle,
+    endpoint: Endpoint,
+    head_conn: quinn::Connection,
+    head: MessageSender<ToHead>,
+    job: JobId,
+    head_node: NodeId,
+    /// In worker processes: the node that started us and its id.
+    node: Option<(NodeLink, NodeId)>,
+    slots: DashMap<ObjectId, Slot>,
+    refs: DashMap<ObjectId, usize>,
+    peers: DashMap<SocketAddr, quinn::Connection>,
+    alive: AtomicBool,
+    down_reason: std::sync::Mutex<Option<String>>,
+}
+
+impl CoreWorker {
+    /// Starts the core worker on an accepted control stream; `rt` runs its background tasks.
+    pub fn start(
+        rt: tokio::runtime::Handle,
+        conn: Connection,
+        node: Option<(NodeLink, NodeId)>,
+    ) -> Arc<Self> {
+        let cw = Arc::new(Self {
+            rt: rt.clone(),
+            endpoint: conn.endpoint,
+            head_conn: conn.head_conn,
+            head: conn.head,
+            job: conn.job,
+            head_node: conn.head_node,
+            node,
+            slots: DashMap::new(),
+            refs: DashMap::new(),
+            peers: DashMap::new(),
+            alive: AtomicBool::new(true),
+            down_reason: std::sync::Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&cw);
+        let mut reader = conn.reader;
+        rt.spawn(async move {
+            let reason = loop {
+                match reader.next().await {
+                    Ok(Some(msg)) => match weak.upgrade() {
+                        Some(cw) => cw.on_message(msg),
+                        None => return,
+                    },
+                    Ok(None) => break "the head closed the connection".to_string(),
+                    Err(e) => break format!("lost the head: {e}"),
+                }
+            };
+            if let Some(cw) = weak.upgrade() {
+                cw.cluster_down(reason);
+            }
+        });
+        cw
+    }
+
+    fn on_message(&self, msg: FromHead) {
+        match msg {
+            FromHead::ObjectReady { id, location } => {
+                if let Some(mut slot) = self.slots.get_mut(&id) {
+                    slot.location = Some(location);
+                    slot.subscribed = false;
+                    for w in slot.waiters.drain(..) {
+                        let _ = w.send(id);
+                    }
+                }
+            }
+            FromHead::Warning(text) => {
+                tracing::warn!("{text}");
+                eprintln!("rayish warning: {text}");
+            }
+            other => tracing::debug!("ignoring {other:?}"),
+        }
+    }
+
+    fn cluster_down(&self, reason: String) {
+        tracing::warn!("cluster connection lost: {reason}");
+        if let Ok(mut r) = self.down_reason.lock() {
+            *r = Some(reason);
+        }
+        self.alive.store(false, Ordering::SeqCst);
+        for mut slot in self.slots.iter_mut() {
+            let id = *slot.key();
+            for w in slot.waiters.drain(..) {
+                let _ = w.send(id);
+            }
+        }
+    }
+
+    fn down_error(&self) -> GetError {
+        let reason = self
+            .down_reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_default();
+        GetError::ClusterDown(reason)
+    }
+
+    /// Closes the connection to the head; pending and later calls fail.
+    pub fn disconnect(&self) {
+        self.head_conn.close(0u32.into(), b"shutdown");
+        self.cluster_down("rayish::shutdown was called".into());
+    }
+
+    /// Whether the head is still connected.
+    pub fn is_connected(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// The job this process works for.
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+
+    /// The runtime its background tasks run on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
+    // -- references -------------------------------------------------------
+
+    /// A handle made here for an object the head already counts us as holding
+    /// (a submitted task's return, a put).
+    pub fn ref_created(&self, id: ObjectId) {
+        *self.refs.entry(id).or_insert(0) += 1;
+    }
+
+    /// A handle arrived inside a value: tell the head we hold it, if we did not.
+    pub fn ref_received(&self, id: ObjectId) {
+        let mut count = self.refs.entry(id).or_insert(0);
+        if *count == 0 {
+            self.head.send(ToHead::AddRefs(vec![id]));
+        }
+        *count += 1;
+    }
+
+    /// A handle was cloned.
+    pub fn ref_cloned(&self, id: ObjectId) {
+        *self.refs.entry(id).or_insert(0) += 1;
+    }
+
+    /// A handle was dropped.
+    pub fn ref_dropped(&self, id: ObjectId) {
+        let gone = match self.refs.get_mut(&id) {
+            Some(mut count) => {
+                *count = count.saturating_sub(1);
+                *count == 0
+            }
+            None => false,
+        };
+        if gone {
+            self.refs.remove_if(&id, |_, c| *c == 0);
+            self.slots.remove(&id);
+            self.head.send(ToHead::RemoveRefs(vec![id]));
+        }
+    }
+
+    /// References this process holds now (for tests and leak checks).
+    pub fn held_refs(&self) -> usize {
+        self.refs.len()
+    }
+
+    // -- submission -------------------------------------------------------
+
+    /// Submits a task; the caller has already counted its return handle.
+    pub fn submit(&self, spec: TaskSpec) {
+        self.slots.entry(spec.return_id).or_default();
+        self.head.send(ToHead::SubmitTasks(vec![spec]));
+    }
+
+    /// Records, in this process only, that `id` is the error `err` (a call that could
+    /// not even be submitted).
+    pub fn fail_locally(&self, id: ObjectId, err: TaskError) {
+        self.slots.entry(id).or_default().location = Some(ObjectLocation::Error(err));
+    }
+
+    /// The link to this worker's node, in worker processes.
+    pub fn node_link(&self) -> Option<&NodeLink> {
+        self.node.as_ref().map(|(l, _)| l)
+    }
+
+    /// Declares that `outer` holds `inner` (before any of our handles to `inner` drop).
+    pub fn nest(&self, outer: ObjectId, inner: Vec<ObjectId>) {
+        if !inner.is_empty() {
+            self.head.send(ToHead::Nest { outer, inner });
+        }
+    }
+
+    /// Stores an encoded value as a new object held by this process.
+    pub fn put(&self, id: ObjectId, value: Vec<u8>) -> Result<(), GetError> {
+        if !self.is_connected() {
+            return Err(self.down_error());
+        }
+        if value.len() <= INLINE_OBJECT_MAX {
+            self.slots.entry(id).or_default().location =
+                Some(ObjectLocation::Inline(value.clone()));
+            self.head.send(ToHead::PutInline { id, value });
+            return Ok(());
+        }
+        let size = value.len() as u64;
+        let stored_on = match &self.node {
+            Some((link, node)) => {
+                self.rt
+                    .block_on(link.put(id, value))
+                    .map_err(|reason| GetError::Unavailable {
+                        id: id.to_string(),
+                        reason,
+                    })?;
+                *node
+            }
+            None => {
+                let conn = self.head_conn.clone();
+                self.rt
+                    .block_on(async move { push_object(&conn, id, &value).await })
+                    .map_err(|e| GetError::Unavailable {
+                        id: id.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                self.head_node
+            }
+        };
+        self.slots.entry(id).or_default();
+        self.head.send(ToHead::PutStored {
+            id,
+            node: stored_on,
+            size,
+        });
+        Ok(())
+    }
+
+    // -- readiness ----------------------------------------------------------
+
+    /// Registers `tx` to hear when `id` is ready; returns the location if it already is.
+    fn watch(&self, id: ObjectId, tx: &mpsc::UnboundedSender<ObjectId>) -> Option<ObjectLocation> {
+        let mut slot = self.slots.entry(id).or_default();
+        if let Some(loc) = &slot.location {
+            return Some(loc.clone());
+        }
+        slot.waiters.push(tx.clone());
+        if !slot.subscribed {
+            slot.subscribed = true;
+            self.head.send(ToHead::Subscribe(vec![id]));
+        }
+        None
+    }
+
+    fn ready_location(&self, id: &ObjectId) -> Option<ObjectLocation> {
+        self.slots.get(id).and_then(|s| s.location.clone())
+    }
+
+    /// Runs `f` while telling the head that the current task (if any) is blocked.
+    fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        let task = CURRENT_TASK.with(|c| c.get());
+        if let Some(t) = task {
+            self.head.send(ToHead::TaskBlocked(t));
+        }
+        let r = f();
+        if let Some(t) = task {
+            self.head.send(ToHead::TaskUnblocked(t));
+        }
+        r
+    }
+
+    /// Waits until `id` is ready (or `deadline` passes) and returns where it is.
+    fn wait_one(
+        &self,
+        id: ObjectId,
+        deadline: Option<Instant>,
+        timeout: Duration,
+    ) -> Result<ObjectLocation, GetError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if let Some(loc) = self.watch(id, &tx) {
+            return Ok(loc);
+        }
+        self.blocking(|| loop {
+            if !self.is_connected() {
+                return Err(self.down_error());
+            }
+            if let Some(loc) = self.ready_location(&id) {
+                return Ok(loc);
+            }
+            let wake = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.rt
+                        .block_on(async { tokio::time::timeout(left, rx.recv()).await })
+                }
+                None => Ok(self.rt.block_on(rx.recv())),
+            };
+            if wake.is_err() {
+                return Err(GetError::Timeout(timeout));
+            }
+        })
+    }
+
+    /// The encoded value of `id`, waiting up to `timeout` (forever if `None`).
+    pub fn get(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Vec<u8>, GetError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let shown = timeout.unwrap_or(Duration::MAX);
+        let mut failures = 0u32;
+        loop {
+            match self.wait_one(id, deadline, shown)? {
+                ObjectLocation::Inline(v) => return Ok(v),
+                ObjectLocation::Error(e) => return Err(GetError::Task(e)),
+                ObjectLocation::Nodes(holders) => match self.fetch(id, holders) {
+                    Ok(v) => return Ok(v),
+                    Err(reason) => {
+                        // The holder may have just died; ask the head again, which by
+                        // then re-makes the object or says it is lost.
+                        failures += 1;
+                        if failures > 50 || deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(GetError::Unavailable {
+                                id: id.to_string(),
+                                reason,
+                            });
+                        }
+                        if let Some(mut slot) = self.slots.get_mut(&id) {
+                            slot.location = None;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                },
+            }
+        }
+    }
+
+    fn fetch(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Vec<u8>, String> {
+        if let Some((link, _)) = &self.node {
+            return self.blocking(|| self.rt.block_on(link.get(id, holders)));
+        }
+        let mut last = "no live node holds it".to_string();
+        for holder in holders {
+            let result = self.blocking(|| {
+                self.rt.block_on(async {
+                    let conn = self.peer(holder.address).await?;
+                    pull_object(&conn, id).await.map_err(|e| e.to_string())
+                })
+            });
+            match result {
+                Ok(v) => return Ok(v.to_vec()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn peer(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        if addr == self.head_conn.remote_address() {
+            return Ok(self.head_conn.clone());
+        }
+        if let Some(c) = self.peers.get(&addr).map(|c| c.clone()) {
+            if c.close_reason().is_none() {
+                return Ok(c);
+            }
+        }
+        let c = connect(&self.endpoint, addr, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.peers.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// Waits until `num_returns` of `ids` are ready or `timeout` passes; returns the
+    /// ready flags, in order.
+    pub fn wait(
+        &self,
+        ids: &[ObjectId],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<bool>, GetError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut ready: Vec<bool> = ids
+            .iter()
+            .map(|id| self.watch(*id, &tx).is_some())
+            .collect();
+        let want = num_returns.min(ids.len());
+        let count = |r: &Vec<bool>| r.iter().filter(|x| **x).count();
+        if count(&ready) >= want {
+            return Ok(ready);
+        }
+        self.blocking(|| loop {
+            if !self.is_connected() {
+                return Err(self.down_error());
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if !ready[i] && self.ready_location(id).is_some() {
+                    ready[i] = true;
+                }
+            }
+            if count(&ready) >= want {
+                return Ok(ready.clone());
+            }
+            let wake = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.rt
+                        .block_on(async { tokio::time::timeout(left, rx.recv()).await })
+                }
+                None => Ok(self.rt.block_on(rx.recv())),
+            };
+            if wake.is_err() {
+                return Ok(ready.clone());
+            }
+        })
+    }
+
+    /// Fresh task id (for callers building specs).
+    pub fn new_task_id(&self) -> TaskId {
+        TaskId::random()
+    }
+}

@@ -1,0 +1,104 @@
+//! Runs the head's state machine and serves control streams into it.
+
+use super::state::{HeadEvent, HeadSettings, HeadState};
+use crate::binaries::BinaryCache;
+use crate::ids::PeerId;
+use crate::protocol::{FromHead, Hello, PeerRole, ToHead};
+use crate::transport::{spawn_writer, FrameReader};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// A handle to the running head, used by the listener to hand it connections.
+#[derive(Clone)]
+pub struct HeadHandle {
+    events: mpsc::UnboundedSender<HeadEvent>,
+    binaries: BinaryCache,
+}
+
+/// Starts the head's state machine on the current tokio runtime.
+pub fn start_head(settings: HeadSettings, binaries: BinaryCache) -> HeadHandle {
+    let (events, mut rx) = mpsc::unbounded_channel();
+    let tick_every = (settings.node_timeout / 10).max(Duration::from_millis(50));
+    let mut state = HeadState::new(settings);
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            state.handle(event);
+        }
+    });
+    let ticks = events.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick_every);
+        loop {
+            interval.tick().await;
+            if ticks.send(HeadEvent::Tick).is_err() {
+                break;
+            }
+        }
+    });
+    HeadHandle { events, binaries }
+}
+
+impl HeadHandle {
+    /// The head's binary cache (drivers upload into it, nodes fetch from it).
+    pub fn binaries(&self) -> &BinaryCache {
+        &self.binaries
+    }
+
+    /// Serves one control stream until it ends.
+    pub async fn serve_control(
+        &self,
+        conn: quinn::Connection,
+        hello: Hello,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let remote = conn.remote_address();
+        let peer = PeerId::random();
+        let needs_binary = match &hello.role {
+            PeerRole::Driver { binary, .. } => !self.binaries.contains(binary),
+            _ => false,
+        };
+        let sender = spawn_writer::<_, FromHead>(send);
+        let (reply, accepted) = oneshot::channel();
+        let role = hello.role;
+        let event = HeadEvent::Connected {
+            peer,
+            role,
+            sender: sender.clone(),
+            needs_binary,
+            reply,
+        };
+        if self.events.send(event).is_err() {
+            return;
+        }
+        match accepted.await {
+            Ok(crate::protocol::Welcome::Accepted { .. }) => {}
+            Ok(crate::protocol::Welcome::Rejected(reason)) => {
+                tracing::warn!(%remote, "refused a peer: {reason}");
+                sender.send(FromHead::Welcome(crate::protocol::Welcome::Rejected(
+                    reason,
+                )));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+            Err(_) => return,
+        }
+        let mut reader = FrameReader::<_, ToHead>::new(recv);
+        let reason = loop {
+            match reader.next().await {
+                Ok(Some(msg)) => {
+                    if self.events.send(HeadEvent::Message(peer, msg)).is_err() {
+                        break "head stopped".to_string();
+                    }
+                }
+                Ok(None) => break "closed by peer".to_string(),
+                Err(e) => {
+                    tracing::warn!(%remote, "closing the connection of a peer that sent a bad frame: {e}");
+                    conn.close(1u32.into(), b"protocol error");
+                    break format!("protocol error: {e}");
+                }
+            }
+        };
+        let _ = self.events.send(HeadEvent::Disconnected(peer, reason));
+    }
+}

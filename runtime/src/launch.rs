@@ -1,0 +1,185 @@
+//! Starting the services of a head process (head + node) or of a node process.
+//! Used by `rayish start` and by local mode, so both run exactly the same code.
+
+use crate::binaries::BinaryCache;
+use crate::head::{start_head, HeadSettings};
+use crate::ids::NodeId;
+use crate::node::{start_node, NodeConfig, NodeError, ObjectStore, RunningNode};
+use crate::resources::ResourceSet;
+use crate::server::{spawn_listener, Services};
+use crate::session::binary_cache_dir;
+use crate::transport::tls::ClusterTls;
+use crate::transport::{make_endpoint, ConnectError, Endpoint};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a process could not start its services.
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    /// TLS or socket set-up failed.
+    #[error(transparent)]
+    Endpoint(#[from] ConnectError),
+    /// The node could not join.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// TLS material could not be made.
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
+}
+
+/// Settings shared by head and node processes.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// The IP to bind and advertise.
+    pub ip: IpAddr,
+    /// The port (the head's; 0 for nodes).
+    pub port: u16,
+    /// Resources offered to tasks.
+    pub resources: ResourceSet,
+    /// The cluster token.
+    pub token: String,
+    /// The temp root (binary cache).
+    pub root: PathBuf,
+    /// Where worker logs go.
+    pub log_dir: PathBuf,
+    /// How long a silent node is kept.
+    pub node_timeout: Duration,
+}
+
+/// A process's running services.
+pub struct Launched {
+    /// The QUIC endpoint everything uses.
+    pub endpoint: Endpoint,
+    /// Its address.
+    pub address: SocketAddr,
+    /// The node service.
+    pub node: RunningNode,
+    /// The node's id.
+    pub node_id: NodeId,
+}
+
+fn endpoint(opts: &LaunchOptions) -> Result<(Endpoint, SocketAddr), LaunchError> {
+    let tls = ClusterTls::from_token(&opts.token)?;
+    let endpoint = make_endpoint(SocketAddr::new(opts.ip, opts.port), &tls, opts.node_timeout)?;
+    let address = endpoint.local_addr().map_err(|e| ConnectError::Other {
+        addr: SocketAddr::new(opts.ip, opts.port),
+        message: e.to_string(),
+    })?;
+    Ok((endpoint, address))
+}
+
+fn node_config(
+    opts: &LaunchOptions,
+    node_id: NodeId,
+    head: SocketAddr,
+    address: SocketAddr,
+) -> NodeConfig {
+    NodeConfig {
+        node_id,
+        head,
+        address,
+        resources: opts.resources.clone(),
+        token: opts.token.clone(),
+        log_dir: opts.log_dir.clone(),
+        binaries: BinaryCache::new(binary_cache_dir(&opts.root)),
+        connect_timeout: Duration::from_secs(10),
+        node_timeout: opts.node_timeout,
+    }
+}
+
+/// Starts a head process's services: the head and its own node.
+pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> {
+    let (endpoint, address) = endpoint(opts)?;
+    let node_id = NodeId::random();
+    let settings = HeadSettings {
+        head_node: node_id,
+        node_timeout: opts.node_timeout,
+    };
+    let head = start_head(settings, BinaryCache::new(binary_cache_dir(&opts.root)));
+    let store = Arc::new(ObjectStore::default());
+    spawn_listener(
+        endpoint.clone(),
+        Services {
+            head: Some(head),
+            store: Some(store.clone()),
+        },
+    );
+    let node = start_node(
+        node_config(opts, node_id, address, address),
+        endpoint.clone(),
+        store,
+    )
+    .await?;
+    Ok(Launched {
+        endpoint,
+        address,
+        node,
+        node_id,
+    })
+}
+
+/// Starts a node process's services and joins the head at `head`.
+pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launched, LaunchError> {
+    let (endpoint, address) = endpoint(opts)?;
+    let node_id = NodeId::random();
+    let store = Arc::new(ObjectStore::default());
+    spawn_listener(
+        endpoint.clone(),
+        Services {
+            head: None,
+            store: Some(store.clone()),
+        },
+    );
+    let node = start_node(
+        node_config(opts, node_id, head, address),
+        endpoint.clone(),
+        store,
+    )
+    .await?;
+    Ok(Launched {
+        endpoint,
+        address,
+        node,
+        node_id,
+    })
+}
+
+/// The machine's address as others see it: the first non-loopback IPv4 address of its
+/// host name, else 127.0.0.1.
+pub fn default_ip() -> IpAddr {
+    use std::net::ToSocketAddrs;
+    let host = crate::session::hostname();
+    (host.as_str(), 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() && !a.ip().is_loopback()))
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+/// The local address this machine uses to reach `peer` (no packet is sent).
+pub fn route_ip(peer: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .ok()?;
+    let sock = std::net::UdpSocket::bind(bind).ok()?;
+    sock.connect(peer).ok()?;
+    sock.local_addr().ok().map(|a| a.ip())
+}
+
+/// Resolves `host:port`.
+pub fn resolve(address: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address:?} resolves to no address"))
+}

@@ -1,0 +1,329 @@
+//! A node (Ray's raylet): joins the head, runs the tasks the head assigns to it in
+//! worker processes, holds the large objects they make, and serves them to others.
+//!
+//! Architecture invariant: a node acts only on what the head tells it (and on its
+//! workers' requests); it never schedules and never decodes object values.
+
+mod object_store;
+pub mod worker_pool;
+
+pub use object_store::ObjectStore;
+
+use crate::binaries::BinaryCache;
+use crate::ids::{BinaryHash, NodeId, ObjectId};
+use crate::protocol::{
+    ArgSource, FromHead, Hello, NodeAddress, NodeRegistration, PeerRole, StoredValue, TaskArg,
+    TaskAssignment, TaskError, TaskOutcome, ToHead, ToWorker, INLINE_OBJECT_MAX,
+};
+use crate::resources::ResourceSet;
+use crate::transfer::{fetch_binary, pull_object, TransferError};
+use crate::transport::{
+    connect, open_control, ConnectError, Endpoint, HandshakeError, MessageSender,
+};
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use worker_pool::{Worker, WorkerEnv, WorkerPool, WorkerRequest};
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The head's address.
+    pub head: SocketAddr,
+    /// Where peers reach this node's object server (its endpoint's address).
+    pub address: SocketAddr,
+    /// What it offers to tasks.
+    pub resources: ResourceSet,
+    /// The cluster token (handed to workers).
+    pub token: String,
+    /// Where worker logs go.
+    pub log_dir: PathBuf,
+    /// Where job binaries are cached.
+    pub binaries: BinaryCache,
+    /// How long connection attempts wait.
+    pub connect_timeout: Duration,
+    /// Heartbeats go out at a fifth of this.
+    pub node_timeout: Duration,
+}
+
+/// Why a node could not join.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The head could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The head refused.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+struct NodeInner {
+    cfg: NodeConfig,
+    endpoint: Endpoint,
+    store: Arc<ObjectStore>,
+    head_conn: quinn::Connection,
+    head: MessageSender<ToHead>,
+    pool: Arc<WorkerPool>,
+    peers: DashMap<SocketAddr, quinn::Connection>,
+    binary_fetch: tokio::sync::Mutex<()>,
+}
+
+/// A running node.
+pub struct RunningNode {
+    inner: Arc<NodeInner>,
+    ended: tokio::sync::oneshot::Receiver<String>,
+}
+
+impl RunningNode {
+    /// Waits until the node's link to the head ends, and says why.
+    pub async fn closed(&mut self) -> String {
+        (&mut self.ended)
+            .await
+            .unwrap_or_else(|_| "node stopped".into())
+    }
+
+    /// Kills the node's workers (on shutdown).
+    pub fn kill_workers(&self) {
+        self.inner.pool.kill_all();
+    }
+
+    /// A handle that can kill the node's workers while another task waits on [`Self::closed`].
+    pub fn workers(&self) -> Arc<WorkerPool> {
+        self.inner.pool.clone()
+    }
+}
+
+/// Joins the cluster and starts serving. The endpoint's listener must route transfer
+/// streams to `store` (see [`crate::server`]).
+pub async fn start_node(
+    cfg: NodeConfig,
+    endpoint: Endpoint,
+    store: Arc<ObjectStore>,
+) -> Result<RunningNode, NodeError> {
+    let head_conn = connect(&endpoint, cfg.head, cfg.connect_timeout).await?;
+    let reg = NodeRegistration {
+        node_id: cfg.node_id,
+        address: cfg.address,
+        resources: cfg.resources.clone(),
+        hostname: crate::session::hostname(),
+        pid: std::process::id(),
+    };
+    let hello = Hello {
+        role: PeerRole::Node(reg),
+        software_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let control = open_control(&head_conn, hello).await?;
+    let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel();
+    let env = WorkerEnv {
+        head: cfg.head,
+        token: cfg.token.clone(),
+        node: cfg.node_id,
+        node_address: cfg.address,
+        log_dir: cfg.log_dir.clone(),
+    };
+    let pool = Arc::new(WorkerPool::new(env, req_tx));
+    let inner = Arc::new(NodeInner {
+        cfg,
+        endpoint,
+        store,
+        head_conn,
+        head: control.sender,
+        pool,
+        peers: DashMap::new(),
+        binary_fetch: tokio::sync::Mutex::new(()),
+    });
+    tracing::info!(node = ?inner.cfg.node_id, head = %inner.cfg.head, "joined the cluster");
+
+    // Heartbeats.
+    let hb = inner.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(hb.cfg.node_timeout / 5);
+        loop {
+            interval.tick().await;
+            if !hb.head.send(ToHead::Heartbeat) {
+                break;
+            }
+        }
+    });
+
+    // Requests from workers.
+    let rq = inner.clone();
+    tokio::spawn(async move {
+        while let Some((worker, request)) = req_rx.recv().await {
+            let node = rq.clone();
+            tokio::spawn(async move { node.serve_worker(worker, request).await });
+        }
+    });
+
+    // Orders from the head.
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    let node = inner.clone();
+    let mut reader = control.reader;
+    tokio::spawn(async move {
+        let reason = loop {
+            match reader.next().await {
+                Ok(Some(FromHead::Execute(assignment))) => {
+                    let node = node.clone();
+                    tokio::spawn(async move { node.execute(*assignment).await });
+                }
+                Ok(Some(FromHead::DeleteObjects(ids))) => {
+                    for id in ids {
+                        node.store.remove(&id);
+                    }
+                }
+                Ok(Some(FromHead::JobEnded(job))) => node.pool.kill_job(job),
+                Ok(Some(other)) => tracing::debug!("ignoring {other:?}"),
+                Ok(None) => break "the head closed the connection".to_string(),
+                Err(e) => break format!("lost the head: {e}"),
+            }
+        };
+        node.pool.kill_all();
+        let _ = ended_tx.send(reason);
+    });
+    Ok(RunningNode { inner, ended })
+}
+
+impl NodeInner {
+    async fn execute(self: Arc<Self>, a: TaskAssignment) {
+        let task_id = a.spec.task_id;
+        let attempt = a.attempt;
+        let outcome = self.run(a).await;
+        self.head.send(ToHead::TaskFinished {
+            task_id,
+            attempt,
+            outcome,
+        });
+    }
+
+    async fn run(&self, a: TaskAssignment) -> TaskOutcome {
+        let binary = match self.binary(&a.binary).await {
+            Ok(path) => path,
+            Err(e) => return TaskOutcome::WorkerDied(format!("cannot get the job's binary: {e}")),
+        };
+        let mut args = Vec::with_capacity(a.spec.args.len());
+        for (arg, source) in a.spec.args.into_iter().zip(a.sources) {
+            let value = match (arg, source) {
+                (TaskArg::Value(v), _) => v,
+                (TaskArg::Ref(_), ArgSource::Inline(v)) => v,
+                (TaskArg::Ref(id), ArgSource::At(holders)) => match self.object(id, &holders).await
+                {
+                    Ok(v) => v.to_vec(),
+                    // The holder may have died: let the head re-run us once it knows.
+                    Err(e) => {
+                        return TaskOutcome::WorkerDied(format!("cannot fetch argument {id}: {e}"))
+                    }
+                },
+                (TaskArg::Ref(id), ArgSource::InSpec) => {
+                    return TaskOutcome::Failed(TaskError::ObjectLost {
+                        object: id.to_string(),
+                        reason: "the head sent no location for it".into(),
+                    })
+                }
+            };
+            args.push(value);
+        }
+        let result = self
+            .pool
+            .run(
+                a.spec.job,
+                &binary,
+                a.spec.task_id,
+                a.spec.function,
+                args,
+                a.spec.return_id,
+            )
+            .await;
+        match result {
+            Err(reason) => TaskOutcome::WorkerDied(reason),
+            Ok(Err(e)) => TaskOutcome::Failed(e),
+            Ok(Ok(value)) if value.len() <= INLINE_OBJECT_MAX => {
+                TaskOutcome::Stored(StoredValue::Inline(value))
+            }
+            Ok(Ok(value)) => {
+                let size = value.len() as u64;
+                self.store.insert(a.spec.return_id, Bytes::from(value));
+                TaskOutcome::Stored(StoredValue::OnNode { size })
+            }
+        }
+    }
+
+    async fn binary(&self, hash: &BinaryHash) -> Result<PathBuf, TransferError> {
+        let path = self.cfg.binaries.path(hash)?;
+        if path.is_file() {
+            return Ok(path);
+        }
+        // One fetch at a time: the second waiter then finds the file.
+        let _guard = self.binary_fetch.lock().await;
+        if path.is_file() {
+            return Ok(path);
+        }
+        tracing::info!(%hash, "fetching a job binary from the head");
+        fetch_binary(&self.head_conn, hash, &self.cfg.binaries).await
+    }
+
+    /// The value of `id`, pulled from a holder if it is not here.
+    async fn object(&self, id: ObjectId, holders: &[NodeAddress]) -> Result<Bytes, TransferError> {
+        if let Some(v) = self.store.get(&id) {
+            return Ok(v);
+        }
+        let mut last = None;
+        for holder in holders.iter().filter(|h| h.node != self.cfg.node_id) {
+            match self.pull_from(holder.address, id).await {
+                Ok(value) => {
+                    self.store.insert(id, value.clone());
+                    self.head.send(ToHead::ObjectCopied(id));
+                    return Ok(value);
+                }
+                Err(e) => {
+                    tracing::warn!(object = ?id, holder = %holder.address, "pull failed: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| TransferError::Stream("no live node holds the object".into())))
+    }
+
+    async fn pull_from(&self, addr: SocketAddr, id: ObjectId) -> Result<Bytes, TransferError> {
+        let conn = match self.peers.get(&addr).map(|c| c.clone()) {
+            Some(c) if c.close_reason().is_none() => c,
+            _ => {
+                let c = connect(&self.endpoint, addr, self.cfg.connect_timeout)
+                    .await
+                    .map_err(|e| TransferError::Stream(e.to_string()))?;
+                self.peers.insert(addr, c.clone());
+                c
+            }
+        };
+        pull_object(&conn, id).await
+    }
+
+    async fn serve_worker(&self, worker: Arc<Worker>, request: WorkerRequest) {
+        match request {
+            WorkerRequest::Get {
+                request,
+                id,
+                holders,
+            } => {
+                let value = self
+                    .object(id, &holders)
+                    .await
+                    .map(|b| b.to_vec())
+                    .map_err(|e| e.to_string());
+                worker.reply(ToWorker::Object { request, value });
+            }
+            WorkerRequest::Put { request, id, value } => {
+                self.store.insert(id, Bytes::from(value));
+                worker.reply(ToWorker::PutDone {
+                    request,
+                    result: Ok(()),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Worker processes: started from the job's binary, reused across its tasks, and
+//! watched so that a worker's death becomes a task outcome, not a hang.
+//!
+//! Each worker is linked to its node by one end of a Unix socket pair inherited as a
+//! file descriptor, so no socket path has to be agreed on and no other process can
+//! connect in its place.
+
+use crate::ids::{JobId, NodeId, TaskId};
+use crate::protocol::{FromWorker, TaskError, ToWorker};
+use crate::transport::{spawn_writer, FrameReader, MessageSender};
+use dashmap::DashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// File descriptor number a worker finds its node socket on.
+pub const WORKER_FD: i32 = 3;
+
+/// How long a new worker may take to connect to the head and say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a worker needs to know, passed in its environment.
+#[derive(Debug, Clone)]
+pub struct WorkerEnv {
+    /// The head's address.
+    pub head: std::net::SocketAddr,
+    /// The cluster token.
+    pub token: String,
+    /// The node starting it.
+    pub node: NodeId,
+    /// The node's address, for error messages.
+    pub node_address: std::net::SocketAddr,
+    /// Where its stdout and stderr go.
+    pub log_dir: PathBuf,
+}
+
+/// A request from a worker that the node must serve.
+pub enum WorkerRequest {
+    /// Fetch an object for it.
+    Get {
+        /// The request number.
+        request: u64,
+        /// The object.
+        id: crate::ids::ObjectId,
+        /// Where it is.
+        holders: Vec<crate::protocol::NodeAddress>,
+    },
+    /// Store an object it made.
+    Put {
+        /// The request number.
+        request: u64,
+        /// The object.
+        id: crate::ids::ObjectId,
+        /// Its value.
+        value: Vec<u8>,
+    },
+}
+
+/// A task's result as the worker gave it, or why the worker died.
+pub type RunResult = Result<Result<Vec<u8>, TaskError>, String>;
+
+/// One worker process.
+pub struct Worker {
+    pid: u32,
+    job: JobId,
+    sender: MessageSender<ToWorker>,
+    current: Mutex<Option<oneshot::Sender<RunResult>>>,
+}
+
+impl Worker {
+    /// Sends an answer to one of its requests.
+    pub fn reply(&self, msg: ToWorker) {
+        self.sender.send(msg);
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// The workers of one node.
+pub struct WorkerPool {
+    env: WorkerEnv,
+    idle: Mutex<Vec<Arc<Worker>>>,
+    live: DashMap<u32, Arc<Worker>>,
+    requests: tokio::sync::mpsc::UnboundedSender<(Arc<Worker>, WorkerRequest)>,
+}
+
+impl WorkerPool {
+    /// A pool; requests from workers (object gets and puts) arrive on `requests`.
+    pub fn new(
+        env: WorkerEnv,
+        requests: tokio::sync::mpsc::UnboundedSender<(Arc<Worker>, WorkerRequest)>,
+    ) -> Self {
+        Self {
+            env,
+            idle: Mutex::new(Vec::new()),
+            live: DashMap::new(),
+            requests,
+        }
+    }
+
+    /// Worker processes alive now.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether no worker is alive.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Runs one task on an idle worker of `job`, starting one from `binary` if none is idle.
+    pub async fn run(
+        self: &Arc<Self>,
+        job: JobId,
+        binary: &Path,
+        task_id: TaskId,
+        function: String,
+        args: Vec<Vec<u8>>,
+        return_id: crate::ids::ObjectId,
+    ) -> RunResult {
+        let worker = match self.take_idle(job) {
+            Some(w) => w,
+            None => self.spawn(job, binary).await?,
+        };
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut current) = worker.current.lock() {
+            *current = Some(tx);
+        }
+        worker.sender.send(ToWorker::Run {
+            task_id,
+            function,
+            args,
+            return_id,
+        });
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err("worker channel closed".into()));
+        if result.is_ok() && self.live.contains_key(&worker.pid) {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(worker);
+            }
+        }
+        result
+    }
+
+    fn take_idle(&self, job: JobId) -> Option<Arc<Worker>> {
+        let mut idle = self.idle.lock().ok()?;
+        let pos = idle.iter().position(|w| w.job == job)?;
+        Some(idle.swap_remove(pos))
+    }
+
+    async fn spawn(self: &Arc<Self>, job: JobId, binary: &Path) -> Result<Arc<Worker>, String> {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let theirs: OwnedFd = theirs.into();
+        let their_fd = theirs.as_raw_fd();
+        let log_base = self
+            .env
+            .log_dir
+            .join(format!("worker-{job}-{:08x}", rand::random::<u32>()));
+        let out = std::fs::File::create(log_base.with_extension("out"))
+            .map_err(|e| format!("worker log: {e}"))?;
+        let err = std::fs::File::create(log_base.with_extension("err"))
+            .map_err(|e| format!("worker log: {e}"))?;
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.env("RAYISH_WORKER_FD", WORKER_FD.to_string())
+            .env("RAYISH_HEAD_ADDRESS", self.env.head.to_string())
+            .env("RAYISH_TOKEN", &self.env.token)
+            .env("RAYISH_NODE_ID", self.env.node.0.to_string())
+            .env("RAYISH_JOB_ID", job.0.to_string())
+            .env("RAYISH_NODE_ADDRESS", self.env.node_address.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(false);
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (dup2, fcntl, prctl) on plain integers.
+        unsafe {
+            cmd.pre_exec(move || {
+                if their_fd == WORKER_FD {
+                    // Already in place: only clear close-on-exec.
+                    libc::fcntl(WORKER_FD, libc::F_SETFD, 0);
+                } else if libc::dup2(their_fd, WORKER_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Die with the node rather than linger as an orphan.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start worker {}: {e}", binary.display()))?;
+        drop(theirs);
+        let pid = child.id().unwrap_or(0);
+        ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+        let (r, w) = stream.into_split();
+        let sender = spawn_writer::<_, ToWorker>(w);
+        let mut reader = FrameReader::<_, FromWorker>::new(r);
+
+        let ready = tokio::time::timeout(READY_TIMEOUT, reader.next()).await;
+        match ready {
+            Ok(Ok(Some(FromWorker::Ready { .. }))) => {}
+            other => {
+                let _ = child.start_kill();
+                let status = child.wait().await.ok();
+                return Err(format!(
+                    "worker {} did not start ({}; {}); see {}.err",
+                    binary.display(),
+                    match other {
+                        Err(_) => "timed out".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(_)) => "it did not say it was ready".to_string(),
+                    },
+                    status.map(describe_exit).unwrap_or_default(),
+                    log_base.display()
+                ));
+            }
+        }
+        let worker = Arc::new(Worker {
+            pid,
+            job,
+            sender,
+            current: Mutex::new(None),
+        });
+        self.live.insert(pid, worker.clone());
+        tracing::debug!(pid, ?job, "worker started");
+
+        let pool = self.clone();
+        let w = worker.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match reader.next().await {
+                    Ok(Some(FromWorker::Finished { result, .. })) => {
+                        let tx = w.current.lock().ok().and_then(|mut c| c.take());
+                        if let Some(tx) = tx {
+                            let _ = tx.send(Ok(result));
+                        }
+                    }
+                    Ok(Some(FromWorker::GetObject {
+                        request,
+                        id,
+                        holders,
+                    })) => {
+                        let _ = pool.requests.send((
+                            w.clone(),
+                            WorkerRequest::Get {
+                                request,
+                                id,
+                                holders,
+                            },
+                        ));
+                    }
+                    Ok(Some(FromWorker::PutObject { request, id, value })) => {
+                        let _ = pool
+                            .requests
+                            .send((w.clone(), WorkerRequest::Put { request, id, value }));
+                    }
+                    Ok(Some(FromWorker::Ready { .. })) => {}
+                    Ok(None) => break None,
+                    Err(e) => break Some(format!("bad message from worker: {e}")),
+                }
+            };
+            pool.live.remove(&w.pid);
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.retain(|x| x.pid != w.pid);
+            }
+            // The socket closed: the process is exiting or gone. Learn how it ended.
+            let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                Ok(Ok(status)) => describe_exit(status),
+                _ => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    "closed its socket and was killed".to_string()
+                }
+            };
+            let reason = match reason {
+                Some(r) => format!("{r}; worker pid {} {status}", w.pid),
+                None => format!("worker pid {} {status}", w.pid),
+            };
+            let tx = w.current.lock().ok().and_then(|mut c| c.take());
+            if let Some(tx) = tx {
+                tracing::warn!("worker died during a task: {reason}");
+                let _ = tx.send(Err(reason));
+            }
+        });
+        Ok(worker)
+    }
+
+    /// Kills every worker of `job`.
+    pub fn kill_job(&self, job: JobId) {
+        let pids: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|w| w.job == job)
+            .map(|w| w.pid)
+            .collect();
+        for pid in pids {
+            kill(pid);
+        }
+    }
+
+    /// Kills every worker.
+    pub fn kill_all(&self) {
+        let pids: Vec<u32> = self.live.iter().map(|w| w.pid).collect();
+        for pid in pids {
+            kill(pid);
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    if pid > 0 {
+        // SAFETY: kill(2) on a pid this pool started; a stale pid is at worst a no-op.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// Says how a process ended, in words.
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGBUS => "SIGBUS",
+            _ => "signal",
+        };
+        format!("was killed by signal {sig} ({name})")
+    } else {
+        format!("exited with code {}", status.code().unwrap_or(-1))
+    }
+}

@@ -1,0 +1,716 @@
+//! The wire protocol: every message any two rayish processes exchange, and how it is framed.
+//!
+//! A frame is `MAGIC (4 bytes) | version (u16 LE) | length (u32 LE) | bincode payload`.
+//! The version is checked before the payload is decoded, so peers of another protocol
+//! version are refused with a clear error instead of a decoding failure. Payloads are
+//! decoded with a size limit, so a lying length prefix cannot make a node allocate.
+//!
+//! Streams:
+//! - the *control stream*: the first bidirectional stream a client opens on a QUIC
+//!   connection to the head; it starts with [`Hello`] and then carries [`ToHead`] one way
+//!   and [`FromHead`] the other;
+//! - *transfer streams*: one bidirectional stream per object or binary moved, opened
+//!   with a [`TransferRequest`] and answered with a [`TransferReply`] followed by the raw
+//!   bytes in chunks;
+//! - the *worker socket*: a Unix socket between a node and each worker process it
+//!   started, carrying [`ToWorker`] and [`FromWorker`].
+
+use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
+use crate::resources::ResourceSet;
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Version of this protocol; peers speaking another one are refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// First bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"RYSH";
+/// Bytes before a frame's payload.
+pub const HEADER_LEN: usize = 10;
+/// The largest payload a frame may carry. Bigger objects travel on transfer streams.
+pub const MAX_FRAME_LEN: u32 = 64 << 20;
+/// Size of the pieces objects and binaries are sent in on transfer streams.
+pub const CHUNK_LEN: usize = 1 << 20;
+/// Objects up to this size travel inside control messages and live in the head's
+/// directory; larger ones stay on the node that made them and are pulled.
+pub const INLINE_OBJECT_MAX: usize = 100 * 1024;
+
+/// Why a frame was refused.
+#[derive(Debug, Error)]
+pub enum ProtocolError {
+    /// The frame does not start with [`MAGIC`]: not a rayish peer, or a corrupt stream.
+    #[error("bad frame magic {0:02x?}: not a rayish peer or a corrupted stream")]
+    BadMagic([u8; 4]),
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this node speaks {ours}")]
+    VersionMismatch {
+        /// Our [`PROTOCOL_VERSION`].
+        ours: u16,
+        /// The version in the peer's frame.
+        theirs: u16,
+    },
+    /// The declared payload length exceeds [`MAX_FRAME_LEN`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    FrameTooLarge(u64),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The payload is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The underlying stream failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(MAX_FRAME_LEN as u64)
+}
+
+/// Appends one framed message to `buf`.
+pub fn encode_frame<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    let start = buf.len();
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    codec()
+        .serialize_into(&mut *buf, msg)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let len = buf.len() - start - HEADER_LEN;
+    if len > MAX_FRAME_LEN as usize {
+        buf.truncate(start);
+        return Err(ProtocolError::FrameTooLarge(len as u64));
+    }
+    buf[start + 6..start + 10].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Writes one framed message.
+pub async fn write_frame<W, M>(w: &mut W, msg: &M) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    M: Serialize,
+{
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf)?;
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one framed message; `Ok(None)` when the stream ended cleanly between frames.
+pub async fn read_frame<R, M>(r: &mut R) -> Result<Option<M>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+{
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = r.read(&mut header[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(ProtocolError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let magic = [header[0], header[1], header[2], header[3]];
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    if version != PROTOCOL_VERSION {
+        return Err(ProtocolError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        });
+    }
+    let len = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
+    if len > MAX_FRAME_LEN {
+        return Err(ProtocolError::FrameTooLarge(len as u64));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
+            _ => ProtocolError::Io(e),
+        })?;
+    decode_payload(&payload).map(Some)
+}
+
+/// Decodes a frame's payload (without its header).
+pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, ProtocolError> {
+    codec()
+        .deserialize(payload)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Serializes a value with the protocol's encoding (used for object payloads too).
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    bincode::DefaultOptions::new()
+        .serialize(value)
+        .map_err(|e| e.to_string())
+}
+
+/// Deserializes a value encoded by [`encode_value`].
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::DefaultOptions::new()
+        .deserialize(bytes)
+        .map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Control stream: handshake
+// ---------------------------------------------------------------------------
+
+/// What a process connecting to the head is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerRole {
+    /// A node offering resources and an object store.
+    Node(NodeRegistration),
+    /// A driver program starting a job whose code is the given binary.
+    Driver {
+        /// The driver's executable, to be run as worker processes.
+        binary: BinaryHash,
+        /// A name for logs and status (the program's file name).
+        name: String,
+    },
+    /// A worker process started by a node for a job.
+    Worker {
+        /// The node that started it.
+        node: NodeId,
+        /// The job whose code it runs.
+        job: JobId,
+    },
+    /// A short-lived client such as `rayish status`.
+    Client,
+}
+
+/// What a node tells the head about itself when it joins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    /// Chosen by the node, stable for its life.
+    pub node_id: NodeId,
+    /// Where other nodes and drivers reach its object server.
+    pub address: SocketAddr,
+    /// Everything it offers to tasks.
+    pub resources: ResourceSet,
+    /// The machine's host name, for status output.
+    pub hostname: String,
+    /// The node process id, for status output.
+    pub pid: u32,
+}
+
+/// First message on a control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// Who is connecting.
+    pub role: PeerRole,
+    /// The connecting binary's crate version, for diagnostics.
+    pub software_version: String,
+}
+
+/// The head's answer to [`Hello`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Welcome {
+    /// Accepted.
+    Accepted {
+        /// The id the head gave this connection.
+        peer: PeerId,
+        /// For drivers: the job created for them.
+        job: Option<JobId>,
+        /// For drivers: the head lacks the binary and wants it uploaded.
+        upload_binary: bool,
+        /// The head's node id (the head process is also a node).
+        head_node: NodeId,
+    },
+    /// Refused, with the reason to show the user.
+    Rejected(String),
+}
+
+// ---------------------------------------------------------------------------
+// Control stream: messages to and from the head
+// ---------------------------------------------------------------------------
+
+/// One argument of a task as submitted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TaskArg {
+    /// The encoded value itself.
+    Value(Vec<u8>),
+    /// A reference, resolved on the node that runs the task.
+    Ref(ObjectId),
+}
+
+/// Everything needed to run (and re-run) one remote call: plain data, so it can be
+/// retried, reconstructed from lineage, shown and counted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The call's id; retries keep it.
+    pub task_id: TaskId,
+    /// The job whose code holds the function.
+    pub job: JobId,
+    /// Registered name of the remote function.
+    pub function: String,
+    /// The arguments, in order.
+    pub args: Vec<TaskArg>,
+    /// References held inside inline argument values, kept alive while the task is pending.
+    pub nested_refs: Vec<ObjectId>,
+    /// The object the result is stored as.
+    pub return_id: ObjectId,
+    /// Resources the task holds while it runs.
+    pub resources: ResourceSet,
+    /// How many times the task is re-run after its worker or node dies.
+    pub max_retries: u32,
+}
+
+impl TaskSpec {
+    /// Ids of the objects the task reads: its reference arguments.
+    pub fn arg_refs(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        self.args.iter().filter_map(|a| match a {
+            TaskArg::Ref(id) => Some(*id),
+            TaskArg::Value(_) => None,
+        })
+    }
+}
+
+/// Where the node that runs a task finds a reference argument.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ArgSource {
+    /// Not a reference: the value is in the spec.
+    InSpec,
+    /// Small object, value included.
+    Inline(Vec<u8>),
+    /// Large object held by these nodes.
+    At(Vec<NodeAddress>),
+}
+
+/// A node id and the address of its object server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    /// The node.
+    pub node: NodeId,
+    /// Its object server.
+    pub address: SocketAddr,
+}
+
+/// The head asks a node to run a task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    /// The task.
+    pub spec: TaskSpec,
+    /// Which try this is, from 0.
+    pub attempt: u32,
+    /// Where each argument is, one entry per `spec.args`.
+    pub sources: Vec<ArgSource>,
+    /// The job's binary.
+    pub binary: BinaryHash,
+}
+
+/// How a task ended, as its node reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    /// Success; the value is inline or stored on the reporting node.
+    Stored(StoredValue),
+    /// The function failed (panic or error return); retrying would not help.
+    Failed(TaskError),
+    /// The worker process died; the head may retry.
+    WorkerDied(String),
+}
+
+/// A finished object's value as reported to the head.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StoredValue {
+    /// Small: the value itself.
+    Inline(Vec<u8>),
+    /// Large: held in the reporting node's store.
+    OnNode {
+        /// Size in bytes.
+        size: u64,
+    },
+}
+
+/// An error that stands in for a task's value: what `get` returns instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Error)]
+pub enum TaskError {
+    /// The function panicked.
+    #[error("task {function} panicked on node {node}: {message}")]
+    Panicked {
+        /// Registered function name.
+        function: String,
+        /// The panic message.
+        message: String,
+        /// Where it ran (node id and address).
+        node: String,
+    },
+    /// The function returned an error.
+    #[error("task {function} failed on node {node}: {message}")]
+    Failed {
+        /// Registered function name.
+        function: String,
+        /// The error, formatted with its causes.
+        message: String,
+        /// Where it ran.
+        node: String,
+    },
+    /// The worker process died on every try.
+    #[error(
+        "task {function} lost its worker {attempts} time(s), retries exhausted; last: {reason}"
+    )]
+    WorkerDied {
+        /// Registered function name.
+        function: String,
+        /// Tries made.
+        attempts: u32,
+        /// What happened to the last worker (signal, exit code, node death).
+        reason: String,
+    },
+    /// The object's only copies were on nodes that died and it could not be recomputed.
+    #[error(
+        "object {object} was lost with the node(s) holding it and cannot be recomputed: {reason}"
+    )]
+    ObjectLost {
+        /// The object, in hex.
+        object: String,
+        /// Why recomputation was impossible.
+        reason: String,
+    },
+    /// The binary has no remote function of that name.
+    #[error("no remote function named {function:?} in the job's binary")]
+    UnknownFunction {
+        /// The name asked for.
+        function: String,
+    },
+    /// An argument or result could not be decoded.
+    #[error("task {function}: {message}")]
+    Codec {
+        /// Registered function name.
+        function: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Messages to the head on the control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToHead {
+    /// New tasks; the sender holds a reference to each return object.
+    SubmitTasks(Vec<TaskSpec>),
+    /// A `put` of a small object; the sender holds a reference to it.
+    PutInline {
+        /// The new object.
+        id: ObjectId,
+        /// Its encoded value.
+        value: Vec<u8>,
+    },
+    /// A `put` of a large object, already pushed to `node`; the sender holds a reference.
+    PutStored {
+        /// The new object.
+        id: ObjectId,
+        /// Where it was pushed.
+        node: NodeId,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// `outer` holds references to `inner`: keep them alive while `outer` lives.
+    /// Sent by whoever encodes `outer`, before it drops its own handles.
+    Nest {
+        /// The containing object.
+        outer: ObjectId,
+        /// The references inside it.
+        inner: Vec<ObjectId>,
+    },
+    /// The sender now holds these references.
+    AddRefs(Vec<ObjectId>),
+    /// The sender no longer holds these references.
+    RemoveRefs(Vec<ObjectId>),
+    /// Tell the sender when these objects are ready (once each).
+    Subscribe(Vec<ObjectId>),
+    /// A worker blocked in `get` inside this task: free its CPU for others.
+    TaskBlocked(TaskId),
+    /// The worker resumed: take the CPU back.
+    TaskUnblocked(TaskId),
+    /// From nodes: still alive.
+    Heartbeat,
+    /// From nodes: a task ended.
+    TaskFinished {
+        /// The task.
+        task_id: TaskId,
+        /// The try that ended.
+        attempt: u32,
+        /// How.
+        outcome: TaskOutcome,
+    },
+    /// From nodes: a copy of this object now lives here (after a pull).
+    ObjectCopied(ObjectId),
+    /// Ask for a [`ClusterStatus`].
+    StatusRequest,
+}
+
+/// First frame of every stream a client opens: says what the stream is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StreamOpen {
+    /// A control stream to the head.
+    Control(Hello),
+    /// A transfer stream.
+    Transfer(TransferRequest),
+}
+
+/// Messages from the head on the control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FromHead {
+    /// First message: the answer to [`Hello`].
+    Welcome(Welcome),
+    /// To a node: run this task.
+    Execute(Box<TaskAssignment>),
+    /// To a node: drop these objects from your store.
+    DeleteObjects(Vec<ObjectId>),
+    /// To a subscriber: this object is ready.
+    ObjectReady {
+        /// The object.
+        id: ObjectId,
+        /// Where to get it.
+        location: ObjectLocation,
+    },
+    /// Answer to [`ToHead::StatusRequest`].
+    Status(Box<ClusterStatus>),
+    /// Something the driver's user should see (e.g. an infeasible task).
+    Warning(String),
+    /// To nodes: the job's driver is gone; stop its workers.
+    JobEnded(JobId),
+}
+
+/// Where a ready object can be read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ObjectLocation {
+    /// Small object: its value.
+    Inline(Vec<u8>),
+    /// Large object: nodes holding copies.
+    Nodes(Vec<NodeAddress>),
+    /// The object is an error.
+    Error(TaskError),
+}
+
+/// A snapshot of the cluster for `rayish status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Every node that has joined, dead ones included.
+    pub nodes: Vec<NodeStatus>,
+    /// Tasks waiting for arguments or resources.
+    pub pending_tasks: u64,
+    /// Tasks running now.
+    pub running_tasks: u64,
+    /// Tasks finished since the head started.
+    pub finished_tasks: u64,
+    /// Resource shapes of tasks waiting for resources, with counts.
+    pub pending_demand: Vec<(ResourceSet, u64)>,
+    /// Resource shapes no node can ever satisfy, with counts.
+    pub infeasible_demand: Vec<(ResourceSet, u64)>,
+    /// Objects the head tracks.
+    pub objects: u64,
+    /// Drivers connected now.
+    pub drivers: u64,
+}
+
+/// One node in a [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its object server address.
+    pub address: SocketAddr,
+    /// Host name.
+    pub hostname: String,
+    /// Whether it is alive.
+    pub alive: bool,
+    /// Everything it offers.
+    pub total: ResourceSet,
+    /// What is free now.
+    pub available: ResourceSet,
+    /// Tasks running there.
+    pub running_tasks: u64,
+    /// Tasks it has finished.
+    pub finished_tasks: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Transfer streams
+// ---------------------------------------------------------------------------
+
+/// First frame of a transfer stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TransferRequest {
+    /// Send me this object.
+    PullObject(ObjectId),
+    /// Store this object; `size` raw bytes follow.
+    PushObject {
+        /// The object.
+        id: ObjectId,
+        /// Its size.
+        size: u64,
+    },
+    /// Send me this binary (nodes fetch job code from the head).
+    FetchBinary(BinaryHash),
+    /// Store this binary; `size` raw bytes follow (drivers upload to the head).
+    UploadBinary {
+        /// Its SHA-256.
+        hash: BinaryHash,
+        /// Its size.
+        size: u64,
+    },
+}
+
+/// Answer to a [`TransferRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TransferReply {
+    /// `size` raw bytes follow (for pulls and fetches), or the push was stored.
+    Ok {
+        /// Bytes that follow.
+        size: u64,
+    },
+    /// Not held here.
+    NotFound,
+    /// Refused, with the reason.
+    Refused(String),
+}
+
+// ---------------------------------------------------------------------------
+// Worker socket
+// ---------------------------------------------------------------------------
+
+/// Node to worker process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run this task with these resolved argument values.
+    Run {
+        /// The task.
+        task_id: TaskId,
+        /// Registered function name.
+        function: String,
+        /// Encoded argument values, in order.
+        args: Vec<Vec<u8>>,
+        /// Where to store the result.
+        return_id: ObjectId,
+    },
+    /// Answer to [`FromWorker::GetObject`].
+    Object {
+        /// The request.
+        request: u64,
+        /// The value or why it could not be had.
+        value: Result<Vec<u8>, String>,
+    },
+    /// Answer to [`FromWorker::PutObject`].
+    PutDone {
+        /// The request.
+        request: u64,
+        /// Ok, or why the store refused.
+        result: Result<(), String>,
+    },
+}
+
+/// Worker process to node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// First message: the worker is up and connected to the head.
+    Ready {
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// The task ended.
+    Finished {
+        /// The task.
+        task_id: TaskId,
+        /// Encoded value or error.
+        result: Result<Vec<u8>, TaskError>,
+    },
+    /// Fetch a large object into this node and hand it over.
+    GetObject {
+        /// Request number, echoed in the answer.
+        request: u64,
+        /// The object.
+        id: ObjectId,
+        /// Nodes that hold it.
+        holders: Vec<NodeAddress>,
+    },
+    /// Store a large object made by `put` inside a task.
+    PutObject {
+        /// Request number, echoed in the answer.
+        request: u64,
+        /// The object.
+        id: ObjectId,
+        /// Its encoded value.
+        value: Vec<u8>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let mut buf = Vec::new();
+        encode_frame(&ToHead::AddRefs(vec![ObjectId(7)]), &mut buf).unwrap();
+        encode_frame(&ToHead::Heartbeat, &mut buf).unwrap();
+        let mut r = &buf[..];
+        let a: ToHead = read_frame(&mut r).await.unwrap().unwrap();
+        assert!(matches!(a, ToHead::AddRefs(v) if v == vec![ObjectId(7)]));
+        let b: ToHead = read_frame(&mut r).await.unwrap().unwrap();
+        assert!(matches!(b, ToHead::Heartbeat));
+        assert!(read_frame::<_, ToHead>(&mut r).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_frames_are_typed_errors() {
+        let mut buf = Vec::new();
+        encode_frame(&ToHead::Heartbeat, &mut buf).unwrap();
+
+        let mut wrong_version = buf.clone();
+        wrong_version[4] = 99;
+        let err = read_frame::<_, ToHead>(&mut &wrong_version[..])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::VersionMismatch { theirs: 99, .. }),
+            "{err}"
+        );
+
+        let mut bad_magic = buf.clone();
+        bad_magic[0] = b'X';
+        let err = read_frame::<_, ToHead>(&mut &bad_magic[..])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::BadMagic(_)), "{err}");
+
+        let mut huge = buf.clone();
+        huge[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = read_frame::<_, ToHead>(&mut &huge[..]).await.unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge(_)), "{err}");
+
+        let truncated = &buf[..buf.len() - 1];
+        let truncated = if truncated.len() > HEADER_LEN {
+            truncated
+        } else {
+            &buf[..5]
+        };
+        let err = read_frame::<_, ToHead>(&mut &truncated[..])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::Truncated), "{err}");
+
+        // A payload whose inner length prefix lies must not allocate it.
+        let mut lying = Vec::new();
+        lying.extend_from_slice(&MAGIC);
+        lying.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        let payload = [0u8, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        lying.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        lying.extend_from_slice(&payload);
+        let err = read_frame::<_, ToHead>(&mut &lying[..]).await.unwrap_err();
+        assert!(matches!(err, ProtocolError::Malformed(_)), "{err}");
+    }
+}

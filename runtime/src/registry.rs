@@ -1,0 +1,57 @@
+//! The registry of remote functions, filled at link time by `#[remote]`.
+//!
+//! Every binary built against rayish carries the table of its own remote functions, so
+//! a worker started from the driver's binary can run any of them by name.
+
+use crate::ids::ObjectId;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// A task's encoded return value and the references inside it.
+pub struct Encoded {
+    /// The encoded value.
+    pub bytes: Vec<u8>,
+    /// References it contains.
+    pub nested: Vec<ObjectId>,
+}
+
+/// Why a remote function produced no value.
+#[derive(Debug)]
+pub enum InvokeError {
+    /// Arguments or result could not be decoded or encoded.
+    Codec(String),
+    /// The function returned an error.
+    Failed(String),
+}
+
+/// One remote function, as `#[remote]` registers it.
+pub struct RemoteFunction {
+    /// Its stable name: the module path and the function's name.
+    pub name: &'static str,
+    /// Decodes the arguments, calls the function, encodes the result.
+    pub invoke: fn(&[Vec<u8>]) -> Result<Encoded, InvokeError>,
+}
+
+inventory::collect!(RemoteFunction);
+
+fn table() -> &'static HashMap<&'static str, &'static RemoteFunction> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        inventory::iter::<RemoteFunction>
+            .into_iter()
+            .map(|f| (f.name, f))
+            .collect()
+    })
+}
+
+/// The function registered under `name`.
+pub fn lookup(name: &str) -> Option<&'static RemoteFunction> {
+    table().get(name).copied()
+}
+
+/// Names of every registered function.
+pub fn names() -> Vec<&'static str> {
+    let mut names: Vec<_> = table().keys().copied().collect();
+    names.sort();
+    names
+}

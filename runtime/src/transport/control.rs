@@ -1,0 +1,62 @@
+//! The client side of a control stream to the head.
+
+use super::{spawn_writer, FrameReader, MessageSender};
+use crate::protocol::{write_frame, FromHead, Hello, ProtocolError, StreamOpen, ToHead, Welcome};
+use thiserror::Error;
+
+/// Why the head did not accept us.
+#[derive(Debug, Error)]
+pub enum HandshakeError {
+    /// The head said no.
+    #[error("the head refused this process: {0}")]
+    Rejected(String),
+    /// The stream failed or carried something unexpected.
+    #[error("handshake with the head failed: {0}")]
+    Protocol(String),
+}
+
+impl From<ProtocolError> for HandshakeError {
+    fn from(e: ProtocolError) -> Self {
+        HandshakeError::Protocol(e.to_string())
+    }
+}
+
+/// An accepted control stream.
+pub struct ControlStream {
+    /// What the head said.
+    pub welcome: Welcome,
+    /// Messages to the head.
+    pub sender: MessageSender<ToHead>,
+    /// Messages from the head (after the welcome).
+    pub reader: FrameReader<quinn::RecvStream, FromHead>,
+}
+
+/// Opens the control stream on `conn` and performs the handshake.
+pub async fn open_control(
+    conn: &quinn::Connection,
+    hello: Hello,
+) -> Result<ControlStream, HandshakeError> {
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| HandshakeError::Protocol(e.to_string()))?;
+    write_frame(&mut send, &StreamOpen::Control(hello)).await?;
+    let mut reader = FrameReader::<_, FromHead>::new(recv);
+    match reader.next().await? {
+        Some(FromHead::Welcome(Welcome::Rejected(reason))) => Err(HandshakeError::Rejected(reason)),
+        Some(FromHead::Welcome(welcome)) => {
+            let sender = spawn_writer::<_, ToHead>(send);
+            Ok(ControlStream {
+                welcome,
+                sender,
+                reader,
+            })
+        }
+        Some(other) => Err(HandshakeError::Protocol(format!(
+            "expected a welcome, got {other:?}"
+        ))),
+        None => Err(HandshakeError::Protocol(
+            "the head closed the stream during the handshake".into(),
+        )),
+    }
+}

@@ -1,0 +1,12 @@
+//! QUIC transport: endpoints, authenticated connections and message channels.
+//!
+//! Everything above this module talks in protocol types; only here do bytes meet sockets.
+
+mod channel;
+mod control;
+mod quic;
+pub mod tls;
+
+pub use channel::{spawn_writer, FrameReader, MessageSender};
+pub use control::{open_control, ControlStream, HandshakeError};
+pub use quic::{connect, describe_incoming_failure, make_endpoint, ConnectError, Endpoint};

@@ -1,0 +1,159 @@
+//! The worker process: a copy of the driver's binary started by a node. `init` diverts
+//! here when it finds the node's socket in the environment; the process then runs the
+//! tasks the node sends it, one at a time, until the node closes the socket.
+
+use crate::core_worker::node_link::{NodeLink, RunRequest};
+use crate::core_worker::{set_current_task, Connection, CoreWorker};
+use crate::ids::{JobId, NodeId};
+use crate::protocol::{FromWorker, Hello, PeerRole, TaskError, Welcome};
+use crate::registry::{lookup, InvokeError};
+use crate::transport::tls::ClusterTls;
+use crate::transport::{connect, make_endpoint, open_control};
+use std::os::fd::FromRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+/// Runs the worker and exits the process.
+pub(crate) fn run_worker() -> ! {
+    let code = match worker_main() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rayish worker: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn env(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| format!("{name} is not set"))
+}
+
+fn worker_main() -> Result<(), String> {
+    let fd: i32 = env("RAYISH_WORKER_FD")?
+        .parse()
+        .map_err(|e| format!("RAYISH_WORKER_FD: {e}"))?;
+    let head = crate::launch::resolve(&env("RAYISH_HEAD_ADDRESS")?)?;
+    let token = env("RAYISH_TOKEN")?;
+    let node = NodeId(
+        env("RAYISH_NODE_ID")?
+            .parse()
+            .map_err(|e| format!("RAYISH_NODE_ID: {e}"))?,
+    );
+    let job = JobId(
+        env("RAYISH_JOB_ID")?
+            .parse()
+            .map_err(|e| format!("RAYISH_JOB_ID: {e}"))?,
+    );
+    let node_label = format!(
+        "{node} at {}",
+        std::env::var("RAYISH_NODE_ADDRESS").unwrap_or_default()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rayish-worker-io")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let handle = rt.handle().clone();
+    let _enter = rt.enter();
+
+    // SAFETY: the node passed us this descriptor (see worker_pool::spawn) and nothing
+    // else in this process owns it.
+    let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    std_stream
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    let stream = tokio::net::UnixStream::from_std(std_stream).map_err(|e| e.to_string())?;
+    let (link, runs) = NodeLink::start(stream);
+
+    let tls = ClusterTls::from_token(&token).map_err(|e| e.to_string())?;
+    let bind = if head.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let endpoint = make_endpoint(
+        bind.parse().map_err(|_| "bind")?,
+        &tls,
+        Duration::from_secs(30),
+    )
+    .map_err(|e| e.to_string())?;
+    let conn = handle.block_on(async {
+        let head_conn = connect(&endpoint, head, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let hello = Hello {
+            role: PeerRole::Worker { node, job },
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let control = open_control(&head_conn, hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Welcome::Accepted {
+            peer, head_node, ..
+        } = control.welcome
+        else {
+            return Err("the head refused this worker".to_string());
+        };
+        Ok::<_, String>(Connection {
+            endpoint: endpoint.clone(),
+            head_conn,
+            head: control.sender,
+            reader: control.reader,
+            peer,
+            job,
+            head_node,
+        })
+    })?;
+    let cw = CoreWorker::start(handle, conn, Some((link, node)));
+    crate::api::context::install(cw.clone());
+    let link = cw.node_link().ok_or("no node link")?;
+    link.send(FromWorker::Ready {
+        pid: std::process::id(),
+    });
+
+    while let Ok(run) = runs.recv() {
+        let task_id = run.task_id;
+        let return_id = run.return_id;
+        set_current_task(Some(task_id));
+        let result = execute(&run, &node_label);
+        set_current_task(None);
+        let result = result.map(|encoded| {
+            // Declared before our own handles to them can be dropped.
+            cw.nest(return_id, encoded.nested);
+            encoded.bytes
+        });
+        link.send(FromWorker::Finished { task_id, result });
+    }
+    Ok(())
+}
+
+fn execute(run: &RunRequest, node: &str) -> Result<crate::registry::Encoded, TaskError> {
+    let function = run.function.clone();
+    let Some(f) = lookup(&run.function) else {
+        return Err(TaskError::UnknownFunction { function });
+    };
+    match catch_unwind(AssertUnwindSafe(|| (f.invoke)(&run.args))) {
+        Ok(Ok(encoded)) => Ok(encoded),
+        Ok(Err(InvokeError::Failed(message))) => Err(TaskError::Failed {
+            function,
+            message,
+            node: node.to_string(),
+        }),
+        Ok(Err(InvokeError::Codec(message))) => Err(TaskError::Codec { function, message }),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            Err(TaskError::Panicked {
+                function,
+                message,
+                node: node.to_string(),
+            })
+        }
+    }
+}
