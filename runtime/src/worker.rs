@@ -117,14 +117,11 @@ fn worker_main() -> Result<(), String> {
     while let Ok(run) = runs.recv() {
         let task_id = run.task_id;
         let return_id = run.return_id;
-        set_current_task(Some(task_id));
+        set_current_task(Some((task_id, return_id)));
         let result = execute(&run, &node_label);
         set_current_task(None);
-        let result = result.map(|encoded| {
-            // Declared before our own handles to them can be dropped.
-            cw.nest(return_id, encoded.nested);
-            encoded.bytes
-        });
+        // References inside the result were declared by encode_return.
+        let result = result.map(|encoded| encoded.bytes);
         link.send(FromWorker::Finished { task_id, result });
     }
     Ok(())

@@ -1,1 +1,212 @@
-//! harness
+//! Test harness: a real cluster of `rayish` processes on distinct loopback addresses.
+//!
+//! The head listens on 127.0.0.2; node i on 127.0.0.(3+i). Every cluster gets its own
+//! temp root, so tests never see each other's files, and clusters are started one at a
+//! time (a process-wide lock) because the machine has two cores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The directory holding the built binaries (`target/<profile>`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> or target/<profile>/<bench>
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The `rayish` binary.
+pub fn rayish_bin() -> PathBuf {
+    let p = target_dir().join("rayish");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (cargo build --release --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// An example binary.
+pub fn example_bin(name: &str) -> PathBuf {
+    let p = target_dir().join("examples").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the examples first",
+        p.display()
+    );
+    p
+}
+
+/// A running test cluster.
+pub struct TestCluster {
+    /// Its temp root.
+    pub root: PathBuf,
+    /// The head's address.
+    pub address: String,
+    /// The token.
+    pub token: String,
+    /// Node processes: index 0 is the head.
+    pub nodes: Vec<Child>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+fn free_port(ip: &str) -> u16 {
+    let sock = std::net::UdpSocket::bind((ip, 0)).expect("bind for a free port");
+    sock.local_addr().expect("local addr").port()
+}
+
+impl TestCluster {
+    /// Starts a head and `workers` more nodes, each with `cpus` CPUs.
+    pub fn start(workers: usize, cpus: u32, node_timeout_ms: u64) -> Self {
+        let lock = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let root = std::env::temp_dir().join(format!("rayish-test-{:x}", rand_u64()));
+        std::fs::create_dir_all(&root).expect("temp root");
+        let port = free_port("127.0.0.2");
+        let address = format!("127.0.0.2:{port}");
+        let token = format!("{:032x}", rand_u64() as u128 * 3 + 17);
+        let common = |cmd: &mut Command, ip: &str| {
+            cmd.args([
+                "--block",
+                "--node-ip-address",
+                ip,
+                "--num-cpus",
+                &cpus.to_string(),
+            ])
+            .args([
+                "--token",
+                &token,
+                "--node-timeout-ms",
+                &node_timeout_ms.to_string(),
+            ])
+            .arg("--temp-dir")
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        };
+        let mut head = Command::new(rayish_bin());
+        head.args(["start", "--head", "--port", &port.to_string()]);
+        common(&mut head, "127.0.0.2");
+        let mut nodes = vec![head.spawn().expect("start head")];
+        let mut cluster = Self {
+            root: root.clone(),
+            address,
+            token: token.clone(),
+            nodes: Vec::new(),
+            _lock: lock,
+        };
+        cluster.wait_for_nodes(1);
+        for i in 0..workers {
+            let ip = format!("127.0.0.{}", 3 + i);
+            let mut node = Command::new(rayish_bin());
+            node.args(["start", "--address", &cluster.address]);
+            common(&mut node, &ip);
+            nodes.push(node.spawn().expect("start node"));
+        }
+        cluster.nodes = nodes;
+        cluster.wait_for_nodes(1 + workers);
+        cluster
+    }
+
+    /// `rayish status --json`, parsed.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.rayish(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Runs a `rayish` subcommand against this cluster.
+    pub fn rayish(&self, args: &[&str]) -> Output {
+        Command::new(rayish_bin())
+            .args(args)
+            .args(["--address", &self.address, "--token", &self.token])
+            .env("RAYISH_TEMP_DIR", &self.root)
+            .output()
+            .expect("run rayish")
+    }
+
+    /// Number of live nodes the head reports.
+    pub fn alive_nodes(&self) -> usize {
+        self.status()
+            .and_then(|s| {
+                s["nodes"]
+                    .as_array()
+                    .map(|n| n.iter().filter(|n| n["alive"] == true).count())
+            })
+            .unwrap_or(0)
+    }
+
+    fn wait_for_nodes(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.alive_nodes() < n {
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not reach {n} live nodes"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A driver command for an example, pointed at this cluster.
+    pub fn driver(&self, example: &str) -> Command {
+        let mut cmd = Command::new(example_bin(example));
+        cmd.env("RAYISH_ADDRESS", &self.address)
+            .env("RAYISH_TOKEN", &self.token)
+            .env("RAYISH_TEMP_DIR", &self.root);
+        cmd
+    }
+
+    /// Kills node `i` (0 is the head) with SIGKILL.
+    pub fn kill_node(&mut self, i: usize) {
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+    }
+
+    /// The temp root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Parses the `RESULT {json}` line a cluster_driver scenario prints.
+pub fn result_of(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| {
+            panic!(
+                "no RESULT line; stdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).expect("RESULT json")
+}
+
+/// A random number from the OS.
+pub fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_le_bytes(b)
+}

@@ -46,9 +46,17 @@ impl Config {
     }
 
     /// Connect to the head at `address` (`HOST:PORT`, or `auto` for the cluster
-    /// started on this machine). `None` starts a local cluster in this process.
+    /// started on this machine). `None` keeps the default (`RAYISH_ADDRESS`, else local).
     pub fn address(mut self, address: Option<String>) -> Self {
-        self.address = address;
+        if address.is_some() {
+            self.address = address;
+        }
+        self
+    }
+
+    /// Local mode, whatever `RAYISH_ADDRESS` says.
+    pub fn local(mut self) -> Self {
+        self.address = None;
         self
     }
 

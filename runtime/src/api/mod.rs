@@ -283,10 +283,16 @@ pub mod __private {
     /// Encodes a task's return value in a worker.
     pub fn encode_return<T: Serialize>(value: &T) -> Result<Encoded, InvokeError> {
         let (bytes, nested) = collect_nested(|| encode_value(value));
-        Ok(Encoded {
-            bytes: bytes.map_err(|e| InvokeError::Codec(format!("return value: {e}")))?,
-            nested,
-        })
+        let bytes = bytes.map_err(|e| InvokeError::Codec(format!("return value: {e}")))?;
+        // Declare the references inside the result now, while `value` still holds
+        // them: dropping it sends their releases on the same ordered stream.
+        if let (Some(cw), Some(outer)) = (
+            context::try_current(),
+            crate::core_worker::current_return_id(),
+        ) {
+            cw.nest(outer, nested.clone());
+        }
+        Ok(Encoded { bytes, nested })
     }
 
     /// Turns a task's error return into a task failure.

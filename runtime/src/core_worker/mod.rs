@@ -51,13 +51,19 @@ pub enum GetError {
 }
 
 thread_local! {
-    static CURRENT_TASK: Cell<Option<TaskId>> = const { Cell::new(None) };
+    static CURRENT_TASK: Cell<Option<(TaskId, ObjectId)>> = const { Cell::new(None) };
 }
 
-/// Marks the task this thread is running (worker processes), so that a `get` inside
-/// it can give its CPU back while it waits.
-pub fn set_current_task(task: Option<TaskId>) {
+/// Marks the task this thread is running and its return object (worker processes), so
+/// that a `get` inside it can give its CPU back while it waits, and references in its
+/// return value can be declared before the value is dropped.
+pub fn set_current_task(task: Option<(TaskId, ObjectId)>) {
     CURRENT_TASK.with(|c| c.set(task));
+}
+
+/// The return object of the task this thread is running, if any.
+pub fn current_return_id() -> Option<ObjectId> {
+    CURRENT_TASK.with(|c| c.get()).map(|(_, r)| r)
 }
 
 #[derive(Default)]
@@ -340,7 +346,7 @@ impl CoreWorker {
 
     /// Runs `f` while telling the head that the current task (if any) is blocked.
     fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
-        let task = CURRENT_TASK.with(|c| c.get());
+        let task = CURRENT_TASK.with(|c| c.get()).map(|(t, _)| t);
         if let Some(t) = task {
             self.head.send(ToHead::TaskBlocked(t));
         }

@@ -1,0 +1,315 @@
+//! A driver of scenarios for the cluster integration tests (tests/cluster.rs); each
+//! prints one `RESULT {json}` line that the test checks. Runs in local mode too:
+//!     cargo run --release --example cluster_driver -- many --n 1000
+
+use clap::{Parser, Subcommand};
+use rayish::{ObjectRef, TaskOptions};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Many small tasks; where did they run?
+    Many {
+        #[arg(long, default_value_t = 10_000)]
+        n: u64,
+    },
+    /// Large objects made on one node and read by tasks on others, and nested references.
+    PassRefs,
+    /// Parents that wait on children, more of them than there are CPUs.
+    Nested {
+        #[arg(long, default_value_t = 12)]
+        parents: u64,
+    },
+    /// A panicking task and a task returning an error.
+    Panic,
+    /// Workers that abort: once (retried) and always (retries exhausted).
+    Crash {
+        /// Scratch directory for markers.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Slow tasks whose worker processes the driver kills with SIGKILL mid-task.
+    KillWorker {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// A long job of slow tasks and large objects; the test kills a node meanwhile.
+    Long {
+        #[arg(long, default_value_t = 200)]
+        n: u64,
+        /// The driver waits for this file to exist before the second stage.
+        #[arg(long)]
+        go: PathBuf,
+    },
+    /// A task no node can run.
+    Infeasible,
+}
+
+#[rayish::remote]
+fn where_am_i(i: u64) -> (u64, String) {
+    (i * 2, rayish::current_node_id().unwrap_or_default())
+}
+
+#[rayish::remote]
+fn make_block(seed: u64, len: usize) -> (Vec<u64>, String) {
+    let v = (0..len as u64)
+        .map(|i| i.wrapping_mul(seed) ^ seed)
+        .collect();
+    (v, rayish::current_node_id().unwrap_or_default())
+}
+
+#[rayish::remote]
+fn checksum(block: (Vec<u64>, String)) -> (u64, String, String) {
+    let sum = block.0.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+    (sum, block.1, rayish::current_node_id().unwrap_or_default())
+}
+
+#[rayish::remote]
+fn sum_slice(values: Vec<u64>) -> u64 {
+    values.iter().sum()
+}
+
+#[rayish::remote]
+fn refs_to_squares(n: u64) -> Vec<ObjectRef<u64>> {
+    (0..n)
+        .map(|i| rayish::put(&(i * i)).expect("put"))
+        .collect()
+}
+
+#[rayish::remote]
+fn sum_refs(refs: Vec<ObjectRef<u64>>) -> rayish::Result<u64> {
+    Ok(rayish::get_all(&refs)?.into_iter().sum())
+}
+
+#[rayish::remote]
+fn leaf(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(20));
+    x + 1
+}
+
+#[rayish::remote]
+fn parent(x: u64) -> rayish::Result<u64> {
+    let kids: Vec<_> = (0..3).map(|k| leaf::remote(x * 10 + k)).collect();
+    Ok(rayish::get_all(&kids)?.into_iter().sum())
+}
+
+#[rayish::remote]
+fn explode(code: u64) -> u64 {
+    panic!("boom {code}");
+}
+
+#[rayish::remote]
+fn refuse(x: i64) -> Result<i64, String> {
+    if x < 0 {
+        Err(format!("negative input {x}"))
+    } else {
+        Ok(x)
+    }
+}
+
+#[rayish::remote]
+fn crash_once(marker: String, x: u64) -> u64 {
+    if std::fs::metadata(&marker).is_err() {
+        let _ = std::fs::write(&marker, b"crashed");
+        std::process::abort();
+    }
+    x * 3
+}
+
+#[rayish::remote]
+fn always_crash() -> u64 {
+    std::process::abort();
+}
+
+#[rayish::remote]
+fn slow_pid(dir: String, i: u64) -> u64 {
+    let _ = std::fs::write(format!("{dir}/{}", std::process::id()), b"");
+    std::thread::sleep(Duration::from_millis(1500));
+    i + 1000
+}
+
+#[rayish::remote]
+fn slow(i: u64, ms: u64) -> (u64, String) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (i * 7, rayish::current_node_id().unwrap_or_default())
+}
+
+#[rayish::remote]
+fn never_runs() -> u64 {
+    1
+}
+
+fn result(value: serde_json::Value) {
+    println!("RESULT {value}");
+}
+
+fn main() -> anyhow::Result<()> {
+    rayish::init(rayish::Config::default())?;
+    let args = Args::parse();
+    match args.scenario {
+        Scenario::Many { n } => {
+            let start = Instant::now();
+            let refs: Vec<_> = (0..n).map(where_am_i::remote).collect();
+            let out = rayish::get_all(&refs)?;
+            let mut nodes: BTreeMap<String, u64> = BTreeMap::new();
+            let mut wrong = 0;
+            for (i, (v, node)) in out.iter().enumerate() {
+                if *v != i as u64 * 2 {
+                    wrong += 1;
+                }
+                *nodes.entry(node.clone()).or_default() += 1;
+            }
+            result(
+                json!({"n": n, "wrong": wrong, "nodes": nodes, "seconds": start.elapsed().as_secs_f64()}),
+            );
+        }
+        Scenario::PassRefs => {
+            let len = 200_000; // 1.6 MB: held on the node that made it, pulled by others
+            let blocks: Vec<_> = (1..=4).map(|s| make_block::remote(s, len)).collect();
+            let mut sums = Vec::new();
+            for (s, b) in blocks.iter().enumerate() {
+                for _ in 0..3 {
+                    sums.push((s as u64 + 1, checksum::remote(b)));
+                }
+            }
+            let mut transfers = 0;
+            let mut wrong = 0;
+            for (seed, r) in &sums {
+                let (sum, made_on, read_on) = rayish::get(r)?;
+                let expect = (0..len as u64)
+                    .map(|i| i.wrapping_mul(*seed) ^ seed)
+                    .fold(0u64, |a, b| a.wrapping_add(b));
+                if sum != expect {
+                    wrong += 1;
+                }
+                if made_on != read_on {
+                    transfers += 1;
+                }
+            }
+            // A large put from the driver, read by a task.
+            let big: Vec<u64> = (0..300_000).collect();
+            let big_ref = rayish::put(&big)?;
+            let big_sum = rayish::get(&sum_slice::remote(&big_ref))?;
+            // References inside values: a task returns refs, another reads through them.
+            let refs = refs_to_squares::remote(50u64);
+            let through = rayish::get(&sum_refs::remote(&refs))?;
+            let direct: u64 = rayish::get_all(&rayish::get(&refs)?)?.into_iter().sum();
+            result(json!({
+                "wrong": wrong, "cross_node_reads": transfers, "reads": sums.len(),
+                "big_sum": big_sum, "big_expected": big.iter().sum::<u64>(),
+                "nested_sum": through, "nested_direct": direct, "nested_expected": (0..50u64).map(|i| i * i).sum::<u64>(),
+            }));
+        }
+        Scenario::Nested { parents } => {
+            let refs: Vec<_> = (0..parents).map(parent::remote).collect();
+            let got = rayish::get_all(&refs)?;
+            let expected: Vec<u64> = (0..parents)
+                .map(|x| (0..3).map(|k| x * 10 + k + 1).sum())
+                .collect();
+            result(json!({"ok": got == expected, "got": got}));
+        }
+        Scenario::Panic => {
+            let p = rayish::get(&explode::remote(42u64))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let f = rayish::get(&refuse::remote(-5i64))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let ok = rayish::get(&refuse::remote(5i64))?;
+            // A dependent of a failed task fails with the same error.
+            let dep = rayish::get(&leaf::remote(explode::remote(7u64)))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            result(json!({"panic": p, "failed": f, "ok": ok, "dependent": dep}));
+        }
+        Scenario::Crash { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            let marker = dir.join("crashed-once").to_string_lossy().into_owned();
+            let once = rayish::get(&crash_once::remote(marker, 14u64)).map_err(|e| e.to_string());
+            let always = rayish::get(&always_crash::remote_with(
+                TaskOptions::new().max_retries(1),
+            ))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            result(json!({"once": once.ok(), "always": always}));
+        }
+        Scenario::KillWorker { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            let d = dir.to_string_lossy().into_owned();
+            let refs: Vec<_> = (0..8).map(|i| slow_pid::remote(d.clone(), i)).collect();
+            // Wait until some workers are mid-task, then kill two of them.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut killed = Vec::new();
+            while killed.len() < 2 && Instant::now() < deadline {
+                for entry in std::fs::read_dir(&dir)?.flatten() {
+                    if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
+                        if killed.len() < 2 && !killed.contains(&pid) {
+                            // SAFETY: kill(2) on a worker pid this job's task wrote.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                            killed.push(pid);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let got = rayish::get_all(&refs)?;
+            let ok = got == (0..8).map(|i| i + 1000).collect::<Vec<u64>>();
+            result(json!({"ok": ok, "killed": killed.len()}));
+        }
+        Scenario::Long { n, go } => {
+            let len = 100_000;
+            let blocks: Vec<_> = (1..=6).map(|s| make_block::remote(s, len)).collect();
+            let made: Vec<String> = blocks
+                .iter()
+                .map(|b| rayish::get(b).map(|x| x.1))
+                .collect::<Result<_, _>>()?;
+            let first: Vec<_> = (0..n).map(|i| slow::remote(i, 50u64)).collect();
+            println!("STAGE1 {}", serde_json::to_string(&made)?);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !go.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let sums: Vec<_> = blocks.iter().map(checksum::remote).collect();
+            let out = rayish::get_all(&first)?;
+            let wrong = out
+                .iter()
+                .enumerate()
+                .filter(|(i, (v, _))| *v != *i as u64 * 7)
+                .count();
+            let mut sum_wrong = 0;
+            for (s, r) in sums.iter().enumerate() {
+                let seed = s as u64 + 1;
+                let expect = (0..len as u64)
+                    .map(|i| i.wrapping_mul(seed) ^ seed)
+                    .fold(0u64, |a, b| a.wrapping_add(b));
+                if rayish::get(r)?.0 != expect {
+                    sum_wrong += 1;
+                }
+            }
+            let nodes: std::collections::BTreeSet<String> =
+                out.iter().map(|x| x.1.clone()).collect();
+            result(json!({"wrong": wrong, "sum_wrong": sum_wrong, "nodes": nodes.len()}));
+        }
+        Scenario::Infeasible => {
+            let r = never_runs::remote_with(TaskOptions::new().num_cpus(64.0));
+            let err = rayish::get_timeout(&r, Duration::from_secs(4))
+                .err()
+                .map(|e| e.to_string());
+            result(json!({"error": err}));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! End-to-end tests on a real cluster: separate `rayish` node processes on distinct
+//! loopback addresses, driven by the example drivers.
+
+use rayish_suite::{result_of, TestCluster};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[test]
+fn ten_thousand_tasks_return_right_values_on_every_node() {
+    let cluster = TestCluster::start(2, 2, 5000);
+    let out = cluster
+        .driver("cluster_driver")
+        .args(["many", "--n", "10000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result_of(&out);
+    assert_eq!(r["wrong"], 0);
+    let nodes = r["nodes"].as_object().unwrap();
+    assert_eq!(nodes.len(), 3, "tasks ran on {nodes:?}");
+    assert!(
+        nodes.values().all(|n| n.as_u64().unwrap() > 100),
+        "uneven spread: {nodes:?}"
+    );
+    assert_eq!(
+        nodes.values().map(|n| n.as_u64().unwrap()).sum::<u64>(),
+        10_000
+    );
+}
+
+#[test]
+fn hello_example_runs_against_a_started_cluster() {
+    let cluster = TestCluster::start(2, 2, 5000);
+    let out = cluster
+        .driver("hello")
+        .args(["--address", &cluster.address])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("squares of 0..10: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("via put + reference argument: 5050"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("nested sums of squares: [30, 285, 1015, 2470]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn object_references_cross_nodes() {
+    let cluster = TestCluster::start(2, 2, 5000);
+    let out = cluster
+        .driver("cluster_driver")
+        .arg("pass-refs")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result_of(&out);
+    assert_eq!(r["wrong"], 0);
+    assert!(
+        r["cross_node_reads"].as_u64().unwrap() > 0,
+        "no object crossed nodes: {r}"
+    );
+    assert_eq!(r["big_sum"], r["big_expected"]);
+    assert_eq!(r["nested_sum"], r["nested_expected"]);
+    assert_eq!(r["nested_direct"], r["nested_expected"]);
+}
+
+#[test]
+fn nested_tasks_with_more_waiting_parents_than_cpus() {
+    // 2 nodes x 1 CPU; 12 parents each wait on 3 children.
+    let cluster = TestCluster::start(1, 1, 5000);
+    let out = cluster
+        .driver("cluster_driver")
+        .args(["nested", "--parents", "12"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(result_of(&out)["ok"], true);
+}
+
+#[test]
+fn task_panics_and_errors_come_back_from_get() {
+    let cluster = TestCluster::start(1, 2, 5000);
+    let out = cluster
+        .driver("cluster_driver")
+        .arg("panic")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result_of(&out);
+    let panic = r["panic"].as_str().unwrap();
+    assert!(
+        panic.contains("panicked") && panic.contains("boom 42") && panic.contains(" at 127.0.0."),
+        "{panic}"
+    );
+    let failed = r["failed"].as_str().unwrap();
+    assert!(failed.contains("negative input -5"), "{failed}");
+    assert_eq!(r["ok"], 5);
+    assert!(r["dependent"].as_str().unwrap().contains("boom 7"), "{r}");
+    // The nodes survived.
+    assert_eq!(cluster.alive_nodes(), 2);
+}
+
+#[test]
+fn dead_workers_are_retried_then_reported() {
+    let cluster = TestCluster::start(1, 2, 5000);
+    let dir = cluster.root().join("crash");
+    let out = cluster
+        .driver("cluster_driver")
+        .args(["crash", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result_of(&out);
+    assert_eq!(r["once"], 42, "{r}");
+    let always = r["always"].as_str().unwrap();
+    assert!(
+        always.contains("2 time(s)") && always.contains("SIGABRT"),
+        "{always}"
+    );
+}
+
+#[test]
+fn workers_killed_with_sigkill_mid_task_do_not_lose_the_job() {
+    let cluster = TestCluster::start(1, 2, 5000);
+    let dir = cluster.root().join("pids");
+    let out = cluster
+        .driver("cluster_driver")
+        .args(["kill-worker", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result_of(&out);
+    assert_eq!(r["killed"], 2);
+    assert_eq!(r["ok"], true);
+}
+
+#[test]
+fn a_node_killed_mid_job_does_not_lose_the_job() {
+    let mut cluster = TestCluster::start(2, 2, 2000);
+    let go = cluster.root().join("go");
+    let mut driver = cluster
+        .driver("cluster_driver")
+        .args(["long", "--n", "150", "--go"])
+        .arg(&go)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let stage1 = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("STAGE1"))
+        .expect("stage 1");
+    // Kill the last worker node while slow tasks run and some large objects live only there.
+    cluster.kill_node(2);
+    std::fs::write(&go, b"").unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = driver.wait().unwrap();
+    let mut stderr = String::new();
+    use std::io::Read;
+    driver
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stage1}\n{rest:?}\n{stderr}");
+    let line = rest
+        .iter()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .expect("result");
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(r["wrong"], 0, "{r}");
+    assert_eq!(r["sum_wrong"], 0, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.alive_nodes() != 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(cluster.alive_nodes(), 2);
+}
+
+#[test]
+fn a_wrong_token_is_refused_on_both_sides() {
+    let cluster = TestCluster::start(0, 1, 5000);
+    let out = std::process::Command::new(rayish_suite::rayish_bin())
+        .args([
+            "start",
+            "--block",
+            "--address",
+            &cluster.address,
+            "--token",
+            "not-the-token",
+        ])
+        .args(["--node-ip-address", "127.0.0.9", "--temp-dir"])
+        .arg(cluster.root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not made from this cluster token"), "{err}");
+    // The driver side says the same.
+    let out = cluster
+        .driver("hello")
+        .env("RAYISH_TOKEN", "also-wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The head logged the refusal and still serves.
+    let logs = std::fs::read_dir(cluster.root())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("session_"));
+    let mut head_log = String::new();
+    for s in logs {
+        for f in std::fs::read_dir(s.path().join("logs")).unwrap().flatten() {
+            head_log += &std::fs::read_to_string(f.path()).unwrap_or_default();
+        }
+    }
+    assert!(
+        head_log.contains("refused a connection") && head_log.contains("token"),
+        "{head_log}"
+    );
+    assert_eq!(cluster.alive_nodes(), 1);
+}
+
+#[test]
+fn infeasible_tasks_are_reported_not_silently_pending() {
+    let cluster = TestCluster::start(1, 1, 5000);
+    let driver = cluster
+        .driver("cluster_driver")
+        .arg("infeasible")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = false;
+    while Instant::now() < deadline && !seen {
+        std::thread::sleep(Duration::from_millis(300));
+        let out = cluster.rayish(&["status"]);
+        seen = String::from_utf8_lossy(&out.stdout).contains("{CPU: 64}: 1 infeasible");
+    }
+    let out = driver.wait_with_output().unwrap();
+    assert!(seen, "rayish status never showed the infeasible task");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rayish warning"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(result_of(&out)["error"]
+        .as_str()
+        .unwrap()
+        .contains("timed out"));
+}
