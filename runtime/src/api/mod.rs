@@ -155,13 +155,16 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     refs.iter().map(get).collect()
 }
 
+/// `(ready, not_ready)`, as [`wait`] returns them.
+pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_returns` of `refs` are ready or `timeout` passes (forever if
 /// `None`); returns `(ready, not_ready)`, each in the order given (Ray's `ray.wait`).
 pub fn wait<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
     timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+) -> Result<WaitResult<T>> {
     let cw = context::current()?;
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
     let flags = cw.wait(&ids, num_returns, timeout)?;

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: unit tests, the cluster integration tests
+# (real rayish processes on 127.0.0.2, 127.0.0.3, ...) and doc tests.
+# Idempotent; needs only the Rust toolchain and a C compiler (for ring).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cc >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq build-essential
+fi
+cargo build --release --workspace --all-targets
+cargo test --release --workspace
