@@ -52,6 +52,13 @@ enum Scenario {
     },
     /// A task no node can run.
     Infeasible,
+    /// Holds many objects until `<go>.1` exists, drops them, exits when `<go>.2` exists.
+    Free {
+        #[arg(long)]
+        go: PathBuf,
+    },
+    /// Waits on a long task while the test kills the head.
+    HeadDies,
 }
 
 #[rayish::remote]
@@ -146,6 +153,13 @@ fn slow(i: u64, ms: u64) -> (u64, String) {
 #[rayish::remote]
 fn never_runs() -> u64 {
     1
+}
+
+fn wait_for(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn result(value: serde_json::Value) {
@@ -302,6 +316,28 @@ fn main() -> anyhow::Result<()> {
             let nodes: std::collections::BTreeSet<String> =
                 out.iter().map(|x| x.1.clone()).collect();
             result(json!({"wrong": wrong, "sum_wrong": sum_wrong, "nodes": nodes.len()}));
+        }
+        Scenario::Free { go } => {
+            let big: Vec<_> = (1..=20).map(|s| make_block::remote(s, 50_000)).collect();
+            rayish::get_all(&big)?;
+            let small: Vec<_> = (0..500u64)
+                .map(|i| rayish::put(&i))
+                .collect::<Result<_, _>>()?;
+            let nested = refs_to_squares::remote(20u64);
+            let inner = rayish::get(&nested)?;
+            println!("HOLDING");
+            wait_for(&go.with_extension("1"));
+            drop((big, small, nested, inner));
+            println!("DROPPED");
+            wait_for(&go.with_extension("2"));
+            result(json!({"ok": true}));
+        }
+        Scenario::HeadDies => {
+            let r = slow::remote(0u64, 120_000u64);
+            println!("WAITING");
+            let start = Instant::now();
+            let err = rayish::get(&r).err().map(|e| e.to_string());
+            result(json!({"error": err, "seconds": start.elapsed().as_secs_f64()}));
         }
         Scenario::Infeasible => {
             let r = never_runs::remote_with(TaskOptions::new().num_cpus(64.0));

@@ -80,14 +80,7 @@ fn bad_frames_are_rejected_and_the_head_keeps_serving() {
     );
     assert_eq!(rayish_suite::result_of(&out)["wrong"], 0);
     // And the refusals were logged.
-    let mut logs = String::new();
-    for s in std::fs::read_dir(cluster.root()).unwrap().flatten() {
-        if let Ok(dir) = std::fs::read_dir(s.path().join("logs")) {
-            for f in dir.flatten() {
-                logs += &std::fs::read_to_string(f.path()).unwrap_or_default();
-            }
-        }
-    }
+    let logs = rayish_suite::read_logs(cluster.root());
     for expected in [
         "bad frame magic",
         "protocol version",

@@ -192,6 +192,13 @@ fn a_node_killed_mid_job_does_not_lose_the_job() {
         .find(|l| l.starts_with("STAGE1"))
         .expect("stage 1");
     // Kill the last worker node while slow tasks run and some large objects live only there.
+    let status = String::from_utf8_lossy(&cluster.rayish(&["status"]).stdout).into_owned();
+    let victim = status
+        .lines()
+        .find(|l| l.contains(" 127.0.0.4:"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("node 127.0.0.4 in status")
+        .to_string();
     cluster.kill_node(2);
     std::fs::write(&go, b"").unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
@@ -212,6 +219,12 @@ fn a_node_killed_mid_job_does_not_lose_the_job() {
     let r: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(r["wrong"], 0, "{r}");
     assert_eq!(r["sum_wrong"], 0, "{r}");
+    eprintln!("killed node {victim}; blocks were made on {stage1}");
+    if stage1.contains(&victim) {
+        // Blocks that lived only on the dead node were re-made from lineage.
+        let logs = rayish_suite::read_logs(cluster.root());
+        assert!(logs.contains("re-running the task that made it"), "{logs}");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while cluster.alive_nodes() != 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -251,16 +264,7 @@ fn a_wrong_token_is_refused_on_both_sides() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The head logged the refusal and still serves.
-    let logs = std::fs::read_dir(cluster.root())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("session_"));
-    let mut head_log = String::new();
-    for s in logs {
-        for f in std::fs::read_dir(s.path().join("logs")).unwrap().flatten() {
-            head_log += &std::fs::read_to_string(f.path()).unwrap_or_default();
-        }
-    }
+    let head_log = rayish_suite::read_logs(cluster.root());
     assert!(
         head_log.contains("refused a connection") && head_log.contains("token"),
         "{head_log}"
@@ -296,4 +300,193 @@ fn infeasible_tasks_are_reported_not_silently_pending() {
         .as_str()
         .unwrap()
         .contains("timed out"));
+}
+
+/// Sum of a field over the live nodes of a status.
+fn sum_load(status: &serde_json::Value, field: &str) -> u64 {
+    status["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n["alive"] == true)
+                .map(|n| n["load"][field].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn objects_are_freed_everywhere_when_no_reference_remains() {
+    let cluster = TestCluster::start(2, 2, 5000);
+    let go = cluster.root().join("go");
+    let mut driver = cluster
+        .driver("cluster_driver")
+        .args(["free", "--go"])
+        .arg(&go)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(driver.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    assert!(lines.by_ref().any(|l| l == "HOLDING"));
+    // 20 large blocks on the nodes, 500 puts, a list of 20 refs and its 20 objects.
+    wait_until("the nodes report the stored blocks", 10, || {
+        cluster
+            .status()
+            .is_some_and(|s| sum_load(&s, "store_objects") >= 20)
+    });
+    let held = cluster.status().unwrap()["objects"].as_u64().unwrap();
+    assert!(
+        held >= 20 + 500 + 1 + 20,
+        "the head tracks only {held} objects"
+    );
+    std::fs::write(go.with_extension("1"), b"").unwrap();
+    assert!(lines.by_ref().any(|l| l == "DROPPED"));
+    wait_until(
+        "every object is freed on the head and on every node",
+        15,
+        || {
+            cluster.status().is_some_and(|s| {
+                s["objects"].as_u64() == Some(0)
+                    && sum_load(&s, "store_objects") == 0
+                    && sum_load(&s, "store_bytes") == 0
+            })
+        },
+    );
+    std::fs::write(go.with_extension("2"), b"").unwrap();
+    assert!(driver.wait().unwrap().success());
+}
+
+#[test]
+fn get_on_a_dead_cluster_returns_an_error() {
+    let mut cluster = TestCluster::start(1, 1, 2000);
+    let mut driver = cluster
+        .driver("cluster_driver")
+        .arg("head-dies")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(driver.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    assert!(lines.by_ref().any(|l| l == "WAITING"));
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.kill_node(0);
+    let rest: Vec<String> = lines.collect();
+    assert!(driver.wait().unwrap().success());
+    let line = rest
+        .iter()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .expect("result");
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(
+        r["error"].as_str().unwrap_or("").contains("unreachable"),
+        "{r}"
+    );
+}
+
+#[test]
+fn local_mode_runs_the_example_with_no_cluster() {
+    let _machine = rayish_suite::exclusive();
+    let root = std::env::temp_dir().join(format!("rayish-local-{:x}", rayish_suite::rand_u64()));
+    let out = std::process::Command::new(rayish_suite::example_bin("hello"))
+        .env_remove("RAYISH_ADDRESS")
+        .env("RAYISH_TEMP_DIR", &root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("nested sums of squares: [30, 285, 1015, 2470]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(local mode)"), "{stdout}");
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn cli_start_status_stop_like_ray() {
+    let _machine = rayish_suite::exclusive();
+    let root = std::env::temp_dir().join(format!("rayish-cli-{:x}", rayish_suite::rand_u64()));
+    let rayish = |args: &[&str]| {
+        std::process::Command::new(rayish_suite::rayish_bin())
+            .args(args)
+            .env("RAYISH_TEMP_DIR", &root)
+            .env_remove("RAYISH_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let port = rayish_suite::free_port("127.0.0.2").to_string();
+    let head = rayish(&[
+        "start",
+        "--head",
+        "--port",
+        &port,
+        "--node-ip-address",
+        "127.0.0.2",
+        "--num-cpus",
+        "1",
+    ]);
+    let text = String::from_utf8_lossy(&head.stdout).into_owned();
+    assert!(
+        head.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&head.stderr)
+    );
+    // The head prints the exact join command.
+    let join = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("rayish start --address"))
+        .expect("join command");
+    let mut words: Vec<&str> = join.split_whitespace().skip(1).collect();
+    words.extend(["--node-ip-address", "127.0.0.3", "--num-cpus", "1"]);
+    let node = rayish(&words);
+    assert!(
+        node.status.success(),
+        "{}",
+        String::from_utf8_lossy(&node.stderr)
+    );
+    let status = rayish(&["status"]);
+    let shown = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        shown.contains("127.0.0.2:") && shown.contains("127.0.0.3:") && shown.contains("0/2 CPU"),
+        "{shown}"
+    );
+    // A driver finds the cluster of this machine with address "auto".
+    let out = std::process::Command::new(rayish_suite::example_bin("hello"))
+        .args(["--address", "auto"])
+        .env("RAYISH_TEMP_DIR", &root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stop = rayish(&["stop"]);
+    assert!(
+        String::from_utf8_lossy(&stop.stdout).contains("Stopped 2"),
+        "{}",
+        String::from_utf8_lossy(&stop.stdout)
+    );
+    assert!(
+        !rayish(&["status"]).status.success(),
+        "status after stop should fail"
+    );
+    assert!(rayish::session::registered_processes(&root).is_empty());
+    let _ = std::fs::remove_dir_all(root);
 }

@@ -321,6 +321,14 @@ pub enum TaskOutcome {
     Failed(TaskError),
     /// The worker process died; the head may retry.
     WorkerDied(String),
+    /// A reference argument could not be fetched from any holder (one may have just
+    /// died); the head re-runs the task once it knows where the argument is.
+    ArgumentUnavailable {
+        /// The argument.
+        object: ObjectId,
+        /// The last fetch error.
+        reason: String,
+    },
 }
 
 /// A finished object's value as reported to the head.
@@ -435,8 +443,8 @@ pub enum ToHead {
     TaskBlocked(TaskId),
     /// The worker resumed: take the CPU back.
     TaskUnblocked(TaskId),
-    /// From nodes: still alive.
-    Heartbeat,
+    /// From nodes: still alive, and how full.
+    Heartbeat(NodeLoad),
     /// From nodes: a task ended.
     TaskFinished {
         /// The task.
@@ -496,6 +504,17 @@ pub enum ObjectLocation {
     Error(TaskError),
 }
 
+/// What a node reports with each heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Objects in its store.
+    pub store_objects: u64,
+    /// Bytes in its store.
+    pub store_bytes: u64,
+    /// Worker processes alive.
+    pub workers: u64,
+}
+
 /// A snapshot of the cluster for `rayish status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClusterStatus {
@@ -536,6 +555,8 @@ pub struct NodeStatus {
     pub running_tasks: u64,
     /// Tasks it has finished.
     pub finished_tasks: u64,
+    /// Its last reported load.
+    pub load: NodeLoad,
 }
 
 // ---------------------------------------------------------------------------
@@ -656,19 +677,19 @@ mod tests {
     async fn frames_round_trip() {
         let mut buf = Vec::new();
         encode_frame(&ToHead::AddRefs(vec![ObjectId(7)]), &mut buf).unwrap();
-        encode_frame(&ToHead::Heartbeat, &mut buf).unwrap();
+        encode_frame(&ToHead::Heartbeat(NodeLoad::default()), &mut buf).unwrap();
         let mut r = &buf[..];
         let a: ToHead = read_frame(&mut r).await.unwrap().unwrap();
         assert!(matches!(a, ToHead::AddRefs(v) if v == vec![ObjectId(7)]));
         let b: ToHead = read_frame(&mut r).await.unwrap().unwrap();
-        assert!(matches!(b, ToHead::Heartbeat));
+        assert!(matches!(b, ToHead::Heartbeat(_)));
         assert!(read_frame::<_, ToHead>(&mut r).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn bad_frames_are_typed_errors() {
         let mut buf = Vec::new();
-        encode_frame(&ToHead::Heartbeat, &mut buf).unwrap();
+        encode_frame(&ToHead::Heartbeat(NodeLoad::default()), &mut buf).unwrap();
 
         let mut wrong_version = buf.clone();
         wrong_version[4] = 99;

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Holds the machine for one test (clusters are started one at a time).
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The directory holding the built binaries (`target/<profile>`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -57,7 +62,8 @@ pub struct TestCluster {
     _lock: MutexGuard<'static, ()>,
 }
 
-fn free_port(ip: &str) -> u16 {
+/// A UDP port free on `ip` now.
+pub fn free_port(ip: &str) -> u16 {
     let sock = std::net::UdpSocket::bind((ip, 0)).expect("bind for a free port");
     sock.local_addr().expect("local addr").port()
 }
@@ -65,7 +71,7 @@ fn free_port(ip: &str) -> u16 {
 impl TestCluster {
     /// Starts a head and `workers` more nodes, each with `cpus` CPUs.
     pub fn start(workers: usize, cpus: u32, node_timeout_ms: u64) -> Self {
-        let lock = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = exclusive();
         let root = std::env::temp_dir().join(format!("rayish-test-{:x}", rand_u64()));
         std::fs::create_dir_all(&root).expect("temp root");
         let port = free_port("127.0.0.2");
@@ -199,6 +205,19 @@ pub fn result_of(out: &Output) -> serde_json::Value {
             )
         });
     serde_json::from_str(line).expect("RESULT json")
+}
+
+/// Every log file of every session under `root`, concatenated.
+pub fn read_logs(root: &Path) -> String {
+    let mut logs = String::new();
+    for session in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if let Ok(dir) = std::fs::read_dir(session.path().join("logs")) {
+            for f in dir.flatten() {
+                logs += &std::fs::read_to_string(f.path()).unwrap_or_default();
+            }
+        }
+    }
+    logs
 }
 
 /// A random number from the OS.

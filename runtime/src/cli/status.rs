@@ -89,8 +89,16 @@ fn render(address: &str, s: &ClusterStatus) -> String {
     out += "Active:\n";
     for n in &alive {
         out += &format!(
-            " {} {} ({}) running {} finished {}  {}\n",
-            n.node_id, n.address, n.hostname, n.running_tasks, n.finished_tasks, n.total
+            " {} {} ({}) running {} finished {}  {}  workers {}  store {} objects {} bytes\n",
+            n.node_id,
+            n.address,
+            n.hostname,
+            n.running_tasks,
+            n.finished_tasks,
+            n.total,
+            n.load.workers,
+            n.load.store_objects,
+            n.load.store_bytes
         );
     }
     if alive.is_empty() {

@@ -8,9 +8,9 @@ use super::directory::{Freed, ObjectDirectory, ObjectValue};
 use super::scheduler::{is_feasible, pick_node, NodeView, SchedulingQueue};
 use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{
-    ArgSource, ClusterStatus, FromHead, NodeAddress, NodeRegistration, NodeStatus, ObjectLocation,
-    PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError, TaskOutcome, TaskSpec, ToHead,
-    Welcome,
+    ArgSource, ClusterStatus, FromHead, NodeAddress, NodeLoad, NodeRegistration, NodeStatus,
+    ObjectLocation, PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError, TaskOutcome,
+    TaskSpec, ToHead, Welcome,
 };
 use crate::resources::{ResourceSet, CPU};
 use crate::transport::MessageSender;
@@ -61,6 +61,7 @@ struct NodeEntry {
     running: HashSet<TaskId>,
     finished: u64,
     last_heartbeat: Instant,
+    load: NodeLoad,
 }
 
 struct JobEntry {
@@ -86,6 +87,8 @@ struct TaskEntry {
     /// What the task holds on its node now (less its CPU while blocked in `get`).
     held: ResourceSet,
     blocked: bool,
+    /// Times a node could not fetch an argument of this task.
+    fetch_failures: u32,
 }
 
 /// Settings of the head.
@@ -110,6 +113,8 @@ pub struct HeadState {
     dependents: HashMap<ObjectId, Vec<TaskId>>,
     finished_tasks: u64,
     turn: usize,
+    /// Tasks to re-queue at a given time (after an argument fetch failed).
+    delayed: Vec<(Instant, TaskId)>,
 }
 
 impl HeadState {
@@ -126,6 +131,7 @@ impl HeadState {
             dependents: HashMap::new(),
             finished_tasks: 0,
             turn: 0,
+            delayed: Vec::new(),
         }
     }
 
@@ -175,6 +181,7 @@ impl HeadState {
                         running: HashSet::new(),
                         finished: 0,
                         last_heartbeat: Instant::now(),
+                        load: NodeLoad::default(),
                     },
                 );
                 PeerKind::Node(id)
@@ -289,9 +296,10 @@ impl HeadState {
             }
             ToHead::TaskBlocked(task) => self.set_blocked(task, true),
             ToHead::TaskUnblocked(task) => self.set_blocked(task, false),
-            ToHead::Heartbeat => {
+            ToHead::Heartbeat(load) => {
                 if let Some(node) = self.peer_node(peer).and_then(|n| self.nodes.get_mut(&n)) {
                     node.last_heartbeat = Instant::now();
+                    node.load = load;
                 }
             }
             ToHead::TaskFinished {
@@ -367,6 +375,7 @@ impl HeadState {
                 missing_args: missing,
                 held: ResourceSet::new(),
                 blocked: false,
+                fetch_failures: 0,
             },
         );
         if let Some(err) = failed {
@@ -566,6 +575,9 @@ impl HeadState {
             ),
             TaskOutcome::Failed(err) => self.complete_task(task_id, ObjectValue::Error(err)),
             TaskOutcome::WorkerDied(reason) => self.attempt_failed(task_id, reason),
+            TaskOutcome::ArgumentUnavailable { object, reason } => {
+                self.argument_unavailable(task_id, object, reason)
+            }
         }
     }
 
@@ -593,8 +605,7 @@ impl HeadState {
                 function = %task.spec.function, attempt = task.attempt, max_retries = task.spec.max_retries,
                 "task lost its worker ({reason}); retrying"
             );
-            let shape = task.spec.resources.clone();
-            self.enqueue(task_id, shape, true);
+            self.requeue(task_id);
         } else {
             let err = TaskError::WorkerDied {
                 function: task.spec.function.clone(),
@@ -602,6 +613,75 @@ impl HeadState {
                 reason,
             };
             self.complete_task(task_id, ObjectValue::Error(err));
+        }
+    }
+
+    /// A node could not fetch one of the task's arguments. Its holders may have died
+    /// without the head knowing yet, so the task is retried after a pause (without
+    /// using up a retry) until the head learns where the argument is, re-makes it, or
+    /// declares it lost; past a few node timeouts the task fails with `ObjectLost`.
+    fn argument_unavailable(&mut self, task_id: TaskId, object: ObjectId, reason: String) {
+        let pause = (self.settings.node_timeout / 4).max(Duration::from_millis(100));
+        let patience =
+            (4 * self.settings.node_timeout.as_millis() / pause.as_millis().max(1)) as u32 + 4;
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        task.fetch_failures += 1;
+        if task.fetch_failures > patience {
+            let err = TaskError::ObjectLost {
+                object: object.to_string(),
+                reason: format!("no holder could serve it: {reason}"),
+            };
+            self.complete_task(task_id, ObjectValue::Error(err));
+            return;
+        }
+        tracing::debug!(
+            ?task_id,
+            ?object,
+            "argument unavailable ({reason}); retrying later"
+        );
+        task.state = TaskState::WaitingForArgs;
+        self.delayed.push((Instant::now() + pause, task_id));
+    }
+
+    /// Puts a task that must run again back in line: it waits for any argument that is
+    /// not ready now (being re-made after a loss) and fails if one became an error.
+    fn requeue(&mut self, task_id: TaskId) {
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        let args: Vec<ObjectId> = task.spec.arg_refs().collect();
+        let shape = task.spec.resources.clone();
+        let mut missing = 0;
+        for id in args {
+            match self.objects.get(&id).map(|e| &e.value) {
+                Some(ObjectValue::Pending) => {
+                    missing += 1;
+                    self.dependents.entry(id).or_default().push(task_id);
+                }
+                Some(ObjectValue::Error(e)) => {
+                    let e = e.clone();
+                    self.complete_task(task_id, ObjectValue::Error(e));
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    let err = TaskError::ObjectLost {
+                        object: id.to_string(),
+                        reason: "the argument was freed".into(),
+                    };
+                    self.complete_task(task_id, ObjectValue::Error(err));
+                    return;
+                }
+            }
+        }
+        if let Some(task) = self.tasks.get_mut(&task_id) {
+            task.state = TaskState::WaitingForArgs;
+            task.missing_args = missing;
+        }
+        if missing == 0 {
+            self.enqueue(task_id, shape, true);
         }
     }
 
@@ -756,6 +836,12 @@ impl HeadState {
     }
 
     fn check_heartbeats(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.delayed.drain(..).partition(|(at, _)| *at <= now);
+        self.delayed = later;
+        for (_, task_id) in due {
+            self.requeue(task_id);
+        }
         let timeout = self.settings.node_timeout;
         let silent: Vec<NodeId> = self
             .nodes
@@ -909,6 +995,7 @@ impl HeadState {
                 },
                 running_tasks: n.running.len() as u64,
                 finished_tasks: n.finished,
+                load: n.load,
             })
             .collect();
         nodes.sort_by_key(|n| (!n.alive, n.address));

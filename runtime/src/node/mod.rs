@@ -12,8 +12,8 @@ pub use object_store::ObjectStore;
 use crate::binaries::BinaryCache;
 use crate::ids::{BinaryHash, NodeId, ObjectId};
 use crate::protocol::{
-    ArgSource, FromHead, Hello, NodeAddress, NodeRegistration, PeerRole, StoredValue, TaskArg,
-    TaskAssignment, TaskError, TaskOutcome, ToHead, ToWorker, INLINE_OBJECT_MAX,
+    ArgSource, FromHead, Hello, NodeAddress, NodeLoad, NodeRegistration, PeerRole, StoredValue,
+    TaskArg, TaskAssignment, TaskError, TaskOutcome, ToHead, ToWorker, INLINE_OBJECT_MAX,
 };
 use crate::resources::ResourceSet;
 use crate::transfer::{fetch_binary, pull_object, TransferError};
@@ -146,7 +146,12 @@ pub async fn start_node(
         let mut interval = tokio::time::interval(hb.cfg.node_timeout / 5);
         loop {
             interval.tick().await;
-            if !hb.head.send(ToHead::Heartbeat) {
+            let load = NodeLoad {
+                store_objects: hb.store.len() as u64,
+                store_bytes: hb.store.bytes(),
+                workers: hb.pool.len() as u64,
+            };
+            if !hb.head.send(ToHead::Heartbeat(load)) {
                 break;
             }
         }
@@ -216,7 +221,10 @@ impl NodeInner {
                     Ok(v) => v.to_vec(),
                     // The holder may have died: let the head re-run us once it knows.
                     Err(e) => {
-                        return TaskOutcome::WorkerDied(format!("cannot fetch argument {id}: {e}"))
+                        return TaskOutcome::ArgumentUnavailable {
+                            object: id,
+                            reason: e.to_string(),
+                        }
                     }
                 },
                 (TaskArg::Ref(id), ArgSource::InSpec) => {
