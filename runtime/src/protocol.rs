@@ -119,6 +119,51 @@ where
         }
         got += n;
     }
+    let len = check_header(&header)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
+            _ => ProtocolError::Io(e),
+        })?;
+    decode_payload(&payload).map(Some)
+}
+
+/// Blocking form of [`read_frame`], for threads outside the async runtime.
+pub fn read_frame_blocking<R, M>(r: &mut R) -> Result<Option<M>, ProtocolError>
+where
+    R: std::io::Read,
+    M: DeserializeOwned,
+{
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = match r.read(&mut header[got..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(ProtocolError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = check_header(&header)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
+        _ => ProtocolError::Io(e),
+    })?;
+    decode_payload(&payload).map(Some)
+}
+
+/// Checks a frame header; returns the payload length.
+fn check_header(header: &[u8; HEADER_LEN]) -> Result<usize, ProtocolError> {
     let magic = [header[0], header[1], header[2], header[3]];
     if magic != MAGIC {
         return Err(ProtocolError::BadMagic(magic));
@@ -134,14 +179,7 @@ where
     if len > MAX_FRAME_LEN {
         return Err(ProtocolError::FrameTooLarge(len as u64));
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
-            _ => ProtocolError::Io(e),
-        })?;
-    decode_payload(&payload).map(Some)
+    Ok(len as usize)
 }
 
 /// Decodes a frame's payload (without its header).
@@ -657,6 +695,13 @@ pub enum FromWorker {
         id: ObjectId,
         /// Nodes that hold it.
         holders: Vec<NodeAddress>,
+    },
+    /// The running task blocked in `get` (true) or resumed (false): lend its CPU.
+    Blocked {
+        /// The task.
+        task_id: TaskId,
+        /// Blocked or resumed.
+        blocked: bool,
     },
     /// Store a large object made by `put` inside a task.
     PutObject {

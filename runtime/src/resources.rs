@@ -76,6 +76,15 @@ impl ResourceSet {
         free
     }
 
+    /// Every quantity multiplied by `factor`.
+    pub fn scaled(&self, factor: f64) -> ResourceSet {
+        let mut out = ResourceSet::new();
+        for (k, v) in self.iter() {
+            out.set(k, v * factor);
+        }
+        out
+    }
+
     /// Adds `amount` back, never above `cap` (the node's total).
     pub fn add_capped(&mut self, amount: &ResourceSet, cap: &ResourceSet) {
         for (k, v) in &amount.0 {

@@ -62,11 +62,7 @@ fn worker_main() -> Result<(), String> {
     // SAFETY: the node passed us this descriptor (see worker_pool::spawn) and nothing
     // else in this process owns it.
     let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
-    std_stream
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let stream = tokio::net::UnixStream::from_std(std_stream).map_err(|e| e.to_string())?;
-    let (link, runs) = NodeLink::start(stream);
+    let link = NodeLink::new(std_stream).map_err(|e| format!("node socket: {e}"))?;
 
     let tls = ClusterTls::from_token(&token).map_err(|e| e.to_string())?;
     let bind = if head.is_ipv4() {
@@ -114,7 +110,7 @@ fn worker_main() -> Result<(), String> {
         pid: std::process::id(),
     });
 
-    while let Ok(run) = runs.recv() {
+    while let Some(run) = link.next_run() {
         let task_id = run.task_id;
         let return_id = run.return_id;
         set_current_task(Some((task_id, return_id)));

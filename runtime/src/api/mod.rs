@@ -148,10 +148,10 @@ fn get_with_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Option<Durat
 
 /// Gets every object, in order; the first error ends it.
 pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
-    // Subscribe to all first so that readiness of the later ones overlaps the wait.
+    // Wait for all at once (one subscription each, batched wake-ups), then read.
     let cw = context::current()?;
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    cw.wait(&ids, 0, Some(Duration::ZERO))?;
+    cw.wait(&ids, ids.len(), None)?;
     refs.iter().map(get).collect()
 }
 

@@ -146,7 +146,10 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         .init();
     let resources = resources(&args)?;
     let node_timeout = Duration::from_millis(args.node_timeout_ms.max(500));
+    // One I/O thread: the services are message-bound, and on small machines more
+    // threads mostly add wake-ups between them.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
 

@@ -21,6 +21,7 @@ use crate::transport::{connect, Endpoint, FrameReader, MessageSender};
 use dashmap::DashMap;
 use node_link::NodeLink;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -296,8 +297,7 @@ impl CoreWorker {
         let size = value.len() as u64;
         let stored_on = match &self.node {
             Some((link, node)) => {
-                self.rt
-                    .block_on(link.put(id, value))
+                link.put(id, value)
                     .map_err(|reason| GetError::Unavailable {
                         id: id.to_string(),
                         reason,
@@ -349,10 +349,22 @@ impl CoreWorker {
         let task = CURRENT_TASK.with(|c| c.get()).map(|(t, _)| t);
         if let Some(t) = task {
             self.head.send(ToHead::TaskBlocked(t));
+            if let Some(link) = self.node_link() {
+                link.send(crate::protocol::FromWorker::Blocked {
+                    task_id: t,
+                    blocked: true,
+                });
+            }
         }
         let r = f();
         if let Some(t) = task {
             self.head.send(ToHead::TaskUnblocked(t));
+            if let Some(link) = self.node_link() {
+                link.send(crate::protocol::FromWorker::Blocked {
+                    task_id: t,
+                    blocked: false,
+                });
+            }
         }
         r
     }
@@ -422,7 +434,7 @@ impl CoreWorker {
 
     fn fetch(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Vec<u8>, String> {
         if let Some((link, _)) = &self.node {
-            return self.blocking(|| self.rt.block_on(link.get(id, holders)));
+            return self.blocking(|| link.get(id, holders));
         }
         let mut last = "no live node holds it".to_string();
         for holder in holders {
@@ -466,27 +478,29 @@ impl CoreWorker {
     ) -> Result<Vec<bool>, GetError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut ready: Vec<bool> = ids
-            .iter()
-            .map(|id| self.watch(*id, &tx).is_some())
-            .collect();
+        let mut ready = vec![false; ids.len()];
+        let mut n_ready = 0;
+        // Where each not-yet-ready id sits in `ids` (an id may appear twice).
+        let mut positions: HashMap<ObjectId, Vec<usize>> = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            if self.watch(*id, &tx).is_some() {
+                ready[i] = true;
+                n_ready += 1;
+            } else {
+                positions.entry(*id).or_default().push(i);
+            }
+        }
         let want = num_returns.min(ids.len());
-        let count = |r: &Vec<bool>| r.iter().filter(|x| **x).count();
-        if count(&ready) >= want {
+        if n_ready >= want {
             return Ok(ready);
         }
+        let mut mark = |id: ObjectId, ready: &mut Vec<bool>, n_ready: &mut usize| {
+            for i in positions.remove(&id).unwrap_or_default() {
+                ready[i] = true;
+                *n_ready += 1;
+            }
+        };
         self.blocking(|| loop {
-            if !self.is_connected() {
-                return Err(self.down_error());
-            }
-            for (i, id) in ids.iter().enumerate() {
-                if !ready[i] && self.ready_location(id).is_some() {
-                    ready[i] = true;
-                }
-            }
-            if count(&ready) >= want {
-                return Ok(ready.clone());
-            }
             let wake = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -495,7 +509,21 @@ impl CoreWorker {
                 }
                 None => Ok(self.rt.block_on(rx.recv())),
             };
-            if wake.is_err() {
+            match wake {
+                Err(_) => return Ok(ready.clone()),
+                Ok(None) => return Err(self.down_error()),
+                Ok(Some(id)) => {
+                    // Take everything that arrived together: one wake-up for a batch.
+                    mark(id, &mut ready, &mut n_ready);
+                    while let Ok(id) = rx.try_recv() {
+                        mark(id, &mut ready, &mut n_ready);
+                    }
+                }
+            }
+            if !self.is_connected() {
+                return Err(self.down_error());
+            }
+            if n_ready >= want {
                 return Ok(ready.clone());
             }
         })

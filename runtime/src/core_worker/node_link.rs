@@ -1,12 +1,18 @@
-//! A worker process's link to the node that started it.
+//! A worker process's link to the node that started it: a Unix socket read and written
+//! with plain blocking calls, on the thread that needs the answer.
+//!
+//! Tasks arrive only while the worker is idle, and replies only to requests it made,
+//! so the thread waiting for something reads the socket itself ("leader reads"): no
+//! hand-off to another thread per message. Whatever a reader receives that is meant
+//! for another thread is left in a shared stash and that thread is woken.
 
 use crate::ids::{ObjectId, TaskId};
-use crate::protocol::{FromWorker, NodeAddress, ToWorker};
-use crate::transport::{spawn_writer, FrameReader, MessageSender};
-use dashmap::DashMap;
+use crate::protocol::{encode_frame, read_frame_blocking, FromWorker, NodeAddress, ToWorker};
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use tokio::sync::oneshot;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// A task the node asked this worker to run.
 #[derive(Debug)]
@@ -21,107 +27,127 @@ pub struct RunRequest {
     pub return_id: ObjectId,
 }
 
+#[derive(Default)]
+struct Stash {
+    runs: VecDeque<RunRequest>,
+    replies: HashMap<u64, ToWorker>,
+    closed: bool,
+}
+
 /// The link.
 pub struct NodeLink {
-    sender: MessageSender<FromWorker>,
-    pending: Arc<DashMap<u64, oneshot::Sender<ToWorker>>>,
+    writer: Mutex<UnixStream>,
+    reader: Mutex<UnixStream>,
+    stash: Mutex<Stash>,
+    arrived: Condvar,
     next: AtomicU64,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl NodeLink {
-    /// Wraps the inherited socket; tasks to run arrive on the returned channel, which
-    /// closes when the node goes away.
-    pub fn start(stream: tokio::net::UnixStream) -> (Self, std::sync::mpsc::Receiver<RunRequest>) {
-        let (r, w) = stream.into_split();
-        let sender = spawn_writer::<_, FromWorker>(w);
-        let pending: Arc<DashMap<u64, oneshot::Sender<ToWorker>>> = Arc::new(DashMap::new());
-        let (runs_tx, runs_rx) = std::sync::mpsc::channel();
-        let p = pending.clone();
-        tokio::spawn(async move {
-            let mut reader = FrameReader::<_, ToWorker>::new(r);
-            loop {
-                match reader.next().await {
-                    Ok(Some(ToWorker::Run {
-                        task_id,
-                        function,
-                        args,
-                        return_id,
-                    })) => {
-                        if runs_tx
-                            .send(RunRequest {
-                                task_id,
-                                function,
-                                args,
-                                return_id,
-                            })
-                            .is_err()
-                        {
-                            break;
+    /// Wraps the inherited socket (in blocking mode).
+    pub fn new(stream: UnixStream) -> std::io::Result<Self> {
+        stream.set_nonblocking(false)?;
+        let writer = stream.try_clone()?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(stream),
+            stash: Mutex::new(Stash::default()),
+            arrived: Condvar::new(),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// Sends a message to the node; false when the node is gone.
+    pub fn send(&self, msg: FromWorker) -> bool {
+        let mut buf = Vec::new();
+        if encode_frame(&msg, &mut buf).is_err() {
+            return false;
+        }
+        lock(&self.writer).write_all(&buf).is_ok()
+    }
+
+    /// Waits until `take` finds what it wants in the stash, reading the socket while no
+    /// other thread is. `None` once the node has closed the socket.
+    fn wait_for<R>(&self, mut take: impl FnMut(&mut Stash) -> Option<R>) -> Option<R> {
+        let mut stash = lock(&self.stash);
+        loop {
+            if let Some(r) = take(&mut stash) {
+                return Some(r);
+            }
+            if stash.closed {
+                return None;
+            }
+            let reader = self.reader.try_lock();
+            match reader {
+                Ok(mut reader) => {
+                    drop(stash);
+                    let msg = read_frame_blocking::<_, ToWorker>(&mut *reader);
+                    stash = lock(&self.stash);
+                    match msg {
+                        Ok(Some(ToWorker::Run {
+                            task_id,
+                            function,
+                            args,
+                            return_id,
+                        })) => stash.runs.push_back(RunRequest {
+                            task_id,
+                            function,
+                            args,
+                            return_id,
+                        }),
+                        Ok(Some(reply @ ToWorker::Object { request, .. }))
+                        | Ok(Some(reply @ ToWorker::PutDone { request, .. })) => {
+                            stash.replies.insert(request, reply);
+                        }
+                        Ok(None) => stash.closed = true,
+                        Err(e) => {
+                            eprintln!("rayish worker: bad message from the node: {e}");
+                            stash.closed = true;
                         }
                     }
-                    Ok(Some(reply @ ToWorker::Object { request, .. }))
-                    | Ok(Some(reply @ ToWorker::PutDone { request, .. })) => {
-                        if let Some((_, tx)) = p.remove(&request) {
-                            let _ = tx.send(reply);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!("bad message from the node: {e}");
-                        break;
-                    }
+                    drop(reader);
+                    // Someone else may be waiting for what was read, or to read next.
+                    self.arrived.notify_all();
+                }
+                Err(_) => {
+                    stash = self.arrived.wait(stash).unwrap_or_else(|p| p.into_inner());
                 }
             }
-            // Dropping runs_tx ends the worker's main loop.
-            p.clear();
-        });
-        (
-            Self {
-                sender,
-                pending,
-                next: AtomicU64::new(1),
-            },
-            runs_rx,
-        )
+        }
     }
 
-    /// Sends a message to the node.
-    pub fn send(&self, msg: FromWorker) -> bool {
-        self.sender.send(msg)
+    /// The next task to run; `None` when the node has gone away.
+    pub fn next_run(&self) -> Option<RunRequest> {
+        self.wait_for(|s| s.runs.pop_front())
     }
 
-    async fn request(&self, make: impl FnOnce(u64) -> FromWorker) -> Option<ToWorker> {
+    fn request(&self, make: impl FnOnce(u64) -> FromWorker) -> Option<ToWorker> {
         let request = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.insert(request, tx);
-        if !self.sender.send(make(request)) {
-            self.pending.remove(&request);
+        if !self.send(make(request)) {
             return None;
         }
-        rx.await.ok()
+        self.wait_for(|s| s.replies.remove(&request))
     }
 
     /// Has the node fetch `id` and hand it over.
-    pub async fn get(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Vec<u8>, String> {
-        match self
-            .request(|request| FromWorker::GetObject {
-                request,
-                id,
-                holders,
-            })
-            .await
-        {
+    pub fn get(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Vec<u8>, String> {
+        match self.request(|request| FromWorker::GetObject {
+            request,
+            id,
+            holders,
+        }) {
             Some(ToWorker::Object { value, .. }) => value,
             _ => Err("the node went away".into()),
         }
     }
 
     /// Has the node store `value` as `id`.
-    pub async fn put(&self, id: ObjectId, value: Vec<u8>) -> Result<(), String> {
-        match self
-            .request(|request| FromWorker::PutObject { request, id, value })
-            .await
-        {
+    pub fn put(&self, id: ObjectId, value: Vec<u8>) -> Result<(), String> {
+        match self.request(|request| FromWorker::PutObject { request, id, value }) {
             Some(ToWorker::PutDone { result, .. }) => result,
             _ => Err("the node went away".into()),
         }

@@ -80,6 +80,11 @@ impl SchedulingQueue {
     }
 }
 
+/// How much more than its resources the head assigns to a node. The node runs only
+/// what fits (its `LocalTaskQueue`); the surplus waits there, so that when a task ends
+/// the next starts without a round trip to the head. 2 means one task waiting per slot.
+pub const DISPATCH_FACTOR: f64 = 2.0;
+
 /// One node as the policy sees it.
 #[derive(Debug, Clone)]
 pub struct NodeView<'a> {

@@ -5,7 +5,7 @@
 //! [`super::service`]; this module only reads events and queues messages to peers.
 
 use super::directory::{Freed, ObjectDirectory, ObjectValue};
-use super::scheduler::{is_feasible, pick_node, NodeView, SchedulingQueue};
+use super::scheduler::{is_feasible, pick_node, NodeView, SchedulingQueue, DISPATCH_FACTOR};
 use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{
     ArgSource, ClusterStatus, FromHead, NodeAddress, NodeLoad, NodeRegistration, NodeStatus,
@@ -62,6 +62,8 @@ struct NodeEntry {
     finished: u64,
     last_heartbeat: Instant,
     load: NodeLoad,
+    /// What the head may assign it: its resources times `DISPATCH_FACTOR`.
+    capacity: ResourceSet,
 }
 
 struct JobEntry {
@@ -171,9 +173,11 @@ impl HeadState {
                     ));
                 }
                 tracing::info!(node = ?id, address = %reg.address, resources = %reg.resources, "node joined");
+                let capacity = reg.resources.scaled(DISPATCH_FACTOR);
                 self.nodes.insert(
                     id,
                     NodeEntry {
+                        capacity,
                         reg,
                         peer,
                         alive: true,
@@ -747,7 +751,7 @@ impl HeadState {
                     .filter(|n| n.alive)
                     .map(|n| NodeView {
                         id: n.reg.node_id,
-                        total: &n.reg.resources,
+                        total: &n.capacity,
                         used: &n.used,
                     })
                     .collect();

@@ -5,6 +5,7 @@
 //! workers' requests); it never schedules and never decodes object values.
 
 mod object_store;
+mod task_queue;
 pub mod worker_pool;
 
 pub use object_store::ObjectStore;
@@ -70,7 +71,10 @@ struct NodeInner {
     head_conn: quinn::Connection,
     head: MessageSender<ToHead>,
     pool: Arc<WorkerPool>,
+    queue: task_queue::LocalTaskQueue,
     peers: DashMap<SocketAddr, quinn::Connection>,
+    /// Binaries known to be in the cache (saves a stat per task).
+    known_binaries: DashMap<BinaryHash, PathBuf>,
     binary_fetch: tokio::sync::Mutex<()>,
 }
 
@@ -128,6 +132,7 @@ pub async fn start_node(
         log_dir: cfg.log_dir.clone(),
     };
     let pool = Arc::new(WorkerPool::new(env, req_tx));
+    let cfg_resources = cfg.resources.clone();
     let inner = Arc::new(NodeInner {
         cfg,
         endpoint,
@@ -135,7 +140,9 @@ pub async fn start_node(
         head_conn,
         head: control.sender,
         pool,
+        queue: task_queue::LocalTaskQueue::new(cfg_resources),
         peers: DashMap::new(),
+        known_binaries: DashMap::new(),
         binary_fetch: tokio::sync::Mutex::new(()),
     });
     tracing::info!(node = ?inner.cfg.node_id, head = %inner.cfg.head, "joined the cluster");
@@ -161,6 +168,12 @@ pub async fn start_node(
     let rq = inner.clone();
     tokio::spawn(async move {
         while let Some((worker, request)) = req_rx.recv().await {
+            if let WorkerRequest::Blocked { task_id, blocked } = request {
+                // In order: a resume must never overtake its block.
+                let start = rq.queue.set_blocked(task_id, blocked);
+                rq.start(start);
+                continue;
+            }
             let node = rq.clone();
             tokio::spawn(async move { node.serve_worker(worker, request).await });
         }
@@ -174,8 +187,8 @@ pub async fn start_node(
         let reason = loop {
             match reader.next().await {
                 Ok(Some(FromHead::Execute(assignment))) => {
-                    let node = node.clone();
-                    tokio::spawn(async move { node.execute(*assignment).await });
+                    let start = node.queue.push(*assignment);
+                    node.start(start);
                 }
                 Ok(Some(FromHead::DeleteObjects(ids))) => {
                     for id in ids {
@@ -195,10 +208,19 @@ pub async fn start_node(
 }
 
 impl NodeInner {
+    fn start(self: &Arc<Self>, tasks: Vec<TaskAssignment>) {
+        for task in tasks {
+            let node = self.clone();
+            tokio::spawn(async move { node.execute(task).await });
+        }
+    }
+
     async fn execute(self: Arc<Self>, a: TaskAssignment) {
         let task_id = a.spec.task_id;
         let attempt = a.attempt;
         let outcome = self.run(a).await;
+        let next = self.queue.finish(task_id);
+        self.start(next);
         self.head.send(ToHead::TaskFinished {
             task_id,
             attempt,
@@ -262,8 +284,12 @@ impl NodeInner {
     }
 
     async fn binary(&self, hash: &BinaryHash) -> Result<PathBuf, TransferError> {
+        if let Some(path) = self.known_binaries.get(hash) {
+            return Ok(path.clone());
+        }
         let path = self.cfg.binaries.path(hash)?;
         if path.is_file() {
+            self.known_binaries.insert(hash.clone(), path.clone());
             return Ok(path);
         }
         // One fetch at a time: the second waiter then finds the file.
@@ -272,7 +298,9 @@ impl NodeInner {
             return Ok(path);
         }
         tracing::info!(%hash, "fetching a job binary from the head");
-        fetch_binary(&self.head_conn, hash, &self.cfg.binaries).await
+        let path = fetch_binary(&self.head_conn, hash, &self.cfg.binaries).await?;
+        self.known_binaries.insert(hash.clone(), path.clone());
+        Ok(path)
     }
 
     /// The value of `id`, pulled from a holder if it is not here.
@@ -311,8 +339,10 @@ impl NodeInner {
         pull_object(&conn, id).await
     }
 
-    async fn serve_worker(&self, worker: Arc<Worker>, request: WorkerRequest) {
+    async fn serve_worker(self: Arc<Self>, worker: Arc<Worker>, request: WorkerRequest) {
         match request {
+            // Handled in order by the request loop, never here.
+            WorkerRequest::Blocked { .. } => {}
             WorkerRequest::Get {
                 request,
                 id,

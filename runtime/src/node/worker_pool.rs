@@ -48,6 +48,13 @@ pub enum WorkerRequest {
         /// Where it is.
         holders: Vec<crate::protocol::NodeAddress>,
     },
+    /// Its task blocked in `get`, or resumed.
+    Blocked {
+        /// The task.
+        task_id: TaskId,
+        /// Blocked or resumed.
+        blocked: bool,
+    },
     /// Store an object it made.
     Put {
         /// The request number.
@@ -262,6 +269,11 @@ impl WorkerPool {
                         let _ = pool
                             .requests
                             .send((w.clone(), WorkerRequest::Put { request, id, value }));
+                    }
+                    Ok(Some(FromWorker::Blocked { task_id, blocked })) => {
+                        let _ = pool
+                            .requests
+                            .send((w.clone(), WorkerRequest::Blocked { task_id, blocked }));
                     }
                     Ok(Some(FromWorker::Ready { .. })) => {}
                     Ok(None) => break None,

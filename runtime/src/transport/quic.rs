@@ -80,6 +80,13 @@ fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     t.stream_receive_window((16u32 << 20).into());
     t.receive_window((64u32 << 20).into());
     t.send_window(64 << 20);
+    // Control traffic is many small messages each way; acknowledging every packet
+    // doubles the packet count. Ask peers to acknowledge every 16th packet or after
+    // 2 ms, whichever comes first (QUIC ACK frequency extension).
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(15))
+        .max_ack_delay(Some(Duration::from_millis(2)));
+    t.ack_frequency_config(Some(ack));
     Arc::new(t)
 }
 
