@@ -491,6 +491,8 @@ pub enum ToHead {
         attempt: u32,
         /// How.
         outcome: TaskOutcome,
+        /// How long it ran on the node, in microseconds (argument fetch included).
+        run_micros: u64,
     },
     /// From nodes: a copy of this object now lives here (after a pull).
     ObjectCopied(ObjectId),

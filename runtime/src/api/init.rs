@@ -112,7 +112,7 @@ pub fn init(config: Config) -> Result<()> {
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("rayish-io")
         .enable_all()
         .build()

@@ -260,7 +260,11 @@ pub mod __private {
                         cw.fail_locally(return_id, err);
                         ObjectRef::created(return_id)
                     }
-                    None => panic!("rayish: cannot submit {name}: {e}"),
+                    // No cluster at all: `get` on this reference reports why.
+                    None => {
+                        tracing::error!("cannot submit {name}: {e}");
+                        ObjectRef::created(return_id)
+                    }
                 }
             }
         }

@@ -327,17 +327,30 @@ impl CoreWorker {
     // -- readiness ----------------------------------------------------------
 
     /// Registers `tx` to hear when `id` is ready; returns the location if it already is.
-    fn watch(&self, id: ObjectId, tx: &mpsc::UnboundedSender<ObjectId>) -> Option<ObjectLocation> {
+    /// Whether `id` is ready; if not, `tx` will hear when it is, and `id` is added to
+    /// `subscribe` if the head has not been asked yet (the caller sends them in one go).
+    fn watch(
+        &self,
+        id: ObjectId,
+        tx: &mpsc::UnboundedSender<ObjectId>,
+        subscribe: &mut Vec<ObjectId>,
+    ) -> bool {
         let mut slot = self.slots.entry(id).or_default();
-        if let Some(loc) = &slot.location {
-            return Some(loc.clone());
+        if slot.location.is_some() {
+            return true;
         }
         slot.waiters.push(tx.clone());
         if !slot.subscribed {
             slot.subscribed = true;
-            self.head.send(ToHead::Subscribe(vec![id]));
+            subscribe.push(id);
         }
-        None
+        false
+    }
+
+    fn subscribe(&self, ids: Vec<ObjectId>) {
+        if !ids.is_empty() {
+            self.head.send(ToHead::Subscribe(ids));
+        }
     }
 
     fn ready_location(&self, id: &ObjectId) -> Option<ObjectLocation> {
@@ -377,9 +390,13 @@ impl CoreWorker {
         timeout: Duration,
     ) -> Result<ObjectLocation, GetError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        if let Some(loc) = self.watch(id, &tx) {
-            return Ok(loc);
+        let mut subscribe = Vec::new();
+        if self.watch(id, &tx, &mut subscribe) {
+            if let Some(loc) = self.ready_location(&id) {
+                return Ok(loc);
+            }
         }
+        self.subscribe(subscribe);
         self.blocking(|| loop {
             if !self.is_connected() {
                 return Err(self.down_error());
@@ -482,14 +499,16 @@ impl CoreWorker {
         let mut n_ready = 0;
         // Where each not-yet-ready id sits in `ids` (an id may appear twice).
         let mut positions: HashMap<ObjectId, Vec<usize>> = HashMap::new();
+        let mut subscribe = Vec::new();
         for (i, id) in ids.iter().enumerate() {
-            if self.watch(*id, &tx).is_some() {
+            if self.watch(*id, &tx, &mut subscribe) {
                 ready[i] = true;
                 n_ready += 1;
             } else {
                 positions.entry(*id).or_default().push(i);
             }
         }
+        self.subscribe(subscribe);
         let want = num_returns.min(ids.len());
         if n_ready >= want {
             return Ok(ready);

@@ -80,10 +80,21 @@ impl SchedulingQueue {
     }
 }
 
-/// How much more than its resources the head assigns to a node. The node runs only
-/// what fits (its `LocalTaskQueue`); the surplus waits there, so that when a task ends
-/// the next starts without a round trip to the head. 2 means one task waiting per slot.
-pub const DISPATCH_FACTOR: f64 = 2.0;
+/// How much more than its resources the head assigns to a node whose tasks take
+/// `avg_run_secs` on average. The node runs only what fits (its `LocalTaskQueue`); the
+/// surplus waits there, so that when a task ends the next starts without a round trip
+/// to the head. That pays only when tasks are about as short as the round trip; for
+/// longer tasks a queue at one node would only let it fall behind while another
+/// idles, so the surplus shrinks to nothing as tasks get longer.
+pub fn dispatch_factor(avg_run_secs: f64) -> f64 {
+    if avg_run_secs < 0.002 {
+        4.0
+    } else if avg_run_secs < 0.020 {
+        2.0
+    } else {
+        1.0
+    }
+}
 
 /// One node as the policy sees it.
 #[derive(Debug, Clone)]
@@ -211,6 +222,13 @@ mod tests {
         assert_eq!(pick_node(&nodes, &cpus(2.0), &HashMap::new(), 0), None);
         assert!(!is_feasible([t.clone()], &cpus(2.0)));
         assert!(is_feasible([t], &cpus(1.0)));
+    }
+
+    #[test]
+    fn only_short_tasks_are_queued_ahead_at_nodes() {
+        assert_eq!(dispatch_factor(0.0005), 4.0);
+        assert_eq!(dispatch_factor(0.010), 2.0);
+        assert_eq!(dispatch_factor(0.5), 1.0);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! [`super::service`]; this module only reads events and queues messages to peers.
 
 use super::directory::{Freed, ObjectDirectory, ObjectValue};
-use super::scheduler::{is_feasible, pick_node, NodeView, SchedulingQueue, DISPATCH_FACTOR};
+use super::scheduler::{dispatch_factor, is_feasible, pick_node, NodeView, SchedulingQueue};
 use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{
     ArgSource, ClusterStatus, FromHead, NodeAddress, NodeLoad, NodeRegistration, NodeStatus,
@@ -62,8 +62,21 @@ struct NodeEntry {
     finished: u64,
     last_heartbeat: Instant,
     load: NodeLoad,
-    /// What the head may assign it: its resources times `DISPATCH_FACTOR`.
+    /// What the head may assign it: its resources times `dispatch_factor(...)`.
     capacity: ResourceSet,
+    /// Moving average of its tasks' run times, in seconds.
+    avg_run_secs: f64,
+}
+
+impl NodeEntry {
+    fn note_run_time(&mut self, micros: u64) {
+        let secs = micros as f64 / 1e6;
+        self.avg_run_secs = 0.8 * self.avg_run_secs + 0.2 * secs;
+        self.capacity = self
+            .reg
+            .resources
+            .scaled(dispatch_factor(self.avg_run_secs));
+    }
 }
 
 struct JobEntry {
@@ -173,11 +186,12 @@ impl HeadState {
                     ));
                 }
                 tracing::info!(node = ?id, address = %reg.address, resources = %reg.resources, "node joined");
-                let capacity = reg.resources.scaled(DISPATCH_FACTOR);
+                let capacity = reg.resources.scaled(dispatch_factor(0.0));
                 self.nodes.insert(
                     id,
                     NodeEntry {
                         capacity,
+                        avg_run_secs: 0.0,
                         reg,
                         peer,
                         alive: true,
@@ -310,8 +324,12 @@ impl HeadState {
                 task_id,
                 attempt,
                 outcome,
+                run_micros,
             } => {
                 if let Some(node) = self.peer_node(peer) {
+                    if let Some(entry) = self.nodes.get_mut(&node) {
+                        entry.note_run_time(run_micros);
+                    }
                     self.task_finished(node, task_id, attempt, outcome);
                 }
             }

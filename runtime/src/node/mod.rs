@@ -218,13 +218,16 @@ impl NodeInner {
     async fn execute(self: Arc<Self>, a: TaskAssignment) {
         let task_id = a.spec.task_id;
         let attempt = a.attempt;
+        let started = std::time::Instant::now();
         let outcome = self.run(a).await;
+        let run_micros = started.elapsed().as_micros() as u64;
         let next = self.queue.finish(task_id);
         self.start(next);
         self.head.send(ToHead::TaskFinished {
             task_id,
             attempt,
             outcome,
+            run_micros,
         });
     }
 

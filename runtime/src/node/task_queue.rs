@@ -1,7 +1,7 @@
 //! The node's queue of assigned tasks.
 //!
 //! The head may assign a node somewhat more than it can run at once (see
-//! `head::scheduler::DISPATCH_FACTOR`), so that when a task ends the next one starts
+//! `head::scheduler::dispatch_factor`), so that when a task ends the next one starts
 //! at once instead of after a round trip to the head. This queue is what keeps the
 //! node itself to its resources: a task starts only when its demand fits in what the
 //! running tasks leave free. A task blocked in `get` gives its CPU back here too.
