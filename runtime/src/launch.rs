@@ -103,7 +103,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
     spawn_listener(
         endpoint.clone(),
         Services {
-            head: Some(head),
+            head: Some(head.clone()),
             store: Some(store.clone()),
         },
     );
@@ -111,6 +111,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         node_config(opts, node_id, address, address),
         endpoint.clone(),
         store,
+        Some(&head),
     )
     .await?;
     Ok(Launched {
@@ -137,6 +138,7 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
         node_config(opts, node_id, head, address),
         endpoint.clone(),
         store,
+        None,
     )
     .await?;
     Ok(Launched {

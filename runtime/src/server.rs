@@ -71,7 +71,7 @@ async fn serve_connection(conn: quinn::Connection, services: Services) {
             };
             match open {
                 StreamOpen::Control(hello) => match &services.head {
-                    Some(head) => head.serve_control(conn, hello, send, recv).await,
+                    Some(head) => head.serve_control(Some(conn), hello, send, recv).await,
                     None => {
                         let mut send = send;
                         let msg = FromHead::Welcome(Welcome::Rejected(

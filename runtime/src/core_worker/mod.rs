@@ -17,7 +17,7 @@ use crate::protocol::{
     FromHead, NodeAddress, ObjectLocation, TaskError, TaskSpec, ToHead, INLINE_OBJECT_MAX,
 };
 use crate::transfer::{pull_object, push_object};
-use crate::transport::{connect, Endpoint, FrameReader, MessageSender};
+use crate::transport::{connect, ControlReader, Endpoint, MessageSender};
 use dashmap::DashMap;
 use node_link::NodeLink;
 use std::cell::Cell;
@@ -83,7 +83,7 @@ pub struct Connection {
     /// The control stream's sender.
     pub head: MessageSender<ToHead>,
     /// The control stream's reader (the welcome already read).
-    pub reader: FrameReader<quinn::RecvStream, FromHead>,
+    pub reader: ControlReader,
     /// This process's id at the head.
     pub peer: PeerId,
     /// The job it works for.

@@ -3,9 +3,10 @@
 use super::state::{HeadEvent, HeadSettings, HeadState};
 use crate::binaries::BinaryCache;
 use crate::ids::PeerId;
-use crate::protocol::{FromHead, Hello, PeerRole, ToHead};
+use crate::protocol::{read_frame, FromHead, Hello, PeerRole, StreamOpen, ToHead};
 use crate::transport::{spawn_writer, FrameReader};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 /// A handle to the running head, used by the listener to hand it connections.
@@ -39,20 +40,42 @@ pub fn start_head(settings: HeadSettings, binaries: BinaryCache) -> HeadHandle {
 }
 
 impl HeadHandle {
+    /// A stream to this head from inside the same process: an in-memory pipe served
+    /// exactly like a QUIC control stream (the head process's own node uses it, which
+    /// saves it encrypting and sending every message to itself over UDP).
+    pub fn connect_in_process(&self) -> tokio::io::DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let head = self.clone();
+        tokio::spawn(async move {
+            let (mut r, w) = tokio::io::split(theirs);
+            match read_frame::<_, StreamOpen>(&mut r).await {
+                Ok(Some(StreamOpen::Control(hello))) => head.serve_control(None, hello, w, r).await,
+                other => tracing::error!("in-process control stream opened with {other:?}"),
+            }
+        });
+        ours
+    }
+
     /// The head's binary cache (drivers upload into it, nodes fetch from it).
     pub fn binaries(&self) -> &BinaryCache {
         &self.binaries
     }
 
     /// Serves one control stream until it ends.
-    pub async fn serve_control(
+    pub async fn serve_control<W, R>(
         &self,
-        conn: quinn::Connection,
+        conn: Option<quinn::Connection>,
         hello: Hello,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
-    ) {
-        let remote = conn.remote_address();
+        send: W,
+        recv: R,
+    ) where
+        W: AsyncWrite + Unpin + Send + 'static,
+        R: AsyncRead + Unpin,
+    {
+        let remote = conn
+            .as_ref()
+            .map(|c| c.remote_address().to_string())
+            .unwrap_or_else(|| "this process".into());
         let peer = PeerId::random();
         let needs_binary = match &hello.role {
             PeerRole::Driver { binary, .. } => !self.binaries.contains(binary),
@@ -94,7 +117,9 @@ impl HeadHandle {
                 Ok(None) => break "closed by peer".to_string(),
                 Err(e) => {
                     tracing::warn!(%remote, "closing the connection of a peer that sent a bad frame: {e}");
-                    conn.close(1u32.into(), b"protocol error");
+                    if let Some(conn) = &conn {
+                        conn.close(1u32.into(), b"protocol error");
+                    }
                     break format!("protocol error: {e}");
                 }
             }

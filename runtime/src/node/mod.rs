@@ -11,6 +11,7 @@ pub mod worker_pool;
 pub use object_store::ObjectStore;
 
 use crate::binaries::BinaryCache;
+use crate::head::HeadHandle;
 use crate::ids::{BinaryHash, NodeId, ObjectId};
 use crate::protocol::{
     ArgSource, FromHead, Hello, NodeAddress, NodeLoad, NodeRegistration, PeerRole, StoredValue,
@@ -19,7 +20,7 @@ use crate::protocol::{
 use crate::resources::ResourceSet;
 use crate::transfer::{fetch_binary, pull_object, TransferError};
 use crate::transport::{
-    connect, open_control, ConnectError, Endpoint, HandshakeError, MessageSender,
+    connect, open_control, open_control_on, ConnectError, Endpoint, HandshakeError, MessageSender,
 };
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -68,7 +69,9 @@ struct NodeInner {
     cfg: NodeConfig,
     endpoint: Endpoint,
     store: Arc<ObjectStore>,
-    head_conn: quinn::Connection,
+    /// QUIC connection to the head, for fetching binaries; `None` for the head's own
+    /// node, which shares the head's binary cache.
+    head_conn: Option<quinn::Connection>,
     head: MessageSender<ToHead>,
     pool: Arc<WorkerPool>,
     queue: task_queue::LocalTaskQueue,
@@ -105,12 +108,15 @@ impl RunningNode {
 
 /// Joins the cluster and starts serving. The endpoint's listener must route transfer
 /// streams to `store` (see [`crate::server`]).
+///
+/// `local_head` is the head of this same process, if it is the head process: the node
+/// then talks to it over an in-memory pipe.
 pub async fn start_node(
     cfg: NodeConfig,
     endpoint: Endpoint,
     store: Arc<ObjectStore>,
+    local_head: Option<&HeadHandle>,
 ) -> Result<RunningNode, NodeError> {
-    let head_conn = connect(&endpoint, cfg.head, cfg.connect_timeout).await?;
     let reg = NodeRegistration {
         node_id: cfg.node_id,
         address: cfg.address,
@@ -122,7 +128,17 @@ pub async fn start_node(
         role: PeerRole::Node(reg),
         software_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let control = open_control(&head_conn, hello).await?;
+    let (head_conn, control) = match local_head {
+        Some(head) => {
+            let (r, w) = tokio::io::split(head.connect_in_process());
+            (None, open_control_on(w, r, hello).await?)
+        }
+        None => {
+            let conn = connect(&endpoint, cfg.head, cfg.connect_timeout).await?;
+            let control = open_control(&conn, hello).await?;
+            (Some(conn), control)
+        }
+    };
     let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel();
     let env = WorkerEnv {
         head: cfg.head,
@@ -301,7 +317,13 @@ impl NodeInner {
             return Ok(path);
         }
         tracing::info!(%hash, "fetching a job binary from the head");
-        let path = fetch_binary(&self.head_conn, hash, &self.cfg.binaries).await?;
+        let Some(conn) = &self.head_conn else {
+            return Err(TransferError::Stream(format!(
+                "binary {hash} is not in the head's cache {}",
+                path.display()
+            )));
+        };
+        let path = fetch_binary(conn, hash, &self.cfg.binaries).await?;
         self.known_binaries.insert(hash.clone(), path.clone());
         Ok(path)
     }

@@ -3,6 +3,7 @@
 use super::{spawn_writer, FrameReader, MessageSender};
 use crate::protocol::{write_frame, FromHead, Hello, ProtocolError, StreamOpen, ToHead, Welcome};
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Why the head did not accept us.
 #[derive(Debug, Error)]
@@ -21,6 +22,10 @@ impl From<ProtocolError> for HandshakeError {
     }
 }
 
+/// The read half of a control stream, whatever carries it (a QUIC stream, or an
+/// in-memory pipe between a head and a node of the same process).
+pub type ControlReader = FrameReader<Box<dyn AsyncRead + Unpin + Send>, FromHead>;
+
 /// An accepted control stream.
 pub struct ControlStream {
     /// What the head said.
@@ -28,7 +33,7 @@ pub struct ControlStream {
     /// Messages to the head.
     pub sender: MessageSender<ToHead>,
     /// Messages from the head (after the welcome).
-    pub reader: FrameReader<quinn::RecvStream, FromHead>,
+    pub reader: ControlReader,
 }
 
 /// Opens the control stream on `conn` and performs the handshake.
@@ -36,12 +41,25 @@ pub async fn open_control(
     conn: &quinn::Connection,
     hello: Hello,
 ) -> Result<ControlStream, HandshakeError> {
-    let (mut send, recv) = conn
+    let (send, recv) = conn
         .open_bi()
         .await
         .map_err(|e| HandshakeError::Protocol(e.to_string()))?;
+    open_control_on(send, recv, hello).await
+}
+
+/// Performs the handshake on any pair of streams.
+pub async fn open_control_on<W, R>(
+    mut send: W,
+    recv: R,
+    hello: Hello,
+) -> Result<ControlStream, HandshakeError>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
     write_frame(&mut send, &StreamOpen::Control(hello)).await?;
-    let mut reader = FrameReader::<_, FromHead>::new(recv);
+    let mut reader: ControlReader = FrameReader::new(Box::new(recv));
     match reader.next().await? {
         Some(FromHead::Welcome(Welcome::Rejected(reason))) => Err(HandshakeError::Rejected(reason)),
         Some(FromHead::Welcome(welcome)) => {

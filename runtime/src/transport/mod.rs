@@ -8,5 +8,5 @@ mod quic;
 pub mod tls;
 
 pub use channel::{spawn_writer, FrameReader, MessageSender};
-pub use control::{open_control, ControlStream, HandshakeError};
+pub use control::{open_control, open_control_on, ControlReader, ControlStream, HandshakeError};
 pub use quic::{connect, describe_incoming_failure, make_endpoint, ConnectError, Endpoint};
