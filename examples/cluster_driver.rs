@@ -59,6 +59,13 @@ enum Scenario {
     },
     /// Waits on a long task while the test kills the head.
     HeadDies,
+    /// Tasks that need a custom resource only one node has.
+    Special,
+    /// Arguments and results of many megabytes, moved between nodes.
+    Large {
+        #[arg(long, default_value_t = 80)]
+        mb: usize,
+    },
 }
 
 #[rayish::remote]
@@ -148,6 +155,26 @@ fn slow_pid(dir: String, i: u64) -> u64 {
 fn slow(i: u64, ms: u64) -> (u64, String) {
     std::thread::sleep(Duration::from_millis(ms));
     (i * 7, rayish::current_node_id().unwrap_or_default())
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[rayish::remote]
+fn byte_sum(data: Vec<u8>) -> (u64, usize, String) {
+    (
+        data.iter().map(|b| *b as u64).sum(),
+        data.len(),
+        rayish::current_node_id().unwrap_or_default(),
+    )
+}
+
+#[rayish::remote]
+fn make_bytes(len: usize, seed: u8) -> Vec<u8> {
+    pattern(len, seed)
 }
 
 #[rayish::remote]
@@ -338,6 +365,34 @@ fn main() -> anyhow::Result<()> {
             let start = Instant::now();
             let err = rayish::get(&r).err().map(|e| e.to_string());
             result(json!({"error": err, "seconds": start.elapsed().as_secs_f64()}));
+        }
+        Scenario::Special => {
+            let opts = TaskOptions::new().num_cpus(0.5).resource("special", 1.0);
+            let refs: Vec<_> = (0..10u64)
+                .map(|i| where_am_i::remote_with(opts.clone(), i))
+                .collect();
+            let nodes: std::collections::BTreeSet<String> =
+                rayish::get_all(&refs)?.into_iter().map(|r| r.1).collect();
+            result(json!({"nodes": nodes}));
+        }
+        Scenario::Large { mb } => {
+            let len = mb << 20;
+            let data = pattern(len, 7);
+            let expect: u64 = data.iter().map(|b| *b as u64).sum();
+            // A value argument this large is stored as an object, not put in the spec.
+            let by_value = rayish::get(&byte_sum::remote(data))?;
+            // A large result stays on its node; tasks elsewhere and the driver pull it.
+            let made = make_bytes::remote(len, 7u8);
+            let reads: Vec<_> = (0..4).map(|_| byte_sum::remote(&made)).collect();
+            let reads = rayish::get_all(&reads)?;
+            let pulled = rayish::get(&made)?;
+            let nodes: std::collections::BTreeSet<String> =
+                reads.iter().map(|r| r.2.clone()).collect();
+            result(json!({
+                "expect": expect, "by_value": by_value.0, "by_value_len": by_value.1,
+                "reads_ok": reads.iter().all(|r| r.0 == expect && r.1 == len),
+                "read_nodes": nodes.len(), "pulled_ok": pulled == pattern(len, 7),
+            }));
         }
         Scenario::Infeasible => {
             let r = never_runs::remote_with(TaskOptions::new().num_cpus(64.0));

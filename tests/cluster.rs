@@ -192,13 +192,9 @@ fn a_node_killed_mid_job_does_not_lose_the_job() {
         .find(|l| l.starts_with("STAGE1"))
         .expect("stage 1");
     // Kill the last worker node while slow tasks run and some large objects live only there.
-    let status = String::from_utf8_lossy(&cluster.rayish(&["status"]).stdout).into_owned();
-    let victim = status
-        .lines()
-        .find(|l| l.contains(" 127.0.0.4:"))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("node 127.0.0.4 in status")
-        .to_string();
+    let victim = cluster
+        .node_id_at("127.0.0.4")
+        .expect("node 127.0.0.4 in status");
     cluster.kill_node(2);
     std::fs::write(&go, b"").unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
@@ -489,4 +485,45 @@ fn cli_start_status_stop_like_ray() {
     );
     assert!(rayish::session::registered_processes(&root).is_empty());
     let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn large_arguments_and_results_move_between_nodes() {
+    let cluster = TestCluster::start(2, 2, 5000);
+    let out = cluster
+        .driver("cluster_driver")
+        .args(["large", "--mb", "80"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result_of(&out);
+    assert_eq!(r["by_value"], r["expect"], "{r}");
+    assert_eq!(r["by_value_len"], 80 << 20);
+    assert_eq!(r["reads_ok"], true, "{r}");
+    assert_eq!(r["pulled_ok"], true, "{r}");
+}
+
+#[test]
+fn custom_resources_steer_tasks_to_the_nodes_that_have_them() {
+    let mut cluster = TestCluster::start(1, 2, 5000);
+    cluster.join("127.0.0.5", 1, &["--resources", r#"{"special": 2}"#]);
+    let special = cluster.node_id_at("127.0.0.5").expect("the special node");
+    let out = cluster
+        .driver("cluster_driver")
+        .arg("special")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result_of(&out);
+    assert_eq!(r["nodes"], serde_json::json!([special]), "{r}");
+    let status = String::from_utf8_lossy(&cluster.rayish(&["status"]).stdout).into_owned();
+    assert!(status.contains("special"), "{status}");
 }

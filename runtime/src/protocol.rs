@@ -32,6 +32,9 @@ pub const MAGIC: [u8; 4] = *b"RYSH";
 pub const HEADER_LEN: usize = 10;
 /// The largest payload a frame may carry. Bigger objects travel on transfer streams.
 pub const MAX_FRAME_LEN: u32 = 64 << 20;
+/// The largest frame on a worker socket: a task's arguments and result travel there
+/// whole, between a node and the worker it started (until shared memory replaces it).
+pub const MAX_WORKER_FRAME_LEN: u32 = u32::MAX;
 /// Size of the pieces objects and binaries are sent in on transfer streams.
 pub const CHUNK_LEN: usize = 1 << 20;
 /// Objects up to this size travel inside control messages and live in the head's
@@ -53,7 +56,7 @@ pub enum ProtocolError {
         theirs: u16,
     },
     /// The declared payload length exceeds [`MAX_FRAME_LEN`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    #[error("frame of {0} bytes exceeds the frame size limit")]
     FrameTooLarge(u64),
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame")]
@@ -66,21 +69,30 @@ pub enum ProtocolError {
     Io(#[from] std::io::Error),
 }
 
-fn codec() -> impl Options {
-    bincode::DefaultOptions::new().with_limit(MAX_FRAME_LEN as u64)
+fn codec(limit: u32) -> impl Options {
+    bincode::DefaultOptions::new().with_limit(limit as u64)
 }
 
 /// Appends one framed message to `buf`.
 pub fn encode_frame<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    encode_frame_within(msg, buf, MAX_FRAME_LEN)
+}
+
+/// Appends one framed message to `buf`, refusing payloads over `limit` bytes.
+pub fn encode_frame_within<M: Serialize>(
+    msg: &M,
+    buf: &mut Vec<u8>,
+    limit: u32,
+) -> Result<(), ProtocolError> {
     let start = buf.len();
     buf.extend_from_slice(&MAGIC);
     buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
-    codec()
+    codec(limit)
         .serialize_into(&mut *buf, msg)
         .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     let len = buf.len() - start - HEADER_LEN;
-    if len > MAX_FRAME_LEN as usize {
+    if len > limit as usize {
         buf.truncate(start);
         return Err(ProtocolError::FrameTooLarge(len as u64));
     }
@@ -106,6 +118,15 @@ where
     R: AsyncRead + Unpin,
     M: DeserializeOwned,
 {
+    read_frame_within(r, MAX_FRAME_LEN).await
+}
+
+/// Reads one framed message of at most `limit` payload bytes.
+pub async fn read_frame_within<R, M>(r: &mut R, limit: u32) -> Result<Option<M>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+{
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -119,7 +140,7 @@ where
         }
         got += n;
     }
-    let len = check_header(&header)?;
+    let len = check_header(&header, limit)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)
         .await
@@ -127,11 +148,11 @@ where
             std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
             _ => ProtocolError::Io(e),
         })?;
-    decode_payload(&payload).map(Some)
+    decode_payload_within(&payload, limit).map(Some)
 }
 
 /// Blocking form of [`read_frame`], for threads outside the async runtime.
-pub fn read_frame_blocking<R, M>(r: &mut R) -> Result<Option<M>, ProtocolError>
+pub fn read_frame_blocking<R, M>(r: &mut R, limit: u32) -> Result<Option<M>, ProtocolError>
 where
     R: std::io::Read,
     M: DeserializeOwned,
@@ -153,17 +174,17 @@ where
         }
         got += n;
     }
-    let len = check_header(&header)?;
+    let len = check_header(&header, limit)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
         _ => ProtocolError::Io(e),
     })?;
-    decode_payload(&payload).map(Some)
+    decode_payload_within(&payload, limit).map(Some)
 }
 
 /// Checks a frame header; returns the payload length.
-fn check_header(header: &[u8; HEADER_LEN]) -> Result<usize, ProtocolError> {
+fn check_header(header: &[u8; HEADER_LEN], limit: u32) -> Result<usize, ProtocolError> {
     let magic = [header[0], header[1], header[2], header[3]];
     if magic != MAGIC {
         return Err(ProtocolError::BadMagic(magic));
@@ -176,7 +197,7 @@ fn check_header(header: &[u8; HEADER_LEN]) -> Result<usize, ProtocolError> {
         });
     }
     let len = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
-    if len > MAX_FRAME_LEN {
+    if len > limit {
         return Err(ProtocolError::FrameTooLarge(len as u64));
     }
     Ok(len as usize)
@@ -184,7 +205,14 @@ fn check_header(header: &[u8; HEADER_LEN]) -> Result<usize, ProtocolError> {
 
 /// Decodes a frame's payload (without its header).
 pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, ProtocolError> {
-    codec()
+    decode_payload_within(payload, MAX_FRAME_LEN)
+}
+
+fn decode_payload_within<M: DeserializeOwned>(
+    payload: &[u8],
+    limit: u32,
+) -> Result<M, ProtocolError> {
+    codec(limit)
         .deserialize(payload)
         .map_err(|e| ProtocolError::Malformed(e.to_string()))
 }

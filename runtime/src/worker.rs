@@ -118,7 +118,16 @@ fn worker_main() -> Result<(), String> {
         set_current_task(None);
         // References inside the result were declared by encode_return.
         let result = result.map(|encoded| encoded.bytes);
-        link.send(FromWorker::Finished { task_id, result });
+        let finished = FromWorker::Finished { task_id, result };
+        if let Err(e) = link.try_send(&finished) {
+            // Most likely a result too large for the socket: report that instead.
+            let function = run.function.clone();
+            let result = Err(TaskError::Codec {
+                function,
+                message: format!("cannot return the result: {e}"),
+            });
+            link.send(FromWorker::Finished { task_id, result });
+        }
     }
     Ok(())
 }

@@ -120,6 +120,40 @@ impl TestCluster {
         cluster
     }
 
+    /// Joins one more node on `ip` with extra `rayish start` arguments.
+    pub fn join(&mut self, ip: &str, cpus: u32, extra: &[&str]) {
+        let child = Command::new(rayish_bin())
+            .args([
+                "start",
+                "--block",
+                "--address",
+                &self.address,
+                "--token",
+                &self.token,
+            ])
+            .args(["--node-ip-address", ip, "--num-cpus", &cpus.to_string()])
+            .args(extra)
+            .arg("--temp-dir")
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node");
+        self.nodes.push(child);
+        self.wait_for_nodes(self.nodes.len());
+    }
+
+    /// The id (hex) of the node listening on `ip`, from `rayish status`.
+    pub fn node_id_at(&self, ip: &str) -> Option<String> {
+        let status = String::from_utf8_lossy(&self.rayish(&["status"]).stdout).into_owned();
+        let needle = format!(" {ip}:");
+        status
+            .lines()
+            .find(|l| l.contains(&needle))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+    }
+
     /// `rayish status --json`, parsed.
     pub fn status(&self) -> Option<serde_json::Value> {
         let out = self.rayish(&["status", "--json"]);

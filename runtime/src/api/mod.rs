@@ -11,7 +11,9 @@ pub use object_ref::{Arg, ObjectRef};
 
 use crate::core_worker::{collect_nested, GetError};
 use crate::ids::{ObjectId, TaskId};
-use crate::protocol::{decode_value, encode_value, TaskArg, TaskError, TaskSpec};
+use crate::protocol::{
+    decode_value, encode_value, TaskArg, TaskError, TaskSpec, INLINE_OBJECT_MAX,
+};
 use crate::resources::{ResourceSet, CPU, GPU};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -200,10 +202,24 @@ pub mod __private {
         match arg {
             Arg::Value(v) => {
                 let (bytes, nested) = encode_with_refs(&v)?;
+                if bytes.len() <= INLINE_OBJECT_MAX {
+                    return Ok(EncodedArg {
+                        arg: TaskArg::Value(bytes),
+                        nested,
+                        _keep: Some(Box::new(v)),
+                    });
+                }
+                // Like Ray: a large argument becomes an object of its own, stored once
+                // and pulled by the node that runs the task, not copied into the spec.
+                let cw = context::current()?;
+                let id = ObjectId::random();
+                cw.nest(id, nested);
+                cw.put(id, bytes)?;
+                let r: ObjectRef<T> = ObjectRef::created(id);
                 Ok(EncodedArg {
-                    arg: TaskArg::Value(bytes),
-                    nested,
-                    _keep: Some(Box::new(v)),
+                    arg: TaskArg::Ref(id),
+                    nested: Vec::new(),
+                    _keep: Some(Box::new(r)),
                 })
             }
             Arg::Ref(r) => Ok(EncodedArg {

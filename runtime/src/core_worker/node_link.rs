@@ -7,7 +7,10 @@
 //! for another thread is left in a shared stash and that thread is woken.
 
 use crate::ids::{ObjectId, TaskId};
-use crate::protocol::{encode_frame, read_frame_blocking, FromWorker, NodeAddress, ToWorker};
+use crate::protocol::{
+    encode_frame_within, read_frame_blocking, FromWorker, NodeAddress, ToWorker,
+    MAX_WORKER_FRAME_LEN,
+};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -61,13 +64,19 @@ impl NodeLink {
         })
     }
 
-    /// Sends a message to the node; false when the node is gone.
-    pub fn send(&self, msg: FromWorker) -> bool {
+    /// Sends a message to the node; fails when it cannot be encoded (too large) or the
+    /// node is gone.
+    pub fn try_send(&self, msg: &FromWorker) -> Result<(), String> {
         let mut buf = Vec::new();
-        if encode_frame(&msg, &mut buf).is_err() {
-            return false;
-        }
-        lock(&self.writer).write_all(&buf).is_ok()
+        encode_frame_within(msg, &mut buf, MAX_WORKER_FRAME_LEN).map_err(|e| e.to_string())?;
+        lock(&self.writer)
+            .write_all(&buf)
+            .map_err(|e| format!("the node went away: {e}"))
+    }
+
+    /// Sends a message to the node; false when it could not be sent.
+    pub fn send(&self, msg: FromWorker) -> bool {
+        self.try_send(&msg).is_ok()
     }
 
     /// Waits until `take` finds what it wants in the stash, reading the socket while no
@@ -85,7 +94,8 @@ impl NodeLink {
             match reader {
                 Ok(mut reader) => {
                     drop(stash);
-                    let msg = read_frame_blocking::<_, ToWorker>(&mut *reader);
+                    let msg =
+                        read_frame_blocking::<_, ToWorker>(&mut *reader, MAX_WORKER_FRAME_LEN);
                     stash = lock(&self.stash);
                     match msg {
                         Ok(Some(ToWorker::Run {

@@ -6,8 +6,8 @@
 //! connect in its place.
 
 use crate::ids::{JobId, NodeId, TaskId};
-use crate::protocol::{FromWorker, TaskError, ToWorker};
-use crate::transport::{spawn_writer, FrameReader, MessageSender};
+use crate::protocol::{FromWorker, TaskError, ToWorker, MAX_WORKER_FRAME_LEN};
+use crate::transport::{spawn_writer_within, FrameReader, MessageSender};
 use dashmap::DashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -209,8 +209,8 @@ impl WorkerPool {
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
         let (r, w) = stream.into_split();
-        let sender = spawn_writer::<_, ToWorker>(w);
-        let mut reader = FrameReader::<_, FromWorker>::new(r);
+        let sender = spawn_writer_within::<_, ToWorker>(w, MAX_WORKER_FRAME_LEN);
+        let mut reader = FrameReader::<_, FromWorker>::within(r, MAX_WORKER_FRAME_LEN);
 
         let ready = tokio::time::timeout(READY_TIMEOUT, reader.next()).await;
         match ready {

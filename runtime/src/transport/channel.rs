@@ -1,6 +1,6 @@
 //! Message channels over any byte stream: a batching writer task and a frame reader.
 
-use crate::protocol::{encode_frame, read_frame, ProtocolError};
+use crate::protocol::{encode_frame_within, read_frame_within, ProtocolError, MAX_FRAME_LEN};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -38,7 +38,16 @@ const BATCH: usize = 512;
 /// Starts a task that writes queued messages to `w`, coalescing whatever is queued into
 /// one write so that many small messages cost one system call. The task ends when every
 /// sender is dropped or the stream fails.
-pub fn spawn_writer<W, M>(mut w: W) -> MessageSender<M>
+pub fn spawn_writer<W, M>(w: W) -> MessageSender<M>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    M: Serialize + Send + 'static,
+{
+    spawn_writer_within(w, MAX_FRAME_LEN)
+}
+
+/// [`spawn_writer`] for frames of up to `limit` bytes.
+pub fn spawn_writer_within<W, M>(mut w: W, limit: u32) -> MessageSender<M>
 where
     W: AsyncWrite + Unpin + Send + 'static,
     M: Serialize + Send + 'static,
@@ -51,7 +60,7 @@ where
             let mut next = Some(first);
             let mut n = 0;
             while let Some(msg) = next {
-                if let Err(e) = encode_frame(&msg, &mut buf) {
+                if let Err(e) = encode_frame_within(&msg, &mut buf, limit) {
                     tracing::error!("dropping a message that cannot be encoded: {e}");
                 }
                 n += 1;
@@ -71,17 +80,27 @@ where
 /// Reads framed messages of type `M`.
 pub struct FrameReader<R, M> {
     r: R,
+    limit: u32,
     _m: PhantomData<fn() -> M>,
 }
 
 impl<R: AsyncRead + Unpin, M: DeserializeOwned> FrameReader<R, M> {
     /// Wraps a stream.
     pub fn new(r: R) -> Self {
-        Self { r, _m: PhantomData }
+        Self::within(r, MAX_FRAME_LEN)
+    }
+
+    /// Wraps a stream whose frames may be up to `limit` bytes.
+    pub fn within(r: R, limit: u32) -> Self {
+        Self {
+            r,
+            limit,
+            _m: PhantomData,
+        }
     }
 
     /// The next message; `Ok(None)` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<M>, ProtocolError> {
-        read_frame(&mut self.r).await
+        read_frame_within(&mut self.r, self.limit).await
     }
 }

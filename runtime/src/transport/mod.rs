@@ -7,6 +7,6 @@ mod control;
 mod quic;
 pub mod tls;
 
-pub use channel::{spawn_writer, FrameReader, MessageSender};
+pub use channel::{spawn_writer, spawn_writer_within, FrameReader, MessageSender};
 pub use control::{open_control, open_control_on, ControlReader, ControlStream, HandshakeError};
 pub use quic::{connect, describe_incoming_failure, make_endpoint, ConnectError, Endpoint};
