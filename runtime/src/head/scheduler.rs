@@ -88,7 +88,7 @@ impl SchedulingQueue {
 /// idles, so the surplus shrinks to nothing as tasks get longer.
 pub fn dispatch_factor(avg_run_secs: f64) -> f64 {
     if avg_run_secs < 0.002 {
-        4.0
+        8.0
     } else if avg_run_secs < 0.020 {
         2.0
     } else {
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn only_short_tasks_are_queued_ahead_at_nodes() {
-        assert_eq!(dispatch_factor(0.0005), 4.0);
+        assert_eq!(dispatch_factor(0.0005), 8.0);
         assert_eq!(dispatch_factor(0.010), 2.0);
         assert_eq!(dispatch_factor(0.5), 1.0);
     }
