@@ -198,6 +198,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.scenario {
         Scenario::Many { n } => {
+            // Warm up: start workers on every node (a node's first worker must fetch
+            // the binary and connect, and a fast node would take all the work meanwhile).
+            let warm: Vec<_> = (0..12u64).map(|i| slow::remote(i, 100u64)).collect();
+            rayish::get_all(&warm)?;
             let start = Instant::now();
             let refs: Vec<_> = (0..n).map(where_am_i::remote).collect();
             let out = rayish::get_all(&refs)?;
@@ -214,12 +218,19 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Scenario::PassRefs => {
+            // Blocks are made where the "producer" resource is and read where
+            // "consumer" is, so every read crosses nodes (the scheduler would otherwise
+            // rightly run the readers where the data already is).
             let len = 200_000; // 1.6 MB: held on the node that made it, pulled by others
-            let blocks: Vec<_> = (1..=4).map(|s| make_block::remote(s, len)).collect();
+            let produce = TaskOptions::new().resource("producer", 1.0);
+            let consume = TaskOptions::new().resource("consumer", 1.0);
+            let blocks: Vec<_> = (1..=4)
+                .map(|s| make_block::remote_with(produce.clone(), s, len))
+                .collect();
             let mut sums = Vec::new();
             for (s, b) in blocks.iter().enumerate() {
                 for _ in 0..3 {
-                    sums.push((s as u64 + 1, checksum::remote(b)));
+                    sums.push((s as u64 + 1, checksum::remote_with(consume.clone(), b)));
                 }
             }
             let mut transfers = 0;

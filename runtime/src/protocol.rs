@@ -519,13 +519,17 @@ pub enum ToHead {
         attempt: u32,
         /// How.
         outcome: TaskOutcome,
-        /// How long it ran on the node, in microseconds (argument fetch included).
+        /// How long its worker took, in microseconds (start-up and argument fetch not
+        /// included).
         run_micros: u64,
     },
     /// From nodes: a copy of this object now lives here (after a pull).
     ObjectCopied(ObjectId),
     /// Ask for a [`ClusterStatus`].
     StatusRequest,
+    /// The sender is exiting: treat it as disconnected now (its job ends, what it
+    /// holds is released) rather than when its connection times out.
+    Goodbye,
 }
 
 /// First frame of every stream a client opens: says what the stream is for.

@@ -105,6 +105,7 @@ fn worker_main() -> Result<(), String> {
     })?;
     let cw = CoreWorker::start(handle, conn, Some((link, node)));
     crate::api::context::install(cw.clone());
+    crate::api::register_exit_hook();
     let link = cw.node_link().ok_or("no node link")?;
     link.send(FromWorker::Ready {
         pid: std::process::id(),

@@ -239,8 +239,27 @@ pub fn init(config: Config) -> Result<()> {
     })?;
     let cw = CoreWorker::start(handle, conn, None);
     context::install(cw);
+    if local.is_none() {
+        register_exit_hook();
+    }
     let _ = RUNTIME.set(Runtime { rt, local });
     Ok(())
+}
+
+extern "C" fn close_at_exit() {
+    if let Some(cw) = context::try_current() {
+        cw.close_at_exit();
+    }
+}
+
+/// Tells the head when this process exits (a driver's job ends at once, not after the
+/// idle timeout). Local mode needs none: the head exits with the process.
+pub(crate) fn register_exit_hook() {
+    // SAFETY: atexit(3) with a plain `extern "C" fn()` that only uses process-global
+    // state which lives until exit.
+    unsafe {
+        libc::atexit(close_at_exit);
+    }
 }
 
 /// Disconnects from the cluster; in local mode, stops its workers. Later API calls fail.

@@ -58,6 +58,7 @@ impl From<GetError> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 mod init;
+pub(crate) use init::register_exit_hook;
 pub use init::{init, shutdown, Config};
 
 /// The node this code runs on: `Some(id)` inside a task, `None` in a driver (Ray's

@@ -199,6 +199,20 @@ impl CoreWorker {
         self.cluster_down("rayish::shutdown was called".into());
     }
 
+    /// Says goodbye to the head and waits briefly for it to go out, so the head learns
+    /// at once that this process is gone (its job ends, its references are released)
+    /// instead of after the idle timeout. Called at process exit.
+    pub fn close_at_exit(&self) {
+        // Thread-locals are being torn down: no block_on here. The goodbye follows
+        // everything already queued on the ordered stream (releases included); once it
+        // is handed to QUIC, a short pause lets the I/O thread, still running, send it.
+        // (Closing the connection instead would discard unsent stream data.)
+        self.head.send(ToHead::Goodbye);
+        if self.head.flush_blocking(Duration::from_millis(500)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the head is still connected.
     pub fn is_connected(&self) -> bool {
         self.alive.load(Ordering::SeqCst)

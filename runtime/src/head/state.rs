@@ -64,18 +64,19 @@ struct NodeEntry {
     load: NodeLoad,
     /// What the head may assign it: its resources times `dispatch_factor(...)`.
     capacity: ResourceSet,
-    /// Moving average of its tasks' run times, in seconds.
-    avg_run_secs: f64,
+    /// Moving average of its tasks' run times, in seconds; `None` before the first.
+    avg_run_secs: Option<f64>,
 }
 
 impl NodeEntry {
     fn note_run_time(&mut self, micros: u64) {
         let secs = micros as f64 / 1e6;
-        self.avg_run_secs = 0.8 * self.avg_run_secs + 0.2 * secs;
-        self.capacity = self
-            .reg
-            .resources
-            .scaled(dispatch_factor(self.avg_run_secs));
+        let avg = match self.avg_run_secs {
+            Some(avg) => 0.8 * avg + 0.2 * secs,
+            None => secs,
+        };
+        self.avg_run_secs = Some(avg);
+        self.capacity = self.reg.resources.scaled(dispatch_factor(avg));
     }
 }
 
@@ -186,12 +187,13 @@ impl HeadState {
                     ));
                 }
                 tracing::info!(node = ?id, address = %reg.address, resources = %reg.resources, "node joined");
-                let capacity = reg.resources.scaled(dispatch_factor(0.0));
+                // No queueing ahead until the node's tasks are known to be short.
+                let capacity = reg.resources.clone();
                 self.nodes.insert(
                     id,
                     NodeEntry {
                         capacity,
-                        avg_run_secs: 0.0,
+                        avg_run_secs: None,
                         reg,
                         peer,
                         alive: true,
@@ -344,6 +346,10 @@ impl HeadState {
                         self.send(peer, FromHead::DeleteObjects(vec![id]));
                     }
                 }
+            }
+            ToHead::Goodbye => {
+                self.disconnect(peer, "the process exited");
+                return;
             }
             ToHead::StatusRequest => {
                 let status = self.status();

@@ -234,9 +234,9 @@ impl NodeInner {
     async fn execute(self: Arc<Self>, a: TaskAssignment) {
         let task_id = a.spec.task_id;
         let attempt = a.attempt;
-        let started = std::time::Instant::now();
-        let outcome = self.run(a).await;
-        let run_micros = started.elapsed().as_micros() as u64;
+        let mut run_time = std::time::Duration::ZERO;
+        let outcome = self.run(a, &mut run_time).await;
+        let run_micros = run_time.as_micros() as u64;
         let next = self.queue.finish(task_id);
         self.start(next);
         self.head.send(ToHead::TaskFinished {
@@ -247,7 +247,9 @@ impl NodeInner {
         });
     }
 
-    async fn run(&self, a: TaskAssignment) -> TaskOutcome {
+    /// Runs an assignment; `run_time` gets the worker's share (start-up and argument
+    /// fetching excluded: the head uses it to judge how short tasks are).
+    async fn run(&self, a: TaskAssignment, run_time: &mut std::time::Duration) -> TaskOutcome {
         let binary = match self.binary(&a.binary).await {
             Ok(path) => path,
             Err(e) => return TaskOutcome::WorkerDied(format!("cannot get the job's binary: {e}")),
@@ -277,7 +279,7 @@ impl NodeInner {
             };
             args.push(value);
         }
-        let result = self
+        let (result, took) = self
             .pool
             .run(
                 a.spec.job,
@@ -288,6 +290,7 @@ impl NodeInner {
                 a.spec.return_id,
             )
             .await;
+        *run_time = took;
         match result {
             Err(reason) => TaskOutcome::WorkerDied(reason),
             Ok(Err(e)) => TaskOutcome::Failed(e),

@@ -121,7 +121,8 @@ impl WorkerPool {
         self.live.is_empty()
     }
 
-    /// Runs one task on an idle worker of `job`, starting one from `binary` if none is idle.
+    /// Runs one task on an idle worker of `job`, starting one from `binary` if none is
+    /// idle. Also returns how long the worker took (start-up not included).
     pub async fn run(
         self: &Arc<Self>,
         job: JobId,
@@ -130,11 +131,15 @@ impl WorkerPool {
         function: String,
         args: Vec<Vec<u8>>,
         return_id: crate::ids::ObjectId,
-    ) -> RunResult {
+    ) -> (RunResult, Duration) {
         let worker = match self.take_idle(job) {
             Some(w) => w,
-            None => self.spawn(job, binary).await?,
+            None => match self.spawn(job, binary).await {
+                Ok(w) => w,
+                Err(e) => return (Err(e), Duration::ZERO),
+            },
         };
+        let started = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
         if let Ok(mut current) = worker.current.lock() {
             *current = Some(tx);
@@ -153,7 +158,7 @@ impl WorkerPool {
                 idle.push(worker);
             }
         }
-        result
+        (result, started.elapsed())
     }
 
     fn take_idle(&self, job: JobId) -> Option<Arc<Worker>> {
