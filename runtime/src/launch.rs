@@ -111,7 +111,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         node_config(opts, node_id, address, address),
         endpoint.clone(),
         store,
-        Some(&head),
+        Some(head.connect_in_process()),
     )
     .await?;
     Ok(Launched {

@@ -11,7 +11,6 @@ pub mod worker_pool;
 pub use object_store::ObjectStore;
 
 use crate::binaries::BinaryCache;
-use crate::head::HeadHandle;
 use crate::ids::{BinaryHash, NodeId, ObjectId};
 use crate::protocol::{
     ArgSource, FromHead, Hello, NodeAddress, NodeLoad, NodeRegistration, PeerRole, StoredValue,
@@ -109,13 +108,13 @@ impl RunningNode {
 /// Joins the cluster and starts serving. The endpoint's listener must route transfer
 /// streams to `store` (see [`crate::server`]).
 ///
-/// `local_head` is the head of this same process, if it is the head process: the node
-/// then talks to it over an in-memory pipe.
+/// `local_head` is a pipe to the head of this same process, if it is the head process
+/// (see `HeadHandle::connect_in_process`): the node then talks to the head over it.
 pub async fn start_node(
     cfg: NodeConfig,
     endpoint: Endpoint,
     store: Arc<ObjectStore>,
-    local_head: Option<&HeadHandle>,
+    local_head: Option<tokio::io::DuplexStream>,
 ) -> Result<RunningNode, NodeError> {
     let reg = NodeRegistration {
         node_id: cfg.node_id,
@@ -129,8 +128,8 @@ pub async fn start_node(
         software_version: env!("CARGO_PKG_VERSION").into(),
     };
     let (head_conn, control) = match local_head {
-        Some(head) => {
-            let (r, w) = tokio::io::split(head.connect_in_process());
+        Some(pipe) => {
+            let (r, w) = tokio::io::split(pipe);
             (None, open_control_on(w, r, hello).await?)
         }
         None => {
