@@ -68,17 +68,7 @@ fn bad_frames_are_rejected_and_the_head_keeps_serving() {
         udp.send_to(&[0x42; 1200], &cluster.address).unwrap();
     }
     // A real driver still gets served.
-    let out = cluster
-        .driver("cluster_driver")
-        .args(["many", "--n", "200"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(rayish_suite::result_of(&out)["wrong"], 0);
+    assert_eq!(cluster.scenario(["many", "--n", "200"])["wrong"], 0);
     // And the refusals were logged.
     let logs = rayish_suite::read_logs(cluster.root());
     for expected in [

@@ -2,24 +2,14 @@
 //! loopback addresses, driven by the example drivers.
 
 use rayish_suite::{result_of, TestCluster};
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[test]
 fn ten_thousand_tasks_return_right_values_on_every_node() {
     let cluster = TestCluster::start(2, 2, 5000);
-    let out = cluster
-        .driver("cluster_driver")
-        .args(["many", "--n", "10000"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result_of(&out);
+    let r = cluster.scenario(["many", "--n", "10000"]);
     assert_eq!(r["wrong"], 0);
     let nodes = r["nodes"].as_object().unwrap();
     assert_eq!(nodes.len(), 3, "tasks ran on {nodes:?}");
@@ -43,6 +33,24 @@ fn ten_thousand_tasks_return_right_values_on_every_node() {
     );
 }
 
+/// Checks the hello example succeeded with the right values; returns its output.
+fn check_hello(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "squares of 0..10: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
+        "via put + reference argument: 5050",
+        "nested sums of squares: [30, 285, 1015, 2470]",
+    ] {
+        assert!(stdout.contains(expected), "{stdout}");
+    }
+    stdout
+}
+
 #[test]
 fn hello_example_runs_against_a_started_cluster() {
     let cluster = TestCluster::start(2, 2, 5000);
@@ -51,24 +59,7 @@ fn hello_example_runs_against_a_started_cluster() {
         .args(["--address", &cluster.address])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("squares of 0..10: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("via put + reference argument: 5050"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("nested sums of squares: [30, 285, 1015, 2470]"),
-        "{stdout}"
-    );
+    check_hello(&out);
 }
 
 #[test]
@@ -76,17 +67,7 @@ fn object_references_cross_nodes() {
     let mut cluster = TestCluster::start(0, 2, 5000);
     cluster.join("127.0.0.3", 2, &["--resources", r#"{"producer": 4}"#]);
     cluster.join("127.0.0.4", 2, &["--resources", r#"{"consumer": 4}"#]);
-    let out = cluster
-        .driver("cluster_driver")
-        .arg("pass-refs")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result_of(&out);
+    let r = cluster.scenario(["pass-refs"]);
     assert_eq!(r["wrong"], 0);
     assert_eq!(r["cross_node_reads"], 12, "every read crosses nodes: {r}");
     assert_eq!(r["big_sum"], r["big_expected"]);
@@ -98,33 +79,13 @@ fn object_references_cross_nodes() {
 fn nested_tasks_with_more_waiting_parents_than_cpus() {
     // 2 nodes x 1 CPU; 12 parents each wait on 3 children.
     let cluster = TestCluster::start(1, 1, 5000);
-    let out = cluster
-        .driver("cluster_driver")
-        .args(["nested", "--parents", "12"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(result_of(&out)["ok"], true);
+    assert_eq!(cluster.scenario(["nested", "--parents", "12"])["ok"], true);
 }
 
 #[test]
 fn task_panics_and_errors_come_back_from_get() {
     let cluster = TestCluster::start(1, 2, 5000);
-    let out = cluster
-        .driver("cluster_driver")
-        .arg("panic")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result_of(&out);
+    let r = cluster.scenario(["panic"]);
     let panic = r["panic"].as_str().unwrap();
     assert!(
         panic.contains("panicked") && panic.contains("boom 42") && panic.contains(" at 127.0.0."),
@@ -142,18 +103,7 @@ fn task_panics_and_errors_come_back_from_get() {
 fn dead_workers_are_retried_then_reported() {
     let cluster = TestCluster::start(1, 2, 5000);
     let dir = cluster.root().join("crash");
-    let out = cluster
-        .driver("cluster_driver")
-        .args(["crash", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result_of(&out);
+    let r = cluster.scenario([OsStr::new("crash"), OsStr::new("--dir"), dir.as_os_str()]);
     assert_eq!(r["once"], 42, "{r}");
     let always = r["always"].as_str().unwrap();
     assert!(
@@ -166,18 +116,11 @@ fn dead_workers_are_retried_then_reported() {
 fn workers_killed_with_sigkill_mid_task_do_not_lose_the_job() {
     let cluster = TestCluster::start(1, 2, 5000);
     let dir = cluster.root().join("pids");
-    let out = cluster
-        .driver("cluster_driver")
-        .args(["kill-worker", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result_of(&out);
+    let r = cluster.scenario([
+        OsStr::new("kill-worker"),
+        OsStr::new("--dir"),
+        dir.as_os_str(),
+    ]);
     assert_eq!(r["killed"], 2);
     assert_eq!(r["ok"], true);
 }
@@ -186,42 +129,21 @@ fn workers_killed_with_sigkill_mid_task_do_not_lose_the_job() {
 fn a_node_killed_mid_job_does_not_lose_the_job() {
     let mut cluster = TestCluster::start(2, 2, 2000);
     let go = cluster.root().join("go");
-    let mut driver = cluster
-        .driver("cluster_driver")
-        .args(["long", "--n", "150", "--go"])
-        .arg(&go)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-    let stage1 = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("STAGE1"))
-        .expect("stage 1");
+    let (driver, mut lines) = cluster.spawn_scenario([
+        OsStr::new("long"),
+        OsStr::new("--n"),
+        OsStr::new("150"),
+        OsStr::new("--go"),
+        go.as_os_str(),
+    ]);
+    let stage1 = lines.find(|l| l.starts_with("STAGE1")).expect("stage 1");
     // Kill the last worker node while slow tasks run and some large objects live only there.
     let victim = cluster
         .node_id_at("127.0.0.4")
         .expect("node 127.0.0.4 in status");
     cluster.kill_node(2);
     std::fs::write(&go, b"").unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = driver.wait().unwrap();
-    let mut stderr = String::new();
-    use std::io::Read;
-    driver
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "{stage1}\n{rest:?}\n{stderr}");
-    let line = rest
-        .iter()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .expect("result");
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let r = rayish_suite::finish_scenario(driver, lines);
     assert_eq!(r["wrong"], 0, "{r}");
     assert_eq!(r["sum_wrong"], 0, "{r}");
     eprintln!("killed node {victim}; blocks were made on {stage1}");
@@ -333,16 +255,8 @@ fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 fn objects_are_freed_everywhere_when_no_reference_remains() {
     let cluster = TestCluster::start(2, 2, 5000);
     let go = cluster.root().join("go");
-    let mut driver = cluster
-        .driver("cluster_driver")
-        .args(["free", "--go"])
-        .arg(&go)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(driver.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
+    let (mut driver, mut lines) =
+        cluster.spawn_scenario([OsStr::new("free"), OsStr::new("--go"), go.as_os_str()]);
     assert!(lines.by_ref().any(|l| l == "HOLDING"));
     // 20 large blocks on the nodes, 500 puts, a list of 20 refs and its 20 objects.
     wait_until("the nodes report the stored blocks", 10, || {
@@ -375,25 +289,11 @@ fn objects_are_freed_everywhere_when_no_reference_remains() {
 #[test]
 fn get_on_a_dead_cluster_returns_an_error() {
     let mut cluster = TestCluster::start(1, 1, 2000);
-    let mut driver = cluster
-        .driver("cluster_driver")
-        .arg("head-dies")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(driver.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
+    let (driver, mut lines) = cluster.spawn_scenario(["head-dies"]);
     assert!(lines.by_ref().any(|l| l == "WAITING"));
     std::thread::sleep(Duration::from_millis(500));
     cluster.kill_node(0);
-    let rest: Vec<String> = lines.collect();
-    assert!(driver.wait().unwrap().success());
-    let line = rest
-        .iter()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .expect("result");
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let r = rayish_suite::finish_scenario(driver, lines);
     assert!(
         r["error"].as_str().unwrap_or("").contains("unreachable"),
         "{r}"
@@ -409,16 +309,7 @@ fn local_mode_runs_the_example_with_no_cluster() {
         .env("RAYISH_TEMP_DIR", &root)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("nested sums of squares: [30, 285, 1015, 2470]"),
-        "{stdout}"
-    );
+    let stdout = check_hello(&out);
     assert!(stdout.contains("(local mode)"), "{stdout}");
     let _ = std::fs::remove_dir_all(root);
 }
@@ -499,17 +390,7 @@ fn cli_start_status_stop_like_ray() {
 #[test]
 fn large_arguments_and_results_move_between_nodes() {
     let cluster = TestCluster::start(2, 2, 5000);
-    let out = cluster
-        .driver("cluster_driver")
-        .args(["large", "--mb", "80"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result_of(&out);
+    let r = cluster.scenario(["large", "--mb", "80"]);
     assert_eq!(r["by_value"], r["expect"], "{r}");
     assert_eq!(r["by_value_len"], 80 << 20);
     assert_eq!(r["reads_ok"], true, "{r}");
@@ -521,17 +402,7 @@ fn custom_resources_steer_tasks_to_the_nodes_that_have_them() {
     let mut cluster = TestCluster::start(1, 2, 5000);
     cluster.join("127.0.0.5", 1, &["--resources", r#"{"special": 2}"#]);
     let special = cluster.node_id_at("127.0.0.5").expect("the special node");
-    let out = cluster
-        .driver("cluster_driver")
-        .arg("special")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result_of(&out);
+    let r = cluster.scenario(["special"]);
     assert_eq!(r["nodes"], serde_json::json!([special]), "{r}");
     let status = String::from_utf8_lossy(&cluster.rayish(&["status"]).stdout).into_owned();
     assert!(status.contains("special"), "{status}");

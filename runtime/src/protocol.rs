@@ -151,36 +151,42 @@ where
     decode_payload_within(&payload, limit).map(Some)
 }
 
-/// Blocking form of [`read_frame`], for threads outside the async runtime.
+/// Blocking form of [`read_frame_within`], for threads outside the async runtime.
+///
+/// It runs the async reader itself over a reader whose reads block and so never
+/// return `Pending`: one poll completes it, and both forms share one implementation.
 pub fn read_frame_blocking<R, M>(r: &mut R, limit: u32) -> Result<Option<M>, ProtocolError>
 where
     R: std::io::Read,
     M: DeserializeOwned,
 {
-    let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = match r.read(&mut header[got..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(ProtocolError::Truncated)
-            };
-        }
-        got += n;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut reader = BlockingReader(r);
+    let future = std::pin::pin!(read_frame_within(&mut reader, limit));
+    match future.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(ProtocolError::Io(std::io::ErrorKind::WouldBlock.into())),
     }
-    let len = check_header(&header, limit)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
-        _ => ProtocolError::Io(e),
-    })?;
-    decode_payload_within(&payload, limit).map(Some)
+}
+
+/// Adapts a blocking reader to `AsyncRead`: every poll reads, blocking, to completion.
+struct BlockingReader<'a, R>(&'a mut R);
+
+impl<R: std::io::Read> AsyncRead for BlockingReader<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = loop {
+            match self.0.read(buf.initialize_unfilled()) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        std::task::Poll::Ready(n.map(|n| buf.advance(n)))
+    }
 }
 
 /// Checks a frame header; returns the payload length.
@@ -763,6 +769,21 @@ mod tests {
         let b: ToHead = read_frame(&mut r).await.unwrap().unwrap();
         assert!(matches!(b, ToHead::Heartbeat(_)));
         assert!(read_frame::<_, ToHead>(&mut r).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn blocking_reads_see_the_same_frames() {
+        let mut buf = Vec::new();
+        encode_frame(&ToHead::AddRefs(vec![ObjectId(9)]), &mut buf).unwrap();
+        let mut r = std::io::Cursor::new(buf.clone());
+        let msg: ToHead = read_frame_blocking(&mut r, MAX_FRAME_LEN).unwrap().unwrap();
+        assert!(matches!(msg, ToHead::AddRefs(v) if v == vec![ObjectId(9)]));
+        assert!(read_frame_blocking::<_, ToHead>(&mut r, MAX_FRAME_LEN)
+            .unwrap()
+            .is_none());
+        let mut short = std::io::Cursor::new(buf[..buf.len() - 1].to_vec());
+        let err = read_frame_blocking::<_, ToHead>(&mut short, MAX_FRAME_LEN).unwrap_err();
+        assert!(matches!(err, ProtocolError::Truncated), "{err}");
     }
 
     #[tokio::test]

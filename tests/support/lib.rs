@@ -204,6 +204,45 @@ impl TestCluster {
         cmd
     }
 
+    /// Runs a `cluster_driver` scenario to completion against this cluster, checks it
+    /// succeeded, and returns its `RESULT` JSON.
+    pub fn scenario<I, S>(&self, args: I) -> serde_json::Value
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let out = self
+            .driver("cluster_driver")
+            .args(args)
+            .output()
+            .expect("run the driver");
+        assert!(
+            out.status.success(),
+            "driver failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        result_of(&out)
+    }
+
+    /// Starts a `cluster_driver` scenario in the background; returns the process and
+    /// its stdout lines (its stderr is piped too, for failure messages).
+    pub fn spawn_scenario<I, S>(&self, args: I) -> (Child, Box<dyn Iterator<Item = String>>)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut child = self
+            .driver("cluster_driver")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the driver");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok);
+        (child, Box::new(lines))
+    }
+
     /// Kills node `i` (0 is the head) with SIGKILL.
     pub fn kill_node(&mut self, i: usize) {
         let _ = self.nodes[i].kill();
@@ -224,6 +263,27 @@ impl Drop for TestCluster {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// Waits for a scenario started with [`TestCluster::spawn_scenario`], checks it
+/// succeeded and returns its `RESULT` JSON.
+pub fn finish_scenario(
+    mut child: Child,
+    lines: Box<dyn Iterator<Item = String>>,
+) -> serde_json::Value {
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().expect("wait for the driver");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "driver failed:\n{rest:?}\n{stderr}");
+    let line = rest
+        .iter()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{rest:?}\n{stderr}"));
+    serde_json::from_str(line).expect("RESULT json")
 }
 
 /// Parses the `RESULT {json}` line a cluster_driver scenario prints.
