@@ -9,7 +9,7 @@
 
 use crate::ids::{NodeId, ObjectId, PeerId};
 use crate::protocol::{TaskError, TaskSpec};
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// What the head knows of an object's value.
 #[derive(Debug, Clone)]
@@ -253,7 +253,7 @@ mod tests {
         dir.create(
             id,
             ObjectValue::OnNodes {
-                nodes: [NodeId(3)].into(),
+                nodes: HashSet::from_iter([NodeId(3)]),
                 size: 9,
             },
             None,

@@ -6,7 +6,8 @@
 
 use crate::ids::{NodeId, TaskId};
 use crate::resources::{ResourceSet, CPU};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Tasks whose arguments are ready, waiting for a node with free resources.
 #[derive(Debug, Default)]
@@ -178,11 +179,11 @@ mod tests {
                 used: &u1,
             },
         ];
-        let bytes = HashMap::from([(NodeId(2), 1 << 20)]);
+        let bytes = HashMap::from_iter([(NodeId(2), 1 << 20)]);
         assert_eq!(pick_node(&nodes, &cpus(1.0), &bytes, 0), Some(NodeId(2)));
         // Without data, the emptier node wins.
         assert_eq!(
-            pick_node(&nodes, &cpus(1.0), &HashMap::new(), 1),
+            pick_node(&nodes, &cpus(1.0), &HashMap::default(), 1),
             Some(NodeId(1))
         );
     }
@@ -208,7 +209,7 @@ mod tests {
             },
         ];
         let picks: Vec<_> = (0..4)
-            .map(|i| pick_node(&nodes, &cpus(1.0), &HashMap::new(), i))
+            .map(|i| pick_node(&nodes, &cpus(1.0), &HashMap::default(), i))
             .collect();
         assert_eq!(
             picks,
@@ -219,7 +220,7 @@ mod tests {
                 Some(NodeId(2))
             ]
         );
-        assert_eq!(pick_node(&nodes, &cpus(2.0), &HashMap::new(), 0), None);
+        assert_eq!(pick_node(&nodes, &cpus(2.0), &HashMap::default(), 0), None);
         assert!(!is_feasible([t.clone()], &cpus(2.0)));
         assert!(is_feasible([t], &cpus(1.0)));
     }

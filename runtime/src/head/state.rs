@@ -14,7 +14,7 @@ use crate::protocol::{
 };
 use crate::resources::{ResourceSet, CPU};
 use crate::transport::MessageSender;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -138,13 +138,13 @@ impl HeadState {
     pub fn new(settings: HeadSettings) -> Self {
         Self {
             settings,
-            peers: HashMap::new(),
-            nodes: HashMap::new(),
-            jobs: HashMap::new(),
-            tasks: HashMap::new(),
+            peers: HashMap::default(),
+            nodes: HashMap::default(),
+            jobs: HashMap::default(),
+            tasks: HashMap::default(),
             objects: ObjectDirectory::default(),
             queue: SchedulingQueue::default(),
-            dependents: HashMap::new(),
+            dependents: HashMap::default(),
             finished_tasks: 0,
             turn: 0,
             delayed: Vec::new(),
@@ -198,7 +198,7 @@ impl HeadState {
                         peer,
                         alive: true,
                         used: ResourceSet::new(),
-                        running: HashSet::new(),
+                        running: HashSet::default(),
                         finished: 0,
                         last_heartbeat: Instant::now(),
                         load: NodeLoad::default(),
@@ -292,7 +292,7 @@ impl HeadState {
             }
             ToHead::PutStored { id, node, size } => {
                 let value = ObjectValue::OnNodes {
-                    nodes: [node].into(),
+                    nodes: HashSet::from_iter([node]),
                     size,
                 };
                 self.objects.create(id, value, Some(peer));
@@ -597,7 +597,7 @@ impl HeadState {
             TaskOutcome::Stored(StoredValue::OnNode { size }) => self.complete_task(
                 task_id,
                 ObjectValue::OnNodes {
-                    nodes: [node_id].into(),
+                    nodes: HashSet::from_iter([node_id]),
                     size,
                 },
             ),
@@ -746,7 +746,7 @@ impl HeadState {
     }
 
     fn apply_freed(&mut self, freed: Freed) {
-        let mut per_node: HashMap<NodeId, Vec<ObjectId>> = HashMap::new();
+        let mut per_node: HashMap<NodeId, Vec<ObjectId>> = HashMap::default();
         for (node, id) in freed.node_copies {
             per_node.entry(node).or_default().push(id);
         }
@@ -790,7 +790,7 @@ impl HeadState {
     }
 
     fn arg_bytes(&self, spec: &TaskSpec) -> HashMap<NodeId, u64> {
-        let mut bytes = HashMap::new();
+        let mut bytes = HashMap::default();
         for id in spec.arg_refs() {
             if let Some(ObjectValue::OnNodes { nodes, size }) =
                 self.objects.get(&id).map(|e| &e.value)
@@ -1027,7 +1027,7 @@ impl HeadState {
             })
             .collect();
         nodes.sort_by_key(|n| (!n.alive, n.address));
-        let mut infeasible: HashMap<ResourceSet, u64> = HashMap::new();
+        let mut infeasible: HashMap<ResourceSet, u64> = HashMap::default();
         let mut waiting = 0;
         let mut running = 0;
         for t in self.tasks.values() {
