@@ -11,8 +11,15 @@ if [ ! -x "$VENV/bin/ray" ]; then
     "$VENV/bin/pip" install -q "ray==2.*" numpy grpcio
 fi
 cargo build --release --workspace --all-targets >/dev/null
-ray_out=$(cd /tmp && TESTS_TO_RUN="single client tasks async" "$VENV/bin/ray" microbenchmark 2>/dev/null \
-    | grep -E "^single client tasks async per second" | head -1)
+ray_log=$(mktemp)
+(cd /tmp && TESTS_TO_RUN="single client tasks async" "$VENV/bin/ray" microbenchmark >"$ray_log" 2>&1) || true
+ray_out=$(grep -E "^single client tasks async per second" "$ray_log" | head -1 || true)
+if [ -z "$ray_out" ]; then
+    echo "ray microbenchmark printed no result; its last lines:" >&2
+    tail -20 "$ray_log" >&2
+    exit 1
+fi
+rm -f "$ray_log"
 rayish_out=$(cargo bench --bench tasks 2>/dev/null | grep -E "per second")
 echo "Ray $("$VENV/bin/ray" --version | awk '{print $3}'): $ray_out"
 echo "$rayish_out"

@@ -9,6 +9,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
+/// Most events the head takes in one go before it schedules.
+const BATCH: usize = 1024;
+
 /// A handle to the running head, used by the listener to hand it connections.
 #[derive(Clone)]
 pub struct HeadHandle {
@@ -22,8 +25,9 @@ pub fn start_head(settings: HeadSettings, binaries: BinaryCache) -> HeadHandle {
     let tick_every = (settings.node_timeout / 10).max(Duration::from_millis(50));
     let mut state = HeadState::new(settings);
     tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            state.handle(event);
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            state.handle_batch(batch.drain(..));
         }
     });
     let ticks = events.clone();

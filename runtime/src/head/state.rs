@@ -151,8 +151,17 @@ impl HeadState {
         }
     }
 
-    /// Handles one event.
-    pub fn handle(&mut self, event: HeadEvent) {
+    /// Handles a batch of events that arrived together, then places what became
+    /// runnable: one scheduling pass per batch rather than per message.
+    pub fn handle_batch(&mut self, events: impl IntoIterator<Item = HeadEvent>) {
+        for event in events {
+            self.handle(event);
+        }
+        self.schedule();
+    }
+
+    /// Handles one event (callers must then schedule: see [`Self::handle_batch`]).
+    fn handle(&mut self, event: HeadEvent) {
         match event {
             HeadEvent::Connected {
                 peer,
@@ -357,7 +366,7 @@ impl HeadState {
             }
         }
         self.apply_freed(freed);
-        self.schedule();
+        // No scheduling here: `handle_batch` schedules once per batch of messages.
     }
 
     fn submit(&mut self, submitter: PeerId, spec: TaskSpec) {
