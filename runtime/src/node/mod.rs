@@ -210,7 +210,10 @@ pub async fn start_node(
                         node.store.remove(&id);
                     }
                 }
-                Ok(Some(FromHead::JobEnded(job))) => node.pool.kill_job(job),
+                Ok(Some(FromHead::JobEnded(job))) => {
+                    node.queue.drop_job(job);
+                    node.pool.kill_job(job);
+                }
                 Ok(Some(other)) => tracing::debug!("ignoring {other:?}"),
                 Ok(None) => break "the head closed the connection".to_string(),
                 Err(e) => break format!("lost the head: {e}"),

@@ -6,7 +6,7 @@
 //! node itself to its resources: a task starts only when its demand fits in what the
 //! running tasks leave free. A task blocked in `get` gives its CPU back here too.
 
-use crate::ids::TaskId;
+use crate::ids::{JobId, TaskId};
 use crate::protocol::TaskAssignment;
 use crate::resources::{ResourceSet, CPU};
 use std::collections::{HashMap, VecDeque};
@@ -60,6 +60,12 @@ impl LocalTaskQueue {
         }
         s.lent.remove(&task);
         self.startable(&mut s)
+    }
+
+    /// Drops the waiting tasks of `job` (its driver is gone); running ones end with
+    /// their workers.
+    pub fn drop_job(&self, job: JobId) {
+        self.lock().waiting.retain(|t| t.spec.job != job);
     }
 
     /// `task` blocked in `get` (or resumed); returns the tasks to start now.
@@ -117,7 +123,7 @@ impl LocalTaskQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{BinaryHash, JobId, ObjectId};
+    use crate::ids::{BinaryHash, ObjectId};
     use crate::protocol::TaskSpec;
 
     fn task(id: u128, cpus: f64) -> TaskAssignment {
@@ -150,9 +156,18 @@ mod tests {
         assert!(q.push(task(3, 1.0)).is_empty());
         assert!(q.push(task(4, 2.0)).is_empty());
         assert_eq!(ids(q.finish(TaskId(1))), vec![3]);
+        q.drop_job(JobId(2));
+        assert_eq!(q.len(), 3, "another job's drop leaves ours");
         assert!(q.finish(TaskId(2)).is_empty());
         assert_eq!(ids(q.finish(TaskId(3))), vec![4]);
         assert_eq!(q.len(), 1);
+        assert!(q.push(task(5, 2.0)).is_empty());
+        q.drop_job(JobId(1));
+        assert_eq!(
+            q.len(),
+            1,
+            "the waiting task is dropped, the running one stays"
+        );
     }
 
     #[test]
