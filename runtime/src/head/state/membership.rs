@@ -1,0 +1,183 @@
+//! Membership: peers and nodes joining and leaving, heartbeats, node death, jobs ending.
+
+use super::*;
+
+impl HeadState {
+    pub(super) fn connect(
+        &mut self,
+        peer: PeerId,
+        role: PeerRole,
+        sender: MessageSender<FromHead>,
+        needs_binary: bool,
+    ) -> Welcome {
+        let mut job = None;
+        let kind = match role {
+            PeerRole::Node(reg) => {
+                let id = reg.node_id;
+                if self.nodes.get(&id).is_some_and(|n| n.alive) {
+                    return Welcome::Rejected(format!(
+                        "a live node with id {id} is already registered"
+                    ));
+                }
+                tracing::info!(node = ?id, address = %reg.address, resources = %reg.resources, "node joined");
+                // No queueing ahead until the node's tasks are known to be short.
+                let capacity = reg.resources.clone();
+                self.nodes.insert(
+                    id,
+                    NodeEntry {
+                        capacity,
+                        avg_run_secs: None,
+                        reg,
+                        peer,
+                        alive: true,
+                        used: ResourceSet::new(),
+                        running: HashSet::default(),
+                        finished: 0,
+                        last_heartbeat: Instant::now(),
+                        load: NodeLoad::default(),
+                    },
+                );
+                PeerKind::Node(id)
+            }
+            PeerRole::Driver { binary, name } => {
+                if !binary.is_well_formed() {
+                    return Welcome::Rejected("the driver's binary hash is not a SHA-256".into());
+                }
+                let id = JobId::random();
+                tracing::info!(job = ?id, %name, "driver connected");
+                self.jobs.insert(
+                    id,
+                    JobEntry {
+                        binary,
+                        driver: peer,
+                        alive: true,
+                    },
+                );
+                job = Some(id);
+                PeerKind::Driver(id)
+            }
+            PeerRole::Worker { job, .. } => {
+                if !self.jobs.get(&job).is_some_and(|j| j.alive) {
+                    return Welcome::Rejected(format!("job {job} has ended"));
+                }
+                PeerKind::Worker { job }
+            }
+            PeerRole::Client => PeerKind::Client,
+        };
+        let welcome = Welcome::Accepted {
+            peer,
+            job,
+            upload_binary: job.is_some() && needs_binary,
+            head_node: self.settings.head_node,
+        };
+        // The welcome goes first on the stream, before anything scheduled below.
+        sender.send(FromHead::Welcome(welcome.clone()));
+        self.peers.insert(peer, Peer { kind, sender });
+        // A new node may make queued or infeasible tasks runnable.
+        self.retry_infeasible();
+        self.schedule();
+        welcome
+    }
+
+    pub(super) fn disconnect(&mut self, peer: PeerId, reason: &str) {
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        let mut freed = Freed::default();
+        self.objects.remove_peer(peer, &mut freed);
+        match p.kind {
+            PeerKind::Node(node) => self.node_died(node, &format!("connection lost: {reason}")),
+            PeerKind::Driver(job) => self.job_ended(job),
+            PeerKind::Worker { .. } | PeerKind::Client => {}
+        }
+        self.apply_freed(freed);
+        self.schedule();
+    }
+
+    pub(super) fn check_heartbeats(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.delayed.drain(..).partition(|(at, _)| *at <= now);
+        self.delayed = later;
+        for (_, task_id) in due {
+            self.requeue(task_id);
+        }
+        let timeout = self.settings.node_timeout;
+        let silent: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.alive && n.last_heartbeat.elapsed() > timeout)
+            .map(|n| n.reg.node_id)
+            .collect();
+        for node in silent {
+            self.node_died(node, &format!("no heartbeat for {timeout:?}"));
+        }
+        self.schedule();
+    }
+
+    pub(super) fn node_died(&mut self, node_id: NodeId, reason: &str) {
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
+        if !node.alive {
+            return;
+        }
+        node.alive = false;
+        node.used = ResourceSet::new();
+        let running: Vec<TaskId> = node.running.drain().collect();
+        tracing::warn!(node = ?node_id, address = %node.reg.address, running = running.len(), "node died: {reason}");
+        for task_id in running {
+            if let Some(task) = self.tasks.get_mut(&task_id) {
+                task.held = ResourceSet::new();
+                task.blocked = false;
+            }
+            self.attempt_failed(task_id, format!("node {node_id} died ({reason})"));
+        }
+        for id in self.objects.objects_on(node_id) {
+            let Some(entry) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            let ObjectValue::OnNodes { nodes, .. } = &mut entry.value else {
+                continue;
+            };
+            nodes.remove(&node_id);
+            if nodes.is_empty() {
+                self.object_lost(id);
+            }
+        }
+        self.retry_infeasible_after_loss();
+    }
+
+    pub(super) fn job_ended(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        job.alive = false;
+        tracing::info!(job = ?job_id, "driver disconnected; job ended");
+        let orphans: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.spec.job == job_id)
+            .map(|(id, _)| *id)
+            .collect();
+        let ended = TaskError::WorkerDied {
+            function: String::new(),
+            attempts: 0,
+            reason: "the job's driver exited".into(),
+        };
+        let queued: HashSet<TaskId> = orphans.iter().copied().collect();
+        self.queue.retain(|t| !queued.contains(&t));
+        for task_id in orphans {
+            self.complete_task(task_id, ObjectValue::Error(ended.clone()));
+        }
+        let node_peers: Vec<PeerId> = self
+            .nodes
+            .values()
+            .filter(|n| n.alive)
+            .map(|n| n.peer)
+            .collect();
+        for peer in node_peers {
+            self.send(peer, FromHead::JobEnded(job_id));
+        }
+        self.jobs.remove(&job_id);
+    }
+}

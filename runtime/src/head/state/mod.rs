@@ -1,0 +1,304 @@
+//! The head's state machine: membership, jobs, tasks, the object directory and scheduling.
+//!
+//! One task owns this state and handles one [`HeadEvent`] at a time, so the tables
+//! need no locks and every change is ordered. Network handling lives in
+//! [`super::service`]; this module only reads events and queues messages to peers.
+//!
+//! The tables and the dispatch of messages are here; what the head does with them is
+//! split by concern: [`membership`], [`tasks`], [`objects`], [`placement`], [`status`].
+
+mod membership;
+mod objects;
+mod placement;
+mod status;
+mod tasks;
+
+use super::directory::{Freed, ObjectDirectory, ObjectValue};
+use super::scheduler::{dispatch_factor, is_feasible, pick_node, NodeView, SchedulingQueue};
+use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
+use crate::protocol::{
+    ArgSource, ClusterStatus, FromHead, NodeAddress, NodeLoad, NodeRegistration, NodeStatus,
+    ObjectLocation, PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError, TaskOutcome,
+    TaskSpec, ToHead, Welcome,
+};
+use crate::resources::{ResourceSet, CPU};
+use crate::transport::MessageSender;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Something that happened, for the head to act on.
+pub enum HeadEvent {
+    /// A peer finished its handshake.
+    Connected {
+        /// Id given to the connection.
+        peer: PeerId,
+        /// What it said it is.
+        role: PeerRole,
+        /// Where to send it messages.
+        sender: MessageSender<FromHead>,
+        /// Whether the head's binary store lacks a driver's binary.
+        needs_binary: bool,
+        /// The answer to send it.
+        reply: oneshot::Sender<Welcome>,
+    },
+    /// A peer sent a message.
+    Message(PeerId, ToHead),
+    /// A peer's connection ended.
+    Disconnected(PeerId, String),
+    /// Time passed: check for nodes that stopped sending heartbeats.
+    Tick,
+}
+
+enum PeerKind {
+    Node(NodeId),
+    Driver(JobId),
+    Worker { job: JobId },
+    Client,
+}
+
+struct Peer {
+    kind: PeerKind,
+    sender: MessageSender<FromHead>,
+}
+
+struct NodeEntry {
+    reg: NodeRegistration,
+    peer: PeerId,
+    alive: bool,
+    used: ResourceSet,
+    running: HashSet<TaskId>,
+    finished: u64,
+    last_heartbeat: Instant,
+    load: NodeLoad,
+    /// What the head may assign it: its resources times `dispatch_factor(...)`.
+    capacity: ResourceSet,
+    /// Moving average of its tasks' run times, in seconds; `None` before the first.
+    avg_run_secs: Option<f64>,
+}
+
+impl NodeEntry {
+    fn note_run_time(&mut self, micros: u64) {
+        let secs = micros as f64 / 1e6;
+        let avg = match self.avg_run_secs {
+            Some(avg) => 0.8 * avg + 0.2 * secs,
+            None => secs,
+        };
+        self.avg_run_secs = Some(avg);
+        self.capacity = self.reg.resources.scaled(dispatch_factor(avg));
+    }
+}
+
+struct JobEntry {
+    binary: BinaryHash,
+    driver: PeerId,
+    alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskState {
+    WaitingForArgs,
+    Queued,
+    Infeasible,
+    Running(NodeId),
+}
+
+struct TaskEntry {
+    spec: TaskSpec,
+    attempt: u32,
+    state: TaskState,
+    /// Arguments not yet ready.
+    missing_args: usize,
+    /// What the task holds on its node now (less its CPU while blocked in `get`).
+    held: ResourceSet,
+    blocked: bool,
+    /// Times a node could not fetch an argument of this task.
+    fetch_failures: u32,
+}
+
+/// Settings of the head.
+#[derive(Debug, Clone)]
+pub struct HeadSettings {
+    /// The head process's own node id.
+    pub head_node: NodeId,
+    /// A node silent for this long is declared dead.
+    pub node_timeout: Duration,
+}
+
+/// The head's tables and the logic that changes them.
+pub struct HeadState {
+    settings: HeadSettings,
+    peers: HashMap<PeerId, Peer>,
+    nodes: HashMap<NodeId, NodeEntry>,
+    jobs: HashMap<JobId, JobEntry>,
+    tasks: HashMap<TaskId, TaskEntry>,
+    objects: ObjectDirectory,
+    queue: SchedulingQueue,
+    /// Tasks waiting for each not-yet-ready object.
+    dependents: HashMap<ObjectId, Vec<TaskId>>,
+    finished_tasks: u64,
+    turn: usize,
+    /// Tasks to re-queue at a given time (after an argument fetch failed).
+    delayed: Vec<(Instant, TaskId)>,
+}
+
+impl HeadState {
+    /// Empty tables.
+    pub fn new(settings: HeadSettings) -> Self {
+        Self {
+            settings,
+            peers: HashMap::default(),
+            nodes: HashMap::default(),
+            jobs: HashMap::default(),
+            tasks: HashMap::default(),
+            objects: ObjectDirectory::default(),
+            queue: SchedulingQueue::default(),
+            dependents: HashMap::default(),
+            finished_tasks: 0,
+            turn: 0,
+            delayed: Vec::new(),
+        }
+    }
+
+    /// Handles a batch of events that arrived together, then places what became
+    /// runnable: one scheduling pass per batch rather than per message.
+    pub fn handle_batch(&mut self, events: impl IntoIterator<Item = HeadEvent>) {
+        for event in events {
+            self.handle(event);
+        }
+        self.schedule();
+    }
+
+    /// Handles one event (callers must then schedule: see [`Self::handle_batch`]).
+    fn handle(&mut self, event: HeadEvent) {
+        match event {
+            HeadEvent::Connected {
+                peer,
+                role,
+                sender,
+                needs_binary,
+                reply,
+            } => {
+                let welcome = self.connect(peer, role, sender, needs_binary);
+                let _ = reply.send(welcome);
+            }
+            HeadEvent::Message(peer, msg) => self.message(peer, msg),
+            HeadEvent::Disconnected(peer, reason) => self.disconnect(peer, &reason),
+            HeadEvent::Tick => self.check_heartbeats(),
+        }
+    }
+
+    fn send(&self, peer: PeerId, msg: FromHead) {
+        if let Some(p) = self.peers.get(&peer) {
+            p.sender.send(msg);
+        }
+    }
+
+    fn peer_job(&self, peer: PeerId) -> Option<JobId> {
+        match self.peers.get(&peer)?.kind {
+            PeerKind::Driver(job) | PeerKind::Worker { job } => Some(job),
+            _ => None,
+        }
+    }
+
+    fn peer_node(&self, peer: PeerId) -> Option<NodeId> {
+        match self.peers.get(&peer)?.kind {
+            PeerKind::Node(node) => Some(node),
+            _ => None,
+        }
+    }
+
+    fn message(&mut self, peer: PeerId, msg: ToHead) {
+        let mut freed = Freed::default();
+        match msg {
+            ToHead::SubmitTasks(specs) => {
+                let Some(job) = self.peer_job(peer) else {
+                    tracing::warn!(
+                        ?peer,
+                        "task submission from a peer that is not a driver or worker; ignored"
+                    );
+                    return;
+                };
+                for spec in specs {
+                    if spec.job != job {
+                        tracing::warn!(?peer, "task for another job; ignored");
+                        continue;
+                    }
+                    self.submit(peer, spec);
+                }
+            }
+            ToHead::PutInline { id, value } => {
+                self.objects
+                    .create(id, ObjectValue::Inline(value), Some(peer));
+                self.object_ready(id);
+            }
+            ToHead::PutStored { id, node, size } => {
+                let value = ObjectValue::OnNodes {
+                    nodes: HashSet::from_iter([node]),
+                    size,
+                };
+                self.objects.create(id, value, Some(peer));
+                self.object_ready(id);
+            }
+            ToHead::Nest { outer, inner } => self.objects.nest(outer, inner),
+            ToHead::AddRefs(ids) => {
+                for id in ids {
+                    self.objects.add_holder(peer, id);
+                }
+            }
+            ToHead::RemoveRefs(ids) => {
+                for id in ids {
+                    self.objects.remove_holder(peer, id, &mut freed);
+                }
+            }
+            ToHead::Subscribe(ids) => {
+                for id in ids {
+                    self.subscribe(peer, id);
+                }
+            }
+            ToHead::TaskBlocked(task) => self.set_blocked(task, true),
+            ToHead::TaskUnblocked(task) => self.set_blocked(task, false),
+            ToHead::Heartbeat(load) => {
+                if let Some(node) = self.peer_node(peer).and_then(|n| self.nodes.get_mut(&n)) {
+                    node.last_heartbeat = Instant::now();
+                    node.load = load;
+                }
+            }
+            ToHead::TaskFinished {
+                task_id,
+                attempt,
+                outcome,
+                run_micros,
+            } => {
+                if let Some(node) = self.peer_node(peer) {
+                    if let Some(entry) = self.nodes.get_mut(&node) {
+                        entry.note_run_time(run_micros);
+                    }
+                    self.task_finished(node, task_id, attempt, outcome);
+                }
+            }
+            ToHead::ObjectCopied(id) => {
+                if let Some(node) = self.peer_node(peer) {
+                    if let Some(ObjectValue::OnNodes { nodes, .. }) =
+                        self.objects.get_mut(&id).map(|e| &mut e.value)
+                    {
+                        nodes.insert(node);
+                    } else {
+                        // Freed meanwhile: the copy is garbage.
+                        self.send(peer, FromHead::DeleteObjects(vec![id]));
+                    }
+                }
+            }
+            ToHead::Goodbye => {
+                self.disconnect(peer, "the process exited");
+                return;
+            }
+            ToHead::StatusRequest => {
+                let status = self.status();
+                self.send(peer, FromHead::Status(Box::new(status)));
+            }
+        }
+        self.apply_freed(freed);
+        // No scheduling here: `handle_batch` schedules once per batch of messages.
+    }
+}
