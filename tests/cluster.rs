@@ -22,14 +22,21 @@ fn ten_thousand_tasks_return_right_values_on_every_node() {
         10_000
     ); // The driver said goodbye on exit: its job ends and its workers go at once, well
        // before the 5 s idle timeout would have noticed.
-    wait_until(
-        "the head sees the driver leave and its workers stop",
-        4,
-        || {
-            cluster.status().is_some_and(|s| {
-                s["drivers"] == 0 && s["objects"] == 0 && sum_load(&s, "workers") == 0
-            })
-        },
+    let mut last = String::new();
+    let gone = wait_for(4, || {
+        cluster.status().is_some_and(|s| {
+            last = format!(
+                "drivers {} objects {} workers {}",
+                s["drivers"],
+                s["objects"],
+                sum_load(&s, "workers")
+            );
+            s["drivers"] == 0 && s["objects"] == 0 && sum_load(&s, "workers") == 0
+        })
+    });
+    assert!(
+        gone,
+        "the head did not see the driver leave and its workers stop: {last}"
     );
 }
 
@@ -243,12 +250,20 @@ fn sum_load(status: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+fn wait_until(what: &str, secs: u64, ok: impl FnMut() -> bool) {
+    assert!(wait_for(secs, ok), "timed out waiting until {what}");
+}
+
+/// Polls `ok` for up to `secs` seconds; whether it became true.
+fn wait_for(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
 
 #[test]

@@ -569,6 +569,8 @@ pub enum FromHead {
     Warning(String),
     /// To nodes: the job's driver is gone; stop its workers.
     JobEnded(JobId),
+    /// Answer to [`ToHead::Goodbye`]: everything sent before it was handled.
+    Farewell,
 }
 
 /// Where a ready object can be read.

@@ -107,6 +107,8 @@ pub struct CoreWorker {
     peers: DashMap<SocketAddr, quinn::Connection>,
     alive: AtomicBool,
     down_reason: std::sync::Mutex<Option<String>>,
+    /// Set when the head answers our goodbye.
+    farewell: (std::sync::Mutex<bool>, std::sync::Condvar),
 }
 
 impl CoreWorker {
@@ -129,6 +131,7 @@ impl CoreWorker {
             peers: DashMap::new(),
             alive: AtomicBool::new(true),
             down_reason: std::sync::Mutex::new(None),
+            farewell: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
         });
         let weak = Arc::downgrade(&cw);
         let mut reader = conn.reader;
@@ -164,6 +167,11 @@ impl CoreWorker {
             FromHead::Warning(text) => {
                 tracing::warn!("{text}");
                 eprintln!("rayish warning: {text}");
+            }
+            FromHead::Farewell => {
+                let (lock, answered) = &self.farewell;
+                *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                answered.notify_all();
             }
             other => tracing::debug!("ignoring {other:?}"),
         }
@@ -203,14 +211,18 @@ impl CoreWorker {
     /// at once that this process is gone (its job ends, its references are released)
     /// instead of after the idle timeout. Called at process exit.
     pub fn close_at_exit(&self) {
-        // Thread-locals are being torn down: no block_on here. The goodbye follows
-        // everything already queued on the ordered stream (releases included); once it
-        // is handed to QUIC, a short pause lets the I/O thread, still running, send it.
+        // Thread-locals are being torn down: no block_on here; the runtime's I/O thread
+        // still runs and delivers the head's answer. The goodbye follows everything
+        // already queued on the ordered stream (releases included), and QUIC
+        // retransmits it if a packet is lost, as long as we wait for the answer.
         // (Closing the connection instead would discard unsent stream data.)
-        self.head.send(ToHead::Goodbye);
-        if self.head.flush_blocking(Duration::from_millis(500)) {
-            std::thread::sleep(Duration::from_millis(20));
+        if !self.is_connected() {
+            return;
         }
+        self.head.send(ToHead::Goodbye);
+        let (lock, answered) = &self.farewell;
+        let said = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = answered.wait_timeout_while(said, Duration::from_secs(2), |said| !*said);
     }
 
     /// Whether the head is still connected.

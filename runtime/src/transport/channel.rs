@@ -7,15 +7,9 @@ use std::marker::PhantomData;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-enum Item<M> {
-    Message(M),
-    /// Written everything queued before this: say so.
-    Flushed(std::sync::mpsc::Sender<()>),
-}
-
 /// Sends messages to a peer through a writer task. Cheap to clone; sending never blocks.
 pub struct MessageSender<M> {
-    tx: mpsc::UnboundedSender<Item<M>>,
+    tx: mpsc::UnboundedSender<M>,
 }
 
 impl<M> Clone for MessageSender<M> {
@@ -29,14 +23,7 @@ impl<M> Clone for MessageSender<M> {
 impl<M> MessageSender<M> {
     /// Queues `msg`; returns false when the connection is gone.
     pub fn send(&self, msg: M) -> bool {
-        self.tx.send(Item::Message(msg)).is_ok()
-    }
-
-    /// Blocks (without the async runtime: usable at process exit) until everything
-    /// queued so far has been handed to the stream, or `timeout` passes.
-    pub fn flush_blocking(&self, timeout: std::time::Duration) -> bool {
-        let (done, flushed) = std::sync::mpsc::channel();
-        self.tx.send(Item::Flushed(done)).is_ok() && flushed.recv_timeout(timeout).is_ok()
+        self.tx.send(msg).is_ok()
     }
 
     /// Whether the writer task has stopped (the connection is gone).
@@ -65,22 +52,16 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
     M: Serialize + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Item<M>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<M>();
     tokio::spawn(async move {
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(first) = rx.recv().await {
             buf.clear();
             let mut next = Some(first);
             let mut n = 0;
-            let mut acks = Vec::new();
-            while let Some(item) = next {
-                match item {
-                    Item::Message(msg) => {
-                        if let Err(e) = encode_frame_within(&msg, &mut buf, limit) {
-                            tracing::error!("dropping a message that cannot be encoded: {e}");
-                        }
-                    }
-                    Item::Flushed(ack) => acks.push(ack),
+            while let Some(msg) = next {
+                if let Err(e) = encode_frame_within(&msg, &mut buf, limit) {
+                    tracing::error!("dropping a message that cannot be encoded: {e}");
                 }
                 n += 1;
                 next = if n < BATCH { rx.try_recv().ok() } else { None };
@@ -90,9 +71,6 @@ where
                 break;
             }
             let _ = w.flush().await;
-            for ack in acks {
-                let _ = ack.send(());
-            }
         }
         let _ = w.shutdown().await;
     });

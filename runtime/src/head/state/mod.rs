@@ -290,6 +290,8 @@ impl HeadState {
                 }
             }
             ToHead::Goodbye => {
+                // Answer first: the peer waits for this before it exits.
+                self.send(peer, FromHead::Farewell);
                 self.disconnect(peer, "the process exited");
                 return;
             }
