@@ -152,7 +152,10 @@ pub fn pick_node(
 }
 
 /// Whether some node could run `demand` if it were idle.
-pub fn is_feasible(totals: impl IntoIterator<Item = ResourceSet>, demand: &ResourceSet) -> bool {
+pub fn is_feasible<'a>(
+    totals: impl IntoIterator<Item = &'a ResourceSet>,
+    demand: &ResourceSet,
+) -> bool {
     totals.into_iter().any(|t| t.contains(demand))
 }
 
@@ -221,8 +224,8 @@ mod tests {
             ]
         );
         assert_eq!(pick_node(&nodes, &cpus(2.0), &HashMap::default(), 0), None);
-        assert!(!is_feasible([t.clone()], &cpus(2.0)));
-        assert!(is_feasible([t], &cpus(1.0)));
+        assert!(!is_feasible([&t], &cpus(2.0)));
+        assert!(is_feasible([&t], &cpus(1.0)));
     }
 
     #[test]

@@ -194,6 +194,17 @@ impl HeadState {
         }
     }
 
+    /// Whether some live node could ever run a task needing `shape`.
+    fn feasible(&self, shape: &ResourceSet) -> bool {
+        is_feasible(
+            self.nodes
+                .values()
+                .filter(|n| n.alive)
+                .map(|n| &n.reg.resources),
+            shape,
+        )
+    }
+
     fn peer_job(&self, peer: PeerId) -> Option<JobId> {
         match self.peers.get(&peer)?.kind {
             PeerKind::Driver(job) | PeerKind::Worker { job } => Some(job),

@@ -96,15 +96,9 @@ impl HeadState {
 
     /// Tasks queued for shapes only a dead node could run become infeasible.
     pub(super) fn retry_infeasible_after_loss(&mut self) {
-        let totals: Vec<ResourceSet> = self
-            .nodes
-            .values()
-            .filter(|n| n.alive)
-            .map(|n| n.reg.resources.clone())
-            .collect();
         let mut stuck = Vec::new();
         for shape in self.queue.shapes() {
-            if !is_feasible(totals.iter().cloned(), &shape) {
+            if !self.feasible(&shape) {
                 while let Some(t) = self.queue.pop(&shape) {
                     stuck.push((t, shape.clone()));
                 }

@@ -57,12 +57,7 @@ impl HeadState {
     }
 
     pub(super) fn enqueue(&mut self, task_id: TaskId, shape: ResourceSet, front: bool) {
-        let totals = self
-            .nodes
-            .values()
-            .filter(|n| n.alive)
-            .map(|n| n.reg.resources.clone());
-        let feasible = is_feasible(totals, &shape);
+        let feasible = self.feasible(&shape);
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
@@ -94,14 +89,8 @@ impl HeadState {
             .filter(|(_, t)| t.state == TaskState::Infeasible)
             .map(|(id, t)| (*id, t.spec.resources.clone()))
             .collect();
-        let totals: Vec<ResourceSet> = self
-            .nodes
-            .values()
-            .filter(|n| n.alive)
-            .map(|n| n.reg.resources.clone())
-            .collect();
         for (id, shape) in stuck {
-            if is_feasible(totals.iter().cloned(), &shape) {
+            if self.feasible(&shape) {
                 self.enqueue(id, shape, false);
             }
         }
