@@ -125,9 +125,15 @@ fn encode_with_refs<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<Ob
 
 /// Stores `value` in the cluster and returns a reference to it.
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
-    let cw = context::current()?;
     let (bytes, nested) = encode_with_refs(value)?;
+    put_encoded(bytes, nested)
+}
+
+/// Stores an already encoded value holding `nested` references as a new object.
+fn put_encoded<T>(bytes: Vec<u8>, nested: Vec<ObjectId>) -> Result<ObjectRef<T>> {
+    let cw = context::current()?;
     let id = ObjectId::random();
+    // Declared before this process's handles to them can drop.
     cw.nest(id, nested);
     cw.put(id, bytes)?;
     Ok(ObjectRef::created(id))
@@ -212,13 +218,9 @@ pub mod __private {
                 }
                 // Like Ray: a large argument becomes an object of its own, stored once
                 // and pulled by the node that runs the task, not copied into the spec.
-                let cw = context::current()?;
-                let id = ObjectId::random();
-                cw.nest(id, nested);
-                cw.put(id, bytes)?;
-                let r: ObjectRef<T> = ObjectRef::created(id);
+                let r: ObjectRef<T> = put_encoded(bytes, nested)?;
                 Ok(EncodedArg {
-                    arg: TaskArg::Ref(id),
+                    arg: TaskArg::Ref(r.id()),
                     nested: Vec::new(),
                     _keep: Some(Box::new(r)),
                 })
