@@ -17,7 +17,7 @@ use crate::protocol::{
     FromHead, NodeAddress, ObjectLocation, TaskError, TaskSpec, ToHead, INLINE_OBJECT_MAX,
 };
 use crate::transfer::{pull_object, push_object};
-use crate::transport::{connect, ControlReader, Endpoint, MessageSender};
+use crate::transport::{ControlReader, Endpoint, MessageSender, PeerConnections};
 use dashmap::DashMap;
 use node_link::NodeLink;
 use std::cell::Cell;
@@ -95,7 +95,6 @@ pub struct Connection {
 /// The core worker of this process.
 pub struct CoreWorker {
     rt: tokio::runtime::Handle,
-    endpoint: Endpoint,
     head_conn: quinn::Connection,
     head: MessageSender<ToHead>,
     job: JobId,
@@ -104,7 +103,7 @@ pub struct CoreWorker {
     node: Option<(NodeLink, NodeId)>,
     slots: DashMap<ObjectId, Slot>,
     refs: DashMap<ObjectId, usize>,
-    peers: DashMap<SocketAddr, quinn::Connection>,
+    peers: PeerConnections,
     alive: AtomicBool,
     down_reason: std::sync::Mutex<Option<String>>,
     /// Set when the head answers our goodbye.
@@ -120,7 +119,6 @@ impl CoreWorker {
     ) -> Arc<Self> {
         let cw = Arc::new(Self {
             rt: rt.clone(),
-            endpoint: conn.endpoint,
             head_conn: conn.head_conn,
             head: conn.head,
             job: conn.job,
@@ -128,7 +126,7 @@ impl CoreWorker {
             node,
             slots: DashMap::new(),
             refs: DashMap::new(),
-            peers: DashMap::new(),
+            peers: PeerConnections::new(conn.endpoint, Duration::from_secs(10)),
             alive: AtomicBool::new(true),
             down_reason: std::sync::Mutex::new(None),
             farewell: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
@@ -387,25 +385,30 @@ impl CoreWorker {
     fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
         let task = CURRENT_TASK.with(|c| c.get()).map(|(t, _)| t);
         if let Some(t) = task {
-            self.head.send(ToHead::TaskBlocked(t));
-            if let Some(link) = self.node_link() {
-                link.send(crate::protocol::FromWorker::Blocked {
-                    task_id: t,
-                    blocked: true,
-                });
-            }
+            self.announce_blocked(t, true);
         }
         let r = f();
         if let Some(t) = task {
-            self.head.send(ToHead::TaskUnblocked(t));
-            if let Some(link) = self.node_link() {
-                link.send(crate::protocol::FromWorker::Blocked {
-                    task_id: t,
-                    blocked: false,
-                });
-            }
+            self.announce_blocked(t, false);
         }
         r
+    }
+
+    /// Tells the head and this worker's node that `task` blocked (or resumed), so both
+    /// lend (or take back) its CPU.
+    fn announce_blocked(&self, task: TaskId, blocked: bool) {
+        let to_head = if blocked {
+            ToHead::TaskBlocked(task)
+        } else {
+            ToHead::TaskUnblocked(task)
+        };
+        self.head.send(to_head);
+        if let Some(link) = self.node_link() {
+            link.send(crate::protocol::FromWorker::Blocked {
+                task_id: task,
+                blocked,
+            });
+        }
     }
 
     /// Waits until `id` is ready (or `deadline` passes) and returns where it is.
@@ -415,33 +418,8 @@ impl CoreWorker {
         deadline: Option<Instant>,
         timeout: Duration,
     ) -> Result<ObjectLocation, GetError> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut subscribe = Vec::new();
-        if self.watch(id, &tx, &mut subscribe) {
-            if let Some(loc) = self.ready_location(&id) {
-                return Ok(loc);
-            }
-        }
-        self.subscribe(subscribe);
-        self.blocking(|| loop {
-            if !self.is_connected() {
-                return Err(self.down_error());
-            }
-            if let Some(loc) = self.ready_location(&id) {
-                return Ok(loc);
-            }
-            let wake = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    self.rt
-                        .block_on(async { tokio::time::timeout(left, rx.recv()).await })
-                }
-                None => Ok(self.rt.block_on(rx.recv())),
-            };
-            if wake.is_err() {
-                return Err(GetError::Timeout(timeout));
-            }
-        })
+        self.wait_until(&[id], 1, deadline)?;
+        self.ready_location(&id).ok_or(GetError::Timeout(timeout))
     }
 
     /// The encoded value of `id`, waiting up to `timeout` (forever if `None`).
@@ -499,16 +477,7 @@ impl CoreWorker {
         if addr == self.head_conn.remote_address() {
             return Ok(self.head_conn.clone());
         }
-        if let Some(c) = self.peers.get(&addr).map(|c| c.clone()) {
-            if c.close_reason().is_none() {
-                return Ok(c);
-            }
-        }
-        let c = connect(&self.endpoint, addr, Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
-        self.peers.insert(addr, c.clone());
-        Ok(c)
+        self.peers.get(addr).await.map_err(|e| e.to_string())
     }
 
     /// Waits until `num_returns` of `ids` are ready or `timeout` passes; returns the
@@ -519,7 +488,16 @@ impl CoreWorker {
         num_returns: usize,
         timeout: Option<Duration>,
     ) -> Result<Vec<bool>, GetError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        self.wait_until(ids, num_returns, timeout.map(|t| Instant::now() + t))
+    }
+
+    /// [`Self::wait`] with an absolute deadline.
+    fn wait_until(
+        &self,
+        ids: &[ObjectId],
+        num_returns: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<bool>, GetError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut ready = vec![false; ids.len()];
         let mut n_ready = 0;

@@ -20,6 +20,7 @@ use crate::resources::ResourceSet;
 use crate::transfer::{fetch_binary, pull_object, TransferError};
 use crate::transport::{
     connect, open_control, open_control_on, ConnectError, Endpoint, HandshakeError, MessageSender,
+    PeerConnections,
 };
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -66,7 +67,6 @@ pub enum NodeError {
 
 struct NodeInner {
     cfg: NodeConfig,
-    endpoint: Endpoint,
     store: Arc<ObjectStore>,
     /// QUIC connection to the head, for fetching binaries; `None` for the head's own
     /// node, which shares the head's binary cache.
@@ -74,7 +74,7 @@ struct NodeInner {
     head: MessageSender<ToHead>,
     pool: Arc<WorkerPool>,
     queue: task_queue::LocalTaskQueue,
-    peers: DashMap<SocketAddr, quinn::Connection>,
+    peers: PeerConnections,
     /// Binaries known to be in the cache (saves a stat per task).
     known_binaries: DashMap<BinaryHash, PathBuf>,
     binary_fetch: tokio::sync::Mutex<()>,
@@ -148,15 +148,15 @@ pub async fn start_node(
     };
     let pool = Arc::new(WorkerPool::new(env, req_tx));
     let cfg_resources = cfg.resources.clone();
+    let peers = PeerConnections::new(endpoint.clone(), cfg.connect_timeout);
     let inner = Arc::new(NodeInner {
         cfg,
-        endpoint,
         store,
         head_conn,
         head: control.sender,
         pool,
         queue: task_queue::LocalTaskQueue::new(cfg_resources),
-        peers: DashMap::new(),
+        peers,
         known_binaries: DashMap::new(),
         binary_fetch: tokio::sync::Mutex::new(()),
     });
@@ -356,16 +356,11 @@ impl NodeInner {
     }
 
     async fn pull_from(&self, addr: SocketAddr, id: ObjectId) -> Result<Bytes, TransferError> {
-        let conn = match self.peers.get(&addr).map(|c| c.clone()) {
-            Some(c) if c.close_reason().is_none() => c,
-            _ => {
-                let c = connect(&self.endpoint, addr, self.cfg.connect_timeout)
-                    .await
-                    .map_err(|e| TransferError::Stream(e.to_string()))?;
-                self.peers.insert(addr, c.clone());
-                c
-            }
-        };
+        let conn = self
+            .peers
+            .get(addr)
+            .await
+            .map_err(|e| TransferError::Stream(e.to_string()))?;
         pull_object(&conn, id).await
     }
 

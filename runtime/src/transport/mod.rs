@@ -9,4 +9,6 @@ pub mod tls;
 
 pub use channel::{spawn_writer, spawn_writer_within, FrameReader, MessageSender};
 pub use control::{open_control, open_control_on, ControlReader, ControlStream, HandshakeError};
-pub use quic::{connect, describe_incoming_failure, make_endpoint, ConnectError, Endpoint};
+pub use quic::{
+    connect, describe_incoming_failure, make_endpoint, ConnectError, Endpoint, PeerConnections,
+};

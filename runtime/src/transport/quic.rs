@@ -143,3 +143,33 @@ pub fn describe_incoming_failure(e: &quinn::ConnectionError) -> String {
         text
     }
 }
+
+/// Connections this process has opened to other nodes, reused while they live.
+pub struct PeerConnections {
+    endpoint: Endpoint,
+    timeout: Duration,
+    open: dashmap::DashMap<SocketAddr, quinn::Connection>,
+}
+
+impl PeerConnections {
+    /// Connections made from `endpoint`, each attempt waiting at most `timeout`.
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+        Self {
+            endpoint,
+            timeout,
+            open: dashmap::DashMap::new(),
+        }
+    }
+
+    /// A live connection to `addr`, opened now if there is none.
+    pub async fn get(&self, addr: SocketAddr) -> Result<quinn::Connection, ConnectError> {
+        if let Some(c) = self.open.get(&addr).map(|c| c.clone()) {
+            if c.close_reason().is_none() {
+                return Ok(c);
+            }
+        }
+        let c = connect(&self.endpoint, addr, self.timeout).await?;
+        self.open.insert(addr, c.clone());
+        Ok(c)
+    }
+}
