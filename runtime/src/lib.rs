@@ -37,8 +37,9 @@ mod worker;
 #[doc(hidden)]
 pub use api::__private;
 pub use api::{
-    current_node_id, get, get_all, get_timeout, init, put, shutdown, wait, Arg, Config, Error,
-    ObjectRef, Result, TaskOptions,
+    current_node_id, get, get_all, get_timeout, init, put, serve_if_worker, shutdown, wait, Arg,
+    Config, Error, ObjectRef, Result, TaskOptions,
 };
 pub use ids::ObjectId;
+pub use protocol::TaskError;
 pub use rayish_macros::remote;

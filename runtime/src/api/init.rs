@@ -92,12 +92,20 @@ static INIT: Mutex<()> = Mutex::new(());
 /// Connects this process to a cluster, or starts a local one (head and node in this
 /// process, workers as child processes) when no address is given.
 ///
-/// Call it first thing in `main`: worker processes run the same binary, and in them
-/// `init` serves tasks and never returns. Later calls do nothing.
-pub fn init(config: Config) -> Result<()> {
+/// If this process was started by a node as a worker process, serves tasks and never
+/// returns; otherwise returns at once. `init` calls it; call it yourself first thing in
+/// `main` when `main` does work before `init` that a worker must not do (say, parsing
+/// arguments that a worker, started without them, would lack).
+pub fn serve_if_worker() {
     if std::env::var_os("RAYISH_WORKER_FD").is_some() {
         crate::worker::run_worker();
     }
+}
+
+/// Call it first thing in `main`: worker processes run the same binary, and in them
+/// `init` serves tasks and never returns. Later calls do nothing.
+pub fn init(config: Config) -> Result<()> {
+    serve_if_worker();
     if let Ok(filter) = std::env::var("RAYISH_LOG") {
         // Drivers log to stderr only when asked; nodes always log to their session.
         let _ = tracing_subscriber::fmt()

@@ -59,7 +59,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 mod init;
 pub(crate) use init::register_exit_hook;
-pub use init::{init, shutdown, Config};
+pub use init::{init, serve_if_worker, shutdown, Config};
 
 /// The node this code runs on: `Some(id)` inside a task, `None` in a driver (Ray's
 /// `get_runtime_context().get_node_id()`).

@@ -1,0 +1,90 @@
+//! The unit of work that flows down the chain: one image and what is known of it so far.
+
+use serde::{Deserialize, Serialize};
+
+/// 8-bit RGB pixels, row-major, 3 bytes a pixel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RgbPixels {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height * 3` bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// A face box as face_recognition returns it: (top, right, bottom, left), trimmed to
+/// the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaceBox {
+    /// First row.
+    pub top: i64,
+    /// Last column (dlib's inclusive right edge, trimmed to the width).
+    pub right: i64,
+    /// Last row (trimmed to the height).
+    pub bottom: i64,
+    /// First column.
+    pub left: i64,
+}
+
+/// One face found in an image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Face {
+    /// Where it is.
+    pub bbox: FaceBox,
+    /// Landmark points (x, y): 5 or 68 of them; empty until the landmarks stage.
+    pub landmarks: Vec<[i64; 2]>,
+    /// The 128-D encoding (dlib's float32 values widened to f64); empty until encoded.
+    pub encoding: Vec<f64>,
+}
+
+/// Where an image stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Status {
+    /// Still moving down the chain (or done with faces, if the chain is complete).
+    Active,
+    /// Stopped: no face was found.
+    NoFace,
+    /// Stopped by a handler that chose to skip it (a filter), with its reason.
+    Skipped(String),
+    /// Stopped by an error, with its reason.
+    Failed(String),
+}
+
+/// One image on its way down the chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaceJob {
+    /// Position in the input list; outputs are written in this order.
+    pub index: u64,
+    /// The path as given (or listed).
+    pub path: String,
+    /// The file's bytes, between read and decode.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    /// Decoded pixels, between decode and encode.
+    pub image: Option<RgbPixels>,
+    /// Faces found so far.
+    pub faces: Vec<Face>,
+    /// Where it stands.
+    pub status: Status,
+}
+
+impl FaceJob {
+    /// A job that has not been read yet.
+    pub fn new(index: u64, path: impl Into<String>) -> Self {
+        FaceJob {
+            index,
+            path: path.into(),
+            bytes: Vec::new(),
+            image: None,
+            faces: Vec::new(),
+            status: Status::Active,
+        }
+    }
+
+    /// Whether a handler stopped it.
+    pub fn is_stopped(&self) -> bool {
+        self.status != Status::Active
+    }
+}

@@ -1,0 +1,224 @@
+//! The built-in handlers, one job each: read → decode → detect → landmarks → encode.
+//! Each is configured by the run's [`Settings`] and registered under its name.
+
+use crate::chain::{Handler, Stop};
+use crate::decode::decode_rgb;
+use crate::dlib_shim;
+use crate::job::{Face, FaceBox, FaceJob, RgbPixels};
+use crate::models;
+use crate::settings::{DetectorKind, LandmarkModel, Settings};
+use dlib_face_recognition::{
+    FaceDetectorTrait, FaceEncoderTrait, ImageMatrix, LandmarkPredictorTrait, Rectangle,
+};
+use serde::Deserialize;
+
+/// Reads the file's bytes.
+#[derive(Deserialize)]
+pub struct Read {}
+
+/// Decodes the bytes to RGB pixels as PIL would ([`crate::decode`]).
+#[derive(Deserialize)]
+pub struct Decode {
+    #[serde(flatten)]
+    settings: Settings,
+}
+
+/// Finds faces: HOG or CNN, upsampled as face_recognition does, boxes trimmed to the
+/// image. Stops the image if there is none.
+#[derive(Deserialize)]
+pub struct Detect {
+    #[serde(flatten)]
+    settings: Settings,
+}
+
+/// Predicts each face's 5 or 68 landmark points.
+#[derive(Deserialize)]
+pub struct Landmarks {
+    #[serde(flatten)]
+    settings: Settings,
+}
+
+/// Computes each face's 128-D encoding, then lets the pixels go.
+#[derive(Deserialize)]
+pub struct Encode {
+    #[serde(flatten)]
+    settings: Settings,
+}
+
+crate::register_handler!("read", Read);
+crate::register_handler!("decode", Decode);
+crate::register_handler!("detect", Detect);
+crate::register_handler!("landmarks", Landmarks);
+crate::register_handler!("encode", Encode);
+
+fn pixels(job: &FaceJob) -> Result<&RgbPixels, Stop> {
+    job.image.as_ref().ok_or_else(|| {
+        Stop::Failed("no decoded image reached this stage (is decode before it?)".into())
+    })
+}
+
+fn matrix(image: &RgbPixels) -> ImageMatrix {
+    // SAFETY: `data` holds exactly width*height*3 bytes (RgbPixels' invariant, checked by
+    // `checked`), which is what ImageMatrix::new reads.
+    unsafe {
+        ImageMatrix::new(
+            image.width as usize,
+            image.height as usize,
+            image.data.as_ptr(),
+        )
+    }
+}
+
+fn checked(image: &RgbPixels) -> Result<(), Stop> {
+    let want = image.width as usize * image.height as usize * 3;
+    if image.data.len() != want {
+        return Err(Stop::Failed(format!(
+            "image buffer holds {} bytes, {}x{} RGB needs {want}",
+            image.data.len(),
+            image.width,
+            image.height
+        )));
+    }
+    Ok(())
+}
+
+fn to_rect(b: &FaceBox) -> Rectangle {
+    Rectangle {
+        left: b.left as _,
+        top: b.top as _,
+        right: b.right as _,
+        bottom: b.bottom as _,
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> Stop {
+    Stop::Failed(e.to_string())
+}
+
+impl Handler for Read {
+    fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
+        job.bytes =
+            std::fs::read(&job.path).map_err(|e| Stop::Failed(format!("cannot read file: {e}")))?;
+        Ok(())
+    }
+}
+
+impl Handler for Decode {
+    fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
+        let image = decode_rgb(&job.bytes, self.settings.max_pixels).map_err(failed)?;
+        job.bytes = Vec::new();
+        job.image = Some(image);
+        Ok(())
+    }
+}
+
+impl Handler for Detect {
+    fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
+        let image = pixels(job)?;
+        checked(image)?;
+        let original = matrix(image);
+        let levels = self.settings.upsample;
+        // As dlib's Python binding: detect on the upsampled image, map boxes back.
+        let upsampled;
+        let searched = if levels > 0 {
+            upsampled = dlib_shim::pyramid_up(&original, levels);
+            &upsampled
+        } else {
+            &original
+        };
+        let rects: Vec<Rectangle> = match self.settings.detector {
+            DetectorKind::Hog => models::hog_detector().face_locations(searched).to_vec(),
+            DetectorKind::Cnn => {
+                let dir = models::models_dir(self.settings.models_dir.as_deref());
+                models::cnn_detector(&dir)
+                    .map_err(failed)?
+                    .face_locations(searched)
+                    .to_vec()
+            }
+        };
+        let (w, h) = (image.width as i64, image.height as i64);
+        let faces: Vec<Face> = rects
+            .into_iter()
+            .map(|r| {
+                if levels > 0 {
+                    dlib_shim::rect_down(r, levels)
+                } else {
+                    r
+                }
+            })
+            .map(|r| Face {
+                // face_recognition's _trim_css_to_bounds.
+                bbox: FaceBox {
+                    top: (r.top as i64).max(0),
+                    right: (r.right as i64).min(w),
+                    bottom: (r.bottom as i64).min(h),
+                    left: (r.left as i64).max(0),
+                },
+                landmarks: Vec::new(),
+                encoding: Vec::new(),
+            })
+            .collect();
+        if faces.is_empty() {
+            return Err(Stop::NoFace);
+        }
+        job.faces = faces;
+        Ok(())
+    }
+}
+
+impl Handler for Landmarks {
+    fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
+        let image = pixels(job)?;
+        checked(image)?;
+        let file = match self.settings.landmarks {
+            LandmarkModel::Small => models::LANDMARKS_5_FILE,
+            LandmarkModel::Large => models::LANDMARKS_68_FILE,
+        };
+        let dir = models::models_dir(self.settings.models_dir.as_deref());
+        let predictor = models::landmark_predictor(&dir, file).map_err(failed)?;
+        let mat = matrix(image);
+        let points: Vec<Vec<[i64; 2]>> = job
+            .faces
+            .iter()
+            .map(|f| {
+                let shape = predictor.face_landmarks(&mat, &to_rect(&f.bbox));
+                shape.iter().map(|p| [p.x() as i64, p.y() as i64]).collect()
+            })
+            .collect();
+        for (face, pts) in job.faces.iter_mut().zip(points) {
+            face.landmarks = pts;
+        }
+        Ok(())
+    }
+}
+
+impl Handler for Encode {
+    fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
+        let image = pixels(job)?;
+        checked(image)?;
+        let dir = models::models_dir(self.settings.models_dir.as_deref());
+        let net = models::encoder(&dir).map_err(failed)?;
+        let mat = matrix(image);
+        let mut encodings = Vec::with_capacity(job.faces.len());
+        for face in &job.faces {
+            if face.landmarks.is_empty() {
+                return Err(Stop::Failed(
+                    "no landmarks reached the encode stage (is landmarks before it?)".into(),
+                ));
+            }
+            // One face at a time, as face_recognition calls compute_face_descriptor.
+            let shape = dlib_shim::landmarks_from_points(to_rect(&face.bbox), &face.landmarks);
+            let out =
+                net.get_face_encodings(&mat, std::slice::from_ref(&shape), self.settings.jitters);
+            let encoding = out
+                .first()
+                .ok_or_else(|| Stop::Failed("encoder returned no encoding".into()))?;
+            encodings.push(encoding.as_ref().to_vec());
+        }
+        for (face, e) in job.faces.iter_mut().zip(encodings) {
+            face.encoding = e;
+        }
+        job.image = None;
+        Ok(())
+    }
+}
