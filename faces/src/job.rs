@@ -68,6 +68,8 @@ pub struct FaceJob {
     pub faces: Vec<Face>,
     /// Where it stands.
     pub status: Status,
+    /// The node that ran its last stage (`None` in a plain loop).
+    pub node: Option<String>,
 }
 
 impl FaceJob {
@@ -80,6 +82,7 @@ impl FaceJob {
             image: None,
             faces: Vec::new(),
             status: Status::Active,
+            node: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub fn job_record(job: &FaceJob) -> serde_json::Value {
         "status": status,
         "boxes": job.faces.iter().map(|f| [f.bbox.top, f.bbox.right, f.bbox.bottom, f.bbox.left]).collect::<Vec<_>>(),
         "encodings": job.faces.iter().map(|f| &f.encoding).collect::<Vec<_>>(),
+        "node": job.node,
     });
     if let Some(r) = reason {
         v["error"] = json!(r);
@@ -75,6 +76,6 @@ pub fn write_all(
     let array = ndarray::Array2::from_shape_vec((rows.len() / DIMS, DIMS), rows)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     ndarray_npy::write_npy(dir.join("encodings.npy"), &array)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::Other, e))?;
+        .map_err(std::io::Error::other)?;
     Ok(())
 }

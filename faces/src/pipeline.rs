@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 #[rayish::remote]
 pub fn run_stage(stage: Stage, mut batch: Vec<FaceJob>) -> Result<Vec<FaceJob>, ChainError> {
     let handler = crate::chain::build_stage(&stage)?;
+    let node = rayish::current_node_id();
     for job in &mut batch {
         apply(handler.as_ref(), job);
+        job.node.clone_from(&node);
     }
     Ok(batch)
 }

@@ -91,6 +91,12 @@ fn to_rect(b: &FaceBox) -> Rectangle {
     }
 }
 
+/// dlib's coordinates are C `long`s: 64-bit here, 32-bit on some targets.
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn long(v: std::os::raw::c_long) -> i64 {
+    i64::from(v)
+}
+
 fn failed(e: impl std::fmt::Display) -> Stop {
     Stop::Failed(e.to_string())
 }
@@ -149,10 +155,10 @@ impl Handler for Detect {
             .map(|r| Face {
                 // face_recognition's _trim_css_to_bounds.
                 bbox: FaceBox {
-                    top: (r.top as i64).max(0),
-                    right: (r.right as i64).min(w),
-                    bottom: (r.bottom as i64).min(h),
-                    left: (r.left as i64).max(0),
+                    top: long(r.top).max(0),
+                    right: long(r.right).min(w),
+                    bottom: long(r.bottom).min(h),
+                    left: long(r.left).max(0),
                 },
                 landmarks: Vec::new(),
                 encoding: Vec::new(),
@@ -182,7 +188,10 @@ impl Handler for Landmarks {
             .iter()
             .map(|f| {
                 let shape = predictor.face_landmarks(&mat, &to_rect(&f.bbox));
-                shape.iter().map(|p| [p.x() as i64, p.y() as i64]).collect()
+                shape
+                    .iter()
+                    .map(|p| [long(p.x()), long(p.y())])
+                    .collect()
             })
             .collect();
         for (face, pts) in job.faces.iter_mut().zip(points) {

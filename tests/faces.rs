@@ -1,0 +1,489 @@
+//! The faces pipeline end to end: the real `rayish-faces` binary and dlib models on the
+//! face_recognition sample photos, compared with Python face_recognition 1.3.0's output
+//! (tests/fixtures/face_recognition_test_images.json), in local mode, in a plain loop
+//! and on a cluster of separate node processes; bad inputs; crashing workers.
+//!
+//! Needs `scripts/setup-faces.sh` to have run (tests/run.sh does it).
+
+use image::ImageEncoder;
+use rayish_suite::{example_bin, result_of, target_dir, TestCluster};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("RAYISH_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/rayish")
+        })
+}
+
+fn sample_photos() -> PathBuf {
+    let dir = data_dir().join("sample_photos");
+    assert!(
+        dir.join("obama.jpg").is_file(),
+        "{} has no sample photos: run scripts/setup-faces.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/face_recognition_test_images.json"),
+    )
+    .expect("fixture");
+    serde_json::from_str(&text).expect("fixture json")
+}
+
+fn reference_run(upsample: u64) -> Value {
+    reference()["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["settings"]["number_of_times_to_upsample"] == upsample)
+        .cloned()
+        .expect("a reference run with this upsample")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rayish-faces-{tag}-{:x}", rayish_suite::rand_u64()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Runs `rayish-faces encode` and returns (encodings.jsonl lines, average.json).
+fn encode(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, Value) {
+    let mut cmd = Command::new(target_dir().join("rayish-faces"));
+    cmd.arg("encode")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let res = cmd.output().expect("run rayish-faces");
+    assert!(
+        res.status.success(),
+        "rayish-faces {extra:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        stdout.contains("images: ") && stdout.contains("images/s: "),
+        "no summary line: {stdout}"
+    );
+    let lines = std::fs::read_to_string(out.join("encodings.jsonl"))
+        .expect("encodings.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("jsonl line"))
+        .collect();
+    let avg = serde_json::from_str(
+        &std::fs::read_to_string(out.join("average.json")).expect("average.json"),
+    )
+    .expect("average json");
+    (lines, avg)
+}
+
+fn vec_f64(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn l2(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn file_name(line: &Value) -> String {
+    line["path"]
+        .as_str()
+        .expect("path")
+        .rsplit('/')
+        .next()
+        .expect("name")
+        .to_string()
+}
+
+/// Every image of `lines` that the reference knows: same boxes, encodings within tol.
+fn assert_matches_reference(lines: &[Value], avg: &Value, run: &Value, tol: f64) {
+    let images = run["images"].as_object().expect("images");
+    let mut seen = 0;
+    for line in lines {
+        let Some(want) = images.get(&file_name(line)) else {
+            continue;
+        };
+        seen += 1;
+        assert_eq!(line["status"], "ok", "{line}");
+        let faces = want["faces"].as_array().expect("faces");
+        let boxes = line["boxes"].as_array().expect("boxes");
+        let encs = line["encodings"].as_array().expect("encodings");
+        assert_eq!(
+            boxes.len(),
+            faces.len(),
+            "face count of {}",
+            file_name(line)
+        );
+        for ((b, e), f) in boxes.iter().zip(encs).zip(faces) {
+            let want_box = serde_json::json!([f["top"], f["right"], f["bottom"], f["left"]]);
+            assert_eq!(b, &want_box, "box of {}", file_name(line));
+            let d = l2(&vec_f64(e), &vec_f64(&f["encoding"]));
+            assert!(
+                d < tol,
+                "encoding of {} is {d} (L2) from face_recognition's",
+                file_name(line)
+            );
+        }
+    }
+    assert_eq!(
+        seen,
+        images.len(),
+        "not every reference image was in the output"
+    );
+    assert_eq!(avg["face_count"], run["face_count"]);
+    let d = l2(&vec_f64(&avg["average"]), &vec_f64(&run["average"]));
+    assert!(d < tol, "average is {d} (L2) from face_recognition's");
+}
+
+/// Encodings of two runs of the same images agree within `tol`, image by image.
+fn assert_same_output(a: &(Vec<Value>, Value), b: &(Vec<Value>, Value), tol: f64) {
+    assert_eq!(a.0.len(), b.0.len());
+    for (x, y) in a.0.iter().zip(&b.0) {
+        assert_eq!(x["path"], y["path"]);
+        assert_eq!(x["status"], y["status"]);
+        assert_eq!(x["boxes"], y["boxes"]);
+        for (ex, ey) in x["encodings"]
+            .as_array()
+            .expect("e")
+            .iter()
+            .zip(y["encodings"].as_array().expect("e"))
+        {
+            assert!(
+                l2(&vec_f64(ex), &vec_f64(ey)) < tol,
+                "{} differs",
+                x["path"]
+            );
+        }
+    }
+    for key in [
+        "face_count",
+        "image_count",
+        "failed_images",
+        "images_without_faces",
+    ] {
+        assert_eq!(a.1[key], b.1[key], "{key}");
+    }
+    assert!(l2(&vec_f64(&a.1["average"]), &vec_f64(&b.1["average"])) < tol);
+}
+
+#[test]
+fn matches_face_recognition_at_upsample_0_and_1() {
+    let photos = sample_photos();
+    for upsample in [0u64, 1] {
+        let out = temp_dir(&format!("ref{upsample}"));
+        let up = upsample.to_string();
+        let (lines, avg) = encode(&photos, &out, &["--upsample", &up, "--cpus", "2"], &[]);
+        assert_eq!(lines.len(), 7);
+        assert_matches_reference(&lines, &avg, &reference_run(upsample), 1e-5);
+        assert_eq!(avg["settings"]["number_of_times_to_upsample"], upsample);
+
+        // encodings.npy: N x 128 little-endian f64, the same numbers in image order.
+        let npy = std::fs::read(out.join("encodings.npy")).expect("npy");
+        assert_eq!(&npy[..6], b"\x93NUMPY");
+        let header =
+            String::from_utf8_lossy(&npy[10..10 + u16::from_le_bytes([npy[8], npy[9]]) as usize])
+                .to_string();
+        assert!(
+            header.contains("'descr': '<f8'") && header.contains("(7, 128)"),
+            "{header}"
+        );
+        let first = f64::from_le_bytes(
+            npy[npy.len() - 7 * 128 * 8..][..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        assert_eq!(first, lines[0]["encodings"][0][0].as_f64().expect("f64"));
+        std::fs::remove_dir_all(&out).ok();
+    }
+}
+
+#[test]
+fn plain_loop_and_runtime_agree() {
+    let photos = sample_photos();
+    let (a, b) = (temp_dir("plain"), temp_dir("rt"));
+    let plain = encode(&photos, &a, &["--plain", "2"], &[]);
+    let runtime = encode(&photos, &b, &["--cpus", "2", "--batch", "3"], &[]);
+    assert_matches_reference(&plain.0, &plain.1, &reference_run(1), 1e-5);
+    assert_same_output(&plain, &runtime, 1e-9);
+}
+
+#[test]
+fn cluster_output_equals_local_mode() {
+    let photos = sample_photos();
+    let local_out = temp_dir("local");
+    let local = encode(&photos, &local_out, &["--cpus", "1"], &[]);
+
+    // A head and two more nodes, 1 CPU each: the 7 images' stages spread over them.
+    let cluster = TestCluster::start(2, 1, 5000);
+    let root = cluster.root.to_string_lossy().to_string();
+    for batch in ["1", "4"] {
+        let out = temp_dir("cluster");
+        let remote = encode(
+            &photos,
+            &out,
+            &[
+                "--address",
+                &cluster.address,
+                "--token",
+                &cluster.token,
+                "--batch",
+                batch,
+            ],
+            &[("RAYISH_TEMP_DIR", &root)],
+        );
+        assert_same_output(&local, &remote, 1e-9);
+        assert_matches_reference(&remote.0, &remote.1, &reference_run(1), 1e-5);
+        if batch == "1" {
+            // 7 one-image chains on three 1-CPU nodes: the head spread them.
+            let nodes: std::collections::BTreeSet<String> = remote
+                .0
+                .iter()
+                .map(|l| l["node"].as_str().expect("node").to_string())
+                .collect();
+            assert!(nodes.len() >= 2, "every image ran on one node: {nodes:?}");
+        }
+    }
+}
+
+/// A PNG header that claims 60000x60000 pixels, and no pixel data.
+fn huge_png() -> Vec<u8> {
+    let mut img = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut img)
+        .write_image(&[0u8; 3], 1, 1, image::ColorType::Rgb8)
+        .expect("png");
+    // Patch IHDR's width and height (bytes 16..24) and its CRC.
+    img[16..20].copy_from_slice(&60000u32.to_be_bytes());
+    img[20..24].copy_from_slice(&60000u32.to_be_bytes());
+    let crc = crc32(&img[12..29]);
+    img[29..33].copy_from_slice(&crc.to_be_bytes());
+    img
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn bad_inputs_fail_alone_and_good_photos_still_match() {
+    let photos = sample_photos();
+    let dir = temp_dir("bad");
+    for good in [
+        "obama.jpg",
+        "biden.jpg",
+        "32bit.png",
+        "obama_partial_face.jpg",
+    ] {
+        std::fs::copy(photos.join(good), dir.join(good)).expect("copy");
+    }
+    let obama = std::fs::read(photos.join("obama.jpg")).expect("read");
+    std::fs::write(dir.join("a_empty.jpg"), b"").expect("write");
+    std::fs::write(dir.join("b_truncated.jpg"), &obama[..obama.len() / 2]).expect("write");
+    std::fs::write(dir.join("c_text.jpg"), b"this is not a picture\n").expect("write");
+    std::fs::write(dir.join("d_huge.png"), huge_png()).expect("write");
+    std::os::unix::fs::symlink(dir.join("no-such-file"), dir.join("e_unreadable.jpg"))
+        .expect("symlink");
+    // Grey and 16-bit versions of obama.jpg, decoded from the same libjpeg-turbo pixels.
+    let rgb = image::load_from_memory(&obama).expect("decode").to_rgb8();
+    let grey = image::DynamicImage::ImageRgb8(rgb.clone()).to_luma8();
+    grey.save(dir.join("f_grey.png")).expect("grey png");
+    let rgb16 =
+        image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(rgb.width(), rgb.height(), |x, y| {
+            let p = rgb.get_pixel(x, y);
+            image::Rgb([p[0] as u16 * 257, p[1] as u16 * 257, p[2] as u16 * 257])
+        });
+    rgb16.save(dir.join("g_16bit.png")).expect("16-bit png");
+    let rgb_png = dir.join("h_rgb8.png");
+    rgb.save(&rgb_png).expect("8-bit png");
+
+    let out = temp_dir("bad-out");
+    let (lines, avg) = encode(&dir, &out, &["--cpus", "2", "--batch", "3"], &[]);
+    let by_name = |n: &str| {
+        lines
+            .iter()
+            .find(|l| file_name(l) == n)
+            .unwrap_or_else(|| panic!("{n} missing"))
+            .clone()
+    };
+    for (name, reason) in [
+        ("a_empty.jpg", "empty file"),
+        ("b_truncated.jpg", "cannot decode JPEG"),
+        ("c_text.jpg", "not an image"),
+        ("d_huge.png", "60000x60000"),
+        ("e_unreadable.jpg", "cannot read file"),
+    ] {
+        let l = by_name(name);
+        assert_eq!(l["status"], "error", "{l}");
+        let msg = l["error"].as_str().expect("reason");
+        assert!(msg.contains(reason), "{name}: {msg:?} lacks {reason:?}");
+    }
+    // The good photos, alongside the bad ones, still give face_recognition's numbers.
+    let want = reference_run(1);
+    let faces_of = |n: &str| want["images"][n]["faces"][0]["encoding"].clone();
+    for good in [
+        "obama.jpg",
+        "biden.jpg",
+        "32bit.png",
+        "obama_partial_face.jpg",
+    ] {
+        let l = by_name(good);
+        assert_eq!(l["status"], "ok");
+        assert!(
+            l2(&vec_f64(&l["encodings"][0]), &vec_f64(&faces_of(good))) < 1e-5,
+            "{good}"
+        );
+    }
+    // 16-bit samples are cut to their high byte, as PIL does: the same pixels as the
+    // 8-bit PNG, so the same encoding. Grey finds the same face.
+    let e8 = vec_f64(&by_name("h_rgb8.png")["encodings"][0]);
+    assert!(l2(&vec_f64(&by_name("g_16bit.png")["encodings"][0]), &e8) < 1e-9);
+    let g = by_name("f_grey.png");
+    assert_eq!(g["status"], "ok");
+    assert_eq!(g["boxes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(avg["failed_images"], 5);
+    assert_eq!(avg["image_count"], 12);
+}
+
+#[test]
+fn a_crashing_image_is_retried_then_reported_and_the_rest_completes() {
+    let photos = sample_photos();
+    let dir = temp_dir("crash");
+    std::fs::copy(photos.join("obama.jpg"), dir.join("obama.jpg")).expect("copy");
+    std::fs::copy(photos.join("biden.jpg"), dir.join("biden.jpg")).expect("copy");
+    std::fs::copy(photos.join("obama.jpg"), dir.join("always_crash.jpg")).expect("copy");
+    std::fs::copy(photos.join("biden.jpg"), dir.join("once_crash.jpg")).expect("copy");
+    let once = temp_dir("once");
+    // Batches of 4: the whole batch dies with the worker, then its images go one by one.
+    let run = |marker: &str, once_dir: Option<&Path>| {
+        let mut cmd = Command::new(example_bin("faces_custom"));
+        cmd.arg(&dir)
+            .args(["--abort-on", marker, "--batch", "4", "--min-side", "100"]);
+        if let Some(d) = once_dir {
+            cmd.arg("--abort-once-dir").arg(d);
+        }
+        let out = cmd.output().expect("run faces_custom");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        result_of(&out)
+    };
+    let first = run("once_crash", Some(&once));
+    assert_eq!(first["failed"], serde_json::json!([]), "{first}");
+    assert!(
+        once.join("once_crash.jpg").exists(),
+        "the handler never crashed"
+    );
+    assert_eq!(first["faces"], 4);
+
+    let second = run("always_crash", None);
+    let failed = second["failed"].as_array().expect("failed");
+    assert_eq!(failed.len(), 1, "{second}");
+    assert!(failed[0]
+        .as_str()
+        .expect("path")
+        .ends_with("always_crash.jpg"));
+    let img = second["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .find(|i| file_name(i) == "always_crash.jpg")
+        .cloned()
+        .expect("row");
+    assert!(
+        img["error"].as_str().expect("reason").contains("SIGABRT"),
+        "{img}"
+    );
+    assert_eq!(second["faces"], 3);
+}
+
+#[test]
+fn a_user_handler_joins_the_chain() {
+    let photos = sample_photos();
+    let out = Command::new(example_bin("faces_custom"))
+        .arg(&photos)
+        .args(["--min-side", "700"])
+        .output()
+        .expect("run faces_custom");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result_of(&out);
+    let images = r["images"].as_array().expect("images");
+    // obama_partial_face.jpg (491 wide), obama_partial_face2.jpg (551), 32bit.png and
+    // obama2.jpg (626) are under 700 pixels on their shorter side.
+    let skipped: Vec<String> = images
+        .iter()
+        .filter(|i| i["status"] == "skipped")
+        .map(file_name)
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            "32bit.png",
+            "obama2.jpg",
+            "obama_partial_face.jpg",
+            "obama_partial_face2.jpg"
+        ]
+    );
+    assert!(images
+        .iter()
+        .filter(|i| i["status"] == "skipped")
+        .all(|i| i["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("smaller than 700")));
+    assert_eq!(r["faces"], 3);
+}
+
+#[test]
+fn a_missing_model_names_the_fix() {
+    let out = Command::new(target_dir().join("rayish-faces"))
+        .arg("encode")
+        .arg(sample_photos())
+        .args(["--models", "/nonexistent/models", "--quiet"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dlib_face_recognition_resnet_model_v1.dat")
+            && err.contains("scripts/setup-faces.sh"),
+        "{err}"
+    );
+}
