@@ -13,9 +13,11 @@ models=$data/face_models
 photos=$data/sample_photos
 
 need_pkgs=()
-for p in build-essential cmake nasm pkg-config libdlib-dev libopenblas-dev liblapack-dev python3-pip; do
+for p in build-essential cmake nasm pkg-config libdlib-dev libopenblas-dev liblapack-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
+# pip only fetches the two PyPI archives; any python3 with pip will do.
+python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup-faces: installing ${need_pkgs[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

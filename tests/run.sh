@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: unit tests, the cluster integration tests
 # (real rayish processes on 127.0.0.2, 127.0.0.3, ...) and doc tests.
-# Idempotent; needs only the Rust toolchain and a C compiler (for ring).
+# Idempotent; needs the Rust toolchain, and installs the rest (dlib, BLAS, cmake, nasm,
+# the model files and sample photos) through scripts/setup-faces.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v cc >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq build-essential
-fi
+bash scripts/setup-faces.sh
 cargo build --release --workspace --all-targets
 log=$(mktemp)
 set +e

@@ -200,15 +200,16 @@ mod tests {
 
     #[test]
     fn refuses_huge_header_before_allocating() {
-        // A PNG header claiming 60000x60000: only the IHDR chunk, no pixel data.
-        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = b"IHDR".to_vec();
-        ihdr.extend_from_slice(&60000u32.to_be_bytes());
-        ihdr.extend_from_slice(&60000u32.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        bytes.extend_from_slice(&13u32.to_be_bytes());
-        bytes.extend_from_slice(&ihdr);
-        bytes.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        // A 1x1 PNG whose header is patched to claim 60000x60000.
+        let mut bytes = png(DynamicImage::ImageRgb8(ImageBuffer::from_pixel(
+            1,
+            1,
+            image::Rgb([0u8; 3]),
+        )));
+        bytes[16..20].copy_from_slice(&60000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&60000u32.to_be_bytes());
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         match decode_rgb(&bytes, DEFAULT) {
             Err(DecodeError::TooLarge {
                 width: 60000,

@@ -75,7 +75,6 @@ pub fn write_all(
         .collect();
     let array = ndarray::Array2::from_shape_vec((rows.len() / DIMS, DIMS), rows)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    ndarray_npy::write_npy(dir.join("encodings.npy"), &array)
-        .map_err(std::io::Error::other)?;
+    ndarray_npy::write_npy(dir.join("encodings.npy"), &array).map_err(std::io::Error::other)?;
     Ok(())
 }

@@ -188,10 +188,7 @@ impl Handler for Landmarks {
             .iter()
             .map(|f| {
                 let shape = predictor.face_landmarks(&mat, &to_rect(&f.bbox));
-                shape
-                    .iter()
-                    .map(|p| [long(p.x()), long(p.y())])
-                    .collect()
+                shape.iter().map(|p| [long(p.x()), long(p.y())]).collect()
             })
             .collect();
         for (face, pts) in job.faces.iter_mut().zip(points) {
