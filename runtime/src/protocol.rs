@@ -314,7 +314,7 @@ pub enum Welcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TaskArg {
     /// The encoded value itself.
-    Value(Vec<u8>),
+    Value(#[serde(with = "payload")] Vec<u8>),
     /// A reference, resolved on the node that runs the task.
     Ref(ObjectId),
 }
@@ -357,7 +357,7 @@ pub enum ArgSource {
     /// Not a reference: the value is in the spec.
     InSpec,
     /// Small object, value included.
-    Inline(Vec<u8>),
+    Inline(#[serde(with = "payload")] Vec<u8>),
     /// Large object held by these nodes.
     At(Vec<NodeAddress>),
 }
@@ -407,7 +407,7 @@ pub enum TaskOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum StoredValue {
     /// Small: the value itself.
-    Inline(Vec<u8>),
+    Inline(#[serde(with = "payload")] Vec<u8>),
     /// Large: held in the reporting node's store.
     OnNode {
         /// Size in bytes.
@@ -486,6 +486,7 @@ pub enum ToHead {
         /// The new object.
         id: ObjectId,
         /// Its encoded value.
+        #[serde(with = "payload")]
         value: Vec<u8>,
     },
     /// A `put` of a large object, already pushed to `node`; the sender holds a reference.
@@ -577,7 +578,7 @@ pub enum FromHead {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ObjectLocation {
     /// Small object: its value.
-    Inline(Vec<u8>),
+    Inline(#[serde(with = "payload")] Vec<u8>),
     /// Large object: nodes holding copies.
     Nodes(Vec<NodeAddress>),
     /// The object is an error.
@@ -694,6 +695,7 @@ pub enum ToWorker {
         /// Registered function name.
         function: String,
         /// Encoded argument values, in order.
+        #[serde(with = "payload::list")]
         args: Vec<Vec<u8>>,
         /// Where to store the result.
         return_id: ObjectId,
@@ -703,6 +705,7 @@ pub enum ToWorker {
         /// The request.
         request: u64,
         /// The value or why it could not be had.
+        #[serde(with = "payload::result")]
         value: Result<Vec<u8>, String>,
     },
     /// Answer to [`FromWorker::PutObject`].
@@ -727,6 +730,7 @@ pub enum FromWorker {
         /// The task.
         task_id: TaskId,
         /// Encoded value or error.
+        #[serde(with = "payload::result")]
         result: Result<Vec<u8>, TaskError>,
     },
     /// Fetch a large object into this node and hand it over.
@@ -752,6 +756,7 @@ pub enum FromWorker {
         /// The object.
         id: ObjectId,
         /// Its encoded value.
+        #[serde(with = "payload")]
         value: Vec<u8>,
     },
 }
@@ -835,5 +840,54 @@ mod tests {
         lying.extend_from_slice(&payload);
         let err = read_frame::<_, ToHead>(&mut &lying[..]).await.unwrap_err();
         assert!(matches!(err, ProtocolError::Malformed(_)), "{err}");
+    }
+}
+
+/// Encoded values inside messages go through serde's byte-string path: the bytes on
+/// the wire are the same as a sequence of `u8` (bincode writes a length, then the
+/// bytes), but serde's generic `Vec<u8>` visits them one byte at a time, which showed
+/// as the node's busiest code when moving megabyte objects.
+mod payload {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(v, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        serde_bytes::deserialize(d)
+    }
+
+    /// `Vec<Vec<u8>>`, each element a byte string.
+    pub mod list {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|b| serde_bytes::Bytes::new(b)))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+            let v: Vec<serde_bytes::ByteBuf> = Deserialize::deserialize(d)?;
+            Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
+        }
+    }
+
+    /// `Result<Vec<u8>, E>`, the `Ok` a byte string.
+    pub mod result {
+        use super::*;
+
+        pub fn serialize<S: Serializer, E: Serialize>(
+            v: &Result<Vec<u8>, E>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            v.as_ref().map(|b| serde_bytes::Bytes::new(b)).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>, E: Deserialize<'de>>(
+            d: D,
+        ) -> Result<Result<Vec<u8>, E>, D::Error> {
+            let v: Result<serde_bytes::ByteBuf, E> = Deserialize::deserialize(d)?;
+            Ok(v.map(serde_bytes::ByteBuf::into_vec))
+        }
     }
 }
