@@ -37,6 +37,9 @@ struct Args {
     /// Images per task.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// One task per stage.
+    #[arg(long)]
+    task_per_stage: bool,
 }
 
 /// Skips small images.
@@ -117,6 +120,7 @@ fn main() -> anyhow::Result<()> {
     let paths = rayish_faces::inputs::list_images(&args.input)?;
     let options = RunOptions {
         batch: args.batch,
+        task_per_stage: args.task_per_stage,
         ..Default::default()
     };
     let run = rayish_faces::run_on_runtime(&chain, &paths, &options, |_| {})?;

@@ -225,6 +225,8 @@ fn plain_loop_and_runtime_agree() {
     let (a, b) = (temp_dir("plain"), temp_dir("rt"));
     let plain = encode(&photos, &a, &["--plain", "2"], &[]);
     let runtime = encode(&photos, &b, &["--cpus", "2", "--batch", "3"], &[]);
+    let per_stage = encode(&photos, &b, &["--cpus", "2", "--task-per-stage"], &[]);
+    assert_same_output(&runtime, &per_stage, 1e-9);
     assert_matches_reference(&plain.0, &plain.1, &reference_run(1), 1e-5);
     assert_same_output(&plain, &runtime, 1e-9);
 }
@@ -238,7 +240,7 @@ fn cluster_output_equals_local_mode() {
     // A head and two more nodes, 1 CPU each: the 7 images' stages spread over them.
     let cluster = TestCluster::start(2, 1, 5000);
     let root = cluster.root.to_string_lossy().to_string();
-    for batch in ["1", "4"] {
+    for (batch, per_stage) in [("1", false), ("4", true)] {
         let out = temp_dir("cluster");
         let remote = encode(
             &photos,
@@ -250,6 +252,11 @@ fn cluster_output_equals_local_mode() {
                 &cluster.token,
                 "--batch",
                 batch,
+                if per_stage {
+                    "--task-per-stage"
+                } else {
+                    "--window=16"
+                },
             ],
             &[("RAYISH_TEMP_DIR", &root)],
         );

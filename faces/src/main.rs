@@ -56,6 +56,11 @@ struct EncodeArgs {
     /// Batches in flight at once (bounds the driver's memory).
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// One remote task per stage, instead of one per batch for every stage after read
+    /// (same output; slower, as the decoded pixels then go through the object store
+    /// between stages).
+    #[arg(long)]
+    task_per_stage: bool,
     /// The model directory on every node (default: $RAYISH_FACE_MODELS, else
     /// ~/.cache/rayish/face_models, where scripts/setup-faces.sh puts them).
     #[arg(long)]
@@ -125,6 +130,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         let options = RunOptions {
             batch: args.batch,
             window: args.window,
+            task_per_stage: args.task_per_stage,
         };
         rayish_faces::run_on_runtime(&chain, &paths, &options, |p: &Progress| {
             bar.set_position(p.done);

@@ -1,6 +1,13 @@
-//! Running a chain over many images: on the rayish runtime (each stage a remote task
-//! on a batch, batches passed between stages as object references, the aggregate
-//! reduced on the nodes) or in a plain loop on local threads.
+//! Running a chain over many images: on the rayish runtime (stages as remote tasks on
+//! batches, batches passed between tasks as object references, the aggregate reduced
+//! by tasks on the nodes) or in a plain loop on local threads.
+//!
+//! Stage fusion: by default the stages after read run as one task per batch
+//! ([`run_stages`] with the whole remote chain), as Ray Data fuses consecutive map
+//! operators: every stage from decode to encode carries the decoded pixels, and
+//! shipping them through the object store between stages cost 15–20% of the run
+//! (benches/faces.rs). [`RunOptions::task_per_stage`] runs each stage as its own task
+//! instead; the output is the same either way.
 //!
 //! The read stage runs in the driver, where the files are (nodes need not share a
 //! filesystem); its bytes are `put` and everything after it runs wherever the head
@@ -14,13 +21,17 @@ use rayish::ObjectRef;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// One stage of the chain on one batch of images.
+/// Some consecutive stages of the chain (one, or all after read) on one batch.
 #[rayish::remote]
-pub fn run_stage(stage: Stage, mut batch: Vec<FaceJob>) -> Result<Vec<FaceJob>, ChainError> {
-    let handler = crate::chain::build_stage(&stage)?;
+pub fn run_stages(stages: Vec<Stage>, mut batch: Vec<FaceJob>) -> Result<Vec<FaceJob>, ChainError> {
     let node = rayish::current_node_id();
+    for stage in &stages {
+        let handler = crate::chain::build_stage(stage)?;
+        for job in &mut batch {
+            apply(handler.as_ref(), job);
+        }
+    }
     for job in &mut batch {
-        apply(handler.as_ref(), job);
         job.node.clone_from(&node);
     }
     Ok(batch)
@@ -48,6 +59,9 @@ pub struct RunOptions {
     pub batch: usize,
     /// Batches in flight at once (default 64).
     pub window: usize,
+    /// One task per stage instead of one task for all stages after read (default
+    /// false: fused, see the module docs).
+    pub task_per_stage: bool,
 }
 
 impl Default for RunOptions {
@@ -55,6 +69,7 @@ impl Default for RunOptions {
         RunOptions {
             batch: 1,
             window: 64,
+            task_per_stage: false,
         }
     }
 }
@@ -143,8 +158,12 @@ pub fn run_on_runtime(
                 batch_jobs.iter_mut().for_each(|j| apply(h.as_ref(), j));
             }
             let mut r: ObjectRef<Vec<FaceJob>> = rayish::put(&batch_jobs)?;
-            for stage in &remote.stages {
-                r = run_stage::remote(stage.clone(), &r);
+            if options.task_per_stage {
+                for stage in &remote.stages {
+                    r = run_stages::remote(vec![stage.clone()], &r);
+                }
+            } else if !remote.stages.is_empty() {
+                r = run_stages::remote(remote.stages.clone(), &r);
             }
             in_flight.push(InFlight { jobs, result: r });
         }
