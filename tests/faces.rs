@@ -494,3 +494,71 @@ fn a_missing_model_names_the_fix() {
         "{err}"
     );
 }
+
+fn iou(a: &Value, b: &Value) -> f64 {
+    let v = |x: &Value, i: usize| x[i].as_f64().expect("coordinate");
+    // (top, right, bottom, left)
+    let (t, r, b2, l) = (
+        v(a, 0).max(v(b, 0)),
+        v(a, 1).min(v(b, 1)),
+        v(a, 2).min(v(b, 2)),
+        v(a, 3).max(v(b, 3)),
+    );
+    let inter = (r - l).max(0.0) * (b2 - t).max(0.0);
+    let area = |x: &Value| (v(x, 1) - v(x, 3)) * (v(x, 2) - v(x, 0));
+    inter / (area(a) + area(b) - inter)
+}
+
+#[test]
+fn large_landmarks_and_cnn_detector_run_and_agree_with_the_defaults() {
+    let photos = sample_photos();
+    let want = reference_run(1);
+    // 68-point landmarks: same detections, encodings of the same faces, aligned a
+    // little differently (so close to, but not equal to, the 5-point ones).
+    let out = temp_dir("large");
+    let (lines, avg) = encode(&photos, &out, &["--model", "large", "--cpus", "2"], &[]);
+    assert_eq!(avg["face_count"], 7);
+    assert_eq!(avg["settings"]["landmarks"], "large");
+    for l in &lines {
+        let f = &want["images"][file_name(l)]["faces"][0];
+        assert_eq!(
+            l["boxes"][0],
+            serde_json::json!([f["top"], f["right"], f["bottom"], f["left"]])
+        );
+        let d = l2(&vec_f64(&l["encodings"][0]), &vec_f64(&f["encoding"]));
+        assert!(
+            d > 1e-4 && d < 0.2,
+            "{}: 68-point encoding is {d} from the 5-point one",
+            file_name(l)
+        );
+    }
+    // The CNN detector on two photos: the same faces as HOG, boxes overlapping.
+    let dir = temp_dir("cnn-in");
+    for p in ["obama.jpg", "obama2.jpg"] {
+        std::fs::copy(photos.join(p), dir.join(p)).expect("copy");
+    }
+    let out = temp_dir("cnn");
+    let (lines, _) = encode(
+        &dir,
+        &out,
+        &["--detector", "cnn", "--upsample", "0", "--cpus", "2"],
+        &[],
+    );
+    for l in &lines {
+        assert_eq!(l["status"], "ok", "{l}");
+        let f = &want["images"][file_name(l)]["faces"][0];
+        let hog = serde_json::json!([f["top"], f["right"], f["bottom"], f["left"]]);
+        assert_eq!(l["boxes"].as_array().map(Vec::len), Some(1), "{l}");
+        assert!(
+            iou(&l["boxes"][0], &hog) > 0.4,
+            "CNN box {} vs HOG box {hog}",
+            l["boxes"][0]
+        );
+        let d = l2(&vec_f64(&l["encodings"][0]), &vec_f64(&f["encoding"]));
+        assert!(
+            d < 0.2,
+            "{}: CNN-detected encoding is {d} from HOG's",
+            file_name(l)
+        );
+    }
+}
