@@ -78,6 +78,11 @@ fn encode(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Ve
         stdout.contains("images: ") && stdout.contains("images/s: "),
         "no summary line: {stdout}"
     );
+    read_output(out)
+}
+
+/// (encodings.jsonl lines, average.json) of a finished run.
+fn read_output(out: &Path) -> (Vec<Value>, Value) {
     let lines = std::fs::read_to_string(out.join("encodings.jsonl"))
         .expect("encodings.jsonl")
         .lines()
@@ -561,4 +566,75 @@ fn large_landmarks_and_cnn_detector_run_and_agree_with_the_defaults() {
             file_name(l)
         );
     }
+}
+
+#[test]
+fn a_node_killed_mid_job_loses_no_image() {
+    let photos = sample_photos();
+    let dir = temp_dir("kill-in");
+    for copy in 0..3 {
+        for entry in std::fs::read_dir(&photos).expect("photos") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .to_string();
+            std::fs::copy(&path, dir.join(format!("{copy}_{name}"))).expect("copy");
+        }
+    }
+    let local = encode(&dir, &temp_dir("kill-local"), &["--cpus", "2"], &[]);
+
+    // Three 1-CPU nodes, a 2 s heartbeat timeout; the third node is SIGKILLed while it
+    // encodes. Its task is re-run elsewhere and the output is unchanged.
+    let mut cluster = TestCluster::start(2, 1, 2000);
+    let out = temp_dir("kill-out");
+    let mut child = Command::new(target_dir().join("rayish-faces"))
+        .arg("encode")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--quiet",
+            "--address",
+            &cluster.address,
+            "--token",
+            &cluster.token,
+        ])
+        .env("RAYISH_TEMP_DIR", &cluster.root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rayish-faces");
+    // Kill it once it has finished a task and is running another.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let busy = cluster.status().is_some_and(|s| {
+            s["nodes"].as_array().into_iter().flatten().any(|n| {
+                n["address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("127.0.0.4:"))
+                    && n["finished_tasks"].as_u64() >= Some(1)
+                    && n["running_tasks"].as_u64() >= Some(1)
+            })
+        });
+        if busy {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the third node never got work"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    cluster.kill_node(2);
+    let res = child.wait_with_output().expect("rayish-faces");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let remote = read_output(&out);
+    assert_eq!(remote.1["failed_images"], 0, "{}", remote.1);
+    assert_same_output(&local, &remote, 1e-9);
 }
