@@ -589,7 +589,7 @@ fn a_node_killed_mid_job_loses_no_image() {
     // encodes. Its task is re-run elsewhere and the output is unchanged.
     let mut cluster = TestCluster::start(2, 1, 2000);
     let out = temp_dir("kill-out");
-    let mut child = Command::new(target_dir().join("rayish-faces"))
+    let child = Command::new(target_dir().join("rayish-faces"))
         .arg("encode")
         .arg(&dir)
         .arg("--out")
