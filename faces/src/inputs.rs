@@ -76,3 +76,54 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_are_walked_in_path_order_and_lists_resolve_relative_paths() {
+        let root = std::env::temp_dir().join(format!("rayish-inputs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("b/nested")).expect("dirs");
+        for f in [
+            "b/nested/z.JPG",
+            "b/a.png",
+            "c.jpeg",
+            "notes.txt",
+            ".hidden.jpg",
+        ] {
+            std::fs::write(root.join(f), b"x").expect("write");
+        }
+        let listed = list_images(&root).expect("list dir");
+        let rel: Vec<String> = listed
+            .iter()
+            .map(|p| {
+                p.strip_prefix(&*root.to_string_lossy())
+                    .unwrap_or(p)
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(rel, ["/b/a.png", "/b/nested/z.JPG", "/c.jpeg"]);
+
+        let list = root.join("b/list.txt");
+        std::fs::write(&list, "# photos\na.png\n\n/abs/x.jpg\nnested/missing.jpg\n")
+            .expect("write");
+        let from_list = list_images(&list).expect("list file");
+        assert_eq!(
+            from_list,
+            [
+                root.join("b/a.png").to_string_lossy().to_string(),
+                "/abs/x.jpg".to_string(),
+                root.join("b/nested/missing.jpg")
+                    .to_string_lossy()
+                    .to_string(),
+            ]
+        );
+        assert!(matches!(
+            list_images(&root.join("nope")),
+            Err(InputError::Io { .. })
+        ));
+        std::fs::remove_dir_all(&root).ok();
+    }
+}
