@@ -177,6 +177,11 @@ pub fn run_on_runtime(
             match rayish::get(&done.result) {
                 Ok(jobs) => {
                     partials.push(aggregate_batch::remote(&done.result));
+                    if partials.len() >= 64 {
+                        // Keep the driver's list short on long runs: fold it now.
+                        let folded = merge_tree(std::mem::take(&mut partials));
+                        partials.extend(folded);
+                    }
                     for job in jobs {
                         status.done += 1;
                         status.faces += job.faces.len() as u64;
@@ -237,11 +242,17 @@ pub fn run_on_runtime(
     })
 }
 
-/// Pairwise tree reduction of partial aggregates, each merge a task on the nodes.
-fn reduce(mut level: Vec<ObjectRef<Aggregate>>) -> Result<Aggregate, RunError> {
-    if level.is_empty() {
-        return Ok(Aggregate::default());
+/// Pairwise tree reduction of partial aggregates, then the result.
+fn reduce(level: Vec<ObjectRef<Aggregate>>) -> Result<Aggregate, RunError> {
+    match merge_tree(level) {
+        Some(root) => Ok(rayish::get(&root)?),
+        None => Ok(Aggregate::default()),
     }
+}
+
+/// Submits the merges of a pairwise tree over `level`, each a task on the nodes;
+/// returns the root's reference at once (`None` for an empty level).
+fn merge_tree(mut level: Vec<ObjectRef<Aggregate>>) -> Option<ObjectRef<Aggregate>> {
     while level.len() > 1 {
         let mut next = Vec::with_capacity(level.len().div_ceil(2));
         let mut it = level.chunks(2);
@@ -254,7 +265,7 @@ fn reduce(mut level: Vec<ObjectRef<Aggregate>>) -> Result<Aggregate, RunError> {
         }
         level = next;
     }
-    Ok(rayish::get(&level[0])?)
+    level.pop()
 }
 
 /// Runs `chain` over `paths` without any runtime: `threads` OS threads, each taking
