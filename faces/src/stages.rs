@@ -4,7 +4,7 @@
 use crate::chain::{Handler, Stop};
 use crate::decode::decode_rgb;
 use crate::dlib_shim;
-use crate::job::{Face, FaceBox, FaceJob, RgbPixels};
+use crate::job::{Face, FaceBox, FaceJob};
 use crate::models;
 use crate::settings::{DetectorKind, LandmarkModel, Settings};
 use dlib_face_recognition::{
@@ -51,25 +51,12 @@ crate::register_handler!("detect", Detect);
 crate::register_handler!("landmarks", Landmarks);
 crate::register_handler!("encode", Encode);
 
-fn pixels(job: &FaceJob) -> Result<&RgbPixels, Stop> {
-    job.image.as_ref().ok_or_else(|| {
+/// The job's pixels as a dlib matrix, after checking the buffer holds width*height*3
+/// bytes (ImageMatrix::new reads exactly that many).
+fn image_matrix(job: &FaceJob) -> Result<ImageMatrix, Stop> {
+    let image = job.image.as_ref().ok_or_else(|| {
         Stop::Failed("no decoded image reached this stage (is decode before it?)".into())
-    })
-}
-
-fn matrix(image: &RgbPixels) -> ImageMatrix {
-    // SAFETY: `data` holds exactly width*height*3 bytes (RgbPixels' invariant, checked by
-    // `checked`), which is what ImageMatrix::new reads.
-    unsafe {
-        ImageMatrix::new(
-            image.width as usize,
-            image.height as usize,
-            image.data.as_ptr(),
-        )
-    }
-}
-
-fn checked(image: &RgbPixels) -> Result<(), Stop> {
+    })?;
     let want = image.width as usize * image.height as usize * 3;
     if image.data.len() != want {
         return Err(Stop::Failed(format!(
@@ -79,7 +66,20 @@ fn checked(image: &RgbPixels) -> Result<(), Stop> {
             image.height
         )));
     }
-    Ok(())
+    // SAFETY: `data` holds exactly width*height*3 bytes (checked above), which is what
+    // ImageMatrix::new reads; it copies them into a new dlib matrix.
+    Ok(unsafe {
+        ImageMatrix::new(
+            image.width as usize,
+            image.height as usize,
+            image.data.as_ptr(),
+        )
+    })
+}
+
+/// Where this node keeps the model files for these settings.
+fn model_dir(settings: &Settings) -> std::path::PathBuf {
+    models::models_dir(settings.models_dir.as_deref())
 }
 
 fn to_rect(b: &FaceBox) -> Rectangle {
@@ -120,9 +120,7 @@ impl Handler for Decode {
 
 impl Handler for Detect {
     fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
-        let image = pixels(job)?;
-        checked(image)?;
-        let original = matrix(image);
+        let original = image_matrix(job)?;
         let levels = self.settings.upsample;
         // As dlib's Python binding: detect on the upsampled image, map boxes back.
         let upsampled;
@@ -134,15 +132,15 @@ impl Handler for Detect {
         };
         let rects: Vec<Rectangle> = match self.settings.detector {
             DetectorKind::Hog => models::hog_detector().face_locations(searched).to_vec(),
-            DetectorKind::Cnn => {
-                let dir = models::models_dir(self.settings.models_dir.as_deref());
-                models::cnn_detector(&dir)
-                    .map_err(failed)?
-                    .face_locations(searched)
-                    .to_vec()
-            }
+            DetectorKind::Cnn => models::cnn_detector(&model_dir(&self.settings))
+                .map_err(failed)?
+                .face_locations(searched)
+                .to_vec(),
         };
-        let (w, h) = (image.width as i64, image.height as i64);
+        let (w, h) = job
+            .image
+            .as_ref()
+            .map_or((0, 0), |i| (i64::from(i.width), i64::from(i.height)));
         let faces: Vec<Face> = rects
             .into_iter()
             .map(|r| {
@@ -174,15 +172,13 @@ impl Handler for Detect {
 
 impl Handler for Landmarks {
     fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
-        let image = pixels(job)?;
-        checked(image)?;
+        let mat = image_matrix(job)?;
         let file = match self.settings.landmarks {
             LandmarkModel::Small => models::LANDMARKS_5_FILE,
             LandmarkModel::Large => models::LANDMARKS_68_FILE,
         };
-        let dir = models::models_dir(self.settings.models_dir.as_deref());
-        let predictor = models::landmark_predictor(&dir, file).map_err(failed)?;
-        let mat = matrix(image);
+        let predictor =
+            models::landmark_predictor(&model_dir(&self.settings), file).map_err(failed)?;
         let points: Vec<Vec<[i64; 2]>> = job
             .faces
             .iter()
@@ -200,11 +196,8 @@ impl Handler for Landmarks {
 
 impl Handler for Encode {
     fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
-        let image = pixels(job)?;
-        checked(image)?;
-        let dir = models::models_dir(self.settings.models_dir.as_deref());
-        let net = models::encoder(&dir).map_err(failed)?;
-        let mat = matrix(image);
+        let mat = image_matrix(job)?;
+        let net = models::encoder(&model_dir(&self.settings)).map_err(failed)?;
         let mut encodings = Vec::with_capacity(job.faces.len());
         for face in &job.faces {
             if face.landmarks.is_empty() {
