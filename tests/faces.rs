@@ -5,8 +5,7 @@
 //!
 //! Needs `scripts/setup-faces.sh` to have run (tests/run.sh does it).
 
-use image::ImageEncoder;
-use rayish_suite::{example_bin, result_of, target_dir, TestCluster};
+use rayish_suite::{example_bin, run_for_result, target_dir, TestCluster};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -288,33 +287,20 @@ fn cluster_output_equals_local_mode() {
     }
 }
 
-/// A PNG header that claims 60000x60000 pixels, and no pixel data.
-fn huge_png() -> Vec<u8> {
-    let mut img = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut img)
-        .write_image(&[0u8; 3], 1, 1, image::ColorType::Rgb8)
-        .expect("png");
-    // Patch IHDR's width and height (bytes 16..24) and its CRC.
-    img[16..20].copy_from_slice(&60000u32.to_be_bytes());
-    img[20..24].copy_from_slice(&60000u32.to_be_bytes());
-    let crc = crc32(&img[12..29]);
-    img[29..33].copy_from_slice(&crc.to_be_bytes());
-    img
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+/// `jpeg` with its frame header (SOF) patched to claim 60000x60000 pixels.
+fn huge_jpeg(jpeg: &[u8]) -> Vec<u8> {
+    let mut out = jpeg.to_vec();
+    let mut i = 2;
+    while i + 9 < out.len() && out[i] == 0xFF {
+        let marker = out[i + 1];
+        if (0xC0..=0xC2).contains(&marker) {
+            out[i + 5..i + 7].copy_from_slice(&60000u16.to_be_bytes());
+            out[i + 7..i + 9].copy_from_slice(&60000u16.to_be_bytes());
+            return out;
         }
+        i += 2 + u16::from_be_bytes([out[i + 2], out[i + 3]]) as usize;
     }
-    !crc
+    panic!("no SOF marker found");
 }
 
 #[test]
@@ -333,7 +319,7 @@ fn bad_inputs_fail_alone_and_good_photos_still_match() {
     std::fs::write(dir.join("a_empty.jpg"), b"").expect("write");
     std::fs::write(dir.join("b_truncated.jpg"), &obama[..obama.len() / 2]).expect("write");
     std::fs::write(dir.join("c_text.jpg"), b"this is not a picture\n").expect("write");
-    std::fs::write(dir.join("d_huge.png"), huge_png()).expect("write");
+    std::fs::write(dir.join("d_huge.jpg"), huge_jpeg(&obama)).expect("write");
     std::os::unix::fs::symlink(dir.join("no-such-file"), dir.join("e_unreadable.jpg"))
         .expect("symlink");
     // Grey and 16-bit versions of obama.jpg, decoded from the same libjpeg-turbo pixels.
@@ -362,7 +348,7 @@ fn bad_inputs_fail_alone_and_good_photos_still_match() {
         ("a_empty.jpg", "empty file"),
         ("b_truncated.jpg", "cannot decode JPEG"),
         ("c_text.jpg", "not an image"),
-        ("d_huge.png", "60000x60000"),
+        ("d_huge.jpg", "60000x60000"),
         ("e_unreadable.jpg", "cannot read file"),
     ] {
         let l = by_name(name);
@@ -414,13 +400,7 @@ fn a_crashing_image_is_retried_then_reported_and_the_rest_completes() {
         if let Some(d) = once_dir {
             cmd.arg("--abort-once-dir").arg(d);
         }
-        let out = cmd.output().expect("run faces_custom");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        result_of(&out)
+        run_for_result(&mut cmd)
     };
     let first = run("once_crash", Some(&once));
     assert_eq!(first["failed"], serde_json::json!([]), "{first}");
@@ -454,17 +434,11 @@ fn a_crashing_image_is_retried_then_reported_and_the_rest_completes() {
 #[test]
 fn a_user_handler_joins_the_chain() {
     let photos = sample_photos();
-    let out = Command::new(example_bin("faces_custom"))
-        .arg(&photos)
-        .args(["--min-side", "700"])
-        .output()
-        .expect("run faces_custom");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = run_for_result(
+        Command::new(example_bin("faces_custom"))
+            .arg(&photos)
+            .args(["--min-side", "700"]),
     );
-    let r = result_of(&out);
     let images = r["images"].as_array().expect("images");
     // obama_partial_face.jpg (491 wide), obama_partial_face2.jpg (551), 32bit.png and
     // obama2.jpg (626) are under 700 pixels on their shorter side.

@@ -211,17 +211,7 @@ impl TestCluster {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let out = self
-            .driver("cluster_driver")
-            .args(args)
-            .output()
-            .expect("run the driver");
-        assert!(
-            out.status.success(),
-            "driver failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        result_of(&out)
+        run_for_result(self.driver("cluster_driver").args(args))
     }
 
     /// Starts a `cluster_driver` scenario in the background; returns the process and
@@ -286,7 +276,18 @@ pub fn finish_scenario(
     serde_json::from_str(line).expect("RESULT json")
 }
 
-/// Parses the `RESULT {json}` line a cluster_driver scenario prints.
+/// Runs a driver to completion, checks it succeeded, and returns its `RESULT` JSON.
+pub fn run_for_result(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("run the driver");
+    assert!(
+        out.status.success(),
+        "driver failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    result_of(&out)
+}
+
+/// Parses the `RESULT {json}` line a driver (cluster_driver, faces_custom) prints.
 pub fn result_of(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
