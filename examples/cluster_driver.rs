@@ -52,6 +52,16 @@ enum Scenario {
     },
     /// A task no node can run.
     Infeasible,
+    /// Puts `count` objects of `mib` MiB, waits for `<go>.1`, reads every byte back,
+    /// drops them, prints DROPPED, exits when `<go>.2` exists.
+    Spill {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        mib: u64,
+        #[arg(long)]
+        go: PathBuf,
+    },
     /// Holds many objects until `<go>.1` exists, drops them, exits when `<go>.2` exists.
     Free {
         #[arg(long)]
@@ -354,6 +364,29 @@ fn main() -> anyhow::Result<()> {
             let nodes: std::collections::BTreeSet<String> =
                 out.iter().map(|x| x.1.clone()).collect();
             result(json!({"wrong": wrong, "sum_wrong": sum_wrong, "nodes": nodes.len()}));
+        }
+        Scenario::Spill { count, mib, go } => {
+            let len = (mib << 20) as usize;
+            let pattern = |i: u64| -> Vec<u8> {
+                (0..len)
+                    .map(|j| (j as u64).wrapping_mul(i * 2 + 1).wrapping_add(i) as u8)
+                    .collect()
+            };
+            let refs: Vec<_> = (0..count)
+                .map(|i| rayish::put(&serde_bytes::ByteBuf::from(pattern(i))))
+                .collect::<Result<_, _>>()?;
+            println!("PUT");
+            wait_for(&go.with_extension("1"));
+            let mut wrong = 0;
+            for (i, r) in refs.iter().enumerate() {
+                if rayish::get(r)?.into_vec() != pattern(i as u64) {
+                    wrong += 1;
+                }
+            }
+            drop(refs);
+            println!("DROPPED");
+            result(json!({"wrong": wrong, "bytes": count * (mib << 20)}));
+            wait_for(&go.with_extension("2"));
         }
         Scenario::Free { go } => {
             let big: Vec<_> = (1..=20).map(|s| make_block::remote(s, 50_000)).collect();

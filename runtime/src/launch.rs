@@ -4,7 +4,7 @@
 use crate::binaries::BinaryCache;
 use crate::head::{start_head, HeadSettings};
 use crate::ids::NodeId;
-use crate::node::{start_node, NodeConfig, NodeError, ObjectStore, RunningNode};
+use crate::node::{start_node, NodeConfig, NodeError, ObjectStore, RunningNode, StoreConfig};
 use crate::resources::ResourceSet;
 use crate::server::{spawn_listener, Services};
 use crate::session::binary_cache_dir;
@@ -47,6 +47,30 @@ pub struct LaunchOptions {
     pub log_dir: PathBuf,
     /// How long a silent node is kept.
     pub node_timeout: Duration,
+    /// The object store's memory cap in bytes (`None`: 30% of this machine's RAM).
+    pub object_store_memory: Option<u64>,
+}
+
+/// Ray's default object store size: 30% of the machine's memory (2 GiB if unknown).
+pub fn default_object_store_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    total.map_or(2 << 30, |t| t / 10 * 3)
+}
+
+/// The node's object store: capped, spilling to `<session>/spill/<node>/`.
+fn object_store(opts: &LaunchOptions, node: NodeId) -> Arc<ObjectStore> {
+    let session = opts.log_dir.parent().unwrap_or(&opts.root);
+    Arc::new(ObjectStore::new(StoreConfig {
+        capacity: opts
+            .object_store_memory
+            .unwrap_or_else(default_object_store_memory),
+        spill_dir: Some(session.join("spill").join(node.to_string())),
+    }))
 }
 
 /// A process's running services.
@@ -99,7 +123,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         node_timeout: opts.node_timeout,
     };
     let head = start_head(settings, BinaryCache::new(binary_cache_dir(&opts.root)));
-    let store = Arc::new(ObjectStore::default());
+    let store = object_store(opts, node_id);
     spawn_listener(
         endpoint.clone(),
         Services {
@@ -126,7 +150,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
 pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launched, LaunchError> {
     let (endpoint, address) = endpoint(opts)?;
     let node_id = NodeId::random();
-    let store = Arc::new(ObjectStore::default());
+    let store = object_store(opts, node_id);
     spawn_listener(
         endpoint.clone(),
         Services {

@@ -184,8 +184,12 @@ pub async fn serve(
         TransferRequest::PushObject { id, size } => match store {
             Some(store) => {
                 let data = read_body(&mut recv, size).await?;
-                store.insert(id, data);
-                write_frame(&mut send, &TransferReply::Ok { size }).await?;
+                match store.insert(id, data) {
+                    Ok(()) => write_frame(&mut send, &TransferReply::Ok { size }).await?,
+                    Err(e) => {
+                        write_frame(&mut send, &TransferReply::Refused(e.to_string())).await?
+                    }
+                }
             }
             None => {
                 write_frame(

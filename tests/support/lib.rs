@@ -71,6 +71,11 @@ pub fn free_port(ip: &str) -> u16 {
 impl TestCluster {
     /// Starts a head and `workers` more nodes, each with `cpus` CPUs.
     pub fn start(workers: usize, cpus: u32, node_timeout_ms: u64) -> Self {
+        Self::start_with(workers, cpus, node_timeout_ms, &[])
+    }
+
+    /// As `start`, with `extra` arguments to every node's `rayish start`.
+    pub fn start_with(workers: usize, cpus: u32, node_timeout_ms: u64, extra: &[&str]) -> Self {
         let lock = exclusive();
         let root = std::env::temp_dir().join(format!("rayish-test-{:x}", rand_u64()));
         std::fs::create_dir_all(&root).expect("temp root");
@@ -93,6 +98,7 @@ impl TestCluster {
             ])
             .arg("--temp-dir")
             .arg(&root)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         };

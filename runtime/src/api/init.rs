@@ -148,6 +148,7 @@ pub fn init(config: Config) -> Result<()> {
                 root: root.clone(),
                 log_dir: session.logs(),
                 node_timeout: config.node_timeout,
+                object_store_memory: None,
             };
             let launched = handle
                 .block_on(launch_head(&opts))

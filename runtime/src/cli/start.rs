@@ -49,6 +49,10 @@ pub struct StartArgs {
     /// Root for sessions, logs and caches (default /tmp/rayish or $RAYISH_TEMP_DIR).
     #[arg(long)]
     temp_dir: Option<PathBuf>,
+    /// Bytes of object values this node keeps in memory before spilling the oldest to
+    /// `<session>/spill/` (default: 30% of the machine's memory, as Ray).
+    #[arg(long)]
+    object_store_memory: Option<u64>,
 }
 
 fn resources(args: &StartArgs) -> Result<ResourceSet> {
@@ -164,6 +168,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             root: root.clone(),
             log_dir: session.logs(),
             node_timeout,
+            object_store_memory: args.object_store_memory,
         };
         let launched = rt
             .block_on(launch_head(&opts))
@@ -199,6 +204,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             root: root.clone(),
             log_dir: session.logs(),
             node_timeout,
+            object_store_memory: args.object_store_memory,
         };
         let launched = rt
             .block_on(launch_node(&opts, head))

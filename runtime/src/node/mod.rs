@@ -8,7 +8,7 @@ mod object_store;
 mod task_queue;
 pub mod worker_pool;
 
-pub use object_store::ObjectStore;
+pub use object_store::{ObjectStore, StoreConfig, StoreError};
 
 use crate::binaries::BinaryCache;
 use crate::ids::{BinaryHash, NodeId, ObjectId};
@@ -281,6 +281,7 @@ impl NodeInner {
             };
             args.push(value);
         }
+        let function = a.spec.function.clone();
         let (result, took) = self
             .pool
             .run(
@@ -301,8 +302,14 @@ impl NodeInner {
             }
             Ok(Ok(value)) => {
                 let size = value.len() as u64;
-                self.store.insert(a.spec.return_id, Bytes::from(value));
-                TaskOutcome::Stored(StoredValue::OnNode { size })
+                match self.store.insert(a.spec.return_id, Bytes::from(value)) {
+                    Ok(()) => TaskOutcome::Stored(StoredValue::OnNode { size }),
+                    Err(e) => TaskOutcome::Failed(TaskError::Failed {
+                        function,
+                        message: format!("its result could not be stored: {e}"),
+                        node: format!("{} at {}", self.cfg.node_id, self.cfg.address),
+                    }),
+                }
             }
         }
     }
@@ -342,8 +349,13 @@ impl NodeInner {
         for holder in holders.iter().filter(|h| h.node != self.cfg.node_id) {
             match self.pull_from(holder.address, id).await {
                 Ok(value) => {
-                    self.store.insert(id, value.clone());
-                    self.head.send(ToHead::ObjectCopied(id));
+                    // A copy that cannot be kept is still handed to its reader.
+                    match self.store.insert(id, value.clone()) {
+                        Ok(()) => {
+                            self.head.send(ToHead::ObjectCopied(id));
+                        }
+                        Err(e) => tracing::warn!(object = ?id, "pulled copy not kept: {e}"),
+                    }
                     return Ok(value);
                 }
                 Err(e) => {
@@ -381,11 +393,11 @@ impl NodeInner {
                 worker.reply(ToWorker::Object { request, value });
             }
             WorkerRequest::Put { request, id, value } => {
-                self.store.insert(id, Bytes::from(value));
-                worker.reply(ToWorker::PutDone {
-                    request,
-                    result: Ok(()),
-                });
+                let result = self
+                    .store
+                    .insert(id, Bytes::from(value))
+                    .map_err(|e| e.to_string());
+                worker.reply(ToWorker::PutDone { request, result });
             }
         }
     }

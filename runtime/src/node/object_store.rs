@@ -2,60 +2,292 @@
 //!
 //! Values are immutable once stored and shared by reference count, so serving one to
 //! several readers at once copies nothing until it reaches a socket.
+//!
+//! Memory is capped (`rayish start --object-store-memory`). An object that would take
+//! the store over its cap first pushes the oldest objects in memory out to files in
+//! the node's spill directory (`<session>/spill/<node>/`), oldest first; an object
+//! larger than the whole cap goes straight to a file. A spilled object is read back
+//! from its file on each `get` (it is not re-admitted, so reading does not churn the
+//! store). Removing an object deletes its file; dropping the store deletes the
+//! directory. File I/O happens under the store's lock: simple, and correct, at the
+//! price of stalling other store calls while a spill is written.
 
 use crate::ids::ObjectId;
 use bytes::Bytes;
-use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Why a value could not be stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Over the memory cap and the spill file could not be written.
+    #[error("object store full: {needed} bytes do not fit in {capacity} bytes of memory and spilling failed: {reason}")]
+    Full {
+        /// Size of the value.
+        needed: u64,
+        /// The memory cap.
+        capacity: u64,
+        /// Why spilling failed.
+        reason: String,
+    },
+}
+
+/// How large the store may grow and where it spills.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Bytes of values kept in memory.
+    pub capacity: u64,
+    /// Where spilled values go; `None`: never spill (values over the cap are refused).
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            capacity: u64::MAX,
+            spill_dir: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Slot {
+    Memory(Bytes),
+    Spilled { path: PathBuf, len: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: HashMap<ObjectId, Slot>,
+    /// In-memory objects, oldest first (spill order). May hold ids since removed or
+    /// spilled; those are skipped.
+    age: VecDeque<ObjectId>,
+    memory_bytes: u64,
+    spilled_bytes: u64,
+}
 
 /// The store.
 #[derive(Debug, Default)]
 pub struct ObjectStore {
-    objects: DashMap<ObjectId, Bytes>,
-    bytes: AtomicU64,
+    config: StoreConfig,
+    inner: Mutex<Inner>,
 }
 
 impl ObjectStore {
-    /// Stores `value` under `id` (a second store of the same id keeps the first value:
-    /// objects are immutable).
-    pub fn insert(&self, id: ObjectId, value: Bytes) {
-        let len = value.len() as u64;
-        if self.objects.insert(id, value).is_none() {
-            self.bytes.fetch_add(len, Ordering::Relaxed);
-        } else {
-            // Same object stored twice (e.g. a retried pull): same size, count unchanged.
+    /// A store with a memory cap and a spill directory.
+    pub fn new(config: StoreConfig) -> Self {
+        ObjectStore {
+            config,
+            inner: Mutex::new(Inner::default()),
         }
     }
 
-    /// The value of `id`, if held here.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent maps (no partial updates
+        // across an await or a fallible step), so the poison can be ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `value` under `id`, spilling older objects (or this one) to disk if it
+    /// does not fit in memory. A second store of the same id keeps the first value:
+    /// objects are immutable.
+    pub fn insert(&self, id: ObjectId, value: Bytes) -> Result<(), StoreError> {
+        let len = value.len() as u64;
+        let cap = self.config.capacity;
+        let mut inner = self.lock();
+        if inner.slots.contains_key(&id) {
+            return Ok(());
+        }
+        let full = |reason: String| StoreError::Full {
+            needed: len,
+            capacity: cap,
+            reason,
+        };
+        if len > cap {
+            let path = self.write_spill(&id, &value).map_err(full)?;
+            inner.spilled_bytes += len;
+            inner.slots.insert(id, Slot::Spilled { path, len });
+            return Ok(());
+        }
+        while inner.memory_bytes + len > cap {
+            let Some(&victim) = inner.age.front() else {
+                break;
+            };
+            let Some(Slot::Memory(bytes)) = inner.slots.get(&victim) else {
+                inner.age.pop_front(); // removed or spilled since
+                continue;
+            };
+            let bytes = bytes.clone();
+            // On failure the victim stays in memory and first in line.
+            let path = self.write_spill(&victim, &bytes).map_err(full)?;
+            inner.age.pop_front();
+            let vlen = bytes.len() as u64;
+            inner.memory_bytes -= vlen;
+            inner.spilled_bytes += vlen;
+            inner
+                .slots
+                .insert(victim, Slot::Spilled { path, len: vlen });
+        }
+        inner.memory_bytes += len;
+        inner.age.push_back(id);
+        inner.slots.insert(id, Slot::Memory(value));
+        Ok(())
+    }
+
+    fn write_spill(&self, id: &ObjectId, value: &[u8]) -> Result<PathBuf, String> {
+        let dir = self
+            .config
+            .spill_dir
+            .as_ref()
+            .ok_or_else(|| "this store has no spill directory".to_string())?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(id.to_string());
+        std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The value of `id`, if held here (read back from disk if spilled).
     pub fn get(&self, id: &ObjectId) -> Option<Bytes> {
-        self.objects.get(id).map(|v| v.clone())
+        let inner = self.lock();
+        match inner.slots.get(id)? {
+            Slot::Memory(v) => Some(v.clone()),
+            Slot::Spilled { path, .. } => match std::fs::read(path) {
+                Ok(v) => Some(Bytes::from(v)),
+                Err(e) => {
+                    tracing::error!(object = ?id, path = %path.display(), "spilled object unreadable: {e}");
+                    None
+                }
+            },
+        }
     }
 
     /// Whether `id` is held here.
     pub fn contains(&self, id: &ObjectId) -> bool {
-        self.objects.contains_key(id)
+        self.lock().slots.contains_key(id)
     }
 
-    /// Drops `id`.
+    /// Drops `id` (and its spill file).
     pub fn remove(&self, id: &ObjectId) {
-        if let Some((_, v)) = self.objects.remove(id) {
-            self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+        let mut inner = self.lock();
+        match inner.slots.remove(id) {
+            Some(Slot::Memory(v)) => inner.memory_bytes -= v.len() as u64,
+            Some(Slot::Spilled { path, len }) => {
+                inner.spilled_bytes -= len;
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), "removing a spill file: {e}");
+                }
+            }
+            None => {}
+        }
+        if inner.slots.is_empty() {
+            inner.age.clear();
         }
     }
 
-    /// Objects held.
+    /// Objects held (in memory or spilled).
     pub fn len(&self) -> usize {
-        self.objects.len()
+        self.lock().slots.len()
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
+        self.lock().slots.is_empty()
     }
 
-    /// Bytes held.
+    /// Bytes held, in memory and spilled.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        let inner = self.lock();
+        inner.memory_bytes + inner.spilled_bytes
+    }
+
+    /// Bytes held in memory.
+    pub fn memory_bytes(&self) -> u64 {
+        self.lock().memory_bytes
+    }
+
+    /// Bytes held in spill files.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.lock().spilled_bytes
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.config.spill_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("rayish-store-{tag}-{}", std::process::id()))
+    }
+
+    fn value(n: usize, seed: u8) -> Bytes {
+        Bytes::from(
+            (0..n)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn files(d: &std::path::Path) -> usize {
+        std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn spills_oldest_first_reads_back_and_cleans_up() {
+        let d = dir("spill");
+        let store = ObjectStore::new(StoreConfig {
+            capacity: 100,
+            spill_dir: Some(d.clone()),
+        });
+        let ids: Vec<ObjectId> = (0..3).map(|_| ObjectId::random()).collect();
+        for (k, id) in ids.iter().enumerate() {
+            store.insert(*id, value(60, k as u8)).expect("insert");
+        }
+        // 3 × 60 bytes in a 100-byte store: the first two went to disk, oldest first.
+        assert_eq!((store.memory_bytes(), store.spilled_bytes()), (60, 120));
+        assert_eq!(files(&d), 2);
+        for (k, id) in ids.iter().enumerate() {
+            assert_eq!(store.get(id).expect("held"), value(60, k as u8));
+        }
+        // Larger than the whole store: straight to disk, memory untouched.
+        let big = ObjectId::random();
+        store.insert(big, value(500, 9)).expect("insert big");
+        assert_eq!(store.memory_bytes(), 60);
+        assert_eq!(store.get(&big).expect("big"), value(500, 9));
+        for id in ids.iter().chain([&big]) {
+            store.remove(id);
+        }
+        assert_eq!((store.len(), store.bytes(), files(&d)), (0, 0, 0));
+        drop(store);
+        assert!(!d.exists(), "the spill directory outlived its store");
+    }
+
+    #[test]
+    fn without_room_to_spill_the_error_says_so() {
+        let store = ObjectStore::new(StoreConfig {
+            capacity: 10,
+            spill_dir: None,
+        });
+        store.insert(ObjectId::random(), value(8, 0)).expect("fits");
+        match store.insert(ObjectId::random(), value(8, 1)) {
+            Err(StoreError::Full {
+                needed: 8,
+                capacity: 10,
+                reason,
+            }) => {
+                assert!(reason.contains("no spill directory"), "{reason}")
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // Nothing was lost: the first object is still there.
+        assert_eq!(store.len(), 1);
     }
 }
