@@ -180,8 +180,11 @@ impl ObjectStore {
             }
             None => {}
         }
-        if inner.slots.is_empty() {
-            inner.age.clear();
+        // Drop stale ids now and then, so that the queue stays proportional to what is
+        // held even when the store never fills up (amortised O(1) per removal).
+        if inner.age.len() > 2 * inner.slots.len() + 1024 {
+            let Inner { slots, age, .. } = &mut *inner;
+            age.retain(|id| matches!(slots.get(id), Some(Slot::Memory(_))));
         }
     }
 
@@ -268,6 +271,24 @@ mod tests {
         assert_eq!((store.len(), store.bytes(), files(&d)), (0, 0, 0));
         drop(store);
         assert!(!d.exists(), "the spill directory outlived its store");
+    }
+
+    #[test]
+    fn the_spill_queue_stays_proportional_to_what_is_held() {
+        let store = ObjectStore::default();
+        let kept = ObjectId::random();
+        store.insert(kept, value(4, 0)).expect("insert");
+        for _ in 0..10_000 {
+            let id = ObjectId::random();
+            store.insert(id, value(4, 1)).expect("insert");
+            store.remove(&id);
+        }
+        let queued = store.lock().age.len();
+        assert!(
+            queued <= 2 * store.len() + 1025,
+            "{queued} ids queued for 1 object"
+        );
+        assert_eq!(store.get(&kept).expect("kept"), value(4, 0));
     }
 
     #[test]
