@@ -142,14 +142,6 @@ impl Chain {
     pub fn build(&self) -> Result<Vec<Box<dyn Handler>>, ChainError> {
         self.stages.iter().map(build_stage).collect()
     }
-
-    /// Runs `job` through every stage, in a plain loop (no cluster).
-    pub fn run(&self, job: &mut FaceJob) -> Result<(), ChainError> {
-        for handler in self.build()? {
-            apply(handler.as_ref(), job);
-        }
-        Ok(())
-    }
 }
 
 /// Builds the handler of one stage from the registry.
