@@ -18,29 +18,16 @@
 use anyhow::{bail, Context};
 use image::imageops::FilterType;
 use rayish_faces::{Chain, FaceJob, Settings};
+use rayish_suite::target_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn target_dir() -> PathBuf {
-    // target/release/deps/faces-<hash> → target/release
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("target dir")
-}
-
+/// `$RAYISH_SAMPLE_PHOTOS`, else where scripts/setup-faces.sh puts the sample photos.
 fn sample_dir() -> PathBuf {
     std::env::var_os("RAYISH_SAMPLE_PHOTOS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
-            std::env::var_os("RAYISH_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or(home.join(".cache/rayish"))
-                .join("sample_photos")
-        })
+        .unwrap_or_else(|| rayish_faces::models::data_dir().join("sample_photos"))
 }
 
 /// Writes `count` distinct photos derived from the samples into `dir` (kept if there).

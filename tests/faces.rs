@@ -10,16 +10,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn data_dir() -> PathBuf {
-    std::env::var_os("RAYISH_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/rayish")
-        })
-}
-
 fn sample_photos() -> PathBuf {
-    let dir = data_dir().join("sample_photos");
+    let dir = rayish_faces::models::data_dir().join("sample_photos");
     assert!(
         dir.join("obama.jpg").is_file(),
         "{} has no sample photos: run scripts/setup-faces.sh",

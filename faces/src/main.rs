@@ -177,14 +177,7 @@ fn check_models(settings: &Settings) -> anyhow::Result<()> {
     use rayish_faces::models::*;
     let dir = models_dir(settings.models_dir.as_deref());
     model_path(&dir, ENCODER_FILE)?;
-    model_path(
-        &dir,
-        if settings.landmarks == LandmarkModel::Small {
-            LANDMARKS_5_FILE
-        } else {
-            LANDMARKS_68_FILE
-        },
-    )?;
+    model_path(&dir, landmarks_file(settings.landmarks))?;
     if settings.detector == DetectorKind::Cnn {
         model_path(&dir, CNN_DETECTOR_FILE)?;
     }

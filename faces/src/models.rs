@@ -7,6 +7,7 @@
 //! second, so each worker process loads a model once and keeps it.
 
 use crate::dlib_shim;
+use crate::settings::LandmarkModel;
 use dlib_face_recognition::{FaceDetector, FaceDetectorCnn, FaceEncoderNetwork, LandmarkPredictor};
 use std::any::Any;
 use std::cell::RefCell;
@@ -44,6 +45,19 @@ pub enum ModelError {
     },
 }
 
+/// Where scripts/setup-faces.sh puts models and sample photos on this machine:
+/// `$RAYISH_DATA_DIR`, else `~/.cache/rayish`.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("RAYISH_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp"));
+            home.join(".cache").join("rayish")
+        })
+}
+
 /// The directory models are read from on this machine.
 pub fn models_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(dir) = explicit {
@@ -52,15 +66,15 @@ pub fn models_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(dir) = std::env::var_os("RAYISH_FACE_MODELS") {
         return PathBuf::from(dir);
     }
-    let data = std::env::var_os("RAYISH_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp"));
-            home.join(".cache").join("rayish")
-        });
-    data.join("face_models")
+    data_dir().join("face_models")
+}
+
+/// The landmark model file for `model`.
+pub fn landmarks_file(model: LandmarkModel) -> &'static str {
+    match model {
+        LandmarkModel::Small => LANDMARKS_5_FILE,
+        LandmarkModel::Large => LANDMARKS_68_FILE,
+    }
 }
 
 /// Checks that `file` exists in `dir`, returning its path.
@@ -112,7 +126,7 @@ pub fn cnn_detector(dir: &Path) -> Result<Rc<FaceDetectorCnn>, ModelError> {
     cached(&path, || FaceDetectorCnn::open(&path))
 }
 
-/// A landmark predictor (`file` is [`LANDMARKS_5_FILE`] or [`LANDMARKS_68_FILE`]).
+/// A landmark predictor (`file` from [`landmarks_file`]).
 pub fn landmark_predictor(
     dir: &Path,
     file: &'static str,

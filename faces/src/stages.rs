@@ -6,7 +6,7 @@ use crate::decode::decode_rgb;
 use crate::dlib_shim;
 use crate::job::{Face, FaceBox, FaceJob};
 use crate::models;
-use crate::settings::{DetectorKind, LandmarkModel, Settings};
+use crate::settings::{DetectorKind, Settings};
 use dlib_face_recognition::{
     FaceDetectorTrait, FaceEncoderTrait, ImageMatrix, LandmarkPredictorTrait, Rectangle,
 };
@@ -173,10 +173,7 @@ impl Handler for Detect {
 impl Handler for Landmarks {
     fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
         let mat = image_matrix(job)?;
-        let file = match self.settings.landmarks {
-            LandmarkModel::Small => models::LANDMARKS_5_FILE,
-            LandmarkModel::Large => models::LANDMARKS_68_FILE,
-        };
+        let file = models::landmarks_file(self.settings.landmarks);
         let predictor =
             models::landmark_predictor(&model_dir(&self.settings), file).map_err(failed)?;
         let points: Vec<Vec<[i64; 2]>> = job
