@@ -52,6 +52,12 @@ id_type!(
     "job"
 );
 id_type!(
+    /// A stateful actor: one worker process holding a user's value, whose methods are
+    /// called in order. Restarts keep the id.
+    ActorId,
+    "actor"
+);
+id_type!(
     /// A process connected to the head (driver, worker, node or CLI client).
     PeerId,
     "peer"

@@ -37,9 +37,10 @@ mod worker;
 #[doc(hidden)]
 pub use api::__private;
 pub use api::{
-    current_node_id, get, get_all, get_timeout, init, put, serve_if_worker, shutdown, wait, Arg,
-    Config, Error, ObjectRef, Result, TaskOptions,
+    current_node_id, get, get_actor, get_all, get_timeout, init, kill, put, serve_if_worker,
+    shutdown, wait, ActorClass, ActorHandle, ActorOptions, Arg, Config, Error, ObjectRef, Result,
+    TaskOptions,
 };
-pub use ids::ObjectId;
+pub use ids::{ActorId, ObjectId};
 pub use protocol::TaskError;
-pub use rayish_macros::remote;
+pub use rayish_macros::{actor, remote};

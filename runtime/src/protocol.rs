@@ -15,7 +15,7 @@
 //! - the *worker socket*: a Unix socket between a node and each worker process it
 //!   started, carrying [`ToWorker`] and [`FromWorker`].
 
-use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
+use crate::ids::{ActorId, BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::resources::ResourceSet;
 use bincode::Options;
 use serde::de::DeserializeOwned;
@@ -25,7 +25,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of this protocol; peers speaking another one are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RYSH";
 /// Bytes before a frame's payload.
@@ -337,11 +337,53 @@ pub struct TaskSpec {
     pub return_id: ObjectId,
     /// Resources the task holds while it runs.
     pub resources: ResourceSet,
-    /// How many times the task is re-run after its worker or node dies.
+    /// How many times the task is re-run after its worker or node dies. For actor
+    /// calls the actor's `max_task_retries` applies instead.
     pub max_retries: u32,
+    /// A plain function call, an actor's creation, or a call of an actor's method.
+    pub kind: TaskKind,
+}
+
+/// What a task does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Calls a remote function in any idle worker of the job.
+    Function,
+    /// Runs an actor's constructor in a worker dedicated to the actor for its life;
+    /// the task's resources stay held until the actor dies. Its return object stands
+    /// for the actor: every handle holds it, and when it is freed the actor ends.
+    CreateActor(ActorCreation),
+    /// Calls a method of a live actor, in the order its caller made the calls.
+    ActorCall(ActorId),
+}
+
+/// The options an actor was created with (Ray's `.options(...)` on an actor class).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActorCreation {
+    /// The actor.
+    pub actor: ActorId,
+    /// Registered name of its class (the constructor's name without `::new`).
+    pub class: String,
+    /// A cluster-wide name to find it by with `get_actor`.
+    pub name: Option<String>,
+    /// Outlives the job that created it, until killed or the cluster stops.
+    pub detached: bool,
+    /// Times it is re-created after its process or node dies; `-1`: without limit.
+    pub max_restarts: i32,
+    /// Times a call is re-sent after the actor died while running it; `-1`: without limit.
+    pub max_task_retries: i32,
 }
 
 impl TaskSpec {
+    /// The actor this task creates or calls, if any.
+    pub fn actor(&self) -> Option<ActorId> {
+        match &self.kind {
+            TaskKind::Function => None,
+            TaskKind::CreateActor(c) => Some(c.actor),
+            TaskKind::ActorCall(a) => Some(*a),
+        }
+    }
+
     /// Ids of the objects the task reads: its reference arguments.
     pub fn arg_refs(&self) -> impl Iterator<Item = ObjectId> + '_ {
         self.args.iter().filter_map(|a| match a {
@@ -460,6 +502,17 @@ pub enum TaskError {
         /// Why recomputation was impossible.
         reason: String,
     },
+    /// The actor is dead (killed, out of restarts, its creator gone, or its
+    /// constructor failed); every call on it, pending or new, ends with this.
+    #[error("actor {actor} ({class}) died: {cause}")]
+    ActorDied {
+        /// The actor, in hex.
+        actor: String,
+        /// Its class.
+        class: String,
+        /// Why it died.
+        cause: String,
+    },
     /// The binary has no remote function of that name.
     #[error("no remote function named {function:?} in the job's binary")]
     UnknownFunction {
@@ -534,6 +587,29 @@ pub enum ToHead {
     ObjectCopied(ObjectId),
     /// Ask for a [`ClusterStatus`].
     StatusRequest,
+    /// Find the live actor named `name`; answered with [`FromHead::ActorFound`], and
+    /// the asker then holds a reference to its handle object.
+    GetActor {
+        /// Echoed in the answer.
+        request: u64,
+        /// The name.
+        name: String,
+    },
+    /// End an actor: its process is killed; with `no_restart` false it may be
+    /// re-created as after a crash.
+    KillActor {
+        /// The actor.
+        actor: ActorId,
+        /// Never re-create it.
+        no_restart: bool,
+    },
+    /// From nodes: an actor's process died (or was killed).
+    ActorDied {
+        /// The actor.
+        actor: ActorId,
+        /// How the process ended.
+        reason: String,
+    },
     /// The sender is exiting: treat it as disconnected now (its job ends, what it
     /// holds is released) rather than when its connection times out.
     Goodbye,
@@ -568,10 +644,30 @@ pub enum FromHead {
     Status(Box<ClusterStatus>),
     /// Something the driver's user should see (e.g. an infeasible task).
     Warning(String),
-    /// To nodes: the job's driver is gone; stop its workers.
+    /// To nodes: the job's driver is gone; stop its workers (detached actors excepted).
     JobEnded(JobId),
+    /// To a node: kill this actor's process.
+    KillActor(ActorId),
+    /// Answer to [`ToHead::GetActor`].
+    ActorFound {
+        /// The request.
+        request: u64,
+        /// The actor, or why there is none.
+        result: Result<ActorInfo, String>,
+    },
     /// Answer to [`ToHead::Goodbye`]: everything sent before it was handled.
     Farewell,
+}
+
+/// A live actor as [`FromHead::ActorFound`] describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorInfo {
+    /// The actor.
+    pub actor: ActorId,
+    /// Its class's registered name.
+    pub class: String,
+    /// The object every handle to it holds.
+    pub handle: ObjectId,
 }
 
 /// Where a ready object can be read.
@@ -615,6 +711,8 @@ pub struct ClusterStatus {
     pub objects: u64,
     /// Drivers connected now.
     pub drivers: u64,
+    /// Actors alive or being (re-)created now.
+    pub actors: u64,
 }
 
 /// One node in a [`ClusterStatus`].
@@ -699,6 +797,8 @@ pub enum ToWorker {
         args: Vec<Vec<u8>>,
         /// Where to store the result.
         return_id: ObjectId,
+        /// A function, an actor's constructor, or a method of the actor this worker holds.
+        kind: RunKind,
     },
     /// Answer to [`FromWorker::GetObject`].
     Object {
@@ -715,6 +815,17 @@ pub enum ToWorker {
         /// Ok, or why the store refused.
         result: Result<(), String>,
     },
+}
+
+/// What a worker runs for a [`ToWorker::Run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunKind {
+    /// A remote function.
+    Function,
+    /// An actor's constructor; the worker keeps the value it returns.
+    CreateActor,
+    /// A method of the actor the worker holds.
+    ActorMethod,
 }
 
 /// Worker process to node.

@@ -5,8 +5,8 @@
 use crate::core_worker::node_link::{NodeLink, RunRequest};
 use crate::core_worker::{set_current_task, Connection, CoreWorker};
 use crate::ids::{JobId, NodeId};
-use crate::protocol::{FromWorker, Hello, PeerRole, TaskError, Welcome};
-use crate::registry::{lookup, InvokeError};
+use crate::protocol::{FromWorker, Hello, PeerRole, RunKind, TaskError, Welcome};
+use crate::registry::{lookup, lookup_constructor, lookup_method, ActorInstance, InvokeError};
 use crate::transport::tls::ClusterTls;
 use crate::transport::{connect, make_endpoint, open_control};
 use std::os::fd::FromRawFd;
@@ -111,11 +111,13 @@ fn worker_main() -> Result<(), String> {
         pid: std::process::id(),
     });
 
+    // The actor this worker is dedicated to, once its constructor has run.
+    let mut actor: Option<ActorInstance> = None;
     while let Some(run) = link.next_run() {
         let task_id = run.task_id;
         let return_id = run.return_id;
         set_current_task(Some((task_id, return_id)));
-        let result = execute(&run, &node_label);
+        let result = execute(&run, &node_label, &mut actor);
         set_current_task(None);
         // References inside the result were declared by encode_return.
         let result = result.map(|encoded| encoded.bytes);
@@ -133,12 +135,46 @@ fn worker_main() -> Result<(), String> {
     Ok(())
 }
 
-fn execute(run: &RunRequest, node: &str) -> Result<crate::registry::Encoded, TaskError> {
+fn execute(
+    run: &RunRequest,
+    node: &str,
+    actor: &mut Option<ActorInstance>,
+) -> Result<crate::registry::Encoded, TaskError> {
     let function = run.function.clone();
-    let Some(f) = lookup(&run.function) else {
-        return Err(TaskError::UnknownFunction { function });
+    let unknown = || TaskError::UnknownFunction {
+        function: run.function.clone(),
     };
-    match catch_unwind(AssertUnwindSafe(|| (f.invoke)(&run.args))) {
+    let outcome = match run.kind {
+        RunKind::Function => {
+            let f = lookup(&run.function).ok_or_else(unknown)?;
+            catch_unwind(AssertUnwindSafe(|| (f.invoke)(&run.args)))
+        }
+        RunKind::CreateActor => {
+            let c = lookup_constructor(&run.function).ok_or_else(unknown)?;
+            catch_unwind(AssertUnwindSafe(|| (c.construct)(&run.args))).map(|built| {
+                built.map(|instance| {
+                    *actor = Some(instance);
+                    crate::registry::Encoded {
+                        bytes: Vec::new(),
+                        nested: Vec::new(),
+                    }
+                })
+            })
+        }
+        RunKind::ActorMethod => {
+            let m = lookup_method(&run.function).ok_or_else(unknown)?;
+            let Some(instance) = actor.as_mut() else {
+                return Err(TaskError::Codec {
+                    function,
+                    message: "this worker holds no actor".into(),
+                });
+            };
+            // A panicking method leaves the actor as the panic left it, as an
+            // exception in a Ray actor method does.
+            catch_unwind(AssertUnwindSafe(|| (m.invoke)(instance, &run.args)))
+        }
+    };
+    match outcome {
         Ok(Ok(encoded)) => Ok(encoded),
         Ok(Err(InvokeError::Failed(message))) => Err(TaskError::Failed {
             function,

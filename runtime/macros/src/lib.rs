@@ -68,7 +68,7 @@ fn expand(func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
             FnArg::Receiver(r) => {
                 return Err(syn::Error::new(
                     r.span(),
-                    "remote functions cannot take self; actors come later",
+                    "remote functions cannot take self; put methods in an #[actor] impl block",
                 ))
             }
         }
@@ -150,5 +150,283 @@ fn result_ok_type(ty: &Type) -> Option<Type> {
     args.args.iter().find_map(|a| match a {
         GenericArgument::Type(t) => Some(t.clone()),
         _ => None,
+    })
+}
+
+/// Makes the type of an `impl` block an actor class.
+///
+/// For `impl Counter { pub fn new(start: u64) -> Self; pub fn add(&mut self, n: u64) -> u64 }`:
+/// - `Counter::remote(start) -> CounterHandle` creates the actor on the cluster, and
+///   `Counter::remote_with(ActorOptions, start)` does so with options;
+/// - `CounterHandle` (cloneable, serializable, derefs to `rayish::ActorHandle`) has one
+///   method per `&self`/`&mut self` method, taking each argument as a value or an
+///   `ObjectRef` and returning `ObjectRef<R>` at once;
+/// - `new` is the constructor (it may return `Self` or `Result<Self, E>`); other
+///   associated functions stay local. The type must be `Send + 'static`.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[actor] takes no arguments; use Type::remote_with(ActorOptions, ..)",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let block = parse_macro_input!(item as syn::ItemImpl);
+    match expand_actor(block) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// One method's plain-name arguments and their types.
+fn typed_args(sig: &syn::Signature) -> syn::Result<(Vec<syn::Ident>, Vec<Type>)> {
+    let mut names = Vec::new();
+    let mut types = Vec::new();
+    for input in &sig.inputs {
+        if let FnArg::Typed(pt) = input {
+            match &*pt.pat {
+                Pat::Ident(pi) => {
+                    names.push(pi.ident.clone());
+                    types.push((*pt.ty).clone());
+                }
+                other => {
+                    return Err(syn::Error::new(
+                        other.span(),
+                        "actor method arguments must be plain names",
+                    ))
+                }
+            }
+        }
+    }
+    Ok((names, types))
+}
+
+fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
+    if !block.generics.params.is_empty() || block.trait_.is_some() {
+        return Err(syn::Error::new(
+            block.impl_token.span(),
+            "#[actor] goes on a plain `impl Type` block of a non-generic type",
+        ));
+    }
+    let self_ty = &block.self_ty;
+    let Type::Path(tp) = &**self_ty else {
+        return Err(syn::Error::new(
+            self_ty.span(),
+            "#[actor] needs a named type",
+        ));
+    };
+    let Some(class) = tp.path.segments.last().map(|s| s.ident.clone()) else {
+        return Err(syn::Error::new(
+            self_ty.span(),
+            "#[actor] needs a named type",
+        ));
+    };
+    let handle = format_ident!("{}Handle", class);
+    let class_label = class.to_string();
+
+    let mut constructor = None;
+    let mut methods = Vec::new();
+    for item in &block.items {
+        let syn::ImplItem::Fn(f) = item else { continue };
+        if let Some(a) = &f.sig.asyncness {
+            return Err(syn::Error::new(
+                a.span(),
+                "actor methods are synchronous; spawn async work inside if needed",
+            ));
+        }
+        if !f.sig.generics.params.is_empty() {
+            return Err(syn::Error::new(
+                f.sig.generics.span(),
+                "actor methods cannot be generic: a worker must know the concrete types",
+            ));
+        }
+        let receiver = f.sig.inputs.iter().find_map(|i| match i {
+            FnArg::Receiver(r) => Some(r.clone()),
+            _ => None,
+        });
+        match receiver {
+            Some(r) if r.reference.is_some() => methods.push(f.sig.clone()),
+            Some(r) => {
+                return Err(syn::Error::new(
+                    r.span(),
+                    "actor methods take &self or &mut self: the actor lives on between calls",
+                ))
+            }
+            None if f.sig.ident == "new" => constructor = Some(f.sig.clone()),
+            None => {}
+        }
+    }
+    let Some(ctor) = constructor else {
+        return Err(syn::Error::new(
+            block.impl_token.span(),
+            "an actor class needs a constructor `fn new(..) -> Self` in this impl block",
+        ));
+    };
+
+    // The constructor.
+    let (ctor_names, ctor_types) = typed_args(&ctor)?;
+    let ctor_fallible = match &ctor.output {
+        ReturnType::Type(_, ty) => result_ok_type(ty).is_some(),
+        ReturnType::Default => false,
+    };
+    let ctor_n = ctor_names.len();
+    let ctor_idx: Vec<usize> = (0..ctor_n).collect();
+    let ctor_labels: Vec<String> = ctor_names.iter().map(|a| a.to_string()).collect();
+    let ctor_decoded: Vec<_> = ctor_names
+        .iter()
+        .map(|a| format_ident!("__arg_{}", a))
+        .collect();
+    let build = if ctor_fallible {
+        quote!(<#self_ty>::new(#(#ctor_decoded),*).map_err(::rayish::__private::fail)?)
+    } else {
+        quote!(<#self_ty>::new(#(#ctor_decoded),*))
+    };
+
+    // The methods.
+    let mut handle_methods = Vec::new();
+    let mut invokers = Vec::new();
+    let mut registrations = Vec::new();
+    for sig in &methods {
+        let name = &sig.ident;
+        let (names, types) = typed_args(sig)?;
+        let (out_type, fallible) = match &sig.output {
+            ReturnType::Default => (syn::parse_quote!(()), false),
+            ReturnType::Type(_, ty) => match result_ok_type(ty) {
+                Some(ok) => (ok, true),
+                None => ((**ty).clone(), false),
+            },
+        };
+        let n = names.len();
+        let idx: Vec<usize> = (0..n).collect();
+        let labels: Vec<String> = names.iter().map(|a| a.to_string()).collect();
+        let decoded: Vec<_> = names.iter().map(|a| format_ident!("__arg_{}", a)).collect();
+        let invoker = format_ident!("__rayish_invoke_{}", name);
+        let method_label = format!("::{}::{}", class_label, name);
+        let call = if fallible {
+            quote!(let __out = __this.#name(#(#decoded),*).map_err(::rayish::__private::fail)?;)
+        } else {
+            quote!(let __out = __this.#name(#(#decoded),*);)
+        };
+        let doc = format!("Calls [`{class_label}::{name}`] on the actor; returns a reference to its result at once.");
+        handle_methods.push(quote! {
+            #[doc = #doc]
+            #[allow(clippy::too_many_arguments)]
+            pub fn #name(&self, #(#names: impl ::core::convert::Into<::rayish::Arg<#types>>),*) -> ::rayish::ObjectRef<#out_type> {
+                ::rayish::__private::call_actor(
+                    &self.0,
+                    ::core::concat!(::core::module_path!(), #method_label),
+                    ::std::vec![#(::rayish::__private::encode_arg::<#types>(#names.into())),*],
+                )
+            }
+        });
+        invokers.push(quote! {
+            #[doc(hidden)]
+            fn #invoker(
+                __actor: &mut ::rayish::__private::ActorInstance,
+                __args: &[::std::vec::Vec<u8>],
+            ) -> ::core::result::Result<::rayish::__private::Encoded, ::rayish::__private::InvokeError> {
+                ::rayish::__private::check_arity(__args, #n)?;
+                #(let #decoded: #types = ::rayish::__private::decode_arg(&__args[#idx], #labels)?;)*
+                let __this = __actor.downcast_mut::<#self_ty>().ok_or_else(|| {
+                    ::rayish::__private::InvokeError::Codec(
+                        ::std::format!("this worker's actor is not a {}", #class_label),
+                    )
+                })?;
+                #call
+                ::rayish::__private::encode_return::<#out_type>(&__out)
+            }
+        });
+        registrations.push(quote! {
+            ::rayish::__private::inventory::submit! {
+                ::rayish::__private::ActorMethod {
+                    name: ::core::concat!(::core::module_path!(), #method_label),
+                    invoke: <#self_ty>::#invoker,
+                }
+            }
+        });
+    }
+    let class_path = format!("::{class_label}");
+    let handle_doc = format!("A handle to a [`{class_label}`] actor: its methods run on the actor and return `ObjectRef`s.");
+    let new_label = format!("::{class_label}::new");
+
+    Ok(quote! {
+        #block
+
+        #[doc = #handle_doc]
+        #[derive(Clone, Debug)]
+        pub struct #handle(::rayish::ActorHandle);
+
+        impl ::core::convert::From<::rayish::ActorHandle> for #handle {
+            fn from(h: ::rayish::ActorHandle) -> Self {
+                Self(h)
+            }
+        }
+
+        impl ::core::ops::Deref for #handle {
+            type Target = ::rayish::ActorHandle;
+            fn deref(&self) -> &::rayish::ActorHandle {
+                &self.0
+            }
+        }
+
+        impl ::rayish::__private::serde::Serialize for #handle {
+            fn serialize<S: ::rayish::__private::serde::Serializer>(&self, s: S) -> ::core::result::Result<S::Ok, S::Error> {
+                ::rayish::__private::serde::Serialize::serialize(&self.0, s)
+            }
+        }
+
+        impl<'de> ::rayish::__private::serde::Deserialize<'de> for #handle {
+            fn deserialize<D: ::rayish::__private::serde::Deserializer<'de>>(d: D) -> ::core::result::Result<Self, D::Error> {
+                <::rayish::ActorHandle as ::rayish::__private::serde::Deserialize>::deserialize(d).map(Self)
+            }
+        }
+
+        impl #handle {
+            #(#handle_methods)*
+        }
+
+        impl ::rayish::ActorClass for #self_ty {
+            const NAME: &'static str = ::core::concat!(::core::module_path!(), #class_path);
+            type Handle = #handle;
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        impl #self_ty {
+            /// Creates the actor on the cluster; returns its handle at once.
+            pub fn remote(#(#ctor_names: impl ::core::convert::Into<::rayish::Arg<#ctor_types>>),*) -> #handle {
+                Self::remote_with(::rayish::ActorOptions::default(), #(#ctor_names),*)
+            }
+
+            /// [`Self::remote`] with options (resources, restarts, name, lifetime).
+            pub fn remote_with(options: ::rayish::ActorOptions, #(#ctor_names: impl ::core::convert::Into<::rayish::Arg<#ctor_types>>),*) -> #handle {
+                #handle(::rayish::__private::create_actor(
+                    <Self as ::rayish::ActorClass>::NAME,
+                    ::std::vec![#(::rayish::__private::encode_arg::<#ctor_types>(#ctor_names.into())),*],
+                    options,
+                ))
+            }
+
+            #[doc(hidden)]
+            fn __rayish_construct(
+                __args: &[::std::vec::Vec<u8>],
+            ) -> ::core::result::Result<::rayish::__private::ActorInstance, ::rayish::__private::InvokeError> {
+                ::rayish::__private::check_arity(__args, #ctor_n)?;
+                #(let #ctor_decoded: #ctor_types = ::rayish::__private::decode_arg(&__args[#ctor_idx], #ctor_labels)?;)*
+                ::core::result::Result::Ok(::std::boxed::Box::new(#build))
+            }
+
+            #(#invokers)*
+        }
+
+        ::rayish::__private::inventory::submit! {
+            ::rayish::__private::ActorConstructor {
+                name: ::core::concat!(::core::module_path!(), #new_label),
+                construct: <#self_ty>::__rayish_construct,
+            }
+        }
+
+        #(#registrations)*
     })
 }

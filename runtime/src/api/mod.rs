@@ -4,15 +4,18 @@
 //! task specs, hands them to the core worker, and turns encoded results back into
 //! values. Everything below it works on bytes and ids.
 
+mod actor;
 pub(crate) mod context;
 mod object_ref;
 
+pub use actor::{get_actor, kill, ActorClass, ActorHandle, ActorOptions};
 pub use object_ref::{Arg, ObjectRef};
 
 use crate::core_worker::{collect_nested, GetError};
-use crate::ids::{ObjectId, TaskId};
+use crate::ids::{ActorId, ObjectId, TaskId};
 use crate::protocol::{
-    decode_value, encode_value, TaskArg, TaskError, TaskSpec, INLINE_OBJECT_MAX,
+    decode_value, encode_value, ActorCreation, TaskArg, TaskError, TaskKind, TaskSpec,
+    INLINE_OBJECT_MAX,
 };
 use crate::resources::{ResourceSet, CPU, GPU};
 use serde::de::DeserializeOwned;
@@ -193,8 +196,11 @@ pub fn wait<T>(
 #[doc(hidden)]
 pub mod __private {
     use super::*;
-    pub use crate::registry::{Encoded, InvokeError, RemoteFunction};
+    pub use crate::registry::{
+        ActorConstructor, ActorInstance, ActorMethod, Encoded, InvokeError, RemoteFunction,
+    };
     pub use inventory;
+    pub use serde;
 
     /// An argument, encoded for a task spec.
     pub struct EncodedArg {
@@ -240,6 +246,74 @@ pub mod __private {
         options: TaskOptions,
     ) -> ObjectRef<R> {
         let return_id = ObjectId::random();
+        submit_spec(
+            name,
+            args,
+            options.resources,
+            options.max_retries,
+            TaskKind::Function,
+            return_id,
+        );
+        ObjectRef::created(return_id)
+    }
+
+    /// Creates an actor of class `class` (its constructor is `{class}::new`).
+    pub fn create_actor(
+        class: &'static str,
+        args: Vec<Result<EncodedArg>>,
+        options: ActorOptions,
+    ) -> ActorHandle {
+        let actor = ActorId::random();
+        let handle = ObjectId::random();
+        let creation = ActorCreation {
+            actor,
+            class: class.to_string(),
+            name: options.name,
+            detached: options.detached,
+            max_restarts: options.max_restarts,
+            max_task_retries: options.max_task_retries,
+        };
+        submit_spec(
+            &format!("{class}::new"),
+            args,
+            options.resources,
+            0,
+            TaskKind::CreateActor(creation),
+            handle,
+        );
+        ActorHandle::new(actor, ObjectRef::created(handle))
+    }
+
+    /// Calls the method registered as `method` on the actor.
+    pub fn call_actor<R>(
+        handle: &ActorHandle,
+        method: &str,
+        args: Vec<Result<EncodedArg>>,
+    ) -> ObjectRef<R> {
+        let return_id = ObjectId::random();
+        // Calls run in the actor's process and hold nothing of their own; retries
+        // follow the actor's `max_task_retries`.
+        submit_spec(
+            method,
+            args,
+            ResourceSet::new(),
+            0,
+            TaskKind::ActorCall(handle.id()),
+            return_id,
+        );
+        ObjectRef::created(return_id)
+    }
+
+    /// Builds a task spec and submits it; a call that cannot be submitted fails on
+    /// `get`, as in Ray.
+    fn submit_spec(
+        name: &str,
+        args: Vec<Result<EncodedArg>>,
+        resources: ResourceSet,
+        max_retries: u32,
+        kind: TaskKind,
+        return_id: ObjectId,
+    ) {
         let result = (|| -> Result<()> {
             let cw = context::current()?;
             let mut task_args = Vec::with_capacity(args.len());
@@ -258,33 +332,24 @@ pub mod __private {
                 args: task_args,
                 nested_refs,
                 return_id,
-                resources: options.resources,
-                max_retries: options.max_retries,
+                resources,
+                max_retries,
+                kind,
             };
             cw.submit(spec);
             // The argument handles may drop now: the head pinned them on submission.
             drop(keep);
             Ok(())
         })();
-        match result {
-            Ok(()) => ObjectRef::created(return_id),
-            Err(e) => {
-                // Like Ray, a call that cannot be submitted fails on `get`.
-                let err = TaskError::Codec {
-                    function: name.to_string(),
-                    message: e.to_string(),
-                };
-                match context::try_current() {
-                    Some(cw) => {
-                        cw.fail_locally(return_id, err);
-                        ObjectRef::created(return_id)
-                    }
-                    // No cluster at all: `get` on this reference reports why.
-                    None => {
-                        tracing::error!("cannot submit {name}: {e}");
-                        ObjectRef::created(return_id)
-                    }
-                }
+        if let Err(e) = result {
+            let err = TaskError::Codec {
+                function: name.to_string(),
+                message: e.to_string(),
+            };
+            match context::try_current() {
+                Some(cw) => cw.fail_locally(return_id, err),
+                // No cluster at all: `get` on the reference reports why.
+                None => tracing::error!("cannot submit {name}: {e}"),
             }
         }
     }

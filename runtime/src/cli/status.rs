@@ -123,8 +123,8 @@ fn render(address: &str, s: &ClusterStatus) -> String {
         out += &format!(" {used}/{t} {name}\n");
     }
     out += &format!(
-        "\nTasks: {} running, {} pending, {} finished; {} objects; {} drivers\n",
-        s.running_tasks, s.pending_tasks, s.finished_tasks, s.objects, s.drivers
+        "\nTasks: {} running, {} pending, {} finished; {} objects; {} drivers; {} actors\n",
+        s.running_tasks, s.pending_tasks, s.finished_tasks, s.objects, s.drivers, s.actors
     );
     out += "Demands:\n";
     if s.pending_demand.is_empty() && s.infeasible_demand.is_empty() {

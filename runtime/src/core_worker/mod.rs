@@ -12,9 +12,11 @@ mod refs;
 
 pub use refs::{collect_nested, note_nested};
 
+use crate::ids::ActorId;
 use crate::ids::{JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{
-    FromHead, NodeAddress, ObjectLocation, TaskError, TaskSpec, ToHead, INLINE_OBJECT_MAX,
+    ActorInfo, FromHead, NodeAddress, ObjectLocation, TaskError, TaskSpec, ToHead,
+    INLINE_OBJECT_MAX,
 };
 use crate::transfer::{pull_object, push_object};
 use crate::transport::{ControlReader, Endpoint, MessageSender, PeerConnections};
@@ -23,7 +25,7 @@ use node_link::NodeLink;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -108,6 +110,9 @@ pub struct CoreWorker {
     down_reason: std::sync::Mutex<Option<String>>,
     /// Set when the head answers our goodbye.
     farewell: (std::sync::Mutex<bool>, std::sync::Condvar),
+    /// `get_actor` questions awaiting the head's answer.
+    actor_queries: DashMap<u64, std::sync::mpsc::Sender<Result<ActorInfo, String>>>,
+    next_query: AtomicU64,
 }
 
 impl CoreWorker {
@@ -130,6 +135,8 @@ impl CoreWorker {
             alive: AtomicBool::new(true),
             down_reason: std::sync::Mutex::new(None),
             farewell: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
+            actor_queries: DashMap::new(),
+            next_query: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&cw);
         let mut reader = conn.reader;
@@ -166,6 +173,11 @@ impl CoreWorker {
                 tracing::warn!("{text}");
                 eprintln!("rayish warning: {text}");
             }
+            FromHead::ActorFound { request, result } => {
+                if let Some((_, tx)) = self.actor_queries.remove(&request) {
+                    let _ = tx.send(result);
+                }
+            }
             FromHead::Farewell => {
                 let (lock, answered) = &self.farewell;
                 *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
@@ -181,6 +193,8 @@ impl CoreWorker {
             *r = Some(reason);
         }
         self.alive.store(false, Ordering::SeqCst);
+        // Dropping the senders wakes every `get_actor` waiting for an answer.
+        self.actor_queries.clear();
         for mut slot in self.slots.iter_mut() {
             let id = *slot.key();
             for w in slot.waiters.drain(..) {
@@ -345,6 +359,44 @@ impl CoreWorker {
             node: stored_on,
             size,
         });
+        Ok(())
+    }
+
+    // -- actors -------------------------------------------------------------
+
+    /// Asks the head for the live actor named `name`. On success the head counts this
+    /// process as holding the actor's handle object (the caller wraps it in a handle).
+    pub fn get_actor(&self, name: &str) -> Result<ActorInfo, GetError> {
+        if !self.is_connected() {
+            return Err(self.down_error());
+        }
+        let request = self.next_query.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.actor_queries.insert(request, tx);
+        self.head.send(ToHead::GetActor {
+            request,
+            name: name.to_string(),
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(reason)) => Err(GetError::Unavailable {
+                id: format!("actor {name:?}"),
+                reason,
+            }),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.actor_queries.remove(&request);
+                Err(GetError::Timeout(Duration::from_secs(60)))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.down_error()),
+        }
+    }
+
+    /// Asks the head to end `actor` (and, with `no_restart` false, re-create it).
+    pub fn kill_actor(&self, actor: ActorId, no_restart: bool) -> Result<(), GetError> {
+        if !self.is_connected() {
+            return Err(self.down_error());
+        }
+        self.head.send(ToHead::KillActor { actor, no_restart });
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 
 use crate::ids::{ObjectId, TaskId};
 use crate::protocol::{
-    encode_frame_within, read_frame_blocking, FromWorker, NodeAddress, ToWorker,
+    encode_frame_within, read_frame_blocking, FromWorker, NodeAddress, RunKind, ToWorker,
     MAX_WORKER_FRAME_LEN,
 };
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +28,8 @@ pub struct RunRequest {
     pub args: Vec<Vec<u8>>,
     /// Where the result goes.
     pub return_id: ObjectId,
+    /// Function, actor constructor or actor method.
+    pub kind: RunKind,
 }
 
 #[derive(Default)]
@@ -103,11 +105,13 @@ impl NodeLink {
                             function,
                             args,
                             return_id,
+                            kind,
                         })) => stash.runs.push_back(RunRequest {
                             task_id,
                             function,
                             args,
                             return_id,
+                            kind,
                         }),
                         Ok(Some(reply @ ToWorker::Object { request, .. }))
                         | Ok(Some(reply @ ToWorker::PutDone { request, .. })) => {

@@ -11,10 +11,11 @@ pub mod worker_pool;
 pub use object_store::{ObjectStore, StoreConfig, StoreError};
 
 use crate::binaries::BinaryCache;
-use crate::ids::{BinaryHash, NodeId, ObjectId};
+use crate::ids::{ActorId, BinaryHash, NodeId, ObjectId, TaskId};
 use crate::protocol::{
-    ArgSource, FromHead, Hello, NodeAddress, NodeLoad, NodeRegistration, PeerRole, StoredValue,
-    TaskArg, TaskAssignment, TaskError, TaskOutcome, ToHead, ToWorker, INLINE_OBJECT_MAX,
+    ArgSource, FromHead, Hello, NodeAddress, NodeLoad, NodeRegistration, PeerRole, RunKind,
+    StoredValue, TaskArg, TaskAssignment, TaskError, TaskKind, TaskOutcome, ToHead, ToWorker,
+    INLINE_OBJECT_MAX,
 };
 use crate::resources::ResourceSet;
 use crate::transfer::{fetch_binary, pull_object, TransferError};
@@ -29,7 +30,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use worker_pool::{Worker, WorkerEnv, WorkerPool, WorkerRequest};
+use worker_pool::{
+    ActorBinding, RunResult, Worker, WorkerCall, WorkerEnv, WorkerPool, WorkerRequest,
+};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -78,6 +81,17 @@ struct NodeInner {
     /// Binaries known to be in the cache (saves a stat per task).
     known_binaries: DashMap<BinaryHash, PathBuf>,
     binary_fetch: tokio::sync::Mutex<()>,
+    /// Actors living in this node's workers.
+    actors: DashMap<ActorId, LocalActor>,
+}
+
+/// An actor held by one of this node's workers.
+struct LocalActor {
+    worker: Arc<Worker>,
+    /// Its calls, in the order the head sent them; one task serves them in turn.
+    calls: tokio::sync::mpsc::UnboundedSender<TaskAssignment>,
+    /// The creation task, whose resources the actor holds until it dies.
+    creation: TaskId,
 }
 
 /// A running node.
@@ -159,6 +173,7 @@ pub async fn start_node(
         peers,
         known_binaries: DashMap::new(),
         binary_fetch: tokio::sync::Mutex::new(()),
+        actors: DashMap::new(),
     });
     tracing::info!(node = ?inner.cfg.node_id, head = %inner.cfg.head, "joined the cluster");
 
@@ -183,11 +198,18 @@ pub async fn start_node(
     let rq = inner.clone();
     tokio::spawn(async move {
         while let Some((worker, request)) = req_rx.recv().await {
-            if let WorkerRequest::Blocked { task_id, blocked } = request {
-                // In order: a resume must never overtake its block.
-                let start = rq.queue.set_blocked(task_id, blocked);
-                rq.start(start);
-                continue;
+            match request {
+                WorkerRequest::Blocked { task_id, blocked } => {
+                    // In order: a resume must never overtake its block.
+                    let start = rq.queue.set_blocked(task_id, blocked);
+                    rq.start(start);
+                    continue;
+                }
+                WorkerRequest::ActorDied { actor, reason } => {
+                    rq.actor_died(actor, reason);
+                    continue;
+                }
+                _ => {}
             }
             let node = rq.clone();
             tokio::spawn(async move { node.serve_worker(worker, request).await });
@@ -202,8 +224,22 @@ pub async fn start_node(
         let reason = loop {
             match reader.next().await {
                 Ok(Some(FromHead::Execute(assignment))) => {
-                    let start = node.queue.push(*assignment);
-                    node.start(start);
+                    if let TaskKind::ActorCall(actor) = assignment.spec.kind {
+                        node.actor_call(actor, *assignment);
+                    } else {
+                        let start = node.queue.push(*assignment);
+                        node.start(start);
+                    }
+                }
+                Ok(Some(FromHead::KillActor(actor))) => {
+                    if let Some(a) = node.actors.get(&actor) {
+                        tracing::info!(
+                            ?actor,
+                            pid = a.worker.pid(),
+                            "killing actor on the head's order"
+                        );
+                        node.pool.kill_worker(&a.worker);
+                    }
                 }
                 Ok(Some(FromHead::DeleteObjects(ids))) => {
                     for id in ids {
@@ -237,10 +273,13 @@ impl NodeInner {
         let task_id = a.spec.task_id;
         let attempt = a.attempt;
         let mut run_time = std::time::Duration::ZERO;
-        let outcome = self.run(a, &mut run_time).await;
+        let (outcome, actor_started) = self.clone().run(a, &mut run_time).await;
         let run_micros = run_time.as_micros() as u64;
-        let next = self.queue.finish(task_id);
-        self.start(next);
+        // A live actor keeps its creation's resources until it dies (`actor_died`).
+        if !actor_started {
+            let next = self.queue.finish(task_id);
+            self.start(next);
+        }
         self.head.send(ToHead::TaskFinished {
             task_id,
             attempt,
@@ -249,51 +288,92 @@ impl NodeInner {
         });
     }
 
-    /// Runs an assignment; `run_time` gets the worker's share (start-up and argument
-    /// fetching excluded: the head uses it to judge how short tasks are).
-    async fn run(&self, a: TaskAssignment, run_time: &mut std::time::Duration) -> TaskOutcome {
+    /// Runs an assignment (a function call or an actor's creation); `run_time` gets
+    /// the worker's share (start-up and argument fetching excluded: the head uses it
+    /// to judge how short tasks are). The flag says an actor now lives here.
+    async fn run(
+        self: Arc<Self>,
+        a: TaskAssignment,
+        run_time: &mut std::time::Duration,
+    ) -> (TaskOutcome, bool) {
         let binary = match self.binary(&a.binary).await {
             Ok(path) => path,
-            Err(e) => return TaskOutcome::WorkerDied(format!("cannot get the job's binary: {e}")),
+            Err(e) => {
+                let reason = format!("cannot get the job's binary: {e}");
+                return (TaskOutcome::WorkerDied(reason), false);
+            }
         };
+        let args = match self.resolve_args(&a).await {
+            Ok(args) => args,
+            Err(outcome) => return (outcome, false),
+        };
+        let function = a.spec.function.clone();
+        let return_id = a.spec.return_id;
+        let call = WorkerCall {
+            task_id: a.spec.task_id,
+            function: a.spec.function,
+            args,
+            return_id,
+        };
+        let (result, took, actor) = match a.spec.kind {
+            TaskKind::CreateActor(c) => {
+                let binding = ActorBinding {
+                    actor: c.actor,
+                    detached: c.detached,
+                };
+                let (result, took, worker) = self
+                    .pool
+                    .start_actor(a.spec.job, &binary, binding, call)
+                    .await;
+                (result, took, worker.map(|w| (c.actor, w)))
+            }
+            _ => {
+                let (result, took) = self.pool.run(a.spec.job, &binary, call).await;
+                (result, took, None)
+            }
+        };
+        *run_time = took;
+        let started = actor.is_some();
+        if let Some((actor, worker)) = actor {
+            self.clone().host_actor(actor, worker, a.spec.task_id);
+        }
+        (self.outcome_of(result, return_id, function), started)
+    }
+
+    /// The values of a task's arguments, pulled from their holders where needed.
+    async fn resolve_args(&self, a: &TaskAssignment) -> Result<Vec<Vec<u8>>, TaskOutcome> {
         let mut args = Vec::with_capacity(a.spec.args.len());
-        for (arg, source) in a.spec.args.into_iter().zip(a.sources) {
+        for (arg, source) in a.spec.args.iter().zip(&a.sources) {
             let value = match (arg, source) {
-                (TaskArg::Value(v), _) => v,
-                (TaskArg::Ref(_), ArgSource::Inline(v)) => v,
-                (TaskArg::Ref(id), ArgSource::At(holders)) => match self.object(id, &holders).await
-                {
-                    Ok(v) => v.to_vec(),
-                    // The holder may have died: let the head re-run us once it knows.
-                    Err(e) => {
-                        return TaskOutcome::ArgumentUnavailable {
-                            object: id,
-                            reason: e.to_string(),
+                (TaskArg::Value(v), _) => v.clone(),
+                (TaskArg::Ref(_), ArgSource::Inline(v)) => v.clone(),
+                (TaskArg::Ref(id), ArgSource::At(holders)) => {
+                    match self.object(*id, holders).await {
+                        Ok(v) => v.to_vec(),
+                        // The holder may have died: let the head re-run us once it knows.
+                        Err(e) => {
+                            return Err(TaskOutcome::ArgumentUnavailable {
+                                object: *id,
+                                reason: e.to_string(),
+                            })
                         }
                     }
-                },
+                }
                 (TaskArg::Ref(id), ArgSource::InSpec) => {
-                    return TaskOutcome::Failed(TaskError::ObjectLost {
+                    return Err(TaskOutcome::Failed(TaskError::ObjectLost {
                         object: id.to_string(),
                         reason: "the head sent no location for it".into(),
-                    })
+                    }))
                 }
             };
             args.push(value);
         }
-        let function = a.spec.function.clone();
-        let (result, took) = self
-            .pool
-            .run(
-                a.spec.job,
-                &binary,
-                a.spec.task_id,
-                a.spec.function,
-                args,
-                a.spec.return_id,
-            )
-            .await;
-        *run_time = took;
+        Ok(args)
+    }
+
+    /// Turns what a worker gave back into the outcome reported to the head, keeping a
+    /// large value in this node's store.
+    fn outcome_of(&self, result: RunResult, return_id: ObjectId, function: String) -> TaskOutcome {
         match result {
             Err(reason) => TaskOutcome::WorkerDied(reason),
             Ok(Err(e)) => TaskOutcome::Failed(e),
@@ -302,7 +382,7 @@ impl NodeInner {
             }
             Ok(Ok(value)) => {
                 let size = value.len() as u64;
-                match self.store.insert(a.spec.return_id, Bytes::from(value)) {
+                match self.store.insert(return_id, Bytes::from(value)) {
                     Ok(()) => TaskOutcome::Stored(StoredValue::OnNode { size }),
                     Err(e) => TaskOutcome::Failed(TaskError::Failed {
                         function,
@@ -312,6 +392,79 @@ impl NodeInner {
                 }
             }
         }
+    }
+
+    /// Registers an actor whose constructor has just succeeded in `worker`, and starts
+    /// the task that serves its calls one at a time, in the order they arrive.
+    fn host_actor(self: Arc<Self>, actor: ActorId, worker: Arc<Worker>, creation: TaskId) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<TaskAssignment>();
+        self.actors.insert(
+            actor,
+            LocalActor {
+                worker: worker.clone(),
+                calls: tx,
+                creation,
+            },
+        );
+        tokio::spawn(async move {
+            while let Some(a) = rx.recv().await {
+                let task_id = a.spec.task_id;
+                let attempt = a.attempt;
+                let function = a.spec.function.clone();
+                let return_id = a.spec.return_id;
+                let (outcome, took) = match self.resolve_args(&a).await {
+                    Err(outcome) => (outcome, std::time::Duration::ZERO),
+                    Ok(args) => {
+                        let call = WorkerCall {
+                            task_id,
+                            function: a.spec.function,
+                            args,
+                            return_id,
+                        };
+                        let (result, took) =
+                            self.pool.run_on(&worker, call, RunKind::ActorMethod).await;
+                        (self.outcome_of(result, return_id, function), took)
+                    }
+                };
+                self.head.send(ToHead::TaskFinished {
+                    task_id,
+                    attempt,
+                    outcome,
+                    run_micros: took.as_micros() as u64,
+                });
+            }
+        });
+    }
+
+    /// Hands a call to its actor's queue; a call for an actor not (or no longer) here
+    /// goes back to the head as a lost worker, for it to retry or fail.
+    fn actor_call(&self, actor: ActorId, a: TaskAssignment) {
+        let (task_id, attempt) = (a.spec.task_id, a.attempt);
+        let refused = match self.actors.get(&actor) {
+            Some(local) => local.calls.send(a).is_err(),
+            None => true,
+        };
+        if refused {
+            self.head.send(ToHead::TaskFinished {
+                task_id,
+                attempt,
+                outcome: TaskOutcome::WorkerDied(format!(
+                    "actor {actor} has no live process on node {}",
+                    self.cfg.node_id
+                )),
+                run_micros: 0,
+            });
+        }
+    }
+
+    /// An actor's process ended: release what it held and tell the head. Calls still
+    /// queued for it fail as their turn comes (the worker is gone).
+    fn actor_died(self: &Arc<Self>, actor: ActorId, reason: String) {
+        if let Some((_, local)) = self.actors.remove(&actor) {
+            let next = self.queue.finish(local.creation);
+            self.start(next);
+        }
+        self.head.send(ToHead::ActorDied { actor, reason });
     }
 
     async fn binary(&self, hash: &BinaryHash) -> Result<PathBuf, TransferError> {
@@ -379,7 +532,7 @@ impl NodeInner {
     async fn serve_worker(self: Arc<Self>, worker: Arc<Worker>, request: WorkerRequest) {
         match request {
             // Handled in order by the request loop, never here.
-            WorkerRequest::Blocked { .. } => {}
+            WorkerRequest::Blocked { .. } | WorkerRequest::ActorDied { .. } => {}
             WorkerRequest::Get {
                 request,
                 id,

@@ -137,6 +137,7 @@ mod tests {
                 return_id: ObjectId(id),
                 resources: ResourceSet::new().with(CPU, cpus),
                 max_retries: 0,
+                kind: crate::protocol::TaskKind::Function,
             },
             attempt: 0,
             sources: vec![],

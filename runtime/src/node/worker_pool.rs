@@ -5,8 +5,8 @@
 //! file descriptor, so no socket path has to be agreed on and no other process can
 //! connect in its place.
 
-use crate::ids::{JobId, NodeId, TaskId};
-use crate::protocol::{FromWorker, TaskError, ToWorker, MAX_WORKER_FRAME_LEN};
+use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
+use crate::protocol::{FromWorker, RunKind, TaskError, ToWorker, MAX_WORKER_FRAME_LEN};
 use crate::transport::{spawn_writer_within, FrameReader, MessageSender};
 use dashmap::DashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -64,6 +64,34 @@ pub enum WorkerRequest {
         /// Its value.
         value: Vec<u8>,
     },
+    /// The worker held an actor and has died.
+    ActorDied {
+        /// The actor.
+        actor: ActorId,
+        /// How the process ended.
+        reason: String,
+    },
+}
+
+/// One call for a worker to run.
+pub struct WorkerCall {
+    /// The task.
+    pub task_id: TaskId,
+    /// Registered name of the function, constructor or method.
+    pub function: String,
+    /// Encoded arguments.
+    pub args: Vec<Vec<u8>>,
+    /// Where the result goes.
+    pub return_id: ObjectId,
+}
+
+/// The actor a dedicated worker holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ActorBinding {
+    /// The actor.
+    pub actor: ActorId,
+    /// Whether it outlives its job (spared by [`WorkerPool::kill_job`]).
+    pub detached: bool,
 }
 
 /// A task's result as the worker gave it, or why the worker died.
@@ -75,6 +103,8 @@ pub struct Worker {
     job: JobId,
     sender: MessageSender<ToWorker>,
     current: Mutex<Option<oneshot::Sender<RunResult>>>,
+    /// Set once it holds an actor: it then never returns to the idle pool.
+    actor: Mutex<Option<ActorBinding>>,
 }
 
 impl Worker {
@@ -127,10 +157,7 @@ impl WorkerPool {
         self: &Arc<Self>,
         job: JobId,
         binary: &Path,
-        task_id: TaskId,
-        function: String,
-        args: Vec<Vec<u8>>,
-        return_id: crate::ids::ObjectId,
+        call: WorkerCall,
     ) -> (RunResult, Duration) {
         let worker = match self.take_idle(job) {
             Some(w) => w,
@@ -139,25 +166,76 @@ impl WorkerPool {
                 Err(e) => return (Err(e), Duration::ZERO),
             },
         };
-        let started = std::time::Instant::now();
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut current) = worker.current.lock() {
-            *current = Some(tx);
-        }
-        worker.sender.send(ToWorker::Run {
-            task_id,
-            function,
-            args,
-            return_id,
-        });
-        let result = rx
-            .await
-            .unwrap_or_else(|_| Err("worker channel closed".into()));
+        let (result, took) = self.run_on(&worker, call, RunKind::Function).await;
         if result.is_ok() && self.live.contains_key(&worker.pid) {
             if let Ok(mut idle) = self.idle.lock() {
                 idle.push(worker);
             }
         }
+        (result, took)
+    }
+
+    /// Starts a worker dedicated to `binding.actor` and runs its constructor there.
+    /// On success the worker is returned, to be sent the actor's calls with
+    /// [`Self::run_on`]; its death is then reported as [`WorkerRequest::ActorDied`].
+    pub async fn start_actor(
+        self: &Arc<Self>,
+        job: JobId,
+        binary: &Path,
+        binding: ActorBinding,
+        call: WorkerCall,
+    ) -> (RunResult, Duration, Option<Arc<Worker>>) {
+        let worker = match self.spawn(job, binary).await {
+            Ok(w) => w,
+            Err(e) => return (Err(e), Duration::ZERO, None),
+        };
+        if let Ok(mut a) = worker.actor.lock() {
+            *a = Some(binding);
+        }
+        let (result, took) = self.run_on(&worker, call, RunKind::CreateActor).await;
+        match result {
+            Ok(Ok(v)) => (Ok(Ok(v)), took, Some(worker)),
+            other => {
+                // A constructor that failed leaves no actor: the process goes.
+                kill(worker.pid);
+                (other, took, None)
+            }
+        }
+    }
+
+    /// Runs one call on `worker`; an error if the worker is dead or dies meanwhile.
+    pub async fn run_on(
+        &self,
+        worker: &Arc<Worker>,
+        call: WorkerCall,
+        kind: RunKind,
+    ) -> (RunResult, Duration) {
+        let started = std::time::Instant::now();
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut current) = worker.current.lock() {
+            *current = Some(tx);
+        }
+        // The watcher removes a dead worker from `live` before it takes `current`:
+        // whichever of us takes the sender answers, so this cannot hang.
+        if !self.live.contains_key(&worker.pid) {
+            let taken = worker.current.lock().ok().and_then(|mut c| c.take());
+            if taken.is_some() {
+                return (
+                    Err(format!("worker pid {} is no longer alive", worker.pid)),
+                    Duration::ZERO,
+                );
+            }
+        }
+        worker.sender.send(ToWorker::Run {
+            task_id: call.task_id,
+            function: call.function,
+            args: call.args,
+            return_id: call.return_id,
+            kind,
+        });
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err("worker channel closed".into()));
         (result, started.elapsed())
     }
 
@@ -241,6 +319,7 @@ impl WorkerPool {
             job,
             sender,
             current: Mutex::new(None),
+            actor: Mutex::new(None),
         });
         self.live.insert(pid, worker.clone());
         tracing::debug!(pid, ?job, "worker started");
@@ -305,23 +384,46 @@ impl WorkerPool {
             let tx = w.current.lock().ok().and_then(|mut c| c.take());
             if let Some(tx) = tx {
                 tracing::warn!("worker died during a task: {reason}");
-                let _ = tx.send(Err(reason));
+                let _ = tx.send(Err(reason.clone()));
+            }
+            let binding = w.actor.lock().ok().and_then(|a| *a);
+            if let Some(binding) = binding {
+                tracing::warn!(actor = ?binding.actor, "actor process ended: {reason}");
+                let _ = pool.requests.send((
+                    w.clone(),
+                    WorkerRequest::ActorDied {
+                        actor: binding.actor,
+                        reason,
+                    },
+                ));
             }
         });
         Ok(worker)
     }
 
-    /// Kills every worker of `job`.
+    /// Kills every worker of `job`, except those holding detached actors.
     pub fn kill_job(&self, job: JobId) {
         let pids: Vec<u32> = self
             .live
             .iter()
             .filter(|w| w.job == job)
+            .filter(|w| {
+                !w.actor
+                    .lock()
+                    .ok()
+                    .and_then(|a| *a)
+                    .is_some_and(|b| b.detached)
+            })
             .map(|w| w.pid)
             .collect();
         for pid in pids {
             kill(pid);
         }
+    }
+
+    /// Kills one worker (an actor's, on the head's order).
+    pub fn kill_worker(&self, worker: &Worker) {
+        kill(worker.pid);
     }
 
     /// Kills every worker.

@@ -51,6 +51,7 @@ impl HeadState {
                         binary,
                         driver: peer,
                         alive: true,
+                        driver_gone: false,
                     },
                 );
                 job = Some(id);
@@ -125,6 +126,11 @@ impl HeadState {
         node.used = ResourceSet::new();
         let running: Vec<TaskId> = node.running.drain().collect();
         tracing::warn!(node = ?node_id, address = %node.reg.address, running = running.len(), "node died: {reason}");
+        // Actors first: calls that were running there are then retried into a
+        // restarting actor, not sent back to the dead node.
+        for actor in self.actors_on(node_id) {
+            self.actor_lost(actor, format!("its node {node_id} died ({reason})"));
+        }
         for task_id in running {
             if let Some(task) = self.tasks.get_mut(&task_id) {
                 task.held = ResourceSet::new();
@@ -151,12 +157,18 @@ impl HeadState {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
-        job.alive = false;
+        job.driver_gone = true;
         tracing::info!(job = ?job_id, "driver disconnected; job ended");
+        self.end_job_actors(job_id);
+        let detached = self.job_has_detached_actors(job_id);
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            // Detached actors keep the job alive: they may be restarted and call tasks.
+            job.alive = detached;
+        }
         let orphans: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.spec.job == job_id)
+            .filter(|(_, t)| t.spec.job == job_id && !self.is_detached_creation(&t.spec))
             .map(|(id, _)| *id)
             .collect();
         let ended = TaskError::WorkerDied {
@@ -169,6 +181,14 @@ impl HeadState {
         for task_id in orphans {
             self.complete_task(task_id, ObjectValue::Error(ended.clone()));
         }
+        self.announce_job_end(job_id);
+        if !detached {
+            self.jobs.remove(&job_id);
+        }
+    }
+
+    /// Tells the nodes to stop the job's workers (they spare detached actors').
+    fn announce_job_end(&self, job_id: JobId) {
         let node_peers: Vec<PeerId> = self
             .nodes
             .values()
@@ -178,6 +198,16 @@ impl HeadState {
         for peer in node_peers {
             self.send(peer, FromHead::JobEnded(job_id));
         }
-        self.jobs.remove(&job_id);
+    }
+
+    /// A detached actor died: if its job's driver is gone and it was the last, the
+    /// job ends now.
+    pub(super) fn end_job_if_finished(&mut self, job_id: JobId) {
+        let gone = self.jobs.get(&job_id).is_some_and(|j| j.driver_gone);
+        if gone && !self.job_has_detached_actors(job_id) {
+            tracing::info!(job = ?job_id, "last detached actor ended; job ended");
+            self.jobs.remove(&job_id);
+            self.announce_job_end(job_id);
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! The tables and the dispatch of messages are here; what the head does with them is
 //! split by concern: [`membership`], [`tasks`], [`objects`], [`placement`], [`status`].
 
+mod actors;
 mod membership;
 mod objects;
 mod placement;
@@ -18,8 +19,8 @@ use super::scheduler::{dispatch_factor, is_feasible, pick_node, NodeView, Schedu
 use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{
     ArgSource, ClusterStatus, FromHead, NodeAddress, NodeLoad, NodeRegistration, NodeStatus,
-    ObjectLocation, PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError, TaskOutcome,
-    TaskSpec, ToHead, Welcome,
+    ObjectLocation, PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError, TaskKind,
+    TaskOutcome, TaskSpec, ToHead, Welcome,
 };
 use crate::resources::{ResourceSet, CPU};
 use crate::transport::MessageSender;
@@ -92,7 +93,11 @@ impl NodeEntry {
 struct JobEntry {
     binary: BinaryHash,
     driver: PeerId,
+    /// The job accepts tasks and workers: its driver is connected, or it has detached
+    /// actors left.
     alive: bool,
+    /// Its driver has exited (the job lives on only through detached actors).
+    driver_gone: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +119,8 @@ struct TaskEntry {
     blocked: bool,
     /// Times a node could not fetch an argument of this task.
     fetch_failures: u32,
+    /// For actor calls: submission order and caller, to keep each caller's order.
+    call: Option<(u64, PeerId)>,
 }
 
 /// Settings of the head.
@@ -140,6 +147,7 @@ pub struct HeadState {
     turn: usize,
     /// Tasks to re-queue at a given time (after an argument fetch failed).
     delayed: Vec<(Instant, TaskId)>,
+    actors: actors::ActorTable,
 }
 
 impl HeadState {
@@ -157,6 +165,7 @@ impl HeadState {
             finished_tasks: 0,
             turn: 0,
             delayed: Vec::new(),
+            actors: actors::ActorTable::default(),
         }
     }
 
@@ -309,6 +318,20 @@ impl HeadState {
             ToHead::StatusRequest => {
                 let status = self.status();
                 self.send(peer, FromHead::Status(Box::new(status)));
+            }
+            ToHead::GetActor { request, name } => {
+                let result = self.find_actor(peer, &name);
+                self.send(peer, FromHead::ActorFound { request, result });
+            }
+            ToHead::KillActor { actor, no_restart } => {
+                if self.peer_job(peer).is_some() {
+                    self.kill_actor(actor, no_restart);
+                }
+            }
+            ToHead::ActorDied { actor, reason } => {
+                if let Some(node) = self.peer_node(peer) {
+                    self.actor_process_died(node, actor, reason);
+                }
             }
         }
         self.apply_freed(freed);

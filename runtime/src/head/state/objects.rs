@@ -86,6 +86,9 @@ impl HeadState {
     }
 
     pub(super) fn apply_freed(&mut self, freed: Freed) {
+        if !freed.objects.is_empty() {
+            self.handles_freed(&freed.objects);
+        }
         let mut per_node: HashMap<NodeId, Vec<ObjectId>> = HashMap::default();
         for (node, id) in freed.node_copies {
             per_node.entry(node).or_default().push(id);

@@ -48,7 +48,8 @@ impl HeadState {
             pending_demand: self.queue.demand(),
             infeasible_demand,
             objects: self.objects.len() as u64,
-            drivers: self.jobs.values().filter(|j| j.alive).count() as u64,
+            drivers: self.jobs.values().filter(|j| !j.driver_gone).count() as u64,
+            actors: self.actors.live_count() as u64,
         }
     }
 }

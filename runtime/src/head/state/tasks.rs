@@ -7,7 +7,11 @@ impl HeadState {
         let return_id = spec.return_id;
         self.objects
             .create(return_id, ObjectValue::Pending, Some(submitter));
-        self.add_task(spec, 0);
+        match spec.kind.clone() {
+            TaskKind::Function => self.add_task(spec, 0),
+            TaskKind::CreateActor(opts) => self.submit_actor(spec, opts),
+            TaskKind::ActorCall(actor) => self.submit_call(submitter, spec, actor),
+        }
     }
 
     /// Registers a task (new, or re-made from lineage) and queues it when its args are ready.
@@ -47,6 +51,7 @@ impl HeadState {
                 held: ResourceSet::new(),
                 blocked: false,
                 fetch_failures: 0,
+                call: None,
             },
         );
         if let Some(err) = failed {
@@ -61,6 +66,11 @@ impl HeadState {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
+        if let TaskKind::ActorCall(actor) = task.spec.kind {
+            // Calls go to their actor's node, never through the scheduling queue.
+            self.call_ready(actor, task_id);
+            return;
+        }
         if feasible {
             task.state = TaskState::Queued;
             if front {
@@ -136,6 +146,16 @@ impl HeadState {
             tracing::debug!(?task_id, "stale report of a task that was already re-run");
             return;
         }
+        if matches!(task.spec.kind, TaskKind::CreateActor(_))
+            && matches!(outcome, TaskOutcome::Stored(_))
+        {
+            // The actor keeps the creation's resources while it lives.
+            if let Some(node) = self.nodes.get_mut(&node_id) {
+                node.finished += 1;
+            }
+            self.actor_started(task_id, node_id);
+            return;
+        }
         self.release_resources(task_id, node_id);
         if let Some(node) = self.nodes.get_mut(&node_id) {
             node.finished += 1;
@@ -176,6 +196,16 @@ impl HeadState {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
+        match task.spec.kind {
+            TaskKind::Function => {}
+            TaskKind::ActorCall(actor) => return self.call_failed(task_id, actor, reason),
+            TaskKind::CreateActor(ref c) => {
+                // Its worker died while constructing: the actor's restarts decide.
+                let actor = c.actor;
+                self.tasks.remove(&task_id);
+                return self.actor_lost(actor, reason);
+            }
+        }
         let job_alive = self.jobs.get(&task.spec.job).is_some_and(|j| j.alive);
         if job_alive && task.attempt < task.spec.max_retries {
             task.attempt += 1;
@@ -273,6 +303,13 @@ impl HeadState {
         let Some(task) = self.tasks.remove(&task_id) else {
             return;
         };
+        if matches!(task.spec.kind, TaskKind::CreateActor(_)) {
+            // Its return object is the actor's handle object: the actor decides it.
+            return self.actor_creation_failed(task, &value);
+        }
+        if let (TaskKind::ActorCall(actor), Some((seq, _))) = (&task.spec.kind, task.call) {
+            self.forget_call(*actor, seq);
+        }
         if let TaskState::Running(node) = task.state {
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.running.remove(&task_id);
