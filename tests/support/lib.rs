@@ -227,8 +227,22 @@ impl TestCluster {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        self.spawn_driver("cluster_driver", args)
+    }
+
+    /// Starts an example driver in the background; returns the process and its stdout
+    /// lines (its stderr is piped too, for failure messages).
+    pub fn spawn_driver<I, S>(
+        &self,
+        example: &str,
+        args: I,
+    ) -> (Child, Box<dyn Iterator<Item = String>>)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut child = self
-            .driver("cluster_driver")
+            .driver(example)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
