@@ -62,14 +62,22 @@ pub fn default_object_store_memory() -> u64 {
     total.map_or(2 << 30, |t| t / 10 * 3)
 }
 
-/// The node's object store: capped, spilling to `<session>/spill/<node>/`.
+/// The node's object store: capped, in shared memory (`/dev/shm/rayish-<pid>-<node>`)
+/// when tmpfs is there, spilling to `<session>/spill/<node>/`.
 fn object_store(opts: &LaunchOptions, node: NodeId) -> Arc<ObjectStore> {
     let session = opts.log_dir.parent().unwrap_or(&opts.root);
+    crate::shm::remove_stale_dirs();
+    let shm_dir = crate::shm::node_dir(std::process::id(), node);
+    let shm_dir = shm_dir
+        .parent()
+        .is_some_and(|root| root.is_dir())
+        .then_some(shm_dir);
     Arc::new(ObjectStore::new(StoreConfig {
         capacity: opts
             .object_store_memory
             .unwrap_or_else(default_object_store_memory),
         spill_dir: Some(session.join("spill").join(node.to_string())),
+        shm_dir,
     }))
 }
 

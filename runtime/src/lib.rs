@@ -30,6 +30,7 @@ pub mod registry;
 pub mod resources;
 pub mod server;
 pub mod session;
+pub mod shm;
 pub mod transfer;
 pub mod transport;
 mod worker;

@@ -783,6 +783,21 @@ pub enum TransferReply {
 // Worker socket
 // ---------------------------------------------------------------------------
 
+/// An encoded value handed between a node and a worker it started: small ones inside
+/// the message, large ones as a shared-memory segment both map ([`crate::shm`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerValue {
+    /// The bytes themselves.
+    Inline(#[serde(with = "payload")] Vec<u8>),
+    /// A file in the node's shared-memory directory (or its spill directory).
+    Shared {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its size in bytes.
+        len: u64,
+    },
+}
+
 /// Node to worker process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToWorker {
@@ -792,9 +807,8 @@ pub enum ToWorker {
         task_id: TaskId,
         /// Registered function name.
         function: String,
-        /// Encoded argument values, in order.
-        #[serde(with = "payload::list")]
-        args: Vec<Vec<u8>>,
+        /// Argument values, in order.
+        args: Vec<WorkerValue>,
         /// Where to store the result.
         return_id: ObjectId,
         /// A function, an actor's constructor, or a method of the actor this worker holds.
@@ -805,8 +819,7 @@ pub enum ToWorker {
         /// The request.
         request: u64,
         /// The value or why it could not be had.
-        #[serde(with = "payload::result")]
-        value: Result<Vec<u8>, String>,
+        value: Result<WorkerValue, String>,
     },
     /// Answer to [`FromWorker::PutObject`].
     PutDone {
@@ -841,8 +854,7 @@ pub enum FromWorker {
         /// The task.
         task_id: TaskId,
         /// Encoded value or error.
-        #[serde(with = "payload::result")]
-        result: Result<Vec<u8>, TaskError>,
+        result: Result<WorkerValue, TaskError>,
     },
     /// Fetch a large object into this node and hand it over.
     GetObject {
@@ -867,8 +879,7 @@ pub enum FromWorker {
         /// The object.
         id: ObjectId,
         /// Its encoded value.
-        #[serde(with = "payload")]
-        value: Vec<u8>,
+        value: WorkerValue,
     },
 }
 
@@ -959,7 +970,7 @@ mod tests {
 /// bytes), but serde's generic `Vec<u8>` visits them one byte at a time, which showed
 /// as the node's busiest code when moving megabyte objects.
 mod payload {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         serde_bytes::serialize(v, s)
@@ -967,38 +978,5 @@ mod payload {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         serde_bytes::deserialize(d)
-    }
-
-    /// `Vec<Vec<u8>>`, each element a byte string.
-    pub mod list {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(v.iter().map(|b| serde_bytes::Bytes::new(b)))
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-            let v: Vec<serde_bytes::ByteBuf> = Deserialize::deserialize(d)?;
-            Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
-        }
-    }
-
-    /// `Result<Vec<u8>, E>`, the `Ok` a byte string.
-    pub mod result {
-        use super::*;
-
-        pub fn serialize<S: Serializer, E: Serialize>(
-            v: &Result<Vec<u8>, E>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            v.as_ref().map(|b| serde_bytes::Bytes::new(b)).serialize(s)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>, E: Deserialize<'de>>(
-            d: D,
-        ) -> Result<Result<Vec<u8>, E>, D::Error> {
-            let v: Result<serde_bytes::ByteBuf, E> = Deserialize::deserialize(d)?;
-            Ok(v.map(serde_bytes::ByteBuf::into_vec))
-        }
     }
 }

@@ -5,6 +5,7 @@
 //! a worker started from the driver's binary can run any of them by name.
 
 use crate::ids::ObjectId;
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -30,7 +31,7 @@ pub struct RemoteFunction {
     /// Its stable name: the module path and the function's name.
     pub name: &'static str,
     /// Decodes the arguments, calls the function, encodes the result.
-    pub invoke: fn(&[Vec<u8>]) -> Result<Encoded, InvokeError>,
+    pub invoke: fn(&[Bytes]) -> Result<Encoded, InvokeError>,
 }
 
 inventory::collect!(RemoteFunction);
@@ -43,7 +44,7 @@ pub struct ActorConstructor {
     /// Its stable name: the class's module path and name, then `::new`.
     pub name: &'static str,
     /// Decodes the arguments and builds the actor.
-    pub construct: fn(&[Vec<u8>]) -> Result<ActorInstance, InvokeError>,
+    pub construct: fn(&[Bytes]) -> Result<ActorInstance, InvokeError>,
 }
 
 inventory::collect!(ActorConstructor);
@@ -53,7 +54,7 @@ pub struct ActorMethod {
     /// Its stable name: the class's module path and name, then `::method`.
     pub name: &'static str,
     /// Decodes the arguments, calls the method on the actor, encodes the result.
-    pub invoke: fn(&mut ActorInstance, &[Vec<u8>]) -> Result<Encoded, InvokeError>,
+    pub invoke: fn(&mut ActorInstance, &[Bytes]) -> Result<Encoded, InvokeError>,
 }
 
 inventory::collect!(ActorMethod);

@@ -66,26 +66,58 @@ async fn expect_ok(recv: &mut quinn::RecvStream, addr: SocketAddr) -> Result<u64
     }
 }
 
-/// Reads exactly `size` bytes in chunks.
+/// Reads exactly `size` bytes into a new heap buffer.
 async fn read_body(recv: &mut quinn::RecvStream, size: u64) -> Result<Bytes, TransferError> {
     if size > MAX_OBJECT_LEN {
         return Err(ProtocolError::FrameTooLarge(size).into());
     }
-    let mut buf = Vec::with_capacity(size as usize);
-    let mut chunk = vec![0u8; CHUNK_LEN];
-    while (buf.len() as u64) < size {
-        let want = CHUNK_LEN.min((size - buf.len() as u64) as usize);
+    let mut buf = vec![0u8; size as usize];
+    read_body_into(recv, &mut buf).await?;
+    Ok(Bytes::from(buf))
+}
+
+/// Fills `dest` from the stream, straight into its final place: QUIC flow control
+/// bounds what is in flight, so the receiver holds the object plus a window.
+async fn read_body_into(
+    recv: &mut quinn::RecvStream,
+    dest: &mut [u8],
+) -> Result<(), TransferError> {
+    let mut got = 0;
+    while got < dest.len() {
+        let end = (got + CHUNK_LEN).min(dest.len());
         let n = recv
-            .read(&mut chunk[..want])
+            .read(&mut dest[got..end])
             .await
             .map_err(stream_err)?
             .unwrap_or(0);
         if n == 0 {
             return Err(ProtocolError::Truncated.into());
         }
-        buf.extend_from_slice(&chunk[..n]);
+        got += n;
     }
-    Ok(Bytes::from(buf))
+    Ok(())
+}
+
+/// Reads a `size`-byte object from the stream into `store` as `id`, and returns it.
+async fn receive_into_store(
+    recv: &mut quinn::RecvStream,
+    store: &ObjectStore,
+    id: ObjectId,
+    size: u64,
+) -> Result<Bytes, TransferError> {
+    if size > MAX_OBJECT_LEN {
+        return Err(ProtocolError::FrameTooLarge(size).into());
+    }
+    let refused = |e: crate::node::StoreError| TransferError::Stream(e.to_string());
+    let mut value = store.new_value(id, size as usize).map_err(refused)?;
+    if let Err(e) = read_body_into(recv, value.bytes_mut()).await {
+        value.discard();
+        return Err(e);
+    }
+    store.insert_written(id, value).map_err(refused)?;
+    store
+        .get(&id)
+        .ok_or_else(|| TransferError::Stream("the stored copy vanished".into()))
 }
 
 async fn write_body(send: &mut quinn::SendStream, data: &[u8]) -> Result<(), TransferError> {
@@ -102,6 +134,20 @@ pub async fn pull_object(conn: &quinn::Connection, id: ObjectId) -> Result<Bytes
     let _ = send.finish();
     let size = expect_ok(&mut recv, addr).await?;
     read_body(&mut recv, size).await
+}
+
+/// Pulls object `id` from the node at the other end of `conn` straight into `store`
+/// (a node's own store), and returns the stored value.
+pub async fn pull_object_into(
+    conn: &quinn::Connection,
+    id: ObjectId,
+    store: &ObjectStore,
+) -> Result<Bytes, TransferError> {
+    let addr = conn.remote_address();
+    let (mut send, mut recv) = open(conn, TransferRequest::PullObject(id)).await?;
+    let _ = send.finish();
+    let size = expect_ok(&mut recv, addr).await?;
+    receive_into_store(&mut recv, store, id, size).await
 }
 
 /// Pushes object `id` into the store of the node at the other end of `conn`.
@@ -182,15 +228,13 @@ pub async fn serve(
             None => write_frame(&mut send, &TransferReply::NotFound).await?,
         },
         TransferRequest::PushObject { id, size } => match store {
-            Some(store) => {
-                let data = read_body(&mut recv, size).await?;
-                match store.insert(id, data) {
-                    Ok(()) => write_frame(&mut send, &TransferReply::Ok { size }).await?,
-                    Err(e) => {
-                        write_frame(&mut send, &TransferReply::Refused(e.to_string())).await?
-                    }
+            Some(store) => match receive_into_store(&mut recv, store, id, size).await {
+                Ok(_) => write_frame(&mut send, &TransferReply::Ok { size }).await?,
+                Err(e @ TransferError::Stream(_)) => {
+                    write_frame(&mut send, &TransferReply::Refused(e.to_string())).await?
                 }
-            }
+                Err(e) => return Err(e),
+            },
             None => {
                 write_frame(
                     &mut send,

@@ -62,7 +62,10 @@ fn worker_main() -> Result<(), String> {
     // SAFETY: the node passed us this descriptor (see worker_pool::spawn) and nothing
     // else in this process owns it.
     let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
-    let link = NodeLink::new(std_stream).map_err(|e| format!("node socket: {e}"))?;
+    let shm_dir = std::env::var_os("RAYISH_SHM_DIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from);
+    let link = NodeLink::new(std_stream, shm_dir).map_err(|e| format!("node socket: {e}"))?;
 
     let tls = ClusterTls::from_token(&token).map_err(|e| e.to_string())?;
     let bind = if head.is_ipv4() {
@@ -120,7 +123,13 @@ fn worker_main() -> Result<(), String> {
         let result = execute(&run, &node_label, &mut actor);
         set_current_task(None);
         // References inside the result were declared by encode_return.
-        let result = result.map(|encoded| encoded.bytes);
+        let result = result.and_then(|encoded| {
+            link.hand_over(return_id, encoded.bytes)
+                .map_err(|message| TaskError::Codec {
+                    function: run.function.clone(),
+                    message: format!("cannot return the result: {message}"),
+                })
+        });
         let finished = FromWorker::Finished { task_id, result };
         if let Err(e) = link.try_send(&finished) {
             // Most likely a result too large for the socket: report that instead.
@@ -144,14 +153,18 @@ fn execute(
     let unknown = || TaskError::UnknownFunction {
         function: run.function.clone(),
     };
+    let args = run.args.as_ref().map_err(|message| TaskError::Codec {
+        function: function.clone(),
+        message: format!("an argument could not be read: {message}"),
+    })?;
     let outcome = match run.kind {
         RunKind::Function => {
             let f = lookup(&run.function).ok_or_else(unknown)?;
-            catch_unwind(AssertUnwindSafe(|| (f.invoke)(&run.args)))
+            catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)))
         }
         RunKind::CreateActor => {
             let c = lookup_constructor(&run.function).ok_or_else(unknown)?;
-            catch_unwind(AssertUnwindSafe(|| (c.construct)(&run.args))).map(|built| {
+            catch_unwind(AssertUnwindSafe(|| (c.construct)(args))).map(|built| {
                 built.map(|instance| {
                     *actor = Some(instance);
                     crate::registry::Encoded {
@@ -171,7 +184,7 @@ fn execute(
             };
             // A panicking method leaves the actor as the panic left it, as an
             // exception in a Ray actor method does.
-            catch_unwind(AssertUnwindSafe(|| (m.invoke)(instance, &run.args)))
+            catch_unwind(AssertUnwindSafe(|| (m.invoke)(instance, args)))
         }
     };
     match outcome {

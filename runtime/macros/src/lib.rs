@@ -123,7 +123,7 @@ fn expand(func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
                 )
             }
 
-            fn invoke(__args: &[::std::vec::Vec<u8>]) -> ::core::result::Result<::rayish::__private::Encoded, ::rayish::__private::InvokeError> {
+            fn invoke(__args: &[::rayish::__private::Bytes]) -> ::core::result::Result<::rayish::__private::Encoded, ::rayish::__private::InvokeError> {
                 ::rayish::__private::check_arity(__args, #n)?;
                 #(let #decoded: #arg_types = ::rayish::__private::decode_arg(&__args[#indices], #arg_labels)?;)*
                 #call_result
@@ -323,9 +323,10 @@ fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
         });
         invokers.push(quote! {
             #[doc(hidden)]
+            #[allow(non_snake_case)]
             fn #invoker(
                 __actor: &mut ::rayish::__private::ActorInstance,
-                __args: &[::std::vec::Vec<u8>],
+                __args: &[::rayish::__private::Bytes],
             ) -> ::core::result::Result<::rayish::__private::Encoded, ::rayish::__private::InvokeError> {
                 ::rayish::__private::check_arity(__args, #n)?;
                 #(let #decoded: #types = ::rayish::__private::decode_arg(&__args[#idx], #labels)?;)*
@@ -409,8 +410,9 @@ fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
             }
 
             #[doc(hidden)]
+            #[allow(non_snake_case)]
             fn __rayish_construct(
-                __args: &[::std::vec::Vec<u8>],
+                __args: &[::rayish::__private::Bytes],
             ) -> ::core::result::Result<::rayish::__private::ActorInstance, ::rayish::__private::InvokeError> {
                 ::rayish::__private::check_arity(__args, #ctor_n)?;
                 #(let #ctor_decoded: #ctor_types = ::rayish::__private::decode_arg(&__args[#ctor_idx], #ctor_labels)?;)*

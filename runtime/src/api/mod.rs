@@ -199,6 +199,7 @@ pub mod __private {
     pub use crate::registry::{
         ActorConstructor, ActorInstance, ActorMethod, Encoded, InvokeError, RemoteFunction,
     };
+    pub use bytes::Bytes;
     pub use inventory;
     pub use serde;
 
@@ -355,7 +356,7 @@ pub mod __private {
     }
 
     /// Checks the number of arguments a worker received.
-    pub fn check_arity(args: &[Vec<u8>], n: usize) -> Result<(), InvokeError> {
+    pub fn check_arity(args: &[Bytes], n: usize) -> Result<(), InvokeError> {
         if args.len() == n {
             Ok(())
         } else {

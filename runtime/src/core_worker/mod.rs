@@ -20,6 +20,7 @@ use crate::protocol::{
 };
 use crate::transfer::{pull_object, push_object};
 use crate::transport::{ControlReader, Endpoint, MessageSender, PeerConnections};
+use bytes::Bytes;
 use dashmap::DashMap;
 use node_link::NodeLink;
 use std::cell::Cell;
@@ -475,13 +476,13 @@ impl CoreWorker {
     }
 
     /// The encoded value of `id`, waiting up to `timeout` (forever if `None`).
-    pub fn get(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Vec<u8>, GetError> {
+    pub fn get(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Bytes, GetError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let shown = timeout.unwrap_or(Duration::MAX);
         let mut failures = 0u32;
         loop {
             match self.wait_one(id, deadline, shown)? {
-                ObjectLocation::Inline(v) => return Ok(v),
+                ObjectLocation::Inline(v) => return Ok(Bytes::from(v)),
                 ObjectLocation::Error(e) => return Err(GetError::Task(e)),
                 ObjectLocation::Nodes(holders) => match self.fetch(id, holders) {
                     Ok(v) => return Ok(v),
@@ -505,7 +506,7 @@ impl CoreWorker {
         }
     }
 
-    fn fetch(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Vec<u8>, String> {
+    fn fetch(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Bytes, String> {
         if let Some((link, _)) = &self.node {
             return self.blocking(|| link.get(id, holders));
         }
@@ -518,7 +519,7 @@ impl CoreWorker {
                 })
             });
             match result {
-                Ok(v) => return Ok(v.to_vec()),
+                Ok(v) => return Ok(v),
                 Err(e) => last = e,
             }
         }

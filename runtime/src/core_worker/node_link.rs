@@ -9,11 +9,13 @@
 use crate::ids::{ObjectId, TaskId};
 use crate::protocol::{
     encode_frame_within, read_frame_blocking, FromWorker, NodeAddress, RunKind, ToWorker,
-    MAX_WORKER_FRAME_LEN,
+    WorkerValue, INLINE_OBJECT_MAX, MAX_WORKER_FRAME_LEN,
 };
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -24,8 +26,9 @@ pub struct RunRequest {
     pub task_id: TaskId,
     /// Registered function name.
     pub function: String,
-    /// Encoded arguments.
-    pub args: Vec<Vec<u8>>,
+    /// Encoded arguments (large ones mapped from shared memory), or why one could
+    /// not be mapped.
+    pub args: Result<Vec<Bytes>, String>,
     /// Where the result goes.
     pub return_id: ObjectId,
     /// Function, actor constructor or actor method.
@@ -39,8 +42,19 @@ struct Stash {
     closed: bool,
 }
 
+/// A value from the node as bytes: inline ones as they are, shared ones mapped.
+pub fn open_value(value: WorkerValue) -> Result<Bytes, String> {
+    match value {
+        WorkerValue::Inline(v) => Ok(Bytes::from(v)),
+        WorkerValue::Shared { path, len } => crate::shm::map_segment(&path, len)
+            .map_err(|e| format!("mapping {}: {e}", path.display())),
+    }
+}
+
 /// The link.
 pub struct NodeLink {
+    /// The node's shared-memory directory, where large values are handed over.
+    shm_dir: Option<PathBuf>,
     writer: Mutex<UnixStream>,
     reader: Mutex<UnixStream>,
     stash: Mutex<Stash>,
@@ -53,11 +67,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl NodeLink {
-    /// Wraps the inherited socket (in blocking mode).
-    pub fn new(stream: UnixStream) -> std::io::Result<Self> {
+    /// Wraps the inherited socket (in blocking mode); large values go through
+    /// `shm_dir` when the node has one.
+    pub fn new(stream: UnixStream, shm_dir: Option<PathBuf>) -> std::io::Result<Self> {
         stream.set_nonblocking(false)?;
         let writer = stream.try_clone()?;
         Ok(Self {
+            shm_dir,
             writer: Mutex::new(writer),
             reader: Mutex::new(stream),
             stash: Mutex::new(Stash::default()),
@@ -109,7 +125,7 @@ impl NodeLink {
                         })) => stash.runs.push_back(RunRequest {
                             task_id,
                             function,
-                            args,
+                            args: args.into_iter().map(open_value).collect(),
                             return_id,
                             kind,
                         }),
@@ -147,23 +163,40 @@ impl NodeLink {
         self.wait_for(|s| s.replies.remove(&request))
     }
 
-    /// Has the node fetch `id` and hand it over.
-    pub fn get(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Vec<u8>, String> {
+    /// Has the node fetch `id` and hand it over (mapped, if it is in shared memory).
+    pub fn get(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Bytes, String> {
         match self.request(|request| FromWorker::GetObject {
             request,
             id,
             holders,
         }) {
-            Some(ToWorker::Object { value, .. }) => value,
+            Some(ToWorker::Object { value, .. }) => value.and_then(open_value),
             _ => Err("the node went away".into()),
         }
     }
 
     /// Has the node store `value` as `id`.
     pub fn put(&self, id: ObjectId, value: Vec<u8>) -> Result<(), String> {
+        let value = self.hand_over(id, value)?;
         match self.request(|request| FromWorker::PutObject { request, id, value }) {
             Some(ToWorker::PutDone { result, .. }) => result,
             _ => Err("the node went away".into()),
+        }
+    }
+
+    /// Packs a value for the node: a large one is written to a shared segment that
+    /// the node adopts, instead of travelling through the socket.
+    pub fn hand_over(&self, id: ObjectId, value: Vec<u8>) -> Result<WorkerValue, String> {
+        match &self.shm_dir {
+            Some(dir) if value.len() > INLINE_OBJECT_MAX => {
+                let (path, _) = crate::shm::write_segment(dir, id, &value)
+                    .map_err(|e| format!("shared memory in {}: {e}", dir.display()))?;
+                Ok(WorkerValue::Shared {
+                    path,
+                    len: value.len() as u64,
+                })
+            }
+            _ => Ok(WorkerValue::Inline(value)),
         }
     }
 }

@@ -15,10 +15,10 @@ use crate::ids::{ActorId, BinaryHash, NodeId, ObjectId, TaskId};
 use crate::protocol::{
     ArgSource, FromHead, Hello, NodeAddress, NodeLoad, NodeRegistration, PeerRole, RunKind,
     StoredValue, TaskArg, TaskAssignment, TaskError, TaskKind, TaskOutcome, ToHead, ToWorker,
-    INLINE_OBJECT_MAX,
+    WorkerValue, INLINE_OBJECT_MAX,
 };
 use crate::resources::ResourceSet;
-use crate::transfer::{fetch_binary, pull_object, TransferError};
+use crate::transfer::{fetch_binary, pull_object_into, TransferError};
 use crate::transport::{
     connect, open_control, open_control_on, ConnectError, Endpoint, HandshakeError, MessageSender,
     PeerConnections,
@@ -159,6 +159,7 @@ pub async fn start_node(
         node: cfg.node_id,
         node_address: cfg.address,
         log_dir: cfg.log_dir.clone(),
+        shm_dir: store.shm_dir().map(|d| d.to_path_buf()),
     };
     let pool = Arc::new(WorkerPool::new(env, req_tx));
     let cfg_resources = cfg.resources.clone();
@@ -340,16 +341,28 @@ impl NodeInner {
         (self.outcome_of(result, return_id, function), started)
     }
 
+    /// A stored object as a worker of this node receives it: the shared segment it
+    /// can map, or (without one) a copy.
+    fn worker_value(&self, id: ObjectId, value: Bytes) -> WorkerValue {
+        match self.store.shared(&id) {
+            Some(shared) => WorkerValue::Shared {
+                path: shared.path,
+                len: shared.len,
+            },
+            None => WorkerValue::Inline(value.to_vec()),
+        }
+    }
+
     /// The values of a task's arguments, pulled from their holders where needed.
-    async fn resolve_args(&self, a: &TaskAssignment) -> Result<Vec<Vec<u8>>, TaskOutcome> {
+    async fn resolve_args(&self, a: &TaskAssignment) -> Result<Vec<WorkerValue>, TaskOutcome> {
         let mut args = Vec::with_capacity(a.spec.args.len());
         for (arg, source) in a.spec.args.iter().zip(&a.sources) {
             let value = match (arg, source) {
-                (TaskArg::Value(v), _) => v.clone(),
-                (TaskArg::Ref(_), ArgSource::Inline(v)) => v.clone(),
+                (TaskArg::Value(v), _) => WorkerValue::Inline(v.clone()),
+                (TaskArg::Ref(_), ArgSource::Inline(v)) => WorkerValue::Inline(v.clone()),
                 (TaskArg::Ref(id), ArgSource::At(holders)) => {
                     match self.object(*id, holders).await {
-                        Ok(v) => v.to_vec(),
+                        Ok(v) => self.worker_value(*id, v),
                         // The holder may have died: let the head re-run us once it knows.
                         Err(e) => {
                             return Err(TaskOutcome::ArgumentUnavailable {
@@ -374,23 +387,27 @@ impl NodeInner {
     /// Turns what a worker gave back into the outcome reported to the head, keeping a
     /// large value in this node's store.
     fn outcome_of(&self, result: RunResult, return_id: ObjectId, function: String) -> TaskOutcome {
-        match result {
-            Err(reason) => TaskOutcome::WorkerDied(reason),
-            Ok(Err(e)) => TaskOutcome::Failed(e),
-            Ok(Ok(value)) if value.len() <= INLINE_OBJECT_MAX => {
-                TaskOutcome::Stored(StoredValue::Inline(value))
+        let (stored, size) = match result {
+            Err(reason) => return TaskOutcome::WorkerDied(reason),
+            Ok(Err(e)) => return TaskOutcome::Failed(e),
+            Ok(Ok(WorkerValue::Inline(value))) if value.len() <= INLINE_OBJECT_MAX => {
+                return TaskOutcome::Stored(StoredValue::Inline(value))
             }
-            Ok(Ok(value)) => {
+            Ok(Ok(WorkerValue::Inline(value))) => {
                 let size = value.len() as u64;
-                match self.store.insert(return_id, Bytes::from(value)) {
-                    Ok(()) => TaskOutcome::Stored(StoredValue::OnNode { size }),
-                    Err(e) => TaskOutcome::Failed(TaskError::Failed {
-                        function,
-                        message: format!("its result could not be stored: {e}"),
-                        node: format!("{} at {}", self.cfg.node_id, self.cfg.address),
-                    }),
-                }
+                (self.store.insert(return_id, Bytes::from(value)), size)
             }
+            Ok(Ok(WorkerValue::Shared { path, len })) => {
+                (self.store.insert_segment(return_id, path, len), len)
+            }
+        };
+        match stored {
+            Ok(()) => TaskOutcome::Stored(StoredValue::OnNode { size }),
+            Err(e) => TaskOutcome::Failed(TaskError::Failed {
+                function,
+                message: format!("its result could not be stored: {e}"),
+                node: format!("{} at {}", self.cfg.node_id, self.cfg.address),
+            }),
         }
     }
 
@@ -502,13 +519,7 @@ impl NodeInner {
         for holder in holders.iter().filter(|h| h.node != self.cfg.node_id) {
             match self.pull_from(holder.address, id).await {
                 Ok(value) => {
-                    // A copy that cannot be kept is still handed to its reader.
-                    match self.store.insert(id, value.clone()) {
-                        Ok(()) => {
-                            self.head.send(ToHead::ObjectCopied(id));
-                        }
-                        Err(e) => tracing::warn!(object = ?id, "pulled copy not kept: {e}"),
-                    }
+                    self.head.send(ToHead::ObjectCopied(id));
                     return Ok(value);
                 }
                 Err(e) => {
@@ -520,13 +531,14 @@ impl NodeInner {
         Err(last.unwrap_or_else(|| TransferError::Stream("no live node holds the object".into())))
     }
 
+    /// Pulls `id` from `addr` straight into this node's store.
     async fn pull_from(&self, addr: SocketAddr, id: ObjectId) -> Result<Bytes, TransferError> {
         let conn = self
             .peers
             .get(addr)
             .await
             .map_err(|e| TransferError::Stream(e.to_string()))?;
-        pull_object(&conn, id).await
+        pull_object_into(&conn, id, &self.store).await
     }
 
     async fn serve_worker(self: Arc<Self>, worker: Arc<Worker>, request: WorkerRequest) {
@@ -541,16 +553,19 @@ impl NodeInner {
                 let value = self
                     .object(id, &holders)
                     .await
-                    .map(|b| b.to_vec())
+                    .map(|b| self.worker_value(id, b))
                     .map_err(|e| e.to_string());
                 worker.reply(ToWorker::Object { request, value });
             }
             WorkerRequest::Put { request, id, value } => {
-                let result = self
-                    .store
-                    .insert(id, Bytes::from(value))
-                    .map_err(|e| e.to_string());
-                worker.reply(ToWorker::PutDone { request, result });
+                let result = match value {
+                    WorkerValue::Inline(v) => self.store.insert(id, Bytes::from(v)),
+                    WorkerValue::Shared { path, len } => self.store.insert_segment(id, path, len),
+                };
+                worker.reply(ToWorker::PutDone {
+                    request,
+                    result: result.map_err(|e| e.to_string()),
+                });
             }
         }
     }

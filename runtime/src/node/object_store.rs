@@ -3,19 +3,26 @@
 //! Values are immutable once stored and shared by reference count, so serving one to
 //! several readers at once copies nothing until it reaches a socket.
 //!
+//! With a shared-memory directory (`StoreConfig::shm_dir`, every real node has one),
+//! each value in memory is a file on tmpfs mapped by the store ([`crate::shm`]): the
+//! node's workers map the same file instead of receiving a copy, and a pulled object is
+//! written there chunk by chunk as it arrives ([`ObjectStore::new_value`]), so a node
+//! never holds a second copy of what it receives.
+//!
 //! Memory is capped (`rayish start --object-store-memory`). An object that would take
 //! the store over its cap first pushes the oldest objects in memory out to files in
 //! the node's spill directory (`<session>/spill/<node>/`), oldest first; an object
-//! larger than the whole cap goes straight to a file. A spilled object is read back
-//! from its file on each `get` (it is not re-admitted, so reading does not churn the
-//! store). Removing an object deletes its file; dropping the store deletes the
-//! directory. File I/O happens under the store's lock: simple, and correct, at the
-//! price of stalling other store calls while a spill is written.
+//! larger than the whole cap goes straight to a file. A spilled object is mapped from
+//! its file on each `get` (it is not re-admitted, so reading does not churn the store).
+//! Removing an object deletes its files; dropping the store deletes the directories.
+//! Spill writes happen under the store's lock: simple, and correct, at the price of
+//! stalling other store calls while a spill is written.
 
 use crate::ids::ObjectId;
+use crate::shm::{map_segment, write_segment, SegmentWriter};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Why a value could not be stored.
@@ -31,15 +38,25 @@ pub enum StoreError {
         /// Why spilling failed.
         reason: String,
     },
+    /// Shared memory could not be had for a value.
+    #[error("object store: shared memory for {needed} bytes: {reason}")]
+    SharedMemory {
+        /// Size of the value.
+        needed: u64,
+        /// The system's answer.
+        reason: String,
+    },
 }
 
-/// How large the store may grow and where it spills.
+/// How large the store may grow and where it keeps and spills values.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// Bytes of values kept in memory.
     pub capacity: u64,
     /// Where spilled values go; `None`: never spill (values over the cap are refused).
     pub spill_dir: Option<PathBuf>,
+    /// Where values in memory live as shared files; `None`: on this process's heap.
+    pub shm_dir: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -47,13 +64,14 @@ impl Default for StoreConfig {
         StoreConfig {
             capacity: u64::MAX,
             spill_dir: None,
+            shm_dir: None,
         }
     }
 }
 
 #[derive(Debug)]
 enum Slot {
-    Memory(Bytes),
+    Memory { bytes: Bytes, shm: Option<PathBuf> },
     Spilled { path: PathBuf, len: u64 },
 }
 
@@ -67,6 +85,41 @@ struct Inner {
     spilled_bytes: u64,
 }
 
+/// A value being written into the store (a pull in progress, say): fill
+/// [`Self::bytes_mut`], then [`ObjectStore::insert_written`].
+pub enum ValueWriter {
+    /// A shared segment.
+    Segment(SegmentWriter),
+    /// Heap memory (a store without a shared-memory directory).
+    Heap(Vec<u8>),
+}
+
+impl ValueWriter {
+    /// The bytes to fill.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            ValueWriter::Segment(s) => s.bytes_mut(),
+            ValueWriter::Heap(v) => v,
+        }
+    }
+
+    /// Abandons the value.
+    pub fn discard(self) {
+        if let ValueWriter::Segment(s) = self {
+            s.discard();
+        }
+    }
+}
+
+/// Where a worker on this node can read a stored value without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedValue {
+    /// The file to map.
+    pub path: PathBuf,
+    /// Its size.
+    pub len: u64,
+}
+
 /// The store.
 #[derive(Debug, Default)]
 pub struct ObjectStore {
@@ -75,12 +128,22 @@ pub struct ObjectStore {
 }
 
 impl ObjectStore {
-    /// A store with a memory cap and a spill directory.
+    /// A store with a memory cap, a spill directory and a shared-memory directory.
     pub fn new(config: StoreConfig) -> Self {
+        if let Some(dir) = &config.shm_dir {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::error!(dir = %dir.display(), "shared-memory directory: {e}");
+            }
+        }
         ObjectStore {
             config,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// The shared-memory directory workers of this node write their values into.
+    pub fn shm_dir(&self) -> Option<&Path> {
+        self.config.shm_dir.as_deref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -89,14 +152,83 @@ impl ObjectStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Room for a value of `len` bytes that will be stored as `id`: a shared segment
+    /// if the store has a directory for them, else heap memory.
+    pub fn new_value(&self, id: ObjectId, len: usize) -> Result<ValueWriter, StoreError> {
+        match &self.config.shm_dir {
+            Some(dir) => SegmentWriter::create(dir, id, len)
+                .map(ValueWriter::Segment)
+                .map_err(|e| StoreError::SharedMemory {
+                    needed: len as u64,
+                    reason: e.to_string(),
+                }),
+            None => Ok(ValueWriter::Heap(vec![0; len])),
+        }
+    }
+
+    /// Stores a value filled through [`Self::new_value`].
+    pub fn insert_written(&self, id: ObjectId, value: ValueWriter) -> Result<(), StoreError> {
+        match value {
+            ValueWriter::Heap(v) => self.insert_slot(id, Bytes::from(v), None),
+            ValueWriter::Segment(s) => {
+                let (path, bytes) = s.finish().map_err(|e| StoreError::SharedMemory {
+                    needed: 0,
+                    reason: e.to_string(),
+                })?;
+                self.insert_slot(id, bytes, Some(path))
+            }
+        }
+    }
+
+    /// Adopts a segment a worker of this node wrote (its `put` or its task's result).
+    pub fn insert_segment(&self, id: ObjectId, path: PathBuf, len: u64) -> Result<(), StoreError> {
+        let refuse = |reason: String| StoreError::SharedMemory {
+            needed: len,
+            reason,
+        };
+        let dir = self
+            .config
+            .shm_dir
+            .as_deref()
+            .ok_or_else(|| refuse("this store has no shared-memory directory".into()))?;
+        if !crate::shm::is_inside(dir, &path) {
+            return Err(refuse(format!(
+                "{} is not in this node's shared-memory directory",
+                path.display()
+            )));
+        }
+        let bytes = map_segment(&path, len).map_err(|e| refuse(e.to_string()))?;
+        self.insert_slot(id, bytes, Some(path))
+    }
+
     /// Stores `value` under `id`, spilling older objects (or this one) to disk if it
     /// does not fit in memory. A second store of the same id keeps the first value:
     /// objects are immutable.
     pub fn insert(&self, id: ObjectId, value: Bytes) -> Result<(), StoreError> {
+        match &self.config.shm_dir {
+            Some(dir) => {
+                let (path, bytes) =
+                    write_segment(dir, id, &value).map_err(|e| StoreError::SharedMemory {
+                        needed: value.len() as u64,
+                        reason: e.to_string(),
+                    })?;
+                self.insert_slot(id, bytes, Some(path))
+            }
+            None => self.insert_slot(id, value, None),
+        }
+    }
+
+    fn insert_slot(
+        &self,
+        id: ObjectId,
+        value: Bytes,
+        shm: Option<PathBuf>,
+    ) -> Result<(), StoreError> {
         let len = value.len() as u64;
         let cap = self.config.capacity;
         let mut inner = self.lock();
         if inner.slots.contains_key(&id) {
+            remove_file(shm.as_deref());
             return Ok(());
         }
         let full = |reason: String| StoreError::Full {
@@ -105,7 +237,9 @@ impl ObjectStore {
             reason,
         };
         if len > cap {
-            let path = self.write_spill(&id, &value).map_err(full)?;
+            let written = self.write_spill(&id, &value);
+            remove_file(shm.as_deref());
+            let path = written.map_err(full)?;
             inner.spilled_bytes += len;
             inner.slots.insert(id, Slot::Spilled { path, len });
             return Ok(());
@@ -114,13 +248,20 @@ impl ObjectStore {
             let Some(&victim) = inner.age.front() else {
                 break;
             };
-            let Some(Slot::Memory(bytes)) = inner.slots.get(&victim) else {
+            let Some(Slot::Memory { bytes, shm: vshm }) = inner.slots.get(&victim) else {
                 inner.age.pop_front(); // removed or spilled since
                 continue;
             };
-            let bytes = bytes.clone();
+            let (bytes, vshm) = (bytes.clone(), vshm.clone());
             // On failure the victim stays in memory and first in line.
-            let path = self.write_spill(&victim, &bytes).map_err(full)?;
+            let path = match self.write_spill(&victim, &bytes) {
+                Ok(path) => path,
+                Err(e) => {
+                    remove_file(shm.as_deref());
+                    return Err(full(e));
+                }
+            };
+            remove_file(vshm.as_deref());
             inner.age.pop_front();
             let vlen = bytes.len() as u64;
             inner.memory_bytes -= vlen;
@@ -131,7 +272,7 @@ impl ObjectStore {
         }
         inner.memory_bytes += len;
         inner.age.push_back(id);
-        inner.slots.insert(id, Slot::Memory(value));
+        inner.slots.insert(id, Slot::Memory { bytes: value, shm });
         Ok(())
     }
 
@@ -147,13 +288,13 @@ impl ObjectStore {
         Ok(path)
     }
 
-    /// The value of `id`, if held here (read back from disk if spilled).
+    /// The value of `id`, if held here (mapped from its spill file if spilled).
     pub fn get(&self, id: &ObjectId) -> Option<Bytes> {
         let inner = self.lock();
         match inner.slots.get(id)? {
-            Slot::Memory(v) => Some(v.clone()),
-            Slot::Spilled { path, .. } => match std::fs::read(path) {
-                Ok(v) => Some(Bytes::from(v)),
+            Slot::Memory { bytes, .. } => Some(bytes.clone()),
+            Slot::Spilled { path, len } => match map_segment(path, *len) {
+                Ok(v) => Some(v),
                 Err(e) => {
                     tracing::error!(object = ?id, path = %path.display(), "spilled object unreadable: {e}");
                     None
@@ -162,21 +303,37 @@ impl ObjectStore {
         }
     }
 
+    /// Where a worker of this node can map `id` (its shared segment or spill file).
+    pub fn shared(&self, id: &ObjectId) -> Option<SharedValue> {
+        let inner = self.lock();
+        match inner.slots.get(id)? {
+            Slot::Memory { bytes, shm } => shm.as_ref().map(|path| SharedValue {
+                path: path.clone(),
+                len: bytes.len() as u64,
+            }),
+            Slot::Spilled { path, len } => Some(SharedValue {
+                path: path.clone(),
+                len: *len,
+            }),
+        }
+    }
+
     /// Whether `id` is held here.
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.lock().slots.contains_key(id)
     }
 
-    /// Drops `id` (and its spill file).
+    /// Drops `id` (and its files).
     pub fn remove(&self, id: &ObjectId) {
         let mut inner = self.lock();
         match inner.slots.remove(id) {
-            Some(Slot::Memory(v)) => inner.memory_bytes -= v.len() as u64,
+            Some(Slot::Memory { bytes, shm }) => {
+                inner.memory_bytes -= bytes.len() as u64;
+                remove_file(shm.as_deref());
+            }
             Some(Slot::Spilled { path, len }) => {
                 inner.spilled_bytes -= len;
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), "removing a spill file: {e}");
-                }
+                remove_file(Some(&path));
             }
             None => {}
         }
@@ -184,7 +341,7 @@ impl ObjectStore {
         // held even when the store never fills up (amortised O(1) per removal).
         if inner.age.len() > 2 * inner.slots.len() + 1024 {
             let Inner { slots, age, .. } = &mut *inner;
-            age.retain(|id| matches!(slots.get(id), Some(Slot::Memory(_))));
+            age.retain(|id| matches!(slots.get(id), Some(Slot::Memory { .. })));
         }
     }
 
@@ -215,9 +372,21 @@ impl ObjectStore {
     }
 }
 
+/// Deletes a store file; mappings of it stay valid until dropped.
+fn remove_file(path: Option<&Path>) {
+    if let Some(path) = path {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), "removing a store file: {e}");
+        }
+    }
+}
+
 impl Drop for ObjectStore {
     fn drop(&mut self) {
-        if let Some(dir) = &self.config.spill_dir {
+        for dir in [&self.config.spill_dir, &self.config.shm_dir]
+            .into_iter()
+            .flatten()
+        {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
@@ -249,6 +418,7 @@ mod tests {
         let store = ObjectStore::new(StoreConfig {
             capacity: 100,
             spill_dir: Some(d.clone()),
+            shm_dir: None,
         });
         let ids: Vec<ObjectId> = (0..3).map(|_| ObjectId::random()).collect();
         for (k, id) in ids.iter().enumerate() {
@@ -296,6 +466,7 @@ mod tests {
         let store = ObjectStore::new(StoreConfig {
             capacity: 10,
             spill_dir: None,
+            shm_dir: None,
         });
         store.insert(ObjectId::random(), value(8, 0)).expect("fits");
         match store.insert(ObjectId::random(), value(8, 1)) {

@@ -6,7 +6,9 @@
 //! connect in its place.
 
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
-use crate::protocol::{FromWorker, RunKind, TaskError, ToWorker, MAX_WORKER_FRAME_LEN};
+use crate::protocol::{
+    FromWorker, RunKind, TaskError, ToWorker, WorkerValue, MAX_WORKER_FRAME_LEN,
+};
 use crate::transport::{spawn_writer_within, FrameReader, MessageSender};
 use dashmap::DashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -35,6 +37,8 @@ pub struct WorkerEnv {
     pub node_address: std::net::SocketAddr,
     /// Where its stdout and stderr go.
     pub log_dir: PathBuf,
+    /// The node's shared-memory directory, for handing over large values.
+    pub shm_dir: Option<PathBuf>,
 }
 
 /// A request from a worker that the node must serve.
@@ -62,7 +66,7 @@ pub enum WorkerRequest {
         /// The object.
         id: crate::ids::ObjectId,
         /// Its value.
-        value: Vec<u8>,
+        value: WorkerValue,
     },
     /// The worker held an actor and has died.
     ActorDied {
@@ -80,7 +84,7 @@ pub struct WorkerCall {
     /// Registered name of the function, constructor or method.
     pub function: String,
     /// Encoded arguments.
-    pub args: Vec<Vec<u8>>,
+    pub args: Vec<WorkerValue>,
     /// Where the result goes.
     pub return_id: ObjectId,
 }
@@ -95,7 +99,7 @@ pub struct ActorBinding {
 }
 
 /// A task's result as the worker gave it, or why the worker died.
-pub type RunResult = Result<Result<Vec<u8>, TaskError>, String>;
+pub type RunResult = Result<Result<WorkerValue, TaskError>, String>;
 
 /// One worker process.
 pub struct Worker {
@@ -265,6 +269,10 @@ impl WorkerPool {
             .env("RAYISH_NODE_ID", self.env.node.0.to_string())
             .env("RAYISH_JOB_ID", job.0.to_string())
             .env("RAYISH_NODE_ADDRESS", self.env.node_address.to_string())
+            .env(
+                "RAYISH_SHM_DIR",
+                self.env.shm_dir.as_deref().unwrap_or(Path::new("")),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(out)
             .stderr(err)
