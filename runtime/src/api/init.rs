@@ -247,6 +247,9 @@ pub fn init(config: Config) -> Result<()> {
         })
     })?;
     let cw = CoreWorker::start(handle, conn, None);
+    if let Some(l) = &local {
+        cw.set_local_store(l.node_id, l.node.store());
+    }
     context::install(cw);
     if local.is_none() {
         register_exit_hook();

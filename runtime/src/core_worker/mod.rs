@@ -111,6 +111,9 @@ pub struct CoreWorker {
     down_reason: std::sync::Mutex<Option<String>>,
     /// Set when the head answers our goodbye.
     farewell: (std::sync::Mutex<bool>, std::sync::Condvar),
+    /// In a driver whose process also runs a node (local mode): that node and its
+    /// store, read and written in place instead of over a loopback connection.
+    local_store: std::sync::OnceLock<(NodeId, Arc<crate::node::ObjectStore>)>,
     /// `get_actor` questions awaiting the head's answer.
     actor_queries: DashMap<u64, std::sync::mpsc::Sender<Result<ActorInfo, String>>>,
     next_query: AtomicU64,
@@ -138,6 +141,7 @@ impl CoreWorker {
             farewell: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
             actor_queries: DashMap::new(),
             next_query: AtomicU64::new(1),
+            local_store: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&cw);
         let mut reader = conn.reader;
@@ -238,6 +242,11 @@ impl CoreWorker {
         let _ = answered.wait_timeout_while(said, Duration::from_secs(2), |said| !*said);
     }
 
+    /// Says that this process runs node `node` with `store` (local mode).
+    pub fn set_local_store(&self, node: NodeId, store: Arc<crate::node::ObjectStore>) {
+        let _ = self.local_store.set((node, store));
+    }
+
     /// Whether the head is still connected.
     pub fn is_connected(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
@@ -334,8 +343,17 @@ impl CoreWorker {
             return Ok(());
         }
         let size = value.len() as u64;
-        let stored_on = match &self.node {
-            Some((link, node)) => {
+        let stored_on = match (&self.node, self.local_store.get()) {
+            (None, Some((node, store))) => {
+                store
+                    .insert(id, Bytes::from(value))
+                    .map_err(|e| GetError::Unavailable {
+                        id: id.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                *node
+            }
+            (Some((link, node)), _) => {
                 link.put(id, value)
                     .map_err(|reason| GetError::Unavailable {
                         id: id.to_string(),
@@ -343,7 +361,7 @@ impl CoreWorker {
                     })?;
                 *node
             }
-            None => {
+            (None, None) => {
                 let conn = self.head_conn.clone();
                 self.rt
                     .block_on(async move { push_object(&conn, id, &value).await })
@@ -509,6 +527,13 @@ impl CoreWorker {
     fn fetch(&self, id: ObjectId, holders: Vec<NodeAddress>) -> Result<Bytes, String> {
         if let Some((link, _)) = &self.node {
             return self.blocking(|| link.get(id, holders));
+        }
+        if let Some((node, store)) = self.local_store.get() {
+            if holders.iter().any(|h| h.node == *node) {
+                if let Some(v) = store.get(&id) {
+                    return Ok(v);
+                }
+            }
         }
         let mut last = "no live node holds it".to_string();
         for holder in holders {

@@ -113,6 +113,12 @@ impl RunningNode {
         self.inner.pool.kill_all();
     }
 
+    /// The node's object store (a driver in the same process reads and writes it
+    /// directly, as Ray's drivers use their node's plasma store).
+    pub fn store(&self) -> Arc<ObjectStore> {
+        self.inner.store.clone()
+    }
+
     /// A handle that can kill the node's workers while another task waits on [`Self::closed`].
     pub fn workers(&self) -> Arc<WorkerPool> {
         self.inner.pool.clone()
