@@ -603,6 +603,11 @@ pub enum ToHead {
         /// Never re-create it.
         no_restart: bool,
     },
+    /// Answer [`FromHead::Synced`] with this number once everything sent before it
+    /// is handled. A worker sends it before reporting a task whose run sent messages
+    /// (puts, submits, nests): the node's report travels on another stream, and must
+    /// not overtake them, or a reader of the result could find its objects unknown.
+    Sync(u64),
     /// From nodes: an actor's process died (or was killed).
     ActorDied {
         /// The actor.
@@ -648,6 +653,8 @@ pub enum FromHead {
     JobEnded(JobId),
     /// To a node: kill this actor's process.
     KillActor(ActorId),
+    /// Answer to [`ToHead::Sync`].
+    Synced(u64),
     /// Answer to [`ToHead::GetActor`].
     ActorFound {
         /// The request.

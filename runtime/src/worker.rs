@@ -120,8 +120,15 @@ fn worker_main() -> Result<(), String> {
         let task_id = run.task_id;
         let return_id = run.return_id;
         set_current_task(Some((task_id, return_id)));
+        let sent_before = cw.messages_sent();
         let result = execute(&run, &node_label, &mut actor);
         set_current_task(None);
+        // What the task told the head (objects it made, tasks it submitted, references
+        // inside its result) must be known there before the node reports the task
+        // done on its own stream, or a reader of the result could ask too early.
+        if cw.messages_sent() != sent_before && !cw.sync_with_head() {
+            eprintln!("rayish worker: the head did not confirm this task's messages in time");
+        }
         // References inside the result were declared by encode_return.
         let result = result.and_then(|encoded| {
             link.hand_over(return_id, encoded.bytes)

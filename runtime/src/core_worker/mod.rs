@@ -114,6 +114,10 @@ pub struct CoreWorker {
     /// In a driver whose process also runs a node (local mode): that node and its
     /// store, read and written in place instead of over a loopback connection.
     local_store: std::sync::OnceLock<(NodeId, Arc<crate::node::ObjectStore>)>,
+    /// Messages sent to the head so far (see [`Self::sync_with_head`]).
+    sent: AtomicU64,
+    /// `sync_with_head` calls awaiting the head's answer.
+    syncs: DashMap<u64, std::sync::mpsc::Sender<()>>,
     /// `get_actor` questions awaiting the head's answer.
     actor_queries: DashMap<u64, std::sync::mpsc::Sender<Result<ActorInfo, String>>>,
     next_query: AtomicU64,
@@ -141,6 +145,8 @@ impl CoreWorker {
             farewell: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
             actor_queries: DashMap::new(),
             next_query: AtomicU64::new(1),
+            sent: AtomicU64::new(0),
+            syncs: DashMap::new(),
             local_store: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&cw);
@@ -178,6 +184,11 @@ impl CoreWorker {
                 tracing::warn!("{text}");
                 eprintln!("rayish warning: {text}");
             }
+            FromHead::Synced(n) => {
+                if let Some((_, tx)) = self.syncs.remove(&n) {
+                    let _ = tx.send(());
+                }
+            }
             FromHead::ActorFound { request, result } => {
                 if let Some((_, tx)) = self.actor_queries.remove(&request) {
                     let _ = tx.send(result);
@@ -198,8 +209,9 @@ impl CoreWorker {
             *r = Some(reason);
         }
         self.alive.store(false, Ordering::SeqCst);
-        // Dropping the senders wakes every `get_actor` waiting for an answer.
+        // Dropping the senders wakes every `get_actor` and sync waiting for an answer.
         self.actor_queries.clear();
+        self.syncs.clear();
         for mut slot in self.slots.iter_mut() {
             let id = *slot.key();
             for w in slot.waiters.drain(..) {
@@ -236,10 +248,36 @@ impl CoreWorker {
         if !self.is_connected() {
             return;
         }
-        self.head.send(ToHead::Goodbye);
+        self.to_head(ToHead::Goodbye);
         let (lock, answered) = &self.farewell;
         let said = lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = answered.wait_timeout_while(said, Duration::from_secs(2), |said| !*said);
+    }
+
+    /// Sends one message on the ordered control stream.
+    fn to_head(&self, msg: ToHead) -> bool {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.head.send(msg)
+    }
+
+    /// How many messages this process has sent the head so far.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the head has handled everything this process sent it (up to 30 s;
+    /// false if it did not answer in time or is gone).
+    pub fn sync_with_head(&self) -> bool {
+        let n = self.next_query.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.syncs.insert(n, tx);
+        if !self.to_head(ToHead::Sync(n)) {
+            self.syncs.remove(&n);
+            return false;
+        }
+        let answered = rx.recv_timeout(Duration::from_secs(30)).is_ok();
+        self.syncs.remove(&n);
+        answered
     }
 
     /// Says that this process runs node `node` with `store` (local mode).
@@ -274,7 +312,7 @@ impl CoreWorker {
     pub fn ref_received(&self, id: ObjectId) {
         let mut count = self.refs.entry(id).or_insert(0);
         if *count == 0 {
-            self.head.send(ToHead::AddRefs(vec![id]));
+            self.to_head(ToHead::AddRefs(vec![id]));
         }
         *count += 1;
     }
@@ -296,7 +334,7 @@ impl CoreWorker {
         if gone {
             self.refs.remove_if(&id, |_, c| *c == 0);
             self.slots.remove(&id);
-            self.head.send(ToHead::RemoveRefs(vec![id]));
+            self.to_head(ToHead::RemoveRefs(vec![id]));
         }
     }
 
@@ -310,7 +348,7 @@ impl CoreWorker {
     /// Submits a task; the caller has already counted its return handle.
     pub fn submit(&self, spec: TaskSpec) {
         self.slots.entry(spec.return_id).or_default();
-        self.head.send(ToHead::SubmitTasks(vec![spec]));
+        self.to_head(ToHead::SubmitTasks(vec![spec]));
     }
 
     /// Records, in this process only, that `id` is the error `err` (a call that could
@@ -327,7 +365,7 @@ impl CoreWorker {
     /// Declares that `outer` holds `inner` (before any of our handles to `inner` drop).
     pub fn nest(&self, outer: ObjectId, inner: Vec<ObjectId>) {
         if !inner.is_empty() {
-            self.head.send(ToHead::Nest { outer, inner });
+            self.to_head(ToHead::Nest { outer, inner });
         }
     }
 
@@ -339,7 +377,7 @@ impl CoreWorker {
         if value.len() <= INLINE_OBJECT_MAX {
             self.slots.entry(id).or_default().location =
                 Some(ObjectLocation::Inline(value.clone()));
-            self.head.send(ToHead::PutInline { id, value });
+            self.to_head(ToHead::PutInline { id, value });
             return Ok(());
         }
         let size = value.len() as u64;
@@ -373,7 +411,7 @@ impl CoreWorker {
             }
         };
         self.slots.entry(id).or_default();
-        self.head.send(ToHead::PutStored {
+        self.to_head(ToHead::PutStored {
             id,
             node: stored_on,
             size,
@@ -392,7 +430,7 @@ impl CoreWorker {
         let request = self.next_query.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
         self.actor_queries.insert(request, tx);
-        self.head.send(ToHead::GetActor {
+        self.to_head(ToHead::GetActor {
             request,
             name: name.to_string(),
         });
@@ -415,7 +453,7 @@ impl CoreWorker {
         if !self.is_connected() {
             return Err(self.down_error());
         }
-        self.head.send(ToHead::KillActor { actor, no_restart });
+        self.to_head(ToHead::KillActor { actor, no_restart });
         Ok(())
     }
 
@@ -444,7 +482,7 @@ impl CoreWorker {
 
     fn subscribe(&self, ids: Vec<ObjectId>) {
         if !ids.is_empty() {
-            self.head.send(ToHead::Subscribe(ids));
+            self.to_head(ToHead::Subscribe(ids));
         }
     }
 
@@ -473,7 +511,7 @@ impl CoreWorker {
         } else {
             ToHead::TaskUnblocked(task)
         };
-        self.head.send(to_head);
+        self.to_head(to_head);
         if let Some(link) = self.node_link() {
             link.send(crate::protocol::FromWorker::Blocked {
                 task_id: task,

@@ -319,6 +319,7 @@ impl HeadState {
                 let status = self.status();
                 self.send(peer, FromHead::Status(Box::new(status)));
             }
+            ToHead::Sync(n) => self.send(peer, FromHead::Synced(n)),
             ToHead::GetActor { request, name } => {
                 let result = self.find_actor(peer, &name);
                 self.send(peer, FromHead::ActorFound { request, result });
