@@ -67,6 +67,15 @@ enum Scenario {
         #[arg(long)]
         go: PathBuf,
     },
+    /// Twice: creates and drops `n` tasks and `n` objects (plus large ones and nested
+    /// references). Prints BASELINE after a warm-up, then for round 1 and 2 waits for
+    /// `<go>.<round>` and prints `DONE <round>` after it; exits once `<go>.3` exists.
+    Churn {
+        #[arg(long, default_value_t = 100_000)]
+        n: u64,
+        #[arg(long)]
+        go: PathBuf,
+    },
     /// Waits on a long task while the test kills the head.
     HeadDies,
     /// Tasks that need a custom resource only one node has.
@@ -190,6 +199,32 @@ fn make_bytes(len: usize, seed: u8) -> Vec<u8> {
 #[rayish::remote]
 fn never_runs() -> u64 {
     1
+}
+
+/// Creates and drops `n` tasks and `n` objects in windows of 10,000, then large
+/// objects on the nodes and objects holding references.
+fn churn(n: u64) -> anyhow::Result<()> {
+    let window = 10_000;
+    let mut done = 0;
+    while done < n {
+        let k = window.min(n - done);
+        let tasks: Vec<_> = (done..done + k).map(where_am_i::remote).collect();
+        let puts: Vec<_> = (done..done + k)
+            .map(|i| rayish::put(&i))
+            .collect::<Result<_, _>>()?;
+        rayish::get_all(&tasks)?;
+        rayish::get_all(&puts)?;
+        done += k;
+    }
+    let big: Vec<_> = (1..=40).map(|s| make_block::remote(s, 200_000)).collect();
+    let sums: Vec<_> = big.iter().map(checksum::remote).collect();
+    rayish::get_all(&sums)?;
+    drop((big, sums));
+    for _ in 0..20 {
+        let nested = refs_to_squares::remote(50u64);
+        rayish::get(&sum_refs::remote(&nested))?;
+    }
+    Ok(())
 }
 
 fn wait_for(path: &std::path::Path) {
@@ -402,6 +437,19 @@ fn main() -> anyhow::Result<()> {
             println!("DROPPED");
             wait_for(&go.with_extension("2"));
             result(json!({"ok": true}));
+        }
+        Scenario::Churn { n, go } => {
+            let warm: Vec<_> = (0..2_000).map(where_am_i::remote).collect();
+            rayish::get_all(&warm)?;
+            drop(warm);
+            println!("BASELINE");
+            for round in 1..=2 {
+                wait_for(&go.with_extension(round.to_string()));
+                churn(n)?;
+                println!("DONE {round}");
+            }
+            wait_for(&go.with_extension("3"));
+            result(json!({"tasks": 2 * n, "objects": 2 * n}));
         }
         Scenario::HeadDies => {
             let r = slow::remote(0u64, 120_000u64);

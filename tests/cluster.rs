@@ -1,7 +1,7 @@
 //! End-to-end tests on a real cluster: separate `rayish` node processes on distinct
 //! loopback addresses, driven by the example drivers.
 
-use rayish_suite::{result_of, TestCluster};
+use rayish_suite::{finish_scenario, result_of, TestCluster};
 use std::ffi::OsStr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -515,4 +515,107 @@ fn a_store_smaller_than_the_data_spills_to_disk_and_reads_back_every_byte() {
     });
     std::fs::write(go.with_extension("2"), b"").unwrap();
     assert!(driver.wait().unwrap().success());
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Files in the shared-memory directories of the node processes `pids`.
+fn shm_files(pids: &[u32]) -> usize {
+    std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            pids.iter()
+                .any(|p| name.starts_with(&format!("rayish-{p}-")))
+        })
+        .map(|e| std::fs::read_dir(e.path()).map(|d| d.count()).unwrap_or(0))
+        .sum()
+}
+
+/// Waits until the head tracks at most `objects` objects and no node store or
+/// shared-memory directory holds anything; returns what it last saw.
+fn settle(cluster: &TestCluster, pids: &[u32], objects: u64) -> (u64, u64, usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster.status().expect("status");
+        let now = status["objects"].as_u64().unwrap_or(u64::MAX);
+        let stored: u64 = status["nodes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .map(|n| n["load"]["store_objects"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(u64::MAX);
+        let files = shm_files(pids);
+        if (now <= objects && stored == 0 && files == 0) || Instant::now() > deadline {
+            // One more heartbeat, so RSS is read after the last frees were applied.
+            std::thread::sleep(Duration::from_millis(700));
+            return (now, stored, files);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_hundred_thousand_tasks_and_objects_leave_no_trace() {
+    let cluster = TestCluster::start(1, 2, 3000);
+    let pids: Vec<u32> = cluster.nodes.iter().map(|c| c.id()).collect();
+    let go = cluster.root().join("go");
+    let (driver, mut lines) =
+        cluster.spawn_scenario([OsStr::new("churn"), OsStr::new("--go"), go.as_os_str()]);
+    assert!(lines.any(|l| l == "BASELINE"), "no BASELINE");
+    // Heartbeats carry store figures every node_timeout / 5.
+    std::thread::sleep(Duration::from_millis(1500));
+    let objects = cluster.status().expect("status")["objects"]
+        .as_u64()
+        .expect("objects");
+    let mut rss = vec![pids.iter().map(|p| rss_bytes(*p)).collect::<Vec<u64>>()];
+    for round in 1..=2 {
+        std::fs::write(go.with_extension(round.to_string()), b"").expect("go");
+        let done = format!("DONE {round}");
+        assert!(lines.any(|l| l == done), "no {done}");
+        let left = settle(&cluster, &pids, objects);
+        assert_eq!(
+            left,
+            (objects, 0, 0),
+            "round {round}: (head objects, stored objects, shm files) left"
+        );
+        rss.push(pids.iter().map(|p| rss_bytes(*p)).collect());
+    }
+    std::fs::write(go.with_extension("3"), b"").expect("go 3");
+    let r = finish_scenario(driver, lines);
+    assert_eq!(r["tasks"], 200_000, "{r}");
+    let mib = |v: &Vec<u64>| v.iter().map(|b| b >> 20).collect::<Vec<_>>();
+    eprintln!(
+        "node RSS (MiB): baseline {:?}, after 100k {:?}, after 200k {:?}",
+        mib(&rss[0]),
+        mib(&rss[1]),
+        mib(&rss[2])
+    );
+    for (node, ((base, first), second)) in rss[0].iter().zip(&rss[1]).zip(&rss[2]).enumerate() {
+        let (base, first, second) = (*base, *first, *second);
+        // The first round grows the tables' and allocator's working set once (a
+        // window of 10k tasks); a leak would grow again, in proportion, in the second.
+        assert!(
+            first < base + (128 << 20),
+            "node {node}: {base} -> {first} bytes"
+        );
+        assert!(
+            second < first + (16 << 20),
+            "node {node} kept growing: {base} -> {first} -> {second} bytes"
+        );
+    }
 }
