@@ -76,6 +76,16 @@ enum Scenario {
         #[arg(long)]
         go: PathBuf,
     },
+    /// A `mib`-MiB object made on the "producer" node and read at once by a task on
+    /// each "consumer" node; prints MADE once it exists and waits for `<go>.1` first.
+    Huge {
+        #[arg(long, default_value_t = 1024)]
+        mib: usize,
+        #[arg(long, default_value_t = 2)]
+        readers: usize,
+        #[arg(long)]
+        go: PathBuf,
+    },
     /// Waits on a long task while the test kills the head.
     HeadDies,
     /// Tasks that need a custom resource only one node has.
@@ -194,6 +204,20 @@ fn byte_sum(data: Vec<u8>) -> (u64, usize, String) {
 #[rayish::remote]
 fn make_bytes(len: usize, seed: u8) -> Vec<u8> {
     pattern(len, seed)
+}
+
+#[rayish::remote]
+fn make_buf(len: usize, seed: u8) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(pattern(len, seed))
+}
+
+#[rayish::remote]
+fn buf_sum(data: serde_bytes::ByteBuf) -> (u64, usize, String) {
+    (
+        data.iter().map(|b| *b as u64).sum(),
+        data.len(),
+        rayish::current_node_id().unwrap_or_default(),
+    )
 }
 
 #[rayish::remote]
@@ -450,6 +474,26 @@ fn main() -> anyhow::Result<()> {
             }
             wait_for(&go.with_extension("3"));
             result(json!({"tasks": 2 * n, "objects": 2 * n}));
+        }
+        Scenario::Huge { mib, readers, go } => {
+            let len = mib << 20;
+            let produce = TaskOptions::new().resource("producer", 1.0);
+            let consume = TaskOptions::new().resource("consumer", 1.0);
+            let big = make_buf::remote_with(produce, len, 7u8);
+            rayish::wait(std::slice::from_ref(&big), 1, None)?;
+            println!("MADE");
+            wait_for(&go.with_extension("1"));
+            let sums: Vec<_> = (0..readers)
+                .map(|_| buf_sum::remote_with(consume.clone(), &big))
+                .collect();
+            let got = rayish::get_all(&sums)?;
+            let expected: u64 = pattern(len, 7).iter().map(|b| *b as u64).sum();
+            let nodes: std::collections::BTreeSet<String> =
+                got.iter().map(|g| g.2.clone()).collect();
+            result(json!({
+                "all_correct": got.iter().all(|g| g.0 == expected && g.1 == len),
+                "reader_nodes": nodes.len(),
+            }));
         }
         Scenario::HeadDies => {
             let r = slow::remote(0u64, 120_000u64);

@@ -619,3 +619,55 @@ fn a_hundred_thousand_tasks_and_objects_leave_no_trace() {
         );
     }
 }
+
+/// Peak resident memory of a process so far, in bytes.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn a_gibibyte_object_reaches_two_nodes_at_once_with_bounded_memory() {
+    let mib = 1024u64;
+    let mut cluster = TestCluster::start(0, 1, 5000);
+    cluster.join("127.0.0.5", 1, &["--resources", r#"{"producer": 1}"#]);
+    cluster.join("127.0.0.6", 1, &["--resources", r#"{"consumer": 1}"#]);
+    cluster.join("127.0.0.7", 1, &["--resources", r#"{"consumer": 1}"#]);
+    let readers: Vec<u32> = cluster.nodes[2..].iter().map(|c| c.id()).collect();
+    let go = cluster.root().join("go");
+    let (driver, mut lines) = cluster.spawn_scenario([
+        OsStr::new("huge"),
+        OsStr::new("--mib"),
+        OsStr::new(&mib.to_string()),
+        OsStr::new("--go"),
+        go.as_os_str(),
+    ]);
+    assert!(lines.any(|l| l == "MADE"), "no MADE");
+    let before: Vec<u64> = readers.iter().map(|p| rss_bytes(*p)).collect();
+    std::fs::write(go.with_extension("1"), b"").expect("go 1");
+    let r = finish_scenario(driver, lines);
+    let peak: Vec<u64> = readers.iter().map(|p| peak_rss_bytes(*p)).collect();
+    eprintln!(
+        "receiving nodes: RSS before {:?} MiB, peak {:?} MiB, object {mib} MiB",
+        before.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+        peak.iter().map(|b| b >> 20).collect::<Vec<_>>()
+    );
+    assert_eq!(r["all_correct"], true, "{r}");
+    assert_eq!(r["reader_nodes"], 2, "both consumer nodes pulled it: {r}");
+    for (b, p) in before.iter().zip(&peak) {
+        // The object itself (in shared memory, mapped by the node) plus a bounded
+        // buffer: never a second copy of it.
+        assert!(
+            *p < b + (mib << 20) + (64 << 20),
+            "a receiving node grew from {} to {} MiB for a {mib} MiB object",
+            b >> 20,
+            p >> 20
+        );
+    }
+}
