@@ -784,6 +784,19 @@ pub enum TransferReply {
     NotFound,
     /// Refused, with the reason.
     Refused(String),
+    /// A push refused because the store is full and the value could not be spilled.
+    StoreFull(String),
+}
+
+/// Why a node did not store a value a worker put.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Error)]
+pub enum PutError {
+    /// The store is full and the value could not be spilled.
+    #[error("{0}")]
+    StoreFull(String),
+    /// Anything else (a bad segment, the node going away).
+    #[error("{0}")]
+    Failed(String),
 }
 
 // ---------------------------------------------------------------------------
@@ -833,7 +846,7 @@ pub enum ToWorker {
         /// The request.
         request: u64,
         /// Ok, or why the store refused.
-        result: Result<(), String>,
+        result: Result<(), PutError>,
     },
 }
 

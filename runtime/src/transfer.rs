@@ -33,6 +33,9 @@ pub enum TransferError {
         /// Why.
         reason: String,
     },
+    /// The receiving store is full and could not spill the value.
+    #[error("{0}")]
+    StoreFull(String),
     /// Protocol violation.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
@@ -62,6 +65,7 @@ async fn expect_ok(recv: &mut quinn::RecvStream, addr: SocketAddr) -> Result<u64
         Some(TransferReply::Ok { size }) => Ok(size),
         Some(TransferReply::NotFound) => Err(TransferError::NotFound(addr)),
         Some(TransferReply::Refused(reason)) => Err(TransferError::Refused { addr, reason }),
+        Some(TransferReply::StoreFull(reason)) => Err(TransferError::StoreFull(reason)),
         None => Err(ProtocolError::Truncated.into()),
     }
 }
@@ -108,7 +112,10 @@ async fn receive_into_store(
     if size > MAX_OBJECT_LEN {
         return Err(ProtocolError::FrameTooLarge(size).into());
     }
-    let refused = |e: crate::node::StoreError| TransferError::Stream(e.to_string());
+    let refused = |e: crate::node::StoreError| match e {
+        crate::node::StoreError::Full { .. } => TransferError::StoreFull(e.to_string()),
+        other => TransferError::Stream(other.to_string()),
+    };
     let mut value = store.new_value(id, size as usize).map_err(refused)?;
     if let Err(e) = read_body_into(recv, value.bytes_mut()).await {
         value.discard();
@@ -230,6 +237,9 @@ pub async fn serve(
         TransferRequest::PushObject { id, size } => match store {
             Some(store) => match receive_into_store(&mut recv, store, id, size).await {
                 Ok(_) => write_frame(&mut send, &TransferReply::Ok { size }).await?,
+                Err(TransferError::StoreFull(reason)) => {
+                    write_frame(&mut send, &TransferReply::StoreFull(reason)).await?
+                }
                 Err(e @ TransferError::Stream(_)) => {
                     write_frame(&mut send, &TransferReply::Refused(e.to_string())).await?
                 }

@@ -38,6 +38,10 @@ pub enum Error {
     /// The object could not be fetched from any holder.
     #[error("{0}")]
     Unavailable(String),
+    /// A `put` did not fit in the node's object store, and spilling it to disk failed
+    /// (Ray's `ObjectStoreFullError`). Nothing stored before is lost.
+    #[error("{0}")]
+    ObjectStoreFull(String),
     /// `init` failed.
     #[error("rayish::init failed: {0}")]
     Init(String),
@@ -52,6 +56,7 @@ impl From<GetError> for Error {
             GetError::Task(t) => Error::Task(t),
             GetError::Timeout(d) => Error::Timeout(d),
             GetError::ClusterDown(r) => Error::ClusterDown(r),
+            GetError::StoreFull(r) => Error::ObjectStoreFull(r),
             e @ GetError::Unavailable { .. } => Error::Unavailable(e.to_string()),
         }
     }

@@ -44,6 +44,9 @@ pub enum GetError {
     /// The connection to the head is gone: the cluster is down or unreachable.
     #[error("the cluster is unreachable: {0}")]
     ClusterDown(String),
+    /// The store could not take a value: over its memory cap and unable to spill.
+    #[error("{0}")]
+    StoreFull(String),
     /// No holder could serve the object.
     #[error("object {id} could not be fetched: {reason}")]
     Unavailable {
@@ -383,29 +386,37 @@ impl CoreWorker {
         let size = value.len() as u64;
         let stored_on = match (&self.node, self.local_store.get()) {
             (None, Some((node, store))) => {
-                store
-                    .insert(id, Bytes::from(value))
-                    .map_err(|e| GetError::Unavailable {
+                store.insert(id, Bytes::from(value)).map_err(|e| match e {
+                    crate::node::StoreError::Full { .. } => GetError::StoreFull(e.to_string()),
+                    other => GetError::Unavailable {
                         id: id.to_string(),
-                        reason: e.to_string(),
-                    })?;
+                        reason: other.to_string(),
+                    },
+                })?;
                 *node
             }
             (Some((link, node)), _) => {
-                link.put(id, value)
-                    .map_err(|reason| GetError::Unavailable {
+                link.put(id, value).map_err(|e| match e {
+                    crate::protocol::PutError::StoreFull(reason) => GetError::StoreFull(reason),
+                    crate::protocol::PutError::Failed(reason) => GetError::Unavailable {
                         id: id.to_string(),
                         reason,
-                    })?;
+                    },
+                })?;
                 *node
             }
             (None, None) => {
                 let conn = self.head_conn.clone();
                 self.rt
                     .block_on(async move { push_object(&conn, id, &value).await })
-                    .map_err(|e| GetError::Unavailable {
-                        id: id.to_string(),
-                        reason: e.to_string(),
+                    .map_err(|e| match e {
+                        crate::transfer::TransferError::StoreFull(reason) => {
+                            GetError::StoreFull(reason)
+                        }
+                        other => GetError::Unavailable {
+                            id: id.to_string(),
+                            reason: other.to_string(),
+                        },
                     })?;
                 self.head_node
             }

@@ -8,7 +8,7 @@
 
 use crate::ids::{ObjectId, TaskId};
 use crate::protocol::{
-    encode_frame_within, read_frame_blocking, FromWorker, NodeAddress, RunKind, ToWorker,
+    encode_frame_within, read_frame_blocking, FromWorker, NodeAddress, PutError, RunKind, ToWorker,
     WorkerValue, INLINE_OBJECT_MAX, MAX_WORKER_FRAME_LEN,
 };
 use bytes::Bytes;
@@ -176,11 +176,11 @@ impl NodeLink {
     }
 
     /// Has the node store `value` as `id`.
-    pub fn put(&self, id: ObjectId, value: Vec<u8>) -> Result<(), String> {
-        let value = self.hand_over(id, value)?;
+    pub fn put(&self, id: ObjectId, value: Vec<u8>) -> Result<(), PutError> {
+        let value = self.hand_over(id, value).map_err(PutError::Failed)?;
         match self.request(|request| FromWorker::PutObject { request, id, value }) {
             Some(ToWorker::PutDone { result, .. }) => result,
-            _ => Err("the node went away".into()),
+            _ => Err(PutError::Failed("the node went away".into())),
         }
     }
 

@@ -13,9 +13,9 @@ pub use object_store::{ObjectStore, StoreConfig, StoreError};
 use crate::binaries::BinaryCache;
 use crate::ids::{ActorId, BinaryHash, NodeId, ObjectId, TaskId};
 use crate::protocol::{
-    ArgSource, FromHead, Hello, NodeAddress, NodeLoad, NodeRegistration, PeerRole, RunKind,
-    StoredValue, TaskArg, TaskAssignment, TaskError, TaskKind, TaskOutcome, ToHead, ToWorker,
-    WorkerValue, INLINE_OBJECT_MAX,
+    ArgSource, FromHead, Hello, NodeAddress, NodeLoad, NodeRegistration, PeerRole, PutError,
+    RunKind, StoredValue, TaskArg, TaskAssignment, TaskError, TaskKind, TaskOutcome, ToHead,
+    ToWorker, WorkerValue, INLINE_OBJECT_MAX,
 };
 use crate::resources::ResourceSet;
 use crate::transfer::{fetch_binary, pull_object_into, TransferError};
@@ -568,10 +568,11 @@ impl NodeInner {
                     WorkerValue::Inline(v) => self.store.insert(id, Bytes::from(v)),
                     WorkerValue::Shared { path, len } => self.store.insert_segment(id, path, len),
                 };
-                worker.reply(ToWorker::PutDone {
-                    request,
-                    result: result.map_err(|e| e.to_string()),
+                let result = result.map_err(|e| match e {
+                    StoreError::Full { .. } => PutError::StoreFull(e.to_string()),
+                    other => PutError::Failed(other.to_string()),
                 });
+                worker.reply(ToWorker::PutDone { request, result });
             }
         }
     }
