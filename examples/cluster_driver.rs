@@ -86,6 +86,13 @@ enum Scenario {
         #[arg(long)]
         go: PathBuf,
     },
+    /// Puts of `mib` MiB (from the driver and from a task) into a store that can
+    /// neither hold nor spill them; reports the errors, then reads back a small
+    /// object stored before.
+    StoreFull {
+        #[arg(long, default_value_t = 100)]
+        mib: usize,
+    },
     /// Waits on a long task while the test kills the head.
     HeadDies,
     /// Tasks that need a custom resource only one node has.
@@ -218,6 +225,17 @@ fn buf_sum(data: serde_bytes::ByteBuf) -> (u64, usize, String) {
         data.len(),
         rayish::current_node_id().unwrap_or_default(),
     )
+}
+
+#[rayish::remote]
+fn put_into_full_store(mib: usize) -> (bool, String) {
+    match rayish::put(&serde_bytes::ByteBuf::from(vec![6u8; mib << 20])) {
+        Ok(_) => (false, "stored".into()),
+        Err(e) => (
+            matches!(e, rayish::Error::ObjectStoreFull(_)),
+            e.to_string(),
+        ),
+    }
 }
 
 #[rayish::remote]
@@ -493,6 +511,24 @@ fn main() -> anyhow::Result<()> {
             result(json!({
                 "all_correct": got.iter().all(|g| g.0 == expected && g.1 == len),
                 "reader_nodes": nodes.len(),
+            }));
+        }
+        Scenario::StoreFull { mib } => {
+            let kept = rayish::put(&serde_bytes::ByteBuf::from(pattern(4 << 20, 3)))?;
+            let big = serde_bytes::ByteBuf::from(vec![5u8; mib << 20]);
+            let driver = match rayish::put(&big) {
+                Ok(_) => json!({"full": false, "text": "stored"}),
+                Err(e) => json!({
+                    "full": matches!(e, rayish::Error::ObjectStoreFull(_)),
+                    "text": e.to_string(),
+                }),
+            };
+            let (task_full, task_text) = rayish::get(&put_into_full_store::remote(mib))?;
+            let back = rayish::get(&kept)?;
+            result(json!({
+                "driver": driver,
+                "task": {"full": task_full, "text": task_text},
+                "kept_intact": back.as_ref() == pattern(4 << 20, 3).as_slice(),
             }));
         }
         Scenario::HeadDies => {
