@@ -482,4 +482,44 @@ mod tests {
         // Nothing was lost: the first object is still there.
         assert_eq!(store.len(), 1);
     }
+
+    #[test]
+    fn shared_values_are_files_that_move_to_disk_when_spilled_and_vanish_when_removed() {
+        let shm = dir("shm");
+        let spill = dir("shm-spill");
+        let store = ObjectStore::new(StoreConfig {
+            capacity: 100,
+            spill_dir: Some(spill.clone()),
+            shm_dir: Some(shm.clone()),
+        });
+        let (a, b) = (ObjectId::random(), ObjectId::random());
+        store.insert(a, value(60, 1)).expect("insert a");
+        let shared_a = store.shared(&a).expect("a is shared");
+        assert_eq!(shared_a.len, 60);
+        assert!(shared_a.path.starts_with(&shm));
+        assert_eq!((files(&shm), files(&spill)), (1, 0));
+        // A worker's segment is adopted in place.
+        let (path, _) = crate::shm::write_segment(&shm, b, &value(60, 2)).expect("segment");
+        store.insert_segment(b, path, 60).expect("adopt b");
+        // b pushed a out to disk: a's shared file is gone, its spill file mapped back.
+        assert_eq!((files(&shm), files(&spill)), (1, 1));
+        assert_eq!(store.get(&a).expect("a"), value(60, 1));
+        assert!(store.shared(&a).expect("a").path.starts_with(&spill));
+        assert_eq!(store.get(&b).expect("b"), value(60, 2));
+        // A segment outside the node's directory is refused.
+        let outside = spill.join("elsewhere");
+        std::fs::write(&outside, value(10, 3)).expect("file");
+        assert!(store
+            .insert_segment(ObjectId::random(), outside.clone(), 10)
+            .is_err());
+        std::fs::remove_file(outside).expect("cleanup");
+        store.remove(&a);
+        store.remove(&b);
+        assert_eq!((files(&shm), files(&spill), store.bytes()), (0, 0, 0));
+        drop(store);
+        assert!(
+            !shm.exists() && !spill.exists(),
+            "directories outlived the store"
+        );
+    }
 }
