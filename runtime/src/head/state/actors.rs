@@ -135,25 +135,24 @@ impl HeadState {
             kill: None,
         };
         self.actors.by_handle.insert(handle, actor);
+        if opts.detached {
+            // A detached actor holds its own handle: it outlives every other one.
+            self.objects.retain(handle);
+        }
         if let Some(name) = taken {
             // Ray refuses the creation; here the actor is born dead and says why.
-            let cause = format!("the name {name:?} is already taken by a live actor");
-            let err = entry.died_error(&cause);
+            // Its arguments are pinned as `add_task` would, so that `actor_dead`'s
+            // release of them (and of a detached actor's handle) balances.
+            for id in spec.arg_refs().chain(spec.nested_refs.iter().copied()) {
+                self.objects.retain(id);
+            }
             self.actors.actors.insert(actor, entry);
+            let cause = format!("the name {name:?} is already taken by a live actor");
             self.actor_dead(actor, cause);
-            let mut freed = Freed::default();
-            self.objects.create(handle, ObjectValue::Error(err), None);
-            self.object_ready(handle);
-            self.objects.free_if_unreferenced(handle, &mut freed);
-            self.apply_freed(freed);
             return;
         }
         if let Some(name) = &opts.name {
             self.actors.names.insert(name.clone(), actor);
-        }
-        if opts.detached {
-            // A detached actor holds its own handle: it outlives every other one.
-            self.objects.retain(handle);
         }
         self.actors.actors.insert(actor, entry);
         tracing::info!(?actor, class = %opts.class, name = ?opts.name, "actor submitted");
@@ -362,19 +361,7 @@ impl HeadState {
         );
         let task_id = spec.task_id;
         // The creation's arguments are still pinned (until the actor is dead for good).
-        self.tasks.insert(
-            task_id,
-            TaskEntry {
-                spec,
-                attempt,
-                state: TaskState::WaitingForArgs,
-                missing_args: 0,
-                held: ResourceSet::new(),
-                blocked: false,
-                fetch_failures: 0,
-                call: None,
-            },
-        );
+        self.tasks.insert(task_id, TaskEntry::new(spec, attempt, 0));
         self.requeue(task_id);
     }
 

@@ -123,6 +123,22 @@ struct TaskEntry {
     call: Option<(u64, PeerId)>,
 }
 
+impl TaskEntry {
+    /// A task waiting for `missing_args` arguments, holding nothing yet.
+    fn new(spec: TaskSpec, attempt: u32, missing_args: usize) -> Self {
+        TaskEntry {
+            spec,
+            attempt,
+            state: TaskState::WaitingForArgs,
+            missing_args,
+            held: ResourceSet::new(),
+            blocked: false,
+            fetch_failures: 0,
+            call: None,
+        }
+    }
+}
+
 /// Settings of the head.
 #[derive(Debug, Clone)]
 pub struct HeadSettings {

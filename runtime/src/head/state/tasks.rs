@@ -41,19 +41,8 @@ impl HeadState {
             }
         }
         let resources = spec.resources.clone();
-        self.tasks.insert(
-            task_id,
-            TaskEntry {
-                spec,
-                attempt,
-                state: TaskState::WaitingForArgs,
-                missing_args: missing,
-                held: ResourceSet::new(),
-                blocked: false,
-                fetch_failures: 0,
-                call: None,
-            },
-        );
+        self.tasks
+            .insert(task_id, TaskEntry::new(spec, attempt, missing));
         if let Some(err) = failed {
             self.complete_task(task_id, ObjectValue::Error(err));
         } else if missing == 0 {
