@@ -269,10 +269,16 @@ fn main() -> anyhow::Result<()> {
             if detached {
                 opts = opts.detached();
             }
-            let j = Journal::remote_with(opts, 0);
+            let j = Journal::remote_with(opts.clone(), 0);
             let total = rayish::get(&j.add(5))?;
             let pid = rayish::get(&j.pid())?;
-            println!("RESULT {}", json!({"total": total, "pid": pid}));
+            // A second actor under a name in use is born dead, saying why.
+            let twin = Journal::remote_with(opts, 0);
+            let twin = error_text(rayish::get_timeout(&twin.ready(), Duration::from_secs(60)));
+            println!(
+                "RESULT {}",
+                json!({"total": total, "pid": pid, "twin": twin})
+            );
             use std::io::Write;
             std::io::stdout().flush()?;
             if let Some(go) = go {

@@ -58,6 +58,10 @@ fn named_actors_are_found_from_other_drivers_and_detached_ones_outlive_their_cre
     // Detached: the creating driver exits; the actor stays, with its state.
     let created = actor_driver(&cluster, &["named", "--name", "keeper", "--detached"]);
     assert_eq!(created["total"], 5, "{created}");
+    assert!(
+        text(&created["twin"]).contains("already taken by a live actor"),
+        "{created}"
+    );
     let pid = created["pid"].as_u64().expect("pid");
     let found = actor_driver(&cluster, &["lookup", "--name", "keeper"]);
     assert_eq!(found["found"], true, "{found}");

@@ -517,16 +517,22 @@ fn a_store_smaller_than_the_data_spills_to_disk_and_reads_back_every_byte() {
     assert!(driver.wait().unwrap().success());
 }
 
-/// Resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` memory figure (`VmRSS`, `VmHWM`), in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let prefix = format!("{field}:");
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS")
 }
 
 /// Files in the shared-memory directories of the node processes `pids`.
@@ -622,14 +628,7 @@ fn a_hundred_thousand_tasks_and_objects_leave_no_trace() {
 
 /// Peak resident memory of a process so far, in bytes.
 fn peak_rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    proc_status_bytes(pid, "VmHWM")
 }
 
 #[test]
