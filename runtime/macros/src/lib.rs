@@ -36,62 +36,23 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 fn expand(func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &func.sig;
-    if !sig.generics.params.is_empty() {
+    check_callable(sig, "remote function")?;
+    if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
         return Err(syn::Error::new(
-            sig.generics.span(),
-            "remote functions cannot be generic: a worker must know the concrete types",
-        ));
-    }
-    if let Some(a) = &sig.asyncness {
-        return Err(syn::Error::new(
-            a.span(),
-            "remote functions are synchronous; spawn async work inside if needed",
+            r.span(),
+            "remote functions cannot take self; put methods in an #[actor] impl block",
         ));
     }
     let name = &sig.ident;
-    let mut arg_names = Vec::new();
-    let mut arg_types = Vec::new();
-    for input in &sig.inputs {
-        match input {
-            FnArg::Typed(pt) => match &*pt.pat {
-                Pat::Ident(pi) => {
-                    arg_names.push(pi.ident.clone());
-                    arg_types.push((*pt.ty).clone());
-                }
-                other => {
-                    return Err(syn::Error::new(
-                        other.span(),
-                        "remote function arguments must be plain names",
-                    ))
-                }
-            },
-            FnArg::Receiver(r) => {
-                return Err(syn::Error::new(
-                    r.span(),
-                    "remote functions cannot take self; put methods in an #[actor] impl block",
-                ))
-            }
-        }
-    }
-    let (out_type, fallible) = match &sig.output {
-        ReturnType::Default => (syn::parse_quote!(()), false),
-        ReturnType::Type(_, ty) => match result_ok_type(ty) {
-            Some(ok) => (ok, true),
-            None => ((**ty).clone(), false),
-        },
-    };
+    let args = Args::of(sig, "remote function")?;
+    let (out_type, fallible) = output_type(sig);
     let vis = match &func.vis {
         Visibility::Inherited => quote!(pub(super)),
         other => quote!(#other),
     };
     let mod_vis = &func.vis;
-    let n = arg_names.len();
-    let indices: Vec<usize> = (0..n).collect();
-    let arg_labels: Vec<String> = arg_names.iter().map(|a| a.to_string()).collect();
-    let decoded: Vec<_> = arg_names
-        .iter()
-        .map(|a| format_ident!("__arg_{}", a))
-        .collect();
+    let (arg_names, arg_types, decoded) = (&args.names, &args.types, &args.decoded);
+    let decode_args = args.decoding();
     let call_result = if fallible {
         quote!(let __out = super::#name(#(#decoded),*).map_err(::rayish::__private::fail)?;)
     } else {
@@ -124,8 +85,7 @@ fn expand(func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
             }
 
             fn invoke(__args: &[::rayish::__private::Bytes]) -> ::core::result::Result<::rayish::__private::Encoded, ::rayish::__private::InvokeError> {
-                ::rayish::__private::check_arity(__args, #n)?;
-                #(let #decoded: #arg_types = ::rayish::__private::decode_arg(&__args[#indices], #arg_labels)?;)*
+                #decode_args
                 #call_result
                 ::rayish::__private::encode_return::<#out_type>(&__out)
             }
@@ -180,27 +140,84 @@ pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// One method's plain-name arguments and their types.
-fn typed_args(sig: &syn::Signature) -> syn::Result<(Vec<syn::Ident>, Vec<Type>)> {
-    let mut names = Vec::new();
-    let mut types = Vec::new();
-    for input in &sig.inputs {
-        if let FnArg::Typed(pt) = input {
-            match &*pt.pat {
-                Pat::Ident(pi) => {
-                    names.push(pi.ident.clone());
-                    types.push((*pt.ty).clone());
-                }
-                other => {
-                    return Err(syn::Error::new(
-                        other.span(),
-                        "actor method arguments must be plain names",
-                    ))
+/// A signature's arguments (receiver aside): their names and types, the names their
+/// decoded values get in a worker, and the code that decodes them from `__args`.
+struct Args {
+    names: Vec<syn::Ident>,
+    types: Vec<Type>,
+    decoded: Vec<syn::Ident>,
+}
+
+impl Args {
+    /// The arguments of `sig`, a `what` ("remote function", "actor method"); each must
+    /// be a plain name.
+    fn of(sig: &syn::Signature, what: &str) -> syn::Result<Self> {
+        let mut names = Vec::new();
+        let mut types = Vec::new();
+        for input in &sig.inputs {
+            if let FnArg::Typed(pt) = input {
+                match &*pt.pat {
+                    Pat::Ident(pi) => {
+                        names.push(pi.ident.clone());
+                        types.push((*pt.ty).clone());
+                    }
+                    other => {
+                        return Err(syn::Error::new(
+                            other.span(),
+                            format!("{what} arguments must be plain names"),
+                        ))
+                    }
                 }
             }
         }
+        let decoded = names.iter().map(|a| format_ident!("__arg_{}", a)).collect();
+        Ok(Args {
+            names,
+            types,
+            decoded,
+        })
     }
-    Ok((names, types))
+
+    /// Checks the count, then binds each decoded argument to its `decoded` name.
+    fn decoding(&self) -> proc_macro2::TokenStream {
+        let n = self.names.len();
+        let indices: Vec<usize> = (0..n).collect();
+        let labels: Vec<String> = self.names.iter().map(|a| a.to_string()).collect();
+        let (decoded, types) = (&self.decoded, &self.types);
+        quote! {
+            ::rayish::__private::check_arity(__args, #n)?;
+            #(let #decoded: #types = ::rayish::__private::decode_arg(&__args[#indices], #labels)?;)*
+        }
+    }
+}
+
+/// Refuses what a worker cannot call by name: generic or `async` signatures.
+fn check_callable(sig: &syn::Signature, what: &str) -> syn::Result<()> {
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            format!("{what}s cannot be generic: a worker must know the concrete types"),
+        ));
+    }
+    if let Some(a) = &sig.asyncness {
+        return Err(syn::Error::new(
+            a.span(),
+            format!("{what}s are synchronous; spawn async work inside if needed"),
+        ));
+    }
+    Ok(())
+}
+
+/// The type a call's `ObjectRef` holds, and whether the function returns a `Result`
+/// (whose `Err` becomes the task's failure).
+fn output_type(sig: &syn::Signature) -> (Type, bool) {
+    match &sig.output {
+        ReturnType::Default => (syn::parse_quote!(()), false),
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) => (ok, true),
+            None => ((**ty).clone(), false),
+        },
+    }
 }
 
 fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
@@ -230,18 +247,7 @@ fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
     let mut methods = Vec::new();
     for item in &block.items {
         let syn::ImplItem::Fn(f) = item else { continue };
-        if let Some(a) = &f.sig.asyncness {
-            return Err(syn::Error::new(
-                a.span(),
-                "actor methods are synchronous; spawn async work inside if needed",
-            ));
-        }
-        if !f.sig.generics.params.is_empty() {
-            return Err(syn::Error::new(
-                f.sig.generics.span(),
-                "actor methods cannot be generic: a worker must know the concrete types",
-            ));
-        }
+        check_callable(&f.sig, "actor method")?;
         let receiver = f.sig.inputs.iter().find_map(|i| match i {
             FnArg::Receiver(r) => Some(r.clone()),
             _ => None,
@@ -266,18 +272,10 @@ fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
     };
 
     // The constructor.
-    let (ctor_names, ctor_types) = typed_args(&ctor)?;
-    let ctor_fallible = match &ctor.output {
-        ReturnType::Type(_, ty) => result_ok_type(ty).is_some(),
-        ReturnType::Default => false,
-    };
-    let ctor_n = ctor_names.len();
-    let ctor_idx: Vec<usize> = (0..ctor_n).collect();
-    let ctor_labels: Vec<String> = ctor_names.iter().map(|a| a.to_string()).collect();
-    let ctor_decoded: Vec<_> = ctor_names
-        .iter()
-        .map(|a| format_ident!("__arg_{}", a))
-        .collect();
+    let ctor_args = Args::of(&ctor, "actor method")?;
+    let (ctor_fallible, ctor_decoded) = (output_type(&ctor).1, &ctor_args.decoded);
+    let (ctor_names, ctor_types) = (&ctor_args.names, &ctor_args.types);
+    let decode_ctor_args = ctor_args.decoding();
     let build = if ctor_fallible {
         quote!(<#self_ty>::new(#(#ctor_decoded),*).map_err(::rayish::__private::fail)?)
     } else {
@@ -290,18 +288,10 @@ fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
     let mut registrations = Vec::new();
     for sig in &methods {
         let name = &sig.ident;
-        let (names, types) = typed_args(sig)?;
-        let (out_type, fallible) = match &sig.output {
-            ReturnType::Default => (syn::parse_quote!(()), false),
-            ReturnType::Type(_, ty) => match result_ok_type(ty) {
-                Some(ok) => (ok, true),
-                None => ((**ty).clone(), false),
-            },
-        };
-        let n = names.len();
-        let idx: Vec<usize> = (0..n).collect();
-        let labels: Vec<String> = names.iter().map(|a| a.to_string()).collect();
-        let decoded: Vec<_> = names.iter().map(|a| format_ident!("__arg_{}", a)).collect();
+        let args = Args::of(sig, "actor method")?;
+        let (names, types, decoded) = (&args.names, &args.types, &args.decoded);
+        let decode_args = args.decoding();
+        let (out_type, fallible) = output_type(sig);
         let invoker = format_ident!("__rayish_invoke_{}", name);
         let method_label = format!("::{}::{}", class_label, name);
         let call = if fallible {
@@ -328,8 +318,7 @@ fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
                 __actor: &mut ::rayish::__private::ActorInstance,
                 __args: &[::rayish::__private::Bytes],
             ) -> ::core::result::Result<::rayish::__private::Encoded, ::rayish::__private::InvokeError> {
-                ::rayish::__private::check_arity(__args, #n)?;
-                #(let #decoded: #types = ::rayish::__private::decode_arg(&__args[#idx], #labels)?;)*
+                #decode_args
                 let __this = __actor.downcast_mut::<#self_ty>().ok_or_else(|| {
                     ::rayish::__private::InvokeError::Codec(
                         ::std::format!("this worker's actor is not a {}", #class_label),
@@ -414,8 +403,7 @@ fn expand_actor(block: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
             fn __rayish_construct(
                 __args: &[::rayish::__private::Bytes],
             ) -> ::core::result::Result<::rayish::__private::ActorInstance, ::rayish::__private::InvokeError> {
-                ::rayish::__private::check_arity(__args, #ctor_n)?;
-                #(let #ctor_decoded: #ctor_types = ::rayish::__private::decode_arg(&__args[#ctor_idx], #ctor_labels)?;)*
+                #decode_ctor_args
                 ::core::result::Result::Ok(::std::boxed::Box::new(#build))
             }
 
