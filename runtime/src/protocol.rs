@@ -25,7 +25,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of this protocol; peers speaking another one are refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RYSH";
 /// Bytes before a frame's payload.
@@ -228,6 +228,30 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String>
     bincode::DefaultOptions::new()
         .serialize(value)
         .map_err(|e| e.to_string())
+}
+
+/// The size of `value` encoded by [`encode_value`].
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<u64, String> {
+    bincode::DefaultOptions::new()
+        .serialized_size(value)
+        .map_err(|e| e.to_string())
+}
+
+/// Encodes `value` as [`encode_value`] does into `buf`, which must be exactly
+/// [`encoded_len`] bytes.
+pub fn encode_value_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<(), String> {
+    let len = buf.len();
+    let mut rest = &mut buf[..];
+    bincode::DefaultOptions::new()
+        .serialize_into(&mut rest, value)
+        .map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "the value encoded to {} bytes, not the {len} it measured",
+            len - rest.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Deserializes a value encoded by [`encode_value`].
@@ -841,6 +865,13 @@ pub enum ToWorker {
         /// The value or why it could not be had.
         value: Result<WorkerValue, String>,
     },
+    /// Answer to [`FromWorker::LendSegment`].
+    Lent {
+        /// The request.
+        request: u64,
+        /// The segment to fill, sized as asked; `None`: make a new one.
+        path: Option<std::path::PathBuf>,
+    },
     /// Answer to [`FromWorker::PutObject`].
     PutDone {
         /// The request.
@@ -891,6 +922,16 @@ pub enum FromWorker {
         task_id: TaskId,
         /// Blocked or resumed.
         blocked: bool,
+    },
+    /// Lend a free shared segment to write a large value of `len` bytes into, before a
+    /// `PutObject` (saves the kernel zeroing a new file's pages).
+    LendSegment {
+        /// Request number, echoed in the answer.
+        request: u64,
+        /// The object the value will be.
+        id: ObjectId,
+        /// Its encoded size.
+        len: u64,
     },
     /// Store a large object made by `put` inside a task.
     PutObject {

@@ -9,6 +9,12 @@
 //! mappings already made stay valid until dropped (POSIX semantics), so a reader never
 //! sees a value vanish under it.
 //!
+//! A segment no other process has mapped can instead be recycled for a later value
+//! (renamed, cut to size, rewritten): the node's store keeps such segments for a while
+//! because the kernel zeroes each page of a new tmpfs file on first touch, which costs
+//! more than the copy of the value itself. Recycling never touches a file a worker was
+//! told to read.
+//!
 //! Architecture invariant: the only module that creates or maps shared memory; every
 //! `unsafe` here is a mapping of a file this process has just opened.
 
@@ -46,17 +52,37 @@ pub fn remove_stale_dirs() {
     }
 }
 
-/// A segment being written: a new file of a fixed size, mapped writable.
-pub struct SegmentWriter {
+/// A segment this process created: a file of a fixed size, mapped writable. While it
+/// is being filled only this process knows its name; once stored, the store hands out
+/// read-only views of it ([`SegmentView`]) and may later recycle it for another value
+/// ([`Segment::recycle`]) if no other process ever mapped it, so that its pages, already
+/// faulted in, are not zeroed again by the kernel.
+pub struct Segment {
     path: PathBuf,
+    file: File,
     map: MmapMut,
+    len: usize,
 }
 
-impl SegmentWriter {
-    /// Creates `dir/<id>-<random>` of `len` bytes (the random part keeps two writers of
-    /// one object, such as a retried task, from sharing a file).
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// A fresh name for a segment of `id` (the random part keeps two writers of one
+/// object, such as a retried task, from sharing a file).
+fn segment_path(dir: &Path, id: ObjectId) -> PathBuf {
+    dir.join(format!("{id}-{:08x}", rand::random::<u32>()))
+}
+
+impl Segment {
+    /// Creates a new file of `len` bytes in `dir` for `id`, mapped writable.
     pub fn create(dir: &Path, id: ObjectId, len: usize) -> std::io::Result<Self> {
-        let path = dir.join(format!("{id}-{:08x}", rand::random::<u32>()));
+        let path = segment_path(dir, id);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -67,40 +93,133 @@ impl SegmentWriter {
             MmapMut::map_anon(0)?
         } else {
             // SAFETY: the file was just created by us with create_new and sized; no
-            // other process knows its name until `finish` returns it.
+            // other process knows its name until this segment is stored.
             unsafe { MmapMut::map_mut(&file)? }
         };
-        Ok(Self { path, map })
+        Ok(Self {
+            path,
+            file,
+            map,
+            len,
+        })
     }
 
-    /// The segment's bytes, to fill.
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The value's size (the file's).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes, to fill.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map[..]
+        &mut self.map[..self.len]
     }
 
-    /// Done writing: the file's path, and the bytes as a read-only value.
-    pub fn finish(self) -> std::io::Result<(PathBuf, Bytes)> {
-        let map = self.map.make_read_only()?;
-        Ok((self.path, Bytes::from_owner(map)))
+    /// Takes this segment, whose value is gone, for a new value `id` of `len` bytes
+    /// (no more than its size): the file is renamed (a name is never reused) and cut
+    /// to `len`, and the pages that stay are neither unmapped nor zeroed.
+    ///
+    /// Only for a segment no other process has mapped: one that had would see the new
+    /// value change under it.
+    pub fn recycle(mut self, dir: &Path, id: ObjectId, len: usize) -> std::io::Result<Self> {
+        if len > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a {}-byte segment cannot hold {len} bytes", self.len),
+            ));
+        }
+        let path = segment_path(dir, id);
+        std::fs::rename(&self.path, &path)?;
+        self.path = path;
+        if len < self.len {
+            // The mapping keeps its length; bytes past `len` are never touched again.
+            self.file.set_len(len as u64)?;
+            self.len = len;
+        }
+        Ok(self)
     }
 
-    /// Abandons the segment, deleting its file.
-    pub fn discard(self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// Takes over a segment another process of this node created and filled, and no
+    /// longer maps: mapped here (writable, for a later [`Self::recycle`]) but not
+    /// touched. A file of another size than `len` is refused.
+    pub fn adopt(path: &Path, len: u64) -> std::io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        check_len(&file, path, len)?;
+        let map = if len == 0 {
+            MmapMut::map_anon(0)?
+        } else {
+            // SAFETY: the writer handed the file over when done and keeps no mapping
+            // of it; from here on only this store writes it, and only when recycled.
+            unsafe { MmapMut::map_mut(&file)? }
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            map,
+            len: len as usize,
+        })
+    }
+
+    /// Renames a segment whose value is gone to a hidden name (`.free-…`), which no
+    /// worker can name in a hand-over, until it is recycled.
+    pub fn retire(mut self) -> std::io::Result<Self> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let path = dir.join(format!(".free-{:016x}", rand::random::<u64>()));
+        std::fs::rename(&self.path, &path)?;
+        self.path = path;
+        Ok(self)
+    }
+
+    /// Deletes the file; views of it stay valid until dropped.
+    pub fn unlink(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), "removing a segment: {e}");
+        }
     }
 }
 
-/// Writes `value` into a new segment in `dir`.
-pub fn write_segment(dir: &Path, id: ObjectId, value: &[u8]) -> std::io::Result<(PathBuf, Bytes)> {
-    let mut w = SegmentWriter::create(dir, id, value.len())?;
-    w.bytes_mut().copy_from_slice(value);
-    w.finish()
+/// A read-only view of a stored segment, the owner behind the store's `Bytes`.
+#[derive(Debug, Clone)]
+pub struct SegmentView(pub std::sync::Arc<Segment>);
+
+impl AsRef<[u8]> for SegmentView {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.map[..self.0.len]
+    }
 }
 
-/// Maps an existing segment read-only. `len` is the size its writer declared; a file of
-/// another size is refused (it is not the segment it claims to be).
-pub fn map_segment(path: &Path, len: u64) -> std::io::Result<Bytes> {
-    let file = File::open(path)?;
+/// Writes `value` into a new segment in `dir` and returns its path (the mapping is
+/// dropped: the reader is another process).
+pub fn write_segment(dir: &Path, id: ObjectId, value: &[u8]) -> std::io::Result<PathBuf> {
+    let mut s = Segment::create(dir, id, value.len())?;
+    s.bytes_mut().copy_from_slice(value);
+    Ok(s.path)
+}
+
+/// Maps a segment another process handed over, writable, to fill it. `len` is the size
+/// the other side declared; a file of another size is refused. The pages are faulted in
+/// at once (a recycled segment's pages exist already; this just maps them in one go).
+pub fn map_segment_mut(path: &Path, len: u64) -> std::io::Result<MmapMut> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    check_len(&file, path, len)?;
+    if len == 0 {
+        return MmapMut::map_anon(0);
+    }
+    // SAFETY: the node lent this file to this process alone, to fill; nobody else maps
+    // it until it is handed back.
+    unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }
+}
+
+fn check_len(file: &File, path: &Path, len: u64) -> std::io::Result<()> {
     let actual = file.metadata()?.len();
     if actual != len {
         return Err(std::io::Error::new(
@@ -108,6 +227,14 @@ pub fn map_segment(path: &Path, len: u64) -> std::io::Result<Bytes> {
             format!("{}: {actual} bytes, expected {len}", path.display()),
         ));
     }
+    Ok(())
+}
+
+/// Maps an existing segment read-only. `len` is the size its writer declared; a file of
+/// another size is refused (it is not the segment it claims to be).
+pub fn map_segment(path: &Path, len: u64) -> std::io::Result<Bytes> {
+    let file = File::open(path)?;
+    check_len(&file, path, len)?;
     if len == 0 {
         return Ok(Bytes::new());
     }
@@ -136,8 +263,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rayish-shm-test-{:x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let value: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let (path, bytes) = write_segment(&dir, ObjectId(1), &value).unwrap();
-        assert_eq!(&bytes[..], &value[..]);
+        let path = write_segment(&dir, ObjectId(1), &value).unwrap();
         let mapped = map_segment(&path, value.len() as u64).unwrap();
         assert_eq!(&mapped[..], &value[..]);
         assert!(map_segment(&path, 5).is_err(), "a wrong size is refused");

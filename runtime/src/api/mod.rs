@@ -14,8 +14,8 @@ pub use object_ref::{Arg, ObjectRef};
 use crate::core_worker::{collect_nested, GetError};
 use crate::ids::{ActorId, ObjectId, TaskId};
 use crate::protocol::{
-    decode_value, encode_value, ActorCreation, TaskArg, TaskError, TaskKind, TaskSpec,
-    INLINE_OBJECT_MAX,
+    decode_value, encode_value, encode_value_into, encoded_len, ActorCreation, TaskArg, TaskError,
+    TaskKind, TaskSpec, INLINE_OBJECT_MAX,
 };
 use crate::resources::{ResourceSet, CPU, GPU};
 use serde::de::DeserializeOwned;
@@ -57,6 +57,7 @@ impl From<GetError> for Error {
             GetError::Timeout(d) => Error::Timeout(d),
             GetError::ClusterDown(r) => Error::ClusterDown(r),
             GetError::StoreFull(r) => Error::ObjectStoreFull(r),
+            GetError::Encode(r) => Error::Codec(r),
             e @ GetError::Unavailable { .. } => Error::Unavailable(e.to_string()),
         }
     }
@@ -133,8 +134,17 @@ fn encode_with_refs<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<Ob
 
 /// Stores `value` in the cluster and returns a reference to it.
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
-    let (bytes, nested) = encode_with_refs(value)?;
-    put_encoded(bytes, nested)
+    // Sized first, then encoded straight into the store: a large value is copied once.
+    let (len, nested) = collect_nested(|| encoded_len(value));
+    let len = usize::try_from(len.map_err(Error::Codec)?).map_err(|_| {
+        Error::Codec("the value is larger than this machine's address space".into())
+    })?;
+    let cw = context::current()?;
+    let id = ObjectId::random();
+    // Declared before this process's handles to them can drop.
+    cw.nest(id, nested);
+    cw.put_with(id, len, |buf| encode_value_into(value, buf))?;
+    Ok(ObjectRef::created(id))
 }
 
 /// Stores an already encoded value holding `nested` references as a new object.

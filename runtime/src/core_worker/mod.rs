@@ -47,6 +47,9 @@ pub enum GetError {
     /// The store could not take a value: over its memory cap and unable to spill.
     #[error("{0}")]
     StoreFull(String),
+    /// The value could not be encoded into the store.
+    #[error("encoding the value: {0}")]
+    Encode(String),
     /// No holder could serve the object.
     #[error("object {id} could not be fetched: {reason}")]
     Unavailable {
@@ -55,6 +58,28 @@ pub enum GetError {
         /// The last failure.
         reason: String,
     },
+}
+
+/// A store's refusal as the error a caller sees.
+fn store_error(id: ObjectId, e: crate::node::StoreError) -> GetError {
+    match e {
+        crate::node::StoreError::Full { .. } => GetError::StoreFull(e.to_string()),
+        other => GetError::Unavailable {
+            id: id.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A node's refusal of a worker's value as the error a caller sees.
+fn put_error(id: ObjectId, e: crate::protocol::PutError) -> GetError {
+    match e {
+        crate::protocol::PutError::StoreFull(reason) => GetError::StoreFull(reason),
+        crate::protocol::PutError::Failed(reason) => GetError::Unavailable {
+            id: id.to_string(),
+            reason,
+        },
+    }
 }
 
 thread_local! {
@@ -386,23 +411,13 @@ impl CoreWorker {
         let size = value.len() as u64;
         let stored_on = match (&self.node, self.local_store.get()) {
             (None, Some((node, store))) => {
-                store.insert(id, Bytes::from(value)).map_err(|e| match e {
-                    crate::node::StoreError::Full { .. } => GetError::StoreFull(e.to_string()),
-                    other => GetError::Unavailable {
-                        id: id.to_string(),
-                        reason: other.to_string(),
-                    },
-                })?;
+                store
+                    .insert(id, Bytes::from(value))
+                    .map_err(|e| store_error(id, e))?;
                 *node
             }
             (Some((link, node)), _) => {
-                link.put(id, value).map_err(|e| match e {
-                    crate::protocol::PutError::StoreFull(reason) => GetError::StoreFull(reason),
-                    crate::protocol::PutError::Failed(reason) => GetError::Unavailable {
-                        id: id.to_string(),
-                        reason,
-                    },
-                })?;
+                link.put(id, value).map_err(|e| put_error(id, e))?;
                 *node
             }
             (None, None) => {
@@ -426,6 +441,50 @@ impl CoreWorker {
             id,
             node: stored_on,
             size,
+        });
+        Ok(())
+    }
+
+    /// Stores as a new object held by this process a value of `len` encoded bytes that
+    /// `fill` writes. A large value on a node (this process's own, or its worker's
+    /// node) is written straight into the store's shared memory, with no intermediate
+    /// buffer; elsewhere this is [`Self::put`].
+    pub fn put_with(
+        &self,
+        id: ObjectId,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
+    ) -> Result<(), GetError> {
+        if !self.is_connected() {
+            return Err(self.down_error());
+        }
+        let stored_on = match (&self.node, self.local_store.get()) {
+            (None, Some((node, store))) if len > INLINE_OBJECT_MAX => {
+                let mut value = store.new_value(id, len).map_err(|e| store_error(id, e))?;
+                if let Err(e) = fill(value.bytes_mut()) {
+                    value.discard();
+                    return Err(GetError::Encode(e));
+                }
+                store
+                    .insert_written(id, value)
+                    .map_err(|e| store_error(id, e))?;
+                *node
+            }
+            (Some((link, node)), _) if len > INLINE_OBJECT_MAX => {
+                link.put_with(id, len, fill).map_err(|e| put_error(id, e))?;
+                *node
+            }
+            _ => {
+                let mut value = vec![0; len];
+                fill(&mut value).map_err(GetError::Encode)?;
+                return self.put(id, value);
+            }
+        };
+        self.slots.entry(id).or_default();
+        self.to_head(ToHead::PutStored {
+            id,
+            node: stored_on,
+            size: len as u64,
         });
         Ok(())
     }

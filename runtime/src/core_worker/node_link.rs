@@ -130,7 +130,8 @@ impl NodeLink {
                             kind,
                         }),
                         Ok(Some(reply @ ToWorker::Object { request, .. }))
-                        | Ok(Some(reply @ ToWorker::PutDone { request, .. })) => {
+                        | Ok(Some(reply @ ToWorker::PutDone { request, .. }))
+                        | Ok(Some(reply @ ToWorker::Lent { request, .. })) => {
                             stash.replies.insert(request, reply);
                         }
                         Ok(None) => stash.closed = true,
@@ -178,9 +179,76 @@ impl NodeLink {
     /// Has the node store `value` as `id`.
     pub fn put(&self, id: ObjectId, value: Vec<u8>) -> Result<(), PutError> {
         let value = self.hand_over(id, value).map_err(PutError::Failed)?;
+        self.store(id, value)
+    }
+
+    /// Has the node store as `id` a value of `len` encoded bytes that `fill` writes:
+    /// straight into shared memory when large, without an intermediate buffer.
+    pub fn put_with(
+        &self,
+        id: ObjectId,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
+    ) -> Result<(), PutError> {
+        let value = match &self.shm_dir {
+            Some(dir) if len > INLINE_OBJECT_MAX => {
+                let path = self.write_shared(dir, id, len, fill)?;
+                WorkerValue::Shared {
+                    path,
+                    len: len as u64,
+                }
+            }
+            _ => {
+                let mut v = vec![0; len];
+                fill(&mut v).map_err(PutError::Failed)?;
+                WorkerValue::Inline(v)
+            }
+        };
+        self.store(id, value)
+    }
+
+    fn store(&self, id: ObjectId, value: WorkerValue) -> Result<(), PutError> {
         match self.request(|request| FromWorker::PutObject { request, id, value }) {
             Some(ToWorker::PutDone { result, .. }) => result,
             _ => Err(PutError::Failed("the node went away".into())),
+        }
+    }
+
+    /// Fills a segment for `id` in the node's directory: one the node lends (a freed
+    /// value's, whose pages exist already) or, if it has none to spare, a new one.
+    fn write_shared(
+        &self,
+        dir: &std::path::Path,
+        id: ObjectId,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
+    ) -> Result<PathBuf, PutError> {
+        let failed =
+            |e: String| PutError::Failed(format!("shared memory in {}: {e}", dir.display()));
+        let lent = match self.request(|request| FromWorker::LendSegment {
+            request,
+            id,
+            len: len as u64,
+        }) {
+            Some(ToWorker::Lent { path, .. }) => path,
+            _ => return Err(PutError::Failed("the node went away".into())),
+        };
+        match lent {
+            Some(path) => {
+                let mut map = crate::shm::map_segment_mut(&path, len as u64)
+                    .map_err(|e| failed(e.to_string()))?;
+                fill(&mut map[..]).map_err(PutError::Failed)?;
+                Ok(path)
+            }
+            None => {
+                let mut segment =
+                    crate::shm::Segment::create(dir, id, len).map_err(|e| failed(e.to_string()))?;
+                if let Err(e) = fill(segment.bytes_mut()) {
+                    segment.unlink();
+                    return Err(PutError::Failed(e));
+                }
+                Ok(segment.path().to_path_buf())
+            }
         }
     }
 
@@ -189,11 +257,18 @@ impl NodeLink {
     pub fn hand_over(&self, id: ObjectId, value: Vec<u8>) -> Result<WorkerValue, String> {
         match &self.shm_dir {
             Some(dir) if value.len() > INLINE_OBJECT_MAX => {
-                let (path, _) = crate::shm::write_segment(dir, id, &value)
-                    .map_err(|e| format!("shared memory in {}: {e}", dir.display()))?;
+                let len = value.len();
+                let path = self
+                    .write_shared(dir, id, len, |b| {
+                        b.copy_from_slice(&value);
+                        Ok(())
+                    })
+                    .map_err(|e| match e {
+                        PutError::Failed(r) | PutError::StoreFull(r) => r,
+                    })?;
                 Ok(WorkerValue::Shared {
                     path,
-                    len: value.len() as u64,
+                    len: len as u64,
                 })
             }
             _ => Ok(WorkerValue::Inline(value)),

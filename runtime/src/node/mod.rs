@@ -8,7 +8,7 @@ mod object_store;
 mod task_queue;
 pub mod worker_pool;
 
-pub use object_store::{ObjectStore, StoreConfig, StoreError};
+pub use object_store::{ObjectStore, StoreConfig, StoreError, FREE_SEGMENT_IDLE};
 
 use crate::binaries::BinaryCache;
 use crate::ids::{ActorId, BinaryHash, NodeId, ObjectId, TaskId};
@@ -195,6 +195,7 @@ pub async fn start_node(
                 store_bytes: hb.store.bytes(),
                 workers: hb.pool.len() as u64,
             };
+            hb.store.trim_free(FREE_SEGMENT_IDLE);
             if !hb.head.send(ToHead::Heartbeat(load)) {
                 break;
             }
@@ -562,6 +563,12 @@ impl NodeInner {
                     .map(|b| self.worker_value(id, b))
                     .map_err(|e| e.to_string());
                 worker.reply(ToWorker::Object { request, value });
+            }
+            WorkerRequest::Lend { request, id, len } => {
+                let path = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| self.store.lend(id, len));
+                worker.reply(ToWorker::Lent { request, path });
             }
             WorkerRequest::Put { request, id, value } => {
                 let result = match value {

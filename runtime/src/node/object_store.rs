@@ -17,13 +17,27 @@
 //! Removing an object deletes its files; dropping the store deletes the directories.
 //! Spill writes happen under the store's lock: simple, and correct, at the price of
 //! stalling other store calls while a spill is written.
+//!
+//! A freed value's segment is kept for the next value of about its size, if no other
+//! process ever mapped it (no worker read it): the kernel zeroes every page of a new
+//! tmpfs file on first touch, which costs more than copying the value in, while a
+//! recycled segment's pages are already there (Ray's plasma store gets the same from
+//! one arena). Free segments count against the memory cap, go first when room is
+//! needed, are held up to a quarter of the cap, and are deleted after
+//! [`FREE_SEGMENT_IDLE`] unused ([`ObjectStore::trim_free`]). Workers get them too:
+//! a worker about to `put` a large value asks the node to lend it one
+//! ([`ObjectStore::lend`]) and hands it back filled.
 
 use crate::ids::ObjectId;
-use crate::shm::{map_segment, write_segment, SegmentWriter};
+use crate::shm::{map_segment, Segment, SegmentView};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a free segment waits for a new value before it is deleted.
+pub const FREE_SEGMENT_IDLE: Duration = Duration::from_secs(10);
 
 /// Why a value could not be stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,8 +85,17 @@ impl Default for StoreConfig {
 
 #[derive(Debug)]
 enum Slot {
-    Memory { bytes: Bytes, shm: Option<PathBuf> },
-    Spilled { path: PathBuf, len: u64 },
+    Memory {
+        bytes: Bytes,
+        /// The segment behind `bytes`, when in shared memory.
+        segment: Option<Arc<Segment>>,
+        /// Whether a worker was told where to map it (then it is never recycled).
+        exposed: bool,
+    },
+    Spilled {
+        path: PathBuf,
+        len: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -83,13 +106,48 @@ struct Inner {
     age: VecDeque<ObjectId>,
     memory_bytes: u64,
     spilled_bytes: u64,
+    /// Segments of freed values, oldest first, with when they were freed.
+    free: VecDeque<(Segment, Instant)>,
+    free_bytes: u64,
+    /// Free segments lent to workers to fill, by path, until handed back.
+    lent: HashMap<PathBuf, Segment>,
+}
+
+impl Inner {
+    /// Takes the smallest free segment that holds `len` bytes without wasting more
+    /// than half of it.
+    fn take_free(&mut self, len: usize) -> Option<Segment> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, _))| s.len() >= len && s.len() / 2 <= len)
+            .min_by_key(|(_, (s, _))| s.len())
+            .map(|(i, _)| i)?;
+        let (segment, _) = self.free.remove(best)?;
+        self.free_bytes -= segment.len() as u64;
+        Some(segment)
+    }
+
+    /// Deletes free segments, oldest first, until `keep` says stop.
+    fn drop_free_while(&mut self, mut keep: impl FnMut(&Inner, &Instant) -> bool) {
+        while let Some((_, freed)) = self.free.front() {
+            if keep(self, freed) {
+                break;
+            }
+            if let Some((segment, _)) = self.free.pop_front() {
+                self.free_bytes -= segment.len() as u64;
+                segment.unlink();
+            }
+        }
+    }
 }
 
 /// A value being written into the store (a pull in progress, say): fill
 /// [`Self::bytes_mut`], then [`ObjectStore::insert_written`].
 pub enum ValueWriter {
     /// A shared segment.
-    Segment(SegmentWriter),
+    Segment(Segment),
     /// Heap memory (a store without a shared-memory directory).
     Heap(Vec<u8>),
 }
@@ -106,7 +164,7 @@ impl ValueWriter {
     /// Abandons the value.
     pub fn discard(self) {
         if let ValueWriter::Segment(s) = self {
-            s.discard();
+            s.unlink();
         }
     }
 }
@@ -152,16 +210,29 @@ impl ObjectStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A segment for `len` bytes of `id` in `dir`: a free one if one fits, else new.
+    fn segment(&self, dir: &Path, id: ObjectId, len: usize) -> Result<Segment, StoreError> {
+        let recycled = self.lock().take_free(len);
+        if let Some(segment) = recycled {
+            // Renaming or cutting a tmpfs file does not fail in practice; if it does,
+            // the segment is dropped and a new one made.
+            match segment.recycle(dir, id, len) {
+                Ok(segment) => return Ok(segment),
+                Err(e) => tracing::warn!("recycling a segment: {e}"),
+            }
+        }
+        Segment::create(dir, id, len).map_err(|e| StoreError::SharedMemory {
+            needed: len as u64,
+            reason: e.to_string(),
+        })
+    }
+
     /// Room for a value of `len` bytes that will be stored as `id`: a shared segment
-    /// if the store has a directory for them, else heap memory.
+    /// (a free one if one fits) if the store has a directory for them, else heap
+    /// memory.
     pub fn new_value(&self, id: ObjectId, len: usize) -> Result<ValueWriter, StoreError> {
         match &self.config.shm_dir {
-            Some(dir) => SegmentWriter::create(dir, id, len)
-                .map(ValueWriter::Segment)
-                .map_err(|e| StoreError::SharedMemory {
-                    needed: len as u64,
-                    reason: e.to_string(),
-                }),
+            Some(dir) => self.segment(dir, id, len).map(ValueWriter::Segment),
             None => Ok(ValueWriter::Heap(vec![0; len])),
         }
     }
@@ -170,12 +241,31 @@ impl ObjectStore {
     pub fn insert_written(&self, id: ObjectId, value: ValueWriter) -> Result<(), StoreError> {
         match value {
             ValueWriter::Heap(v) => self.insert_slot(id, Bytes::from(v), None),
-            ValueWriter::Segment(s) => {
-                let (path, bytes) = s.finish().map_err(|e| StoreError::SharedMemory {
-                    needed: 0,
-                    reason: e.to_string(),
-                })?;
-                self.insert_slot(id, bytes, Some(path))
+            ValueWriter::Segment(s) => self.insert_owned(id, s),
+        }
+    }
+
+    fn insert_owned(&self, id: ObjectId, segment: Segment) -> Result<(), StoreError> {
+        let segment = Arc::new(segment);
+        let bytes = Bytes::from_owner(SegmentView(segment.clone()));
+        self.insert_slot(id, bytes, Some(segment))
+    }
+
+    /// Lends a free segment of about `len` bytes, renamed for `id`, to a worker of this
+    /// node to fill and hand back through [`Self::insert_segment`]; `None` if none fits
+    /// (the worker then makes its own).
+    pub fn lend(&self, id: ObjectId, len: usize) -> Option<PathBuf> {
+        let dir = self.config.shm_dir.as_deref()?;
+        let segment = self.lock().take_free(len)?;
+        match segment.recycle(dir, id, len) {
+            Ok(segment) => {
+                let path = segment.path().to_path_buf();
+                self.lock().lent.insert(path.clone(), segment);
+                Some(path)
+            }
+            Err(e) => {
+                tracing::warn!("recycling a segment: {e}");
+                None
             }
         }
     }
@@ -197,8 +287,21 @@ impl ObjectStore {
                 path.display()
             )));
         }
-        let bytes = map_segment(&path, len).map_err(|e| refuse(e.to_string()))?;
-        self.insert_slot(id, bytes, Some(path))
+        let lent = self.lock().lent.remove(&path);
+        let segment = match lent {
+            Some(segment) if segment.len() as u64 == len => segment,
+            Some(segment) => {
+                segment.unlink();
+                return Err(refuse(format!(
+                    "{} holds {} bytes, not {len}",
+                    path.display(),
+                    segment.len()
+                )));
+            }
+            // The worker made it and no longer maps it: this store now owns it.
+            None => Segment::adopt(&path, len).map_err(|e| refuse(e.to_string()))?,
+        };
+        self.insert_owned(id, segment)
     }
 
     /// Stores `value` under `id`, spilling older objects (or this one) to disk if it
@@ -207,12 +310,9 @@ impl ObjectStore {
     pub fn insert(&self, id: ObjectId, value: Bytes) -> Result<(), StoreError> {
         match &self.config.shm_dir {
             Some(dir) => {
-                let (path, bytes) =
-                    write_segment(dir, id, &value).map_err(|e| StoreError::SharedMemory {
-                        needed: value.len() as u64,
-                        reason: e.to_string(),
-                    })?;
-                self.insert_slot(id, bytes, Some(path))
+                let mut segment = self.segment(dir, id, value.len())?;
+                segment.bytes_mut().copy_from_slice(&value);
+                self.insert_owned(id, segment)
             }
             None => self.insert_slot(id, value, None),
         }
@@ -222,15 +322,22 @@ impl ObjectStore {
         &self,
         id: ObjectId,
         value: Bytes,
-        shm: Option<PathBuf>,
+        segment: Option<Arc<Segment>>,
     ) -> Result<(), StoreError> {
         let len = value.len() as u64;
         let cap = self.config.capacity;
+        let unlink = |segment: &Option<Arc<Segment>>| {
+            if let Some(s) = segment {
+                s.unlink();
+            }
+        };
         let mut inner = self.lock();
         if inner.slots.contains_key(&id) {
-            remove_file(shm.as_deref());
+            unlink(&segment);
             return Ok(());
         }
+        // Free segments give way before anything is spilled.
+        inner.drop_free_while(|i, _| i.memory_bytes + i.free_bytes + len <= cap);
         let full = |reason: String| StoreError::Full {
             needed: len,
             capacity: cap,
@@ -238,7 +345,7 @@ impl ObjectStore {
         };
         if len > cap {
             let written = self.write_spill(&id, &value);
-            remove_file(shm.as_deref());
+            unlink(&segment);
             let path = written.map_err(full)?;
             inner.spilled_bytes += len;
             inner.slots.insert(id, Slot::Spilled { path, len });
@@ -248,20 +355,25 @@ impl ObjectStore {
             let Some(&victim) = inner.age.front() else {
                 break;
             };
-            let Some(Slot::Memory { bytes, shm: vshm }) = inner.slots.get(&victim) else {
+            let Some(Slot::Memory {
+                bytes,
+                segment: vsegment,
+                ..
+            }) = inner.slots.get(&victim)
+            else {
                 inner.age.pop_front(); // removed or spilled since
                 continue;
             };
-            let (bytes, vshm) = (bytes.clone(), vshm.clone());
+            let (bytes, vsegment) = (bytes.clone(), vsegment.clone());
             // On failure the victim stays in memory and first in line.
             let path = match self.write_spill(&victim, &bytes) {
                 Ok(path) => path,
                 Err(e) => {
-                    remove_file(shm.as_deref());
+                    unlink(&segment);
                     return Err(full(e));
                 }
             };
-            remove_file(vshm.as_deref());
+            unlink(&vsegment);
             inner.age.pop_front();
             let vlen = bytes.len() as u64;
             inner.memory_bytes -= vlen;
@@ -272,7 +384,14 @@ impl ObjectStore {
         }
         inner.memory_bytes += len;
         inner.age.push_back(id);
-        inner.slots.insert(id, Slot::Memory { bytes: value, shm });
+        inner.slots.insert(
+            id,
+            Slot::Memory {
+                bytes: value,
+                segment,
+                exposed: false,
+            },
+        );
         Ok(())
     }
 
@@ -305,11 +424,16 @@ impl ObjectStore {
 
     /// Where a worker of this node can map `id` (its shared segment or spill file).
     pub fn shared(&self, id: &ObjectId) -> Option<SharedValue> {
-        let inner = self.lock();
-        match inner.slots.get(id)? {
-            Slot::Memory { bytes, shm } => shm.as_ref().map(|path| SharedValue {
-                path: path.clone(),
-                len: bytes.len() as u64,
+        let mut inner = self.lock();
+        match inner.slots.get_mut(id)? {
+            Slot::Memory {
+                segment, exposed, ..
+            } => segment.as_ref().map(|s| {
+                *exposed = true;
+                SharedValue {
+                    path: s.path().to_path_buf(),
+                    len: s.len() as u64,
+                }
             }),
             Slot::Spilled { path, len } => Some(SharedValue {
                 path: path.clone(),
@@ -327,9 +451,17 @@ impl ObjectStore {
     pub fn remove(&self, id: &ObjectId) {
         let mut inner = self.lock();
         match inner.slots.remove(id) {
-            Some(Slot::Memory { bytes, shm }) => {
-                inner.memory_bytes -= bytes.len() as u64;
-                remove_file(shm.as_deref());
+            Some(Slot::Memory {
+                bytes,
+                segment,
+                exposed,
+            }) => {
+                let len = bytes.len() as u64;
+                inner.memory_bytes -= len;
+                drop(bytes);
+                if let Some(segment) = segment {
+                    self.free_segment(&mut inner, segment, exposed);
+                }
             }
             Some(Slot::Spilled { path, len }) => {
                 inner.spilled_bytes -= len;
@@ -343,6 +475,47 @@ impl ObjectStore {
             let Inner { slots, age, .. } = &mut *inner;
             age.retain(|id| matches!(slots.get(id), Some(Slot::Memory { .. })));
         }
+    }
+
+    /// Keeps a freed value's segment for reuse if nobody else can still see it and
+    /// there is room; deletes it otherwise.
+    fn free_segment(&self, inner: &mut Inner, segment: Arc<Segment>, exposed: bool) {
+        let cap = self.config.capacity;
+        let len = segment.len() as u64;
+        let fits =
+            |i: &Inner| i.free_bytes + len <= cap / 4 && i.memory_bytes + i.free_bytes + len <= cap;
+        // A reader in this process (a transfer in progress, say) still holds a view
+        // when the Arc is shared; a worker may still map it when exposed.
+        match Arc::try_unwrap(segment) {
+            Ok(segment) if !exposed && len > 0 && len <= cap / 4 => {
+                inner.drop_free_while(|i, _| fits(i));
+                if !fits(inner) {
+                    segment.unlink();
+                    return;
+                }
+                match segment.retire() {
+                    Ok(segment) => {
+                        inner.free_bytes += len;
+                        inner.free.push_back((segment, Instant::now()));
+                    }
+                    Err(e) => tracing::warn!("keeping a free segment: {e}"),
+                }
+            }
+            Ok(segment) => segment.unlink(),
+            Err(shared) => shared.unlink(),
+        }
+    }
+
+    /// Deletes free segments unused for `idle`, giving their memory back.
+    pub fn trim_free(&self, idle: Duration) {
+        let now = Instant::now();
+        self.lock()
+            .drop_free_while(|_, freed| now.duration_since(*freed) < idle);
+    }
+
+    /// Bytes of free segments kept for reuse.
+    pub fn free_bytes(&self) -> u64 {
+        self.lock().free_bytes
     }
 
     /// Objects held (in memory or spilled).
@@ -499,7 +672,7 @@ mod tests {
         assert!(shared_a.path.starts_with(&shm));
         assert_eq!((files(&shm), files(&spill)), (1, 0));
         // A worker's segment is adopted in place.
-        let (path, _) = crate::shm::write_segment(&shm, b, &value(60, 2)).expect("segment");
+        let path = crate::shm::write_segment(&shm, b, &value(60, 2)).expect("segment");
         store.insert_segment(b, path, 60).expect("adopt b");
         // b pushed a out to disk: a's shared file is gone, its spill file mapped back.
         assert_eq!((files(&shm), files(&spill)), (1, 1));
@@ -521,5 +694,93 @@ mod tests {
             !shm.exists() && !spill.exists(),
             "directories outlived the store"
         );
+    }
+
+    fn free_files(d: &std::path::Path) -> usize {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".free-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_freed_segment_nobody_else_saw_is_reused_and_one_others_saw_is_not() {
+        let shm = dir("recycle-shm");
+        let store = ObjectStore::new(StoreConfig {
+            capacity: 1000,
+            spill_dir: None,
+            shm_dir: Some(shm.clone()),
+        });
+        // Freed and unseen: kept, hidden, counted.
+        let a = ObjectId::random();
+        store.insert(a, value(200, 1)).expect("insert a");
+        store.remove(&a);
+        assert_eq!(
+            (files(&shm), free_files(&shm), store.free_bytes()),
+            (1, 1, 200)
+        );
+        // Taken by a smaller value (cut to its size), which reads back right.
+        let b = ObjectId::random();
+        let mut w = store.new_value(b, 150).expect("room for b");
+        w.bytes_mut().copy_from_slice(&value(150, 2));
+        store.insert_written(b, w).expect("insert b");
+        assert_eq!((free_files(&shm), store.free_bytes()), (0, 0));
+        assert_eq!(store.get(&b).expect("b"), value(150, 2));
+        let shared_b = store.shared(&b).expect("b is shared");
+        assert_eq!(
+            std::fs::metadata(&shared_b.path).expect("b's file").len(),
+            150
+        );
+        // b was shown to a worker: freed, it is deleted, not kept.
+        store.remove(&b);
+        assert_eq!((files(&shm), store.free_bytes()), (0, 0));
+        // A value still read in this process when freed is deleted, and stays readable.
+        let c = ObjectId::random();
+        store.insert(c, value(200, 3)).expect("insert c");
+        let reading = store.get(&c).expect("c");
+        store.remove(&c);
+        assert_eq!((files(&shm), store.free_bytes()), (0, 0));
+        assert_eq!(reading, value(200, 3));
+        // Lent to a worker, filled, handed back under the name lent.
+        let d = ObjectId::random();
+        store.insert(d, value(200, 4)).expect("insert d");
+        store.remove(&d);
+        let e = ObjectId::random();
+        assert!(
+            store.lend(e, 50).is_none(),
+            "a segment over twice the value's size is not lent"
+        );
+        let path = store.lend(e, 180).expect("a segment to fill");
+        assert!(crate::shm::is_inside(&shm, &path));
+        {
+            let mut map = crate::shm::map_segment_mut(&path, 180).expect("map lent");
+            map.copy_from_slice(&value(180, 5));
+        }
+        store.insert_segment(e, path, 180).expect("hand back");
+        assert_eq!(store.get(&e).expect("e"), value(180, 5));
+        store.remove(&e);
+        assert_eq!(store.free_bytes(), 180);
+        // Values too large for a quarter of the cap are not kept.
+        let f = ObjectId::random();
+        store.insert(f, value(300, 6)).expect("insert f");
+        store.remove(&f);
+        assert_eq!(store.free_bytes(), 180);
+        // Free segments give way to values that need the memory.
+        let g = ObjectId::random();
+        store.insert(g, value(900, 7)).expect("insert g");
+        assert_eq!((free_files(&shm), store.free_bytes()), (0, 0));
+        store.remove(&g);
+        // And go when idle.
+        let h = ObjectId::random();
+        store.insert(h, value(100, 8)).expect("insert h");
+        store.remove(&h);
+        assert_eq!(store.free_bytes(), 100);
+        store.trim_free(Duration::from_secs(3600));
+        assert_eq!(store.free_bytes(), 100, "not idle for an hour yet");
+        store.trim_free(Duration::ZERO);
+        assert_eq!((files(&shm), store.free_bytes()), (0, 0));
     }
 }

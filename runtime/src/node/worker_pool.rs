@@ -59,6 +59,15 @@ pub enum WorkerRequest {
         /// Blocked or resumed.
         blocked: bool,
     },
+    /// Lend it a free segment to write a value into.
+    Lend {
+        /// The request number.
+        request: u64,
+        /// The object the value will be.
+        id: crate::ids::ObjectId,
+        /// The value's size.
+        len: u64,
+    },
     /// Store an object it made.
     Put {
         /// The request number.
@@ -361,6 +370,11 @@ impl WorkerPool {
                         let _ = pool
                             .requests
                             .send((w.clone(), WorkerRequest::Put { request, id, value }));
+                    }
+                    Ok(Some(FromWorker::LendSegment { request, id, len })) => {
+                        let _ = pool
+                            .requests
+                            .send((w.clone(), WorkerRequest::Lend { request, id, len }));
                     }
                     Ok(Some(FromWorker::Blocked { task_id, blocked })) => {
                         let _ = pool
