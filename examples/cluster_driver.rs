@@ -3,7 +3,7 @@
 //!     cargo run --release --example cluster_driver -- many --n 1000
 
 use clap::{Parser, Subcommand};
-use rayish::{ObjectRef, TaskOptions};
+use rayish::{Blob, ObjectRef, TaskOptions};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -92,6 +92,13 @@ enum Scenario {
     StoreFull {
         #[arg(long, default_value_t = 100)]
         mib: usize,
+    },
+    /// Large values put, read and dropped in turn, from the driver and from tasks, so
+    /// that freed shared segments are reused; every value is checked, and whether
+    /// tasks read their `Blob` arguments in place (shared memory).
+    Reuse {
+        #[arg(long, default_value_t = 24)]
+        rounds: u64,
     },
     /// Waits on a long task while the test kills the head.
     HeadDies,
@@ -225,6 +232,43 @@ fn buf_sum(data: serde_bytes::ByteBuf) -> (u64, usize, String) {
         data.len(),
         rayish::current_node_id().unwrap_or_default(),
     )
+}
+
+/// Whether `ptr` lies in a mapping of a rayish shared-memory file in this process.
+fn in_shared_memory(ptr: *const u8) -> bool {
+    let at = ptr as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines().any(|line| {
+        let mut parts = line.split_whitespace();
+        let range = parts.next().unwrap_or("");
+        let path = parts.nth(4).unwrap_or("");
+        let Some((lo, hi)) = range.split_once('-') else {
+            return false;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
+            return false;
+        };
+        path.starts_with("/dev/shm/rayish-") && (lo..hi).contains(&at)
+    })
+}
+
+#[rayish::remote]
+fn blob_check(data: Blob, seed: u8) -> (bool, bool) {
+    (
+        data[..] == pattern(data.len(), seed)[..],
+        in_shared_memory(data.as_ptr()),
+    )
+}
+
+#[rayish::remote]
+fn make_blob(len: usize, seed: u8) -> Blob {
+    Blob::from(pattern(len, seed))
+}
+
+#[rayish::remote]
+fn put_blob(len: usize, seed: u8) -> rayish::Result<ObjectRef<Blob>> {
+    rayish::put(&Blob::from(pattern(len, seed)))
 }
 
 #[rayish::remote]
@@ -530,6 +574,41 @@ fn main() -> anyhow::Result<()> {
                 "task": {"full": task_full, "text": task_text},
                 "kept_intact": back.as_ref() == pattern(4 << 20, 3).as_slice(),
             }));
+        }
+        Scenario::Reuse { rounds } => {
+            let len = 3 << 20;
+            let (mut right, mut wrong, mut in_place) = (0u64, Vec::new(), 0u64);
+            let mut check = |what: String, ok: bool| {
+                if ok {
+                    right += 1;
+                } else {
+                    wrong.push(what);
+                }
+            };
+            for i in 0..rounds {
+                let seed = (i * 7) as u8;
+                // From the driver; read by a task every other round.
+                let r = rayish::put(&Blob::from(pattern(len, seed)))?;
+                if i % 2 == 0 {
+                    let (ok, shared) = rayish::get(&blob_check::remote(&r, seed))?;
+                    check(format!("round {i}: driver put read by a task"), ok);
+                    in_place += u64::from(shared);
+                }
+                drop(r);
+                // From a task: its result, and a put inside it.
+                let made = rayish::get(&make_blob::remote(len, seed.wrapping_add(1)))?;
+                check(
+                    format!("round {i}: task result"),
+                    made[..] == pattern(len, seed.wrapping_add(1))[..],
+                );
+                let inner = rayish::get(&put_blob::remote(len, seed.wrapping_add(2)))?;
+                let value = rayish::get(&inner)?;
+                check(
+                    format!("round {i}: put in a task"),
+                    value[..] == pattern(len, seed.wrapping_add(2))[..],
+                );
+            }
+            result(json!({"right": right, "wrong": wrong, "read_in_place": in_place}));
         }
         Scenario::HeadDies => {
             let r = slow::remote(0u64, 120_000u64);

@@ -672,6 +672,39 @@ fn a_gibibyte_object_reaches_two_nodes_at_once_with_bounded_memory() {
 }
 
 #[test]
+fn reused_shared_memory_never_shows_a_value_another_one_s_bytes() {
+    // One node: every large value, from the driver or a task, lands in its store; the
+    // segments of values nobody read are reused for later ones.
+    let cluster = TestCluster::start(0, 2, 5000);
+    let rounds = 24;
+    let r = cluster.scenario(["reuse", "--rounds", &rounds.to_string()]);
+    assert_eq!(r["wrong"], serde_json::json!([]), "{r}");
+    assert_eq!(r["right"], rounds / 2 + 2 * rounds, "{r}");
+    assert_eq!(
+        r["read_in_place"],
+        rounds / 2,
+        "tasks read their Blob arguments from shared memory, not a copy: {r}"
+    );
+    // The run did reuse segments (the node reports at its next heartbeat).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reused = loop {
+        let status = cluster.status().expect("status");
+        let reused: u64 = status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["load"]["store_reused"].as_u64())
+            .sum();
+        if reused > 0 || Instant::now() > deadline {
+            break reused;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("segments reused: {reused} in {rounds} rounds");
+    assert!(reused > 0, "no segment was reused");
+}
+
+#[test]
 fn a_put_that_fits_nowhere_is_an_object_store_full_error_and_loses_nothing() {
     // A 64 MiB store whose spill directory cannot be created (a file stands where it
     // would go): a 100 MiB put can be neither held nor spilled.

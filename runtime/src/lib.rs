@@ -39,8 +39,8 @@ mod worker;
 pub use api::__private;
 pub use api::{
     current_node_id, get, get_actor, get_all, get_timeout, init, kill, put, serve_if_worker,
-    shutdown, wait, ActorClass, ActorHandle, ActorOptions, Arg, Config, Error, ObjectRef, Result,
-    TaskOptions,
+    shutdown, wait, ActorClass, ActorHandle, ActorOptions, Arg, Blob, Config, Error, ObjectRef,
+    Result, TaskOptions,
 };
 pub use ids::{ActorId, ObjectId};
 pub use protocol::TaskError;

@@ -719,6 +719,10 @@ pub struct NodeLoad {
     pub store_objects: u64,
     /// Bytes in its store.
     pub store_bytes: u64,
+    /// Bytes of freed shared segments its store keeps for reuse.
+    pub store_free_bytes: u64,
+    /// Values its store has written into reused segments, since it started.
+    pub store_reused: u64,
     /// Worker processes alive.
     pub workers: u64,
 }

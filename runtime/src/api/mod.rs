@@ -5,17 +5,20 @@
 //! values. Everything below it works on bytes and ids.
 
 mod actor;
+mod blob;
 pub(crate) mod context;
 mod object_ref;
 
 pub use actor::{get_actor, kill, ActorClass, ActorHandle, ActorOptions};
+use blob::decode_shared;
+pub use blob::Blob;
 pub use object_ref::{Arg, ObjectRef};
 
 use crate::core_worker::{collect_nested, GetError};
 use crate::ids::{ActorId, ObjectId, TaskId};
 use crate::protocol::{
-    decode_value, encode_value, encode_value_into, encoded_len, ActorCreation, TaskArg, TaskError,
-    TaskKind, TaskSpec, INLINE_OBJECT_MAX,
+    encode_value, encode_value_into, encoded_len, ActorCreation, TaskArg, TaskError, TaskKind,
+    TaskSpec, INLINE_OBJECT_MAX,
 };
 use crate::resources::{ResourceSet, CPU, GPU};
 use serde::de::DeserializeOwned;
@@ -170,7 +173,7 @@ pub fn get_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Duration) -> 
 fn get_with_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
     let cw = context::current()?;
     let bytes = cw.get(r.id(), timeout)?;
-    decode_value(&bytes).map_err(Error::Codec)
+    decode_shared(&bytes).map_err(Error::Codec)
 }
 
 /// Gets every object, in order; the first error ends it.
@@ -383,8 +386,11 @@ pub mod __private {
     }
 
     /// Decodes one argument in a worker.
-    pub fn decode_arg<T: DeserializeOwned>(bytes: &[u8], name: &str) -> Result<T, InvokeError> {
-        decode_value(bytes).map_err(|e| InvokeError::Codec(format!("argument {name}: {e}")))
+    pub fn decode_arg<T: DeserializeOwned>(
+        bytes: &bytes::Bytes,
+        name: &str,
+    ) -> Result<T, InvokeError> {
+        decode_shared(bytes).map_err(|e| InvokeError::Codec(format!("argument {name}: {e}")))
     }
 
     /// Encodes a task's return value in a worker.

@@ -89,7 +89,7 @@ fn render(address: &str, s: &ClusterStatus) -> String {
     out += "Active:\n";
     for n in &alive {
         out += &format!(
-            " {} {} ({}) running {} finished {}  {}  workers {}  store {} objects {} bytes\n",
+            " {} {} ({}) running {} finished {}  {}  workers {}  store {} objects {} bytes ({} bytes free for reuse, {} reused)\n",
             n.node_id,
             n.address,
             n.hostname,
@@ -98,7 +98,9 @@ fn render(address: &str, s: &ClusterStatus) -> String {
             n.total,
             n.load.workers,
             n.load.store_objects,
-            n.load.store_bytes
+            n.load.store_bytes,
+            n.load.store_free_bytes,
+            n.load.store_reused
         );
     }
     if alive.is_empty() {

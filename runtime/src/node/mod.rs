@@ -193,6 +193,8 @@ pub async fn start_node(
             let load = NodeLoad {
                 store_objects: hb.store.len() as u64,
                 store_bytes: hb.store.bytes(),
+                store_free_bytes: hb.store.free_bytes(),
+                store_reused: hb.store.reused(),
                 workers: hb.pool.len() as u64,
             };
             hb.store.trim_free(FREE_SEGMENT_IDLE);

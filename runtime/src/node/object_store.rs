@@ -109,6 +109,8 @@ struct Inner {
     /// Segments of freed values, oldest first, with when they were freed.
     free: VecDeque<(Segment, Instant)>,
     free_bytes: u64,
+    /// Segments taken from `free` since the store began.
+    reused: u64,
     /// Free segments lent to workers to fill, by path, until handed back.
     lent: HashMap<PathBuf, Segment>,
 }
@@ -126,6 +128,7 @@ impl Inner {
             .map(|(i, _)| i)?;
         let (segment, _) = self.free.remove(best)?;
         self.free_bytes -= segment.len() as u64;
+        self.reused += 1;
         Some(segment)
     }
 
@@ -518,6 +521,11 @@ impl ObjectStore {
         self.lock().free_bytes
     }
 
+    /// Values written into reused segments since the store began.
+    pub fn reused(&self) -> u64 {
+        self.lock().reused
+    }
+
     /// Objects held (in memory or spilled).
     pub fn len(&self) -> usize {
         self.lock().slots.len()
@@ -727,7 +735,10 @@ mod tests {
         let mut w = store.new_value(b, 150).expect("room for b");
         w.bytes_mut().copy_from_slice(&value(150, 2));
         store.insert_written(b, w).expect("insert b");
-        assert_eq!((free_files(&shm), store.free_bytes()), (0, 0));
+        assert_eq!(
+            (free_files(&shm), store.free_bytes(), store.reused()),
+            (0, 0, 1)
+        );
         assert_eq!(store.get(&b).expect("b"), value(150, 2));
         let shared_b = store.shared(&b).expect("b is shared");
         assert_eq!(
