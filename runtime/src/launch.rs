@@ -2,7 +2,7 @@
 //! Used by `rayish start` and by local mode, so both run exactly the same code.
 
 use crate::binaries::BinaryCache;
-use crate::head::{start_head, HeadSettings};
+use crate::head::{start_head, HeadHandle, HeadSettings};
 use crate::ids::NodeId;
 use crate::node::{start_node, NodeConfig, NodeError, ObjectStore, RunningNode, StoreConfig};
 use crate::resources::ResourceSet;
@@ -91,6 +91,8 @@ pub struct Launched {
     pub node: RunningNode,
     /// The node's id.
     pub node_id: NodeId,
+    /// The head, when this process runs it.
+    pub head: Option<HeadHandle>,
 }
 
 fn endpoint(opts: &LaunchOptions) -> Result<(Endpoint, SocketAddr), LaunchError> {
@@ -151,6 +153,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         address,
         node,
         node_id,
+        head: Some(head),
     })
 }
 
@@ -178,6 +181,7 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
         address,
         node,
         node_id,
+        head: None,
     })
 }
 

@@ -85,6 +85,23 @@ struct NodeInner {
     actors: DashMap<ActorId, LocalActor>,
 }
 
+/// An actor call sent to its worker (or refused before), waiting to be reported.
+struct SentCall {
+    task_id: TaskId,
+    attempt: u32,
+    function: String,
+    return_id: ObjectId,
+    sent_at: std::time::Instant,
+    run: SentRun,
+}
+
+enum SentRun {
+    /// Its arguments could not be had: this is its outcome.
+    Refused(TaskOutcome),
+    /// On the worker: its result, when it comes.
+    Running(std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>>),
+}
+
 /// An actor held by one of this node's workers.
 struct LocalActor {
     worker: Arc<Worker>,
@@ -432,14 +449,41 @@ impl NodeInner {
                 creation,
             },
         );
+        // Calls go to the worker as soon as their arguments are here, without waiting
+        // for the one before to end (the worker runs them in order); their results are
+        // reported in that same order by a second task.
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<SentCall>();
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut last_end = std::time::Instant::now();
+            while let Some(call) = sent_rx.recv().await {
+                let outcome = match call.run {
+                    SentRun::Refused(outcome) => outcome,
+                    SentRun::Running(result) => {
+                        node.outcome_of(result.await, call.return_id, call.function)
+                    }
+                };
+                // Time on the worker: from when it could start (sent, and the call
+                // before it ended) to its end.
+                let end = std::time::Instant::now();
+                let started = call.sent_at.max(last_end);
+                last_end = end;
+                node.head.send(ToHead::TaskFinished {
+                    task_id: call.task_id,
+                    attempt: call.attempt,
+                    outcome,
+                    run_micros: end.duration_since(started).as_micros() as u64,
+                });
+            }
+        });
         tokio::spawn(async move {
             while let Some(a) = rx.recv().await {
                 let task_id = a.spec.task_id;
                 let attempt = a.attempt;
                 let function = a.spec.function.clone();
                 let return_id = a.spec.return_id;
-                let (outcome, took) = match self.resolve_args(&a).await {
-                    Err(outcome) => (outcome, std::time::Duration::ZERO),
+                let run = match self.resolve_args(&a).await {
+                    Err(outcome) => SentRun::Refused(outcome),
                     Ok(args) => {
                         let call = WorkerCall {
                             task_id,
@@ -447,17 +491,21 @@ impl NodeInner {
                             args,
                             return_id,
                         };
-                        let (result, took) =
-                            self.pool.run_on(&worker, call, RunKind::ActorMethod).await;
-                        (self.outcome_of(result, return_id, function), took)
+                        let result = self.pool.send_run(&worker, call, RunKind::ActorMethod);
+                        SentRun::Running(Box::pin(result))
                     }
                 };
-                self.head.send(ToHead::TaskFinished {
+                let sent = SentCall {
                     task_id,
                     attempt,
-                    outcome,
-                    run_micros: took.as_micros() as u64,
-                });
+                    function,
+                    return_id,
+                    run,
+                    sent_at: std::time::Instant::now(),
+                };
+                if sent_tx.send(sent).is_err() {
+                    break;
+                }
             }
         });
     }

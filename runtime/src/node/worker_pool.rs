@@ -14,6 +14,8 @@ use dashmap::DashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -115,7 +117,10 @@ pub struct Worker {
     pid: u32,
     job: JobId,
     sender: MessageSender<ToWorker>,
-    current: Mutex<Option<oneshot::Sender<RunResult>>>,
+    /// Where the results of the runs sent to it go, in the order sent (it runs them in
+    /// that order; only an actor's worker has more than one at a time).
+    runs: Mutex<VecDeque<(u64, oneshot::Sender<RunResult>)>>,
+    next_run: AtomicU64,
     /// Set once it holds an actor: it then never returns to the idle pool.
     actor: Mutex<Option<ActorBinding>>,
 }
@@ -224,32 +229,54 @@ impl WorkerPool {
         kind: RunKind,
     ) -> (RunResult, Duration) {
         let started = std::time::Instant::now();
+        let result = self.send_run(worker, call, kind).await;
+        (result, started.elapsed())
+    }
+
+    /// Sends one call to `worker` now, behind those it already has, and returns where
+    /// its result will arrive (an error if the worker is dead or dies meanwhile). An
+    /// actor's calls are sent ahead like this so that its process never waits for the
+    /// node between two calls.
+    pub fn send_run(
+        &self,
+        worker: &Arc<Worker>,
+        call: WorkerCall,
+        kind: RunKind,
+    ) -> impl std::future::Future<Output = RunResult> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut current) = worker.current.lock() {
-            *current = Some(tx);
+        let number = worker.next_run.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut runs) = worker.runs.lock() {
+            runs.push_back((number, tx));
         }
-        // The watcher removes a dead worker from `live` before it takes `current`:
+        // The watcher removes a dead worker from `live` before it drains `runs`:
         // whichever of us takes the sender answers, so this cannot hang.
+        let mut refused = None;
         if !self.live.contains_key(&worker.pid) {
-            let taken = worker.current.lock().ok().and_then(|mut c| c.take());
+            let taken = worker.runs.lock().ok().and_then(|mut r| {
+                let at = r.iter().position(|(n, _)| *n == number)?;
+                r.remove(at)
+            });
             if taken.is_some() {
-                return (
-                    Err(format!("worker pid {} is no longer alive", worker.pid)),
-                    Duration::ZERO,
-                );
+                refused = Some(format!("worker pid {} is no longer alive", worker.pid));
             }
         }
-        worker.sender.send(ToWorker::Run {
-            task_id: call.task_id,
-            function: call.function,
-            args: call.args,
-            return_id: call.return_id,
-            kind,
-        });
-        let result = rx
-            .await
-            .unwrap_or_else(|_| Err("worker channel closed".into()));
-        (result, started.elapsed())
+        if refused.is_none() {
+            worker.sender.send(ToWorker::Run {
+                task_id: call.task_id,
+                function: call.function,
+                args: call.args,
+                return_id: call.return_id,
+                kind,
+            });
+        }
+        async move {
+            match refused {
+                Some(reason) => Err(reason),
+                None => rx
+                    .await
+                    .unwrap_or_else(|_| Err("worker channel closed".into())),
+            }
+        }
     }
 
     fn take_idle(&self, job: JobId) -> Option<Arc<Worker>> {
@@ -335,7 +362,8 @@ impl WorkerPool {
             pid,
             job,
             sender,
-            current: Mutex::new(None),
+            runs: Mutex::new(VecDeque::new()),
+            next_run: AtomicU64::new(0),
             actor: Mutex::new(None),
         });
         self.live.insert(pid, worker.clone());
@@ -347,8 +375,8 @@ impl WorkerPool {
             let reason = loop {
                 match reader.next().await {
                     Ok(Some(FromWorker::Finished { result, .. })) => {
-                        let tx = w.current.lock().ok().and_then(|mut c| c.take());
-                        if let Some(tx) = tx {
+                        let tx = w.runs.lock().ok().and_then(|mut r| r.pop_front());
+                        if let Some((_, tx)) = tx {
                             let _ = tx.send(Ok(result));
                         }
                     }
@@ -403,9 +431,15 @@ impl WorkerPool {
                 Some(r) => format!("{r}; worker pid {} {status}", w.pid),
                 None => format!("worker pid {} {status}", w.pid),
             };
-            let tx = w.current.lock().ok().and_then(|mut c| c.take());
-            if let Some(tx) = tx {
+            let runs = w
+                .runs
+                .lock()
+                .map(|mut r| std::mem::take(&mut *r))
+                .unwrap_or_default();
+            if !runs.is_empty() {
                 tracing::warn!("worker died during a task: {reason}");
+            }
+            for (_, tx) in runs {
                 let _ = tx.send(Err(reason.clone()));
             }
             let binding = w.actor.lock().ok().and_then(|a| *a);
