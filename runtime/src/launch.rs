@@ -145,7 +145,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         node_config(opts, node_id, address, address),
         endpoint.clone(),
         store,
-        Some(head.connect_in_process()),
+        Some(Arc::new(head.clone())),
     )
     .await?;
     Ok(Launched {

@@ -9,7 +9,7 @@ use crate::resources::{ResourceSet, CPU};
 use crate::session::{read_cluster_record, temp_root, Session};
 use crate::transfer::upload_binary;
 use crate::transport::tls::{new_token, ClusterTls};
-use crate::transport::{connect, make_endpoint, open_control, open_control_on};
+use crate::transport::{connect, make_endpoint, open_control, InProcessHead};
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -217,14 +217,11 @@ pub fn init(config: Config) -> Result<()> {
             },
             software_version: env!("CARGO_PKG_VERSION").into(),
         };
-        // A driver in the head's own process talks to it over an in-memory pipe (as
-        // the head's own node does), not encrypted UDP to itself; transfers and the
-        // binary upload still use the QUIC connection.
+        // A driver in the head's own process talks to it in memory (as the head's own
+        // node does), not by encrypted UDP to itself; transfers and the binary upload
+        // still use the QUIC connection.
         let control = match local.as_ref().and_then(|l| l.head.as_ref()) {
-            Some(head) => {
-                let (r, w) = tokio::io::split(head.connect_in_process());
-                open_control_on(w, r, hello).await
-            }
+            Some(head) => head.open(hello).await,
             None => open_control(&head_conn, hello).await,
         }
         .map_err(|e| Error::Init(e.to_string()))?;

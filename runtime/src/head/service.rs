@@ -3,8 +3,14 @@
 use super::state::{HeadEvent, HeadSettings, HeadState};
 use crate::binaries::BinaryCache;
 use crate::ids::PeerId;
-use crate::protocol::{read_frame, FromHead, Hello, PeerRole, StreamOpen, ToHead};
-use crate::transport::{spawn_writer, FrameReader};
+use crate::protocol::{FromHead, Hello, PeerRole, ToHead, Welcome};
+use crate::transport::{
+    spawn_writer, ControlReader, ControlStream, DirectSink, FrameReader, HandshakeError,
+    InProcessHead, MessageSender,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +23,39 @@ const BATCH: usize = 1024;
 pub struct HeadHandle {
     events: mpsc::UnboundedSender<HeadEvent>,
     binaries: BinaryCache,
+}
+
+impl InProcessHead for HeadHandle {
+    fn open(
+        &self,
+        hello: Hello,
+    ) -> Pin<Box<dyn Future<Output = Result<ControlStream, HandshakeError>> + Send + '_>> {
+        Box::pin(self.open_in_process(hello))
+    }
+}
+
+/// Where an in-process peer's messages go: straight into the head's events. When the
+/// peer drops its last sender, the head learns it has gone, as when a stream closes.
+struct HeadInbox {
+    peer: PeerId,
+    events: mpsc::UnboundedSender<HeadEvent>,
+}
+
+impl DirectSink<ToHead> for HeadInbox {
+    fn deliver(&self, msg: ToHead) -> bool {
+        self.events.send(HeadEvent::Message(self.peer, msg)).is_ok()
+    }
+    fn is_closed(&self) -> bool {
+        self.events.is_closed()
+    }
+}
+
+impl Drop for HeadInbox {
+    fn drop(&mut self) {
+        let _ = self
+            .events
+            .send(HeadEvent::Disconnected(self.peer, "closed by peer".into()));
+    }
 }
 
 /// Starts the head's state machine on the current tokio runtime.
@@ -44,20 +83,47 @@ pub fn start_head(settings: HeadSettings, binaries: BinaryCache) -> HeadHandle {
 }
 
 impl HeadHandle {
-    /// A stream to this head from inside the same process: an in-memory pipe served
-    /// exactly like a QUIC control stream (the head process's own node uses it, which
-    /// saves it encrypting and sending every message to itself over UDP).
-    pub fn connect_in_process(&self) -> tokio::io::DuplexStream {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let head = self.clone();
-        tokio::spawn(async move {
-            let (mut r, w) = tokio::io::split(theirs);
-            match read_frame::<_, StreamOpen>(&mut r).await {
-                Ok(Some(StreamOpen::Control(hello))) => head.serve_control(None, hello, w, r).await,
-                other => tracing::error!("in-process control stream opened with {other:?}"),
+    /// Joins a peer of this same process (see [`InProcessHead`]).
+    async fn open_in_process(&self, hello: Hello) -> Result<ControlStream, HandshakeError> {
+        let stopped = || HandshakeError::Protocol("the head has stopped".into());
+        let peer = PeerId::random();
+        let (to_peer, from_head) = mpsc::unbounded_channel::<FromHead>();
+        let needs_binary = match &hello.role {
+            PeerRole::Driver { binary, .. } => !self.binaries.contains(binary),
+            _ => false,
+        };
+        let (reply, accepted) = oneshot::channel();
+        let event = HeadEvent::Connected {
+            peer,
+            role: hello.role,
+            sender: MessageSender::direct(Arc::new(to_peer)),
+            needs_binary,
+            reply,
+        };
+        self.events.send(event).map_err(|_| stopped())?;
+        match accepted.await.map_err(|_| stopped())? {
+            Welcome::Accepted { .. } => {}
+            Welcome::Rejected(reason) => return Err(HandshakeError::Rejected(reason)),
+        }
+        // The head sent its welcome down the sender before answering.
+        let mut reader = ControlReader::InProcess(from_head);
+        let welcome = match reader.next().await? {
+            Some(FromHead::Welcome(welcome)) => welcome,
+            other => {
+                return Err(HandshakeError::Protocol(format!(
+                    "expected a welcome, got {other:?}"
+                )))
             }
-        });
-        ours
+        };
+        let inbox = HeadInbox {
+            peer,
+            events: self.events.clone(),
+        };
+        Ok(ControlStream {
+            welcome,
+            sender: MessageSender::direct(Arc::new(inbox)),
+            reader,
+        })
     }
 
     /// The head's binary cache (drivers upload into it, nodes fetch from it).

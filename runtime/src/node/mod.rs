@@ -20,7 +20,7 @@ use crate::protocol::{
 use crate::resources::ResourceSet;
 use crate::transfer::{fetch_binary, pull_object_into, TransferError};
 use crate::transport::{
-    connect, open_control, open_control_on, ConnectError, Endpoint, HandshakeError, MessageSender,
+    connect, open_control, ConnectError, Endpoint, HandshakeError, InProcessHead, MessageSender,
     PeerConnections,
 };
 use bytes::Bytes;
@@ -102,11 +102,31 @@ enum SentRun {
     Running(std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>>),
 }
 
+/// The arguments of `a` if every one came with it (nothing to fetch).
+fn inline_args(a: &TaskAssignment) -> Option<Vec<WorkerValue>> {
+    a.spec
+        .args
+        .iter()
+        .zip(&a.sources)
+        .map(|(arg, source)| match (arg, source) {
+            (TaskArg::Value(v), _) | (TaskArg::Ref(_), ArgSource::Inline(v)) => {
+                Some(WorkerValue::Inline(v.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// An actor held by one of this node's workers.
 struct LocalActor {
     worker: Arc<Worker>,
-    /// Its calls, in the order the head sent them; one task serves them in turn.
+    /// Its calls that need arguments fetched, in the order the head sent them; one
+    /// task serves them in turn.
     calls: tokio::sync::mpsc::UnboundedSender<TaskAssignment>,
+    /// How many of those are not yet sent to the worker.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Calls sent to the worker, in order, for their results to be reported.
+    sent: tokio::sync::mpsc::UnboundedSender<SentCall>,
     /// The creation task, whose resources the actor holds until it dies.
     creation: TaskId,
 }
@@ -145,13 +165,13 @@ impl RunningNode {
 /// Joins the cluster and starts serving. The endpoint's listener must route transfer
 /// streams to `store` (see [`crate::server`]).
 ///
-/// `local_head` is a pipe to the head of this same process, if it is the head process
-/// (see `HeadHandle::connect_in_process`): the node then talks to the head over it.
+/// `local_head` is the head of this same process, if it is the head process: the node
+/// then talks to it in memory.
 pub async fn start_node(
     cfg: NodeConfig,
     endpoint: Endpoint,
     store: Arc<ObjectStore>,
-    local_head: Option<tokio::io::DuplexStream>,
+    local_head: Option<Arc<dyn InProcessHead>>,
 ) -> Result<RunningNode, NodeError> {
     let reg = NodeRegistration {
         node_id: cfg.node_id,
@@ -165,10 +185,7 @@ pub async fn start_node(
         software_version: env!("CARGO_PKG_VERSION").into(),
     };
     let (head_conn, control) = match local_head {
-        Some(pipe) => {
-            let (r, w) = tokio::io::split(pipe);
-            (None, open_control_on(w, r, hello).await?)
-        }
+        Some(head) => (None, head.open(hello).await?),
         None => {
             let conn = connect(&endpoint, cfg.head, cfg.connect_timeout).await?;
             let control = open_control(&conn, hello).await?;
@@ -440,19 +457,23 @@ impl NodeInner {
     /// Registers an actor whose constructor has just succeeded in `worker`, and starts
     /// the task that serves its calls one at a time, in the order they arrive.
     fn host_actor(self: Arc<Self>, actor: ActorId, worker: Arc<Worker>, creation: TaskId) {
+        // Calls go to the worker as soon as their arguments are here, without waiting
+        // for the one before to end (the worker runs them in order); their results are
+        // reported in that same order by a second task. A call whose arguments are all
+        // at hand, with none waiting before it, skips the first task (`actor_call`).
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<TaskAssignment>();
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<SentCall>();
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         self.actors.insert(
             actor,
             LocalActor {
                 worker: worker.clone(),
                 calls: tx,
+                waiting: waiting.clone(),
+                sent: sent_tx.clone(),
                 creation,
             },
         );
-        // Calls go to the worker as soon as their arguments are here, without waiting
-        // for the one before to end (the worker runs them in order); their results are
-        // reported in that same order by a second task.
-        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<SentCall>();
         let node = self.clone();
         tokio::spawn(async move {
             let mut last_end = std::time::Instant::now();
@@ -478,44 +499,77 @@ impl NodeInner {
         });
         tokio::spawn(async move {
             while let Some(a) = rx.recv().await {
-                let task_id = a.spec.task_id;
-                let attempt = a.attempt;
-                let function = a.spec.function.clone();
-                let return_id = a.spec.return_id;
-                let run = match self.resolve_args(&a).await {
-                    Err(outcome) => SentRun::Refused(outcome),
-                    Ok(args) => {
-                        let call = WorkerCall {
-                            task_id,
-                            function: a.spec.function,
-                            args,
-                            return_id,
-                        };
-                        let result = self.pool.send_run(&worker, call, RunKind::ActorMethod);
-                        SentRun::Running(Box::pin(result))
-                    }
-                };
-                let sent = SentCall {
-                    task_id,
-                    attempt,
-                    function,
-                    return_id,
-                    run,
-                    sent_at: std::time::Instant::now(),
-                };
-                if sent_tx.send(sent).is_err() {
+                let args = self.resolve_args(&a).await;
+                let sent = self.send_call(&worker, a, args);
+                // Counted down only once sent, so that a call taking the short way in
+                // `actor_call` never overtakes this one.
+                let gone = sent_tx.send(sent).is_err();
+                waiting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                if gone {
                     break;
                 }
             }
         });
     }
 
-    /// Hands a call to its actor's queue; a call for an actor not (or no longer) here
-    /// goes back to the head as a lost worker, for it to retry or fail.
+    /// Sends a call whose arguments are resolved (or could not be) to its actor's
+    /// worker.
+    fn send_call(
+        &self,
+        worker: &Arc<Worker>,
+        a: TaskAssignment,
+        args: Result<Vec<WorkerValue>, TaskOutcome>,
+    ) -> SentCall {
+        let run = match args {
+            Err(outcome) => SentRun::Refused(outcome),
+            Ok(args) => {
+                let call = WorkerCall {
+                    task_id: a.spec.task_id,
+                    function: a.spec.function.clone(),
+                    args,
+                    return_id: a.spec.return_id,
+                };
+                SentRun::Running(Box::pin(self.pool.send_run(
+                    worker,
+                    call,
+                    RunKind::ActorMethod,
+                )))
+            }
+        };
+        SentCall {
+            task_id: a.spec.task_id,
+            attempt: a.attempt,
+            function: a.spec.function,
+            return_id: a.spec.return_id,
+            run,
+            sent_at: std::time::Instant::now(),
+        }
+    }
+
+    /// Hands a call to its actor: straight to its worker if nothing waits before it
+    /// and its arguments are in the spec, else to the actor's queue. A call for an
+    /// actor not (or no longer) here goes back to the head as a lost worker, for it to
+    /// retry or fail.
     fn actor_call(&self, actor: ActorId, a: TaskAssignment) {
         let (task_id, attempt) = (a.spec.task_id, a.attempt);
         let refused = match self.actors.get(&actor) {
-            Some(local) => local.calls.send(a).is_err(),
+            Some(local) => {
+                let at_hand = (local.waiting.load(std::sync::atomic::Ordering::Acquire) == 0)
+                    .then(|| inline_args(&a))
+                    .flatten();
+                match at_hand {
+                    Some(args) => {
+                        let sent = self.send_call(&local.worker, a, Ok(args));
+                        local.sent.send(sent).is_err()
+                    }
+                    None => {
+                        local
+                            .waiting
+                            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        local.calls.send(a).is_err()
+                    }
+                }
+            }
             None => true,
         };
         if refused {

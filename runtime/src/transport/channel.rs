@@ -1,34 +1,78 @@
-//! Message channels over any byte stream: a batching writer task and a frame reader.
+//! Message channels over any byte stream: a batching writer task and a frame reader;
+//! and, between parts of one process, the same senders delivering Rust values directly.
 
 use crate::protocol::{encode_frame_within, read_frame_within, ProtocolError, MAX_FRAME_LEN};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// Sends messages to a peer through a writer task. Cheap to clone; sending never blocks.
+/// A receiver of messages in this same process, which takes them as Rust values: no
+/// encoding, no stream, no task in between.
+pub trait DirectSink<M>: Send + Sync {
+    /// Hands over `msg`; false when the receiver is gone.
+    fn deliver(&self, msg: M) -> bool;
+    /// Whether the receiver is gone.
+    fn is_closed(&self) -> bool;
+}
+
+impl<M: Send> DirectSink<M> for mpsc::UnboundedSender<M> {
+    fn deliver(&self, msg: M) -> bool {
+        self.send(msg).is_ok()
+    }
+    fn is_closed(&self) -> bool {
+        mpsc::UnboundedSender::is_closed(self)
+    }
+}
+
+enum Route<M> {
+    /// Encoded and written to a stream by a writer task.
+    Writer(mpsc::UnboundedSender<M>),
+    /// Handed to a receiver in this process.
+    Direct(Arc<dyn DirectSink<M>>),
+}
+
+/// Sends messages to a peer: through a writer task onto a stream, or, for a peer in
+/// this process, directly. Cheap to clone; sending never blocks.
 pub struct MessageSender<M> {
-    tx: mpsc::UnboundedSender<M>,
+    route: Route<M>,
 }
 
 impl<M> Clone for MessageSender<M> {
     fn clone(&self) -> Self {
-        Self {
-            tx: self.tx.clone(),
-        }
+        let route = match &self.route {
+            Route::Writer(tx) => Route::Writer(tx.clone()),
+            Route::Direct(sink) => Route::Direct(sink.clone()),
+        };
+        Self { route }
     }
 }
 
 impl<M> MessageSender<M> {
-    /// Queues `msg`; returns false when the connection is gone.
-    pub fn send(&self, msg: M) -> bool {
-        self.tx.send(msg).is_ok()
+    /// A sender that hands messages to `sink` in this process.
+    pub fn direct(sink: Arc<dyn DirectSink<M>>) -> Self {
+        Self {
+            route: Route::Direct(sink),
+        }
     }
 
-    /// Whether the writer task has stopped (the connection is gone).
+    /// Queues `msg`; returns false when the connection is gone.
+    pub fn send(&self, msg: M) -> bool {
+        match &self.route {
+            Route::Writer(tx) => tx.send(msg).is_ok(),
+            Route::Direct(sink) => sink.deliver(msg),
+        }
+    }
+
+    /// Whether the writer task has stopped or the receiver is gone (the connection
+    /// is gone).
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        match &self.route {
+            Route::Writer(tx) => tx.is_closed(),
+            Route::Direct(sink) => sink.is_closed(),
+        }
     }
 }
 
@@ -74,7 +118,9 @@ where
         }
         let _ = w.shutdown().await;
     });
-    MessageSender { tx }
+    MessageSender {
+        route: Route::Writer(tx),
+    }
 }
 
 /// Reads framed messages of type `M`.

@@ -2,8 +2,11 @@
 
 use super::{spawn_writer, FrameReader, MessageSender};
 use crate::protocol::{write_frame, FromHead, Hello, ProtocolError, StreamOpen, ToHead, Welcome};
+use std::future::Future;
+use std::pin::Pin;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 
 /// Why the head did not accept us.
 #[derive(Debug, Error)]
@@ -22,9 +25,35 @@ impl From<ProtocolError> for HandshakeError {
     }
 }
 
-/// The read half of a control stream, whatever carries it (a QUIC stream, or an
-/// in-memory pipe between a head and a node of the same process).
-pub type ControlReader = FrameReader<Box<dyn AsyncRead + Unpin + Send>, FromHead>;
+/// The read half of a control stream: frames from a QUIC stream, or messages from a
+/// head in this same process.
+pub enum ControlReader {
+    /// Frames read off a stream.
+    Frames(FrameReader<Box<dyn AsyncRead + Unpin + Send>, FromHead>),
+    /// Messages handed over in memory.
+    InProcess(mpsc::UnboundedReceiver<FromHead>),
+}
+
+impl ControlReader {
+    /// The next message; `Ok(None)` once the head is gone.
+    pub async fn next(&mut self) -> Result<Option<FromHead>, ProtocolError> {
+        match self {
+            ControlReader::Frames(r) => r.next().await,
+            ControlReader::InProcess(rx) => Ok(rx.recv().await),
+        }
+    }
+}
+
+/// A head running in this same process, which a peer of the process (its own node, or
+/// a local-mode driver) joins without a stream: messages pass as Rust values both ways,
+/// with no encryption, no encoding and no reader or writer task in between.
+pub trait InProcessHead: Send + Sync {
+    /// Performs the handshake and returns the control stream.
+    fn open(
+        &self,
+        hello: Hello,
+    ) -> Pin<Box<dyn Future<Output = Result<ControlStream, HandshakeError>> + Send + '_>>;
+}
 
 /// An accepted control stream.
 pub struct ControlStream {
@@ -59,7 +88,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     write_frame(&mut send, &StreamOpen::Control(hello)).await?;
-    let mut reader: ControlReader = FrameReader::new(Box::new(recv));
+    let mut reader = ControlReader::Frames(FrameReader::new(Box::new(recv)));
     match reader.next().await? {
         Some(FromHead::Welcome(Welcome::Rejected(reason))) => Err(HandshakeError::Rejected(reason)),
         Some(FromHead::Welcome(welcome)) => {
