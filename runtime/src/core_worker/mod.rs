@@ -60,6 +60,34 @@ pub enum GetError {
     },
 }
 
+/// Most reference-count updates held back before they are sent.
+const REF_BATCH: usize = 4096;
+/// Longest a reference-count update is held back.
+const REF_FLUSH_DELAY: Duration = Duration::from_millis(1);
+
+/// Reference-count updates waiting to be sent, as runs of adds and removes in order.
+#[derive(Default)]
+struct RefOutbox {
+    messages: Vec<ToHead>,
+    count: usize,
+    flush_scheduled: bool,
+}
+
+impl RefOutbox {
+    /// Appends `ids` (added if `add`, else removed) to the last run of the same kind,
+    /// or starts a run.
+    fn add(&mut self, add: bool, ids: Vec<ObjectId>) {
+        self.count += ids.len();
+        match (self.messages.last_mut(), add) {
+            (Some(ToHead::AddRefs(run)), true) | (Some(ToHead::RemoveRefs(run)), false) => {
+                run.extend(ids)
+            }
+            (_, true) => self.messages.push(ToHead::AddRefs(ids)),
+            (_, false) => self.messages.push(ToHead::RemoveRefs(ids)),
+        }
+    }
+}
+
 /// A store's refusal as the error a caller sees.
 fn store_error(id: ObjectId, e: crate::node::StoreError) -> GetError {
     match e {
@@ -144,6 +172,11 @@ pub struct CoreWorker {
     local_store: std::sync::OnceLock<(NodeId, Arc<crate::node::ObjectStore>)>,
     /// Messages sent to the head so far (see [`Self::sync_with_head`]).
     sent: AtomicU64,
+    /// Reference-count updates not sent yet: runs of them travel as one message
+    /// (getting a value holding 10k references would otherwise send 20k messages).
+    ref_outbox: std::sync::Mutex<RefOutbox>,
+    /// This worker, for the task that flushes `ref_outbox`.
+    this: std::sync::OnceLock<std::sync::Weak<CoreWorker>>,
     /// `sync_with_head` calls awaiting the head's answer.
     syncs: DashMap<u64, std::sync::mpsc::Sender<()>>,
     /// `get_actor` questions awaiting the head's answer.
@@ -174,10 +207,13 @@ impl CoreWorker {
             actor_queries: DashMap::new(),
             next_query: AtomicU64::new(1),
             sent: AtomicU64::new(0),
+            ref_outbox: std::sync::Mutex::new(RefOutbox::default()),
+            this: std::sync::OnceLock::new(),
             syncs: DashMap::new(),
             local_store: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&cw);
+        let _ = cw.this.set(weak.clone());
         let mut reader = conn.reader;
         rt.spawn(async move {
             let reason = loop {
@@ -282,10 +318,49 @@ impl CoreWorker {
         let _ = answered.wait_timeout_while(said, Duration::from_secs(2), |said| !*said);
     }
 
-    /// Sends one message on the ordered control stream.
+    /// Sends one message on the ordered control stream. Reference-count updates wait
+    /// in `ref_outbox` (merged with the ones before) until another message goes, the
+    /// outbox is full, or [`REF_FLUSH_DELAY`] passes; the order of all messages is kept.
     fn to_head(&self, msg: ToHead) -> bool {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        self.head.send(msg)
+        let mut outbox = self.ref_outbox.lock().unwrap_or_else(|p| p.into_inner());
+        match msg {
+            ToHead::AddRefs(ids) => outbox.add(true, ids),
+            ToHead::RemoveRefs(ids) => outbox.add(false, ids),
+            // Sent under the lock, so that another thread's message cannot slip in
+            // between the outbox and this one.
+            other => return self.flush_outbox(&mut outbox) && self.head.send(other),
+        }
+        if outbox.count >= REF_BATCH {
+            return self.flush_outbox(&mut outbox);
+        }
+        if !outbox.flush_scheduled {
+            outbox.flush_scheduled = true;
+            let this = self.this.get().cloned();
+            self.rt.spawn(async move {
+                tokio::time::sleep(REF_FLUSH_DELAY).await;
+                if let Some(cw) = this.and_then(|w| w.upgrade()) {
+                    cw.flush_refs();
+                }
+            });
+        }
+        !self.head.is_closed()
+    }
+
+    fn flush_outbox(&self, outbox: &mut RefOutbox) -> bool {
+        outbox.count = 0;
+        outbox.flush_scheduled = false;
+        let mut ok = true;
+        for msg in outbox.messages.drain(..) {
+            ok &= self.head.send(msg);
+        }
+        ok
+    }
+
+    /// Sends the reference-count updates waiting in the outbox.
+    pub fn flush_refs(&self) {
+        let mut outbox = self.ref_outbox.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_outbox(&mut outbox);
     }
 
     /// How many messages this process has sent the head so far.
@@ -741,5 +816,40 @@ impl CoreWorker {
     /// Fresh task id (for callers building specs).
     pub fn new_task_id(&self) -> TaskId {
         TaskId::random()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_updates_merge_into_runs_in_order() {
+        let mut outbox = RefOutbox::default();
+        outbox.add(true, vec![ObjectId(1), ObjectId(2)]);
+        outbox.add(true, vec![ObjectId(3)]);
+        outbox.add(false, vec![ObjectId(1)]);
+        outbox.add(true, vec![ObjectId(1)]);
+        outbox.add(false, vec![ObjectId(2)]);
+        assert_eq!(outbox.count, 6);
+        let runs: Vec<(bool, Vec<u128>)> = outbox
+            .messages
+            .iter()
+            .map(|m| match m {
+                ToHead::AddRefs(v) => (true, v.iter().map(|i| i.0).collect()),
+                ToHead::RemoveRefs(v) => (false, v.iter().map(|i| i.0).collect()),
+                other => panic!("not a reference update: {other:?}"),
+            })
+            .collect();
+        // An add after a remove of the same object stays after it.
+        assert_eq!(
+            runs,
+            vec![
+                (true, vec![1, 2, 3]),
+                (false, vec![1]),
+                (true, vec![1]),
+                (false, vec![2])
+            ]
+        );
     }
 }
