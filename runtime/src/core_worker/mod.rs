@@ -349,7 +349,6 @@ impl CoreWorker {
 
     fn flush_outbox(&self, outbox: &mut RefOutbox) -> bool {
         outbox.count = 0;
-        outbox.flush_scheduled = false;
         let mut ok = true;
         for msg in outbox.messages.drain(..) {
             ok &= self.head.send(msg);
@@ -357,9 +356,12 @@ impl CoreWorker {
         ok
     }
 
-    /// Sends the reference-count updates waiting in the outbox.
-    pub fn flush_refs(&self) {
+    /// Sends the reference-count updates waiting in the outbox (the delayed flush;
+    /// while one is pending no other is scheduled, so a process alternating puts and
+    /// drops spawns one per [`REF_FLUSH_DELAY`], not one per drop).
+    fn flush_refs(&self) {
         let mut outbox = self.ref_outbox.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.flush_scheduled = false;
         self.flush_outbox(&mut outbox);
     }
 
