@@ -4,7 +4,8 @@
 //! Each node owns a directory on tmpfs (`/dev/shm/rayish-<pid>-<node>`). A large value
 //! lives in one file there; whoever holds it maps the file. The node's store maps what
 //! it holds; a worker reading an argument or a `get` result maps the same file
-//! read-only; a worker returning or `put`ting a large value writes a new file there and
+//! read-only; a worker returning or `put`ting a large value writes a file there (a new
+//! one, or a free one the node lends it) and
 //! tells the node its name, and the node adopts it. Removing an object unlinks its file;
 //! mappings already made stay valid until dropped (POSIX semantics), so a reader never
 //! sees a value vanish under it.
@@ -198,7 +199,8 @@ impl AsRef<[u8]> for SegmentView {
 }
 
 /// Writes `value` into a new segment in `dir` and returns its path (the mapping is
-/// dropped: the reader is another process).
+/// dropped: the reader is another process). Tests use it to play a worker.
+#[cfg(test)]
 pub fn write_segment(dir: &Path, id: ObjectId, value: &[u8]) -> std::io::Result<PathBuf> {
     let mut s = Segment::create(dir, id, value.len())?;
     s.bytes_mut().copy_from_slice(value);

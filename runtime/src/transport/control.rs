@@ -78,7 +78,7 @@ pub async fn open_control(
 }
 
 /// Performs the handshake on any pair of streams.
-pub async fn open_control_on<W, R>(
+async fn open_control_on<W, R>(
     mut send: W,
     recv: R,
     hello: Hello,

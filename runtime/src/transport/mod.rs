@@ -8,9 +8,7 @@ mod quic;
 pub mod tls;
 
 pub use channel::{spawn_writer, spawn_writer_within, DirectSink, FrameReader, MessageSender};
-pub use control::{
-    open_control, open_control_on, ControlReader, ControlStream, HandshakeError, InProcessHead,
-};
+pub use control::{open_control, ControlReader, ControlStream, HandshakeError, InProcessHead};
 pub use quic::{
     connect, describe_incoming_failure, make_endpoint, ConnectError, Endpoint, PeerConnections,
 };
