@@ -130,7 +130,7 @@ impl Segment {
     /// to `len`, and the pages that stay are neither unmapped nor zeroed.
     ///
     /// Only for a segment no other process has mapped: one that had would see the new
-    /// value change under it.
+    /// value change under it. On failure the file is deleted.
     pub fn recycle(mut self, dir: &Path, id: ObjectId, len: usize) -> std::io::Result<Self> {
         if len > self.len {
             return Err(std::io::Error::new(
@@ -139,14 +139,23 @@ impl Segment {
             ));
         }
         let path = segment_path(dir, id);
-        std::fs::rename(&self.path, &path)?;
-        self.path = path;
-        if len < self.len {
-            // The mapping keeps its length; bytes past `len` are never touched again.
-            self.file.set_len(len as u64)?;
-            self.len = len;
+        let renamed = std::fs::rename(&self.path, &path).map(|()| self.path = path);
+        // The mapping keeps its length; bytes past `len` are never touched again.
+        let cut = renamed.and_then(|()| {
+            if len < self.len {
+                self.file.set_len(len as u64).map(|()| self.len = len)
+            } else {
+                Ok(())
+            }
+        });
+        match cut {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                // Whatever its name now, the file must not outlive the segment.
+                self.unlink();
+                Err(e)
+            }
         }
-        Ok(self)
     }
 
     /// Takes over a segment another process of this node created and filled, and no

@@ -215,14 +215,8 @@ impl ObjectStore {
 
     /// A segment for `len` bytes of `id` in `dir`: a free one if one fits, else new.
     fn segment(&self, dir: &Path, id: ObjectId, len: usize) -> Result<Segment, StoreError> {
-        let recycled = self.lock().take_free(len);
-        if let Some(segment) = recycled {
-            // Renaming or cutting a tmpfs file does not fail in practice; if it does,
-            // the segment is dropped and a new one made.
-            match segment.recycle(dir, id, len) {
-                Ok(segment) => return Ok(segment),
-                Err(e) => tracing::warn!("recycling a segment: {e}"),
-            }
+        if let Some(segment) = self.recycled(dir, id, len) {
+            return Ok(segment);
         }
         Segment::create(dir, id, len).map_err(|e| StoreError::SharedMemory {
             needed: len as u64,
@@ -259,18 +253,21 @@ impl ObjectStore {
     /// (the worker then makes its own).
     pub fn lend(&self, id: ObjectId, len: usize) -> Option<PathBuf> {
         let dir = self.config.shm_dir.as_deref()?;
+        let segment = self.recycled(dir, id, len)?;
+        let path = segment.path().to_path_buf();
+        self.lock().lent.insert(path.clone(), segment);
+        Some(path)
+    }
+
+    /// A free segment that holds `len` bytes, renamed and cut for `id`, if one fits.
+    fn recycled(&self, dir: &Path, id: ObjectId, len: usize) -> Option<Segment> {
         let segment = self.lock().take_free(len)?;
-        match segment.recycle(dir, id, len) {
-            Ok(segment) => {
-                let path = segment.path().to_path_buf();
-                self.lock().lent.insert(path.clone(), segment);
-                Some(path)
-            }
-            Err(e) => {
-                tracing::warn!("recycling a segment: {e}");
-                None
-            }
-        }
+        // Renaming or cutting a tmpfs file does not fail in practice; if it does, the
+        // segment is deleted and the caller makes a new one.
+        segment
+            .recycle(dir, id, len)
+            .map_err(|e| tracing::warn!("recycling a segment: {e}"))
+            .ok()
     }
 
     /// Adopts a segment a worker of this node wrote (its `put` or its task's result).
