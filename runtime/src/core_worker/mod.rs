@@ -9,6 +9,7 @@
 
 pub mod node_link;
 mod refs;
+mod spin;
 
 pub use refs::{collect_nested, note_nested};
 
@@ -786,7 +787,21 @@ impl CoreWorker {
                 *n_ready += 1;
             }
         };
-        self.blocking(|| loop {
+        // Poll a little first when this thread's waits are short (see `spin`): the
+        // answer often comes before parking and being woken would.
+        let started = Instant::now();
+        let until = started + spin::budget(deadline.map(|d| d.saturating_duration_since(started)));
+        while Instant::now() < until && self.is_connected() {
+            while let Ok(id) = rx.try_recv() {
+                mark(id, &mut ready, &mut n_ready);
+            }
+            if n_ready >= want {
+                spin::record(started.elapsed());
+                return Ok(ready);
+            }
+            std::hint::spin_loop();
+        }
+        let waited = self.blocking(|| loop {
             let wake = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -812,7 +827,9 @@ impl CoreWorker {
             if n_ready >= want {
                 return Ok(ready.clone());
             }
-        })
+        });
+        spin::record(started.elapsed());
+        waited
     }
 
     /// Fresh task id (for callers building specs).
