@@ -102,14 +102,16 @@ pub async fn connect(
             addr,
             message: e.to_string(),
         })?;
+    let started = std::time::Instant::now();
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(ConnectError::Unreachable { addr, timeout }),
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(classify(addr, e)),
+        Ok(Err(e)) => Err(classify(addr, e, started.elapsed())),
     }
 }
 
-fn classify(addr: SocketAddr, e: quinn::ConnectionError) -> ConnectError {
+/// What a failed handshake means; `waited` is how long it took to fail.
+fn classify(addr: SocketAddr, e: quinn::ConnectionError, waited: Duration) -> ConnectError {
     let text = e.to_string();
     let lower = text.to_lowercase();
     if lower.contains("certificate")
@@ -121,9 +123,10 @@ fn classify(addr: SocketAddr, e: quinn::ConnectionError) -> ConnectError {
     {
         ConnectError::WrongToken { addr }
     } else if matches!(e, quinn::ConnectionError::TimedOut) {
+        // QUIC's own idle timeout ended the handshake before ours.
         ConnectError::Unreachable {
             addr,
-            timeout: Duration::ZERO,
+            timeout: waited,
         }
     } else {
         ConnectError::Other {
