@@ -185,10 +185,16 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
     })
 }
 
-/// The machine's address as others see it: the first non-loopback IPv4 address of its
-/// host name, else 127.0.0.1.
+/// The machine's address as others see it: the source address of its route to the
+/// outside (as Ray finds it; no packet is sent), else the first non-loopback IPv4
+/// address of its host name, else 127.0.0.1.
 pub fn default_ip() -> IpAddr {
     use std::net::ToSocketAddrs;
+    if let Some(ip) = route_ip(SocketAddr::from(([8, 8, 8, 8], 80)))
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    {
+        return ip;
+    }
     let host = crate::session::hostname();
     (host.as_str(), 0)
         .to_socket_addrs()

@@ -24,6 +24,7 @@ pub mod core_worker;
 pub mod head;
 pub mod ids;
 pub mod launch;
+pub mod launcher;
 pub mod node;
 pub mod protocol;
 pub mod registry;

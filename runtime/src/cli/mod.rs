@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod cluster;
 mod start;
 mod status;
 mod stop;
@@ -22,6 +23,18 @@ enum Command {
     Status(status::StatusArgs),
     /// Stop the rayish node processes of this machine, like `ray stop`.
     Stop(stop::StopArgs),
+    /// Start or update a cluster from a cluster YAML, like `ray up`.
+    Up(cluster::UpArgs),
+    /// Stop every node of a cluster YAML's machines, like `ray down`.
+    Down(cluster::DownArgs),
+    /// Run a shell command on the head of a cluster YAML, like `ray exec`.
+    Exec(cluster::ExecArgs),
+    /// Copy a driver program to the head and run it there, like `ray submit`.
+    Submit(cluster::SubmitArgs),
+    /// Open a shell on the head, like `ray attach`.
+    Attach(cluster::AttachArgs),
+    /// Print the head's address from a cluster YAML, like `ray get-head-ip`.
+    GetHeadIp(cluster::HeadIpArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -31,5 +44,11 @@ pub fn run() -> anyhow::Result<()> {
         Command::Start(args) => start::run(args),
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
+        Command::Up(args) => cluster::up(args),
+        Command::Down(args) => cluster::down(args),
+        Command::Exec(args) => cluster::exec(args),
+        Command::Submit(args) => cluster::submit(args),
+        Command::Attach(args) => cluster::attach(args),
+        Command::GetHeadIp(args) => cluster::get_head_ip(args),
     }
 }

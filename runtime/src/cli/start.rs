@@ -53,18 +53,36 @@ pub struct StartArgs {
     /// `<session>/spill/` (default: 30% of the machine's memory, as Ray).
     #[arg(long)]
     object_store_memory: Option<u64>,
+    /// Ray's flag on the head: the cluster file `rayish up` copied there
+    /// (`~/ray_bootstrap_config.yaml`). Checked when given.
+    #[arg(long, requires = "head")]
+    autoscaling_config: Option<PathBuf>,
+}
+
+fn default_cpus() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64
 }
 
 fn resources(args: &StartArgs) -> Result<ResourceSet> {
+    // What `rayish up` sets from the node type's `resources` (Ray's
+    // RAY_OVERRIDE_RESOURCES): it replaces the flags' values.
+    if let Ok(json) = std::env::var("RAYISH_OVERRIDE_RESOURCES") {
+        let mut set = ResourceSet::from_json(&json)
+            .map_err(|e| anyhow::anyhow!("RAYISH_OVERRIDE_RESOURCES: {e}"))?;
+        let names_cpu = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json)
+            .is_ok_and(|m| m.contains_key(CPU));
+        if !names_cpu {
+            set.set(CPU, default_cpus());
+        }
+        return Ok(set);
+    }
     let mut set = match &args.resources {
         Some(json) => ResourceSet::from_json(json).map_err(anyhow::Error::msg)?,
         None => ResourceSet::new(),
     };
-    let cpus = args.num_cpus.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as f64
-    });
+    let cpus = args.num_cpus.unwrap_or_else(default_cpus);
     set.set(CPU, cpus);
     if let Some(g) = args.num_gpus {
         set.set(GPU, g);
@@ -74,6 +92,11 @@ fn resources(args: &StartArgs) -> Result<ResourceSet> {
 
 /// Runs `rayish start`.
 pub fn run(args: StartArgs) -> Result<()> {
+    if let Some(file) = &args.autoscaling_config {
+        // `~` after `=` is not expanded by the shell.
+        let file = rayish::launcher::config::expand_home(&file.to_string_lossy());
+        rayish::launcher::config::ClusterConfig::load(&file)?;
+    }
     let root = args.temp_dir.clone().unwrap_or_else(temp_root);
     // Children (workers) find the same root.
     std::env::set_var("RAYISH_TEMP_DIR", &root);

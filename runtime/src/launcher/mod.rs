@@ -1,0 +1,579 @@
+//! The cluster launcher: `rayish up / down / exec / submit / attach / get-head-ip` from
+//! a Ray-format cluster YAML (Ray's `autoscaler/_private/commands.py` and its local
+//! node provider).
+//!
+//! `up` brings each machine to the state the file describes: rayish's own binary in
+//! `~/.rayish/bin` (put first on `PATH` for every command), the file mounts, then the
+//! initialization, setup and start commands, with `$RAY_HEAD_IP` and the cluster token
+//! in the environment. A machine remembers (in `~/.rayish/up/`) a digest of what it
+//! was last brought up with; if that digest is unchanged and its node is alive in the
+//! cluster, `up` leaves it alone, so a second `up` changes nothing that is right.
+//!
+//! Architecture invariant: the launcher only runs commands on machines and reads what
+//! they print; it never speaks the cluster's wire protocol and never links into a
+//! running node. The head learns about machines the way Ray's does, from nodes joining.
+
+pub mod config;
+pub mod ssh;
+
+use crate::protocol::ClusterStatus;
+use config::{ClusterPlan, RoleCommands};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use ssh::{shell_quote, Machine, SshError, SshOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a launcher command failed.
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    /// A remote step failed.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    /// Local state could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The cluster did not reach the state asked for.
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// Where the remote side keeps rayish's binary and `up`'s digests (relative to home).
+const REMOTE_BIN: &str = ".rayish/bin";
+const REMOTE_UP: &str = ".rayish/up";
+
+/// What this machine remembers of a cluster it launched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterState {
+    /// The cluster token every node was started with.
+    pub token: String,
+    /// The head machine.
+    pub head: String,
+    /// Worker machines `up` started.
+    pub workers: Vec<String>,
+}
+
+/// The role a machine plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The head.
+    Head,
+    /// A worker.
+    Worker,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Head => "head",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// What happened to one machine during `up`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MachineOutcome {
+    /// Already as described and alive: left alone.
+    Unchanged,
+    /// Set up and (re)started.
+    Started,
+}
+
+/// Launches and tears down one cluster.
+pub struct Launcher {
+    plan: ClusterPlan,
+    config_text: String,
+    ssh: SshOptions,
+    state_dir: PathBuf,
+    log: Box<dyn Fn(&str) + Send + Sync>,
+    /// Machines reached, whose shared ssh connections are closed on drop.
+    used: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// Local state lives here: `~/.rayish/clusters/<name>.json`.
+pub fn default_state_dir() -> PathBuf {
+    config::expand_home("~/.rayish/clusters")
+}
+
+impl Launcher {
+    /// A launcher for `plan`, whose file text `config_text` is copied to the head as
+    /// `~/ray_bootstrap_config.yaml` (where Ray's start command points its autoscaler).
+    pub fn new(plan: ClusterPlan, config_text: String, state_dir: PathBuf) -> Self {
+        let control_dir = std::env::temp_dir().join(format!("rayish-ssh-{}", std::process::id()));
+        let ssh = SshOptions {
+            user: plan.ssh_user.clone(),
+            key: plan.ssh_key.clone(),
+            proxy_command: plan.ssh_proxy_command.clone(),
+            control_dir,
+            connect_timeout: Duration::from_secs(10),
+            remote_bin: Some(REMOTE_BIN.into()),
+        };
+        Self {
+            plan,
+            config_text,
+            ssh,
+            state_dir,
+            log: Box::new(|line| println!("{line}")),
+            used: Default::default(),
+        }
+    }
+
+    /// Replaces the progress printer (stdout by default).
+    pub fn with_log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.log = Box::new(log);
+        self
+    }
+
+    /// The resolved plan.
+    pub fn plan(&self) -> &ClusterPlan {
+        &self.plan
+    }
+
+    fn machine(&self, host: &str) -> Machine {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(host.to_string());
+        }
+        Machine::new(host, self.ssh.clone())
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.json", self.plan.name))
+    }
+
+    /// The state saved by the last `up`, if any.
+    pub fn state(&self) -> Option<ClusterState> {
+        let text = std::fs::read_to_string(self.state_file()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn save_state(&self, state: &ClusterState) -> Result<(), LaunchError> {
+        let io = |what: &str| {
+            let what = format!("{what} {}", self.state_file().display());
+            move |source| LaunchError::Io { what, source }
+        };
+        std::fs::create_dir_all(&self.state_dir).map_err(io("creating the directory of"))?;
+        let text = serde_json::to_string_pretty(state).unwrap_or_default();
+        let tmp = self.state_file().with_extension("json.tmp");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // The token is a secret: owner-only, like the node's own cluster record.
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io("writing"))?;
+            f.write_all(text.as_bytes()).map_err(io("writing"))?;
+        }
+        std::fs::rename(&tmp, self.state_file()).map_err(io("writing"))
+    }
+
+    /// The environment every remote command gets.
+    fn env(&self, token: &str) -> Vec<(String, String)> {
+        vec![
+            ("RAY_HEAD_IP".into(), self.plan.head.clone()),
+            ("RAYISH_TOKEN".into(), token.into()),
+        ]
+    }
+
+    /// Brings the cluster up (or checks that it is): the head, then the first
+    /// `min_workers` machines of the pool, in parallel. Returns each machine's outcome.
+    pub fn up(&self, restart: bool) -> Result<Vec<(String, MachineOutcome)>, LaunchError> {
+        let saved = self.state().filter(|s| s.head == self.plan.head);
+        let token = saved
+            .as_ref()
+            .map(|s| s.token.clone())
+            .unwrap_or_else(crate::transport::tls::new_token);
+        let mut outcomes = Vec::new();
+        (self.log)(&format!(
+            "Cluster {}: head {}, {} worker(s) of {} machine(s)",
+            self.plan.name,
+            self.plan.head,
+            self.plan.min_workers,
+            self.plan.worker_pool.len()
+        ));
+        let head_outcome = self.bring_up(&self.plan.head, Role::Head, &token, restart, None)?;
+        outcomes.push((self.plan.head.clone(), head_outcome.clone()));
+        // Keep the workers a previous `up` started (they may have been scaled beyond the
+        // minimum), then fill up to the minimum from the pool in order.
+        let mut wanted: Vec<String> = saved
+            .map(|s| s.workers)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|w| self.plan.worker_pool.contains(w))
+            .collect();
+        for w in &self.plan.worker_pool {
+            if wanted.len() >= self.plan.min_workers {
+                break;
+            }
+            if !wanted.contains(w) {
+                wanted.push(w.clone());
+            }
+        }
+        wanted.truncate(self.plan.max_workers.max(self.plan.min_workers));
+        // A restarted head forgets its nodes: every worker must join it again.
+        let restart_workers = restart || head_outcome == MachineOutcome::Started;
+        let alive = self.alive_nodes(&token)?;
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = wanted
+                .iter()
+                .map(|w| {
+                    let token = &token;
+                    let alive = &alive;
+                    s.spawn(move || {
+                        self.bring_up(w, Role::Worker, token, restart_workers, Some(alive))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(LaunchError::NotReady(
+                            "a worker's set-up thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut first_error = None;
+        for (w, r) in wanted.iter().zip(results) {
+            match r {
+                Ok(o) => outcomes.push((w.clone(), o)),
+                Err(e) => {
+                    (self.log)(&format!("  {w}: FAILED: {e}"));
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.save_state(&ClusterState {
+            token: token.clone(),
+            head: self.plan.head.clone(),
+            workers: outcomes.iter().skip(1).map(|(w, _)| w.clone()).collect(),
+        })?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.wait_for_nodes(&token, &wanted, Duration::from_secs(60))?;
+        (self.log)(&format!(
+            "Cluster {} is up: {} node(s). Head: {}",
+            self.plan.name,
+            1 + wanted.len(),
+            self.plan.head_external
+        ));
+        Ok(outcomes)
+    }
+
+    /// Sets one machine up unless it already is as described and alive.
+    fn bring_up(
+        &self,
+        host: &str,
+        role: Role,
+        token: &str,
+        restart: bool,
+        alive: Option<&[String]>,
+    ) -> Result<MachineOutcome, LaunchError> {
+        let m = self.machine(host);
+        let log = |what: &str| (self.log)(&format!("  {host} ({}): {what}", role.name()));
+        log("syncing the rayish binary and file mounts");
+        let binary = std::env::current_exe().map_err(|source| LaunchError::Io {
+            what: "finding this rayish binary".into(),
+            source,
+        })?;
+        m.copy(&binary, &format!("~/{REMOTE_BIN}/rayish"), &[], &[])?;
+        if role == Role::Head {
+            let local = self
+                .state_dir
+                .join(format!("{}.bootstrap.yaml", self.plan.name));
+            std::fs::create_dir_all(&self.state_dir)
+                .and_then(|_| std::fs::write(&local, &self.config_text))
+                .map_err(|source| LaunchError::Io {
+                    what: format!("writing {}", local.display()),
+                    source,
+                })?;
+            m.copy(&local, "~/ray_bootstrap_config.yaml", &[], &[])?;
+        }
+        for (remote, local) in &self.plan.file_mounts {
+            let local = config::expand_home(local);
+            m.copy(
+                &local,
+                remote,
+                &self.plan.rsync_exclude,
+                &self.plan.rsync_filter,
+            )?;
+        }
+        let commands = match role {
+            Role::Head => &self.plan.head_commands,
+            Role::Worker => &self.plan.worker_commands,
+        };
+        let digest = self.digest(role, commands, token, &m)?;
+        let digest_file = format!("~/{REMOTE_UP}/{}-{}.digest", self.plan.name, role.name());
+        let current = m
+            .run(&format!("cat {digest_file} 2>/dev/null || true"), &[])?
+            .trim()
+            .to_string();
+        let is_alive = match alive {
+            None => m
+                .run(
+                    "rayish status --json >/dev/null 2>&1 && echo alive || true",
+                    &self.env(token),
+                )?
+                .contains("alive"),
+            Some(alive) => alive.iter().any(|a| is_host(host, a)),
+        };
+        if !restart && current == digest && is_alive {
+            log("unchanged, running");
+            return Ok(MachineOutcome::Unchanged);
+        }
+        let env = self.env(token);
+        let mut env_role = env.clone();
+        if let Some(json) = self.resources_json(role) {
+            env_role.push(("RAYISH_OVERRIDE_RESOURCES".into(), json));
+        }
+        let phases: [(&str, &Vec<String>); 3] = [
+            ("initialization", &commands.initialization),
+            ("setup", &commands.setup),
+            ("start", &commands.start),
+        ];
+        for (phase, list) in phases {
+            for command in list {
+                log(&format!("{phase}: {command}"));
+                m.run(command, &env_role)?;
+            }
+        }
+        m.run(
+            &format!("mkdir -p ~/{REMOTE_UP} && echo {digest} > {digest_file}"),
+            &[],
+        )?;
+        log("started");
+        Ok(MachineOutcome::Started)
+    }
+
+    /// `RAYISH_OVERRIDE_RESOURCES` for a role's node type (Ray's `RAY_OVERRIDE_RESOURCES`).
+    fn resources_json(&self, role: Role) -> Option<String> {
+        let r = match role {
+            Role::Head => &self.plan.head_resources,
+            Role::Worker => &self.plan.worker_resources,
+        };
+        (!r.is_empty()).then(|| serde_json::to_string(r).unwrap_or_default())
+    }
+
+    /// What a machine was brought up with: its commands, resources, the token, the
+    /// binary and the file mounts' contents (as rsync sees them, remotely listed).
+    fn digest(
+        &self,
+        role: Role,
+        commands: &RoleCommands,
+        token: &str,
+        m: &Machine,
+    ) -> Result<String, LaunchError> {
+        let mut h = Sha256::new();
+        h.update(role.name());
+        for c in commands
+            .initialization
+            .iter()
+            .chain(&commands.setup)
+            .chain(&commands.start)
+        {
+            h.update(c.as_bytes());
+            h.update([0]);
+        }
+        h.update(self.resources_json(role).unwrap_or_default());
+        h.update(token);
+        h.update(&self.plan.head);
+        // Remote paths' listing (names, sizes, times): a changed mount means set-up again.
+        let mut paths: Vec<String> = self
+            .plan
+            .file_mounts
+            .keys()
+            .map(|k| shell_quote(&k.replacen("~/", "", 1)))
+            .collect();
+        paths.push(format!("{REMOTE_BIN}/rayish"));
+        let listing = m.run(
+            &format!(
+                "cd ~ && find {} -printf '%p %s %T@\\n' 2>/dev/null | sort || true",
+                paths.join(" ")
+            ),
+            &[],
+        )?;
+        h.update(listing);
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The machines (addresses) with a live node, as the head reports them; empty if
+    /// the head is not up.
+    fn alive_nodes(&self, token: &str) -> Result<Vec<String>, LaunchError> {
+        let m = self.machine(&self.plan.head);
+        let out = match m.run("rayish status --json", &self.env(token)) {
+            Ok(out) => out,
+            Err(SshError::Failed { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        // Whatever a login shell printed first, the JSON document is the rest.
+        let json = out.find('{').map_or("{}", |i| &out[i..]);
+        Ok(serde_json::from_str::<ClusterStatus>(json)
+            .map(|s| {
+                s.nodes
+                    .iter()
+                    .filter(|n| n.alive)
+                    .map(|n| n.address.ip().to_string())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Waits until the head and every one of `workers` is alive in the cluster.
+    fn wait_for_nodes(
+        &self,
+        token: &str,
+        workers: &[String],
+        limit: Duration,
+    ) -> Result<(), LaunchError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let alive = self.alive_nodes(token)?;
+            let missing: Vec<&String> = std::iter::once(&self.plan.head)
+                .chain(workers)
+                .filter(|h| !alive.iter().any(|a| is_host(h, a)))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LaunchError::NotReady(format!(
+                    "after {limit:?} these machines have no live node in the cluster: {} \
+                     (their start commands ran; see /tmp/rayish/session_latest/logs there)",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Stops rayish on every machine of the file (workers first, then the head) and
+    /// forgets the cluster. Unreachable machines are reported, not fatal.
+    pub fn down(&self) -> Result<(), LaunchError> {
+        let mut hosts: Vec<String> = self.plan.worker_pool.clone();
+        if let Some(s) = self.state() {
+            for w in s.workers {
+                if !hosts.contains(&w) {
+                    hosts.push(w);
+                }
+            }
+        }
+        let stop = |host: &String| {
+            let r = self.machine(host).run(
+                &format!(
+                    "if [ -x ~/{REMOTE_BIN}/rayish ]; then ~/{REMOTE_BIN}/rayish stop; fi; rm -f ~/{REMOTE_UP}/{}-*.digest",
+                    self.plan.name
+                ),
+                &[],
+            );
+            r
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = hosts
+                .iter()
+                .map(|h| (h, s.spawn(move || stop(h))))
+                .collect();
+            for (h, handle) in handles {
+                match handle.join() {
+                    Ok(Ok(_)) => (self.log)(&format!("  {h}: stopped")),
+                    Ok(Err(e)) => (self.log)(&format!("  {h}: could not stop: {e}")),
+                    Err(_) => (self.log)(&format!("  {h}: could not stop")),
+                }
+            }
+        });
+        stop(&self.plan.head)?;
+        (self.log)(&format!("  {}: stopped (head)", self.plan.head));
+        match std::fs::remove_file(self.state_file()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(LaunchError::Io {
+                    what: format!("removing {}", self.state_file().display()),
+                    source,
+                })
+            }
+        }
+        let _ = std::fs::remove_file(
+            self.state_dir
+                .join(format!("{}.bootstrap.yaml", self.plan.name)),
+        );
+        (self.log)(&format!("Cluster {} is down.", self.plan.name));
+        Ok(())
+    }
+
+    fn head_env(&self) -> Vec<(String, String)> {
+        let token = self.state().map(|s| s.token).unwrap_or_default();
+        let mut env = self.env(&token);
+        env.push(("RAYISH_ADDRESS".into(), "auto".into()));
+        env
+    }
+
+    /// Runs `command` on the head with this terminal, with `RAYISH_ADDRESS=auto` so a
+    /// driver joins the cluster; returns its exit code.
+    pub fn exec(&self, command: &str) -> Result<i32, LaunchError> {
+        let status = self
+            .machine(&self.plan.head)
+            .interactive(Some(command), &self.head_env())?;
+        Ok(status.code().unwrap_or(1))
+    }
+
+    /// Copies `program` to the head (`~/.rayish/submit/`) and runs it there with `args`,
+    /// as a driver of the cluster; returns its exit code.
+    pub fn submit(&self, program: &Path, args: &[String]) -> Result<i32, LaunchError> {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "program".into());
+        let remote = format!("~/.rayish/submit/{name}");
+        self.machine(&self.plan.head)
+            .copy(program, &remote, &[], &[])?;
+        let command = std::iter::once(format!("~/.rayish/submit/{}", shell_quote(&name)))
+            .chain(args.iter().map(|a| shell_quote(a)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.exec(&command)
+    }
+
+    /// An interactive login shell on the head.
+    pub fn attach(&self) -> Result<i32, LaunchError> {
+        let status = self
+            .machine(&self.plan.head)
+            .interactive(None, &self.head_env())?;
+        Ok(status.code().unwrap_or(1))
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|p| p.into_inner()));
+        for host in used {
+            Machine::new(&host, self.ssh.clone()).close();
+        }
+        let _ = std::fs::remove_dir_all(&self.ssh.control_dir);
+    }
+}
+
+/// Whether `host` (a name or address from the cluster file) is the machine at `ip`.
+fn is_host(host: &str, ip: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    host == ip
+        || (host, 0)
+            .to_socket_addrs()
+            .is_ok_and(|mut addrs| addrs.any(|a| a.ip().to_string() == ip))
+}

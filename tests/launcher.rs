@@ -1,0 +1,400 @@
+//! The cluster launcher: `rayish up --dry-run` on Ray's own local-provider files, and
+//! `rayish up / exec / submit / down` against three "machines" (network namespaces with
+//! their own addresses, host names, home, /tmp, /srv and /dev/shm, each running sshd;
+//! tests/support/machines.sh), running the faces job across them.
+//!
+//! Needs root (network namespaces) and scripts/setup-cluster-tests.sh (sshd, rsync);
+//! tests/run.sh runs it.
+
+use rayish_suite::{rayish_bin, target_dir};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/cluster")
+        .join(name)
+}
+
+fn rayish(args: &[&str], state_dir: &Path) -> Output {
+    Command::new(rayish_bin())
+        .args(args)
+        .env("RAYISH_CLUSTERS_DIR", state_dir)
+        .output()
+        .expect("run rayish")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "rayish-launcher-{tag}-{:x}",
+        rayish_suite::rand_u64()
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn dry_run_accepts_ray_s_local_provider_files_with_rayish_start_commands() {
+    let state = temp_dir("dry");
+    // Ray's python/ray/autoscaler/local/defaults.yaml, with `ray` → `rayish` in the start
+    // commands and its placeholders filled, and example-minimal-manual.yaml as it is.
+    for (file, expect) in [
+        ("ray-local-defaults.yaml", "workers 0..2 from 2 machine(s)"),
+        (
+            "ray-local-minimal-manual.yaml",
+            "workers 2..2 from 2 machine(s)",
+        ),
+    ] {
+        let path = fixture(file);
+        let out = rayish(&["up", "--dry-run", path.to_str().expect("path")], &state);
+        let t = text(&out);
+        assert!(out.status.success(), "{file}: {t}");
+        assert!(t.contains("valid") && t.contains(expect), "{file}: {t}");
+        assert!(
+            t.contains("rayish start --address=$RAY_HEAD_IP:6379"),
+            "{file}: worker start command: {t}"
+        );
+    }
+}
+
+#[test]
+fn dry_run_names_a_misspelled_field_and_its_line() {
+    let state = temp_dir("dry-bad");
+    let good = std::fs::read_to_string(fixture("ray-local-defaults.yaml")).expect("fixture");
+    let dir = temp_dir("dry-bad-file");
+    for (from, to, field) in [
+        (
+            "idle_timeout_minutes:",
+            "idle_timout_minutes:",
+            "idle_timout_minutes",
+        ),
+        ("    worker_ips:", "    worker_ip:", "worker_ip"),
+        (
+            "head_start_ray_commands:",
+            "head_start_commands:",
+            "head_start_commands",
+        ),
+    ] {
+        assert!(good.contains(from), "{from}");
+        let bad = good.replacen(from, to, 1);
+        let line = bad
+            .lines()
+            .position(|l| l.contains(to.trim()))
+            .expect("changed line")
+            + 1;
+        let path = dir.join(format!("{field}.yaml"));
+        std::fs::write(&path, bad).expect("write");
+        let out = rayish(&["up", "--dry-run", path.to_str().expect("path")], &state);
+        let t = text(&out);
+        assert!(!out.status.success(), "{field}: accepted: {t}");
+        assert!(
+            t.contains(&format!("unknown field `{field}`")) && t.contains(&format!("line {line}")),
+            "{field} (line {line}): {t}"
+        );
+    }
+    // A start command left as Ray's is named too.
+    let path = dir.join("ray-start.yaml");
+    std::fs::write(
+        &path,
+        good.replace("rayish start --address", "ray start --address"),
+    )
+    .expect("write");
+    let t = text(&rayish(
+        &["up", "--dry-run", path.to_str().expect("path")],
+        &state,
+    ));
+    assert!(
+        t.contains("worker_start_ray_commands") && t.contains("rayish start"),
+        "{t}"
+    );
+}
+
+/// Three machines for one test, removed on drop.
+struct Machines {
+    name: &'static str,
+    addresses: Vec<String>,
+    key: PathBuf,
+}
+
+impl Machines {
+    fn up(name: &'static str, count: usize, subnet: u8) -> Self {
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "the launcher test needs root (it makes network namespaces); CI runs as root"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/machines.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["up", name, &count.to_string(), &subnet.to_string()])
+            .output()
+            .expect("machines.sh");
+        assert!(out.status.success(), "machines.sh up: {}", text(&out));
+        let addresses: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(addresses.len(), count, "{}", text(&out));
+        Self {
+            name,
+            addresses,
+            key: PathBuf::from(format!("/run/rayish-machines/{name}/id_ed25519")),
+        }
+    }
+
+    /// Command lines of the processes running in machine `i` (0-based).
+    fn processes(&self, i: usize) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &format!("{}-m{}", self.name, i + 1)])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .collect()
+    }
+}
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/machines.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .args(["down", self.name])
+            .status();
+    }
+}
+
+/// encodings.jsonl lines by file name: (boxes, encodings, node).
+fn by_file(jsonl: &str) -> BTreeMap<String, (Value, Value, String)> {
+    jsonl
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("jsonl line");
+            let name = Path::new(v["path"].as_str().expect("path"))
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            let node = v["node"].as_str().unwrap_or_default().to_string();
+            (name, (v["boxes"].clone(), v["encodings"].clone(), node))
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &Value, b: &Value) -> f64 {
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "shapes differ: {a} vs {b}");
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| max_abs_diff(p, q))
+                .fold(0.0, f64::max)
+        }
+        _ => (a.as_f64().expect("number") - b.as_f64().expect("number")).abs(),
+    }
+}
+
+#[test]
+fn up_submit_down_runs_the_faces_job_across_three_ssh_machines() {
+    let _one = rayish_suite::exclusive();
+    let models = rayish_faces::models::data_dir().join("face_models");
+    let photos = rayish_faces::models::data_dir().join("sample_photos");
+    assert!(
+        photos.join("obama.jpg").is_file(),
+        "run scripts/setup-faces.sh first"
+    );
+    let machines = Machines::up("rl", 3, 78);
+    let [head, w1, w2] = [0, 1, 2].map(|i| machines.addresses[i].clone());
+    let dir = temp_dir("up");
+    let state = dir.join("state");
+    let config = dir.join("cluster.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster_name: launcher-test
+min_workers: 2
+max_workers: 2
+idle_timeout_minutes: 5
+provider:
+    type: local
+    head_ip: {head}
+    worker_ips: [{w1}, {w2}]
+auth:
+    ssh_user: root
+    ssh_private_key: {key}
+file_mounts: {{
+    /srv/faces/models: {models},
+    /srv/faces/photos: {photos},
+}}
+setup_commands:
+    - test -s /srv/faces/models/dlib_face_recognition_resnet_model_v1.dat
+head_start_ray_commands:
+    - rayish stop
+    - ulimit -c unlimited && rayish start --head --port=6379 --num-cpus=1 --autoscaling-config=~/ray_bootstrap_config.yaml
+worker_start_ray_commands:
+    - rayish stop
+    - rayish start --address=$RAY_HEAD_IP:6379 --num-cpus=1
+",
+            key = machines.key.display(),
+            models = models.display(),
+            photos = photos.display(),
+        ),
+    )
+    .expect("cluster.yaml");
+    let cfg = config.to_str().expect("path");
+
+    // Up from nothing: all three set up and joined.
+    let out = rayish(&["up", cfg], &state);
+    assert!(out.status.success(), "rayish up: {}", text(&out));
+    assert!(
+        text(&out).contains("3 machine(s) set up and started, 0 unchanged"),
+        "{}",
+        text(&out)
+    );
+    let out = rayish(&["exec", cfg, "rayish status --json"], &state);
+    assert!(out.status.success(), "exec status: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let status: Value =
+        serde_json::from_str(&stdout[stdout.find('{').expect("status json")..]).expect("status");
+    let alive: BTreeSet<String> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["alive"] == true)
+        .map(|n| {
+            n["address"]
+                .as_str()
+                .expect("address")
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        alive,
+        BTreeSet::from([head.clone(), w1.clone(), w2.clone()])
+    );
+    let out = rayish(&["get-head-ip", cfg], &state);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), head);
+
+    // Up again: nothing to change, nothing restarted.
+    let head_pids = |m: &Machines| -> Vec<String> {
+        m.processes(0)
+            .into_iter()
+            .filter(|c| c.contains("rayish start"))
+            .collect()
+    };
+    let before = head_pids(&machines);
+    let out = rayish(&["up", cfg], &state);
+    assert!(out.status.success(), "second up: {}", text(&out));
+    assert!(
+        text(&out).contains("0 machine(s) set up and started, 3 unchanged"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(head_pids(&machines), before);
+
+    // The faces job, submitted to the head, spread over the machines.
+    let faces = target_dir().join("rayish-faces");
+    let out = rayish(
+        &[
+            "submit",
+            cfg,
+            faces.to_str().expect("path"),
+            "encode",
+            "/srv/faces/photos",
+            "--models",
+            "/srv/faces/models",
+            "--out",
+            "/srv/faces/out",
+            "--quiet",
+        ],
+        &state,
+    );
+    assert!(out.status.success(), "submit: {}", text(&out));
+    let remote = rayish(&["exec", cfg, "cat /srv/faces/out/encodings.jsonl"], &state);
+    assert!(remote.status.success(), "{}", text(&remote));
+    let remote = by_file(&String::from_utf8_lossy(&remote.stdout));
+    let nodes: BTreeSet<&String> = remote.values().map(|r| &r.2).collect();
+    assert!(nodes.len() >= 2, "all images ran on one node: {nodes:?}");
+
+    // The same job in local mode here gives the same boxes and encodings.
+    let local_out = dir.join("local");
+    let out = Command::new(&faces)
+        .args([
+            "encode",
+            photos.to_str().expect("path"),
+            "--models",
+            models.to_str().expect("path"),
+        ])
+        .args(["--out", local_out.to_str().expect("path"), "--quiet"])
+        .env_remove("RAYISH_ADDRESS")
+        .output()
+        .expect("local faces");
+    assert!(out.status.success(), "local faces: {}", text(&out));
+    let local =
+        by_file(&std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"));
+    assert_eq!(
+        local.keys().collect::<Vec<_>>(),
+        remote.keys().collect::<Vec<_>>()
+    );
+    for (name, (boxes, encodings, _)) in &local {
+        let (rboxes, rencodings, _) = &remote[name];
+        assert_eq!(boxes, rboxes, "{name}: boxes");
+        let d = max_abs_diff(encodings, rencodings);
+        assert!(d < 1e-9, "{name}: encodings differ by {d}");
+    }
+
+    // Down: no rayish process left on any machine, and no ssh connection left here.
+    let out = rayish(&["down", cfg], &state);
+    assert!(out.status.success(), "down: {}", text(&out));
+    // Workers notice their node is gone within moments; allow them a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for i in 0..3 {
+        loop {
+            let left: Vec<String> = machines
+                .processes(i)
+                .into_iter()
+                .filter(|c| !c.starts_with("sshd") && !c.starts_with("/usr/sbin/sshd"))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "machine {i} still runs {left:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    assert!(
+        !state.join("launcher-test.json").exists(),
+        "local state kept"
+    );
+    let ps = Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    let masters: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.starts_with("ssh") && l.contains("rayish-ssh-"))
+        .map(str::to_string)
+        .collect();
+    assert!(masters.is_empty(), "ssh connections left: {masters:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
