@@ -50,6 +50,15 @@ enum Scenario {
         #[arg(long)]
         go: PathBuf,
     },
+    /// `n` tasks of `ms` milliseconds each, all at once; where did they run?
+    Burst {
+        /// Tasks.
+        #[arg(long)]
+        n: u64,
+        /// Milliseconds each.
+        #[arg(long)]
+        ms: u64,
+    },
     /// A task no node can run.
     Infeasible,
     /// Puts `count` objects of `mib` MiB, waits for `<go>.1`, reads every byte back,
@@ -342,6 +351,23 @@ fn main() -> anyhow::Result<()> {
                 if *v != i as u64 * 2 {
                     wrong += 1;
                 }
+                *nodes.entry(node.clone()).or_default() += 1;
+            }
+            result(
+                json!({"n": n, "wrong": wrong, "nodes": nodes, "seconds": start.elapsed().as_secs_f64()}),
+            );
+        }
+        Scenario::Burst { n, ms } => {
+            let start = Instant::now();
+            let refs: Vec<_> = (0..n).map(|i| slow::remote(i, ms)).collect();
+            let out = rayish::get_all(&refs)?;
+            let mut nodes: BTreeMap<String, u64> = BTreeMap::new();
+            let wrong = out
+                .iter()
+                .enumerate()
+                .filter(|(i, (v, _))| *v != *i as u64 * 7)
+                .count();
+            for (_, node) in &out {
                 *nodes.entry(node.clone()).or_default() += 1;
             }
             result(

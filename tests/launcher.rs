@@ -398,3 +398,155 @@ worker_start_ray_commands:
     assert!(masters.is_empty(), "ssh connections left: {masters:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `rayish status --json` on the head, through `rayish exec`.
+fn head_status(cfg: &str, state: &Path) -> Value {
+    let out = rayish(&["exec", cfg, "rayish status --json"], state);
+    assert!(out.status.success(), "exec status: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout[stdout.find('{').expect("status json")..]).expect("status")
+}
+
+fn alive_count(status: &Value) -> usize {
+    status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["alive"] == true)
+        .count()
+}
+
+#[test]
+fn the_autoscaler_starts_workers_for_a_burst_and_stops_them_once_idle() {
+    let _one = rayish_suite::exclusive();
+    let machines = Machines::up("ra", 3, 77);
+    let [head, w1, w2] = [0, 1, 2].map(|i| machines.addresses[i].clone());
+    let dir = temp_dir("autoscale");
+    let state = dir.join("state");
+    let config = dir.join("cluster.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster_name: autoscale-test
+max_workers: 2
+upscaling_speed: 1.0
+idle_timeout_minutes: 0.1
+provider:
+    type: local
+    head_ip: {head}
+    worker_ips: [{w1}, {w2}]
+auth:
+    ssh_user: root
+    ssh_private_key: {key}
+available_node_types:
+    head:
+        resources: {{CPU: 1}}
+        node_config: {{}}
+    worker:
+        resources: {{CPU: 2}}
+        min_workers: 0
+        max_workers: 2
+        node_config: {{}}
+head_node_type: head
+head_start_ray_commands:
+    - rayish stop
+    - rayish start --head --port=6379 --autoscaling-config=~/ray_bootstrap_config.yaml
+worker_start_ray_commands:
+    - rayish stop
+    - rayish start --address=$RAY_HEAD_IP:6379
+",
+            key = machines.key.display(),
+        ),
+    )
+    .expect("cluster.yaml");
+    let cfg = config.to_str().expect("path");
+
+    // min_workers 0: only the head comes up, its autoscaler idle.
+    let out = rayish(&["up", cfg], &state);
+    assert!(out.status.success(), "rayish up: {}", text(&out));
+    assert!(
+        text(&out).contains("1 machine(s) set up and started, 0 unchanged"),
+        "{}",
+        text(&out)
+    );
+    let status = head_status(cfg, &state);
+    assert_eq!(alive_count(&status), 1);
+    assert_eq!(status["nodes"][0]["total"]["CPU"], 1000, "{status}");
+
+    // A burst the head's one CPU would take 36 s for: the autoscaler adds workers.
+    let driver = target_dir().join("examples/cluster_driver");
+    let out = rayish(
+        &[
+            "submit",
+            cfg,
+            driver.to_str().expect("path"),
+            "burst",
+            "--n",
+            "24",
+            "--ms",
+            "1500",
+        ],
+        &state,
+    );
+    assert!(out.status.success(), "submit: {}", text(&out));
+    let result: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|r| serde_json::from_str(r).expect("result json"))
+        .expect("RESULT line");
+    assert_eq!(result["wrong"], 0, "{result}");
+    let nodes = result["nodes"].as_object().expect("nodes");
+    assert!(
+        nodes.len() >= 2,
+        "the burst ran on the head alone: {result}"
+    );
+    let status = head_status(cfg, &state);
+    let recent = status["autoscaler"]["recent"].to_string();
+    assert!(
+        recent.contains("launching a worker") && recent.contains("waiting for resources"),
+        "{status}"
+    );
+    let text_status = text(&rayish(&["exec", cfg, "rayish status"], &state));
+    assert!(
+        text_status.contains("Autoscaler") && text_status.contains("launching a worker"),
+        "{text_status}"
+    );
+    eprintln!("{text_status}");
+
+    // Idle for 6 s: the workers are stopped, down to min_workers (0).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let status = head_status(cfg, &state);
+        let machines_idle = status["autoscaler"]["machines"]
+            .as_array()
+            .expect("machines")
+            .iter()
+            .all(|m| m["state"] == "idle");
+        if alive_count(&status) == 1 && machines_idle {
+            assert!(
+                status["autoscaler"]["recent"]
+                    .to_string()
+                    .contains("stopping its worker (idle"),
+                "{status}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers not stopped: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    for i in 1..3 {
+        let left: Vec<String> = machines
+            .processes(i)
+            .into_iter()
+            .filter(|c| !c.starts_with("sshd") && !c.starts_with("/usr/sbin/sshd"))
+            .collect();
+        assert!(left.is_empty(), "machine {i} still runs {left:?}");
+    }
+
+    let out = rayish(&["down", cfg], &state);
+    assert!(out.status.success(), "down: {}", text(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}

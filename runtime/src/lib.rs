@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod api;
+pub mod autoscaler;
 pub mod binaries;
 pub mod core_worker;
 pub mod head;

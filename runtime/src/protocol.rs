@@ -25,7 +25,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of this protocol; peers speaking another one are refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RYSH";
 /// Bytes before a frame's payload.
@@ -611,6 +611,8 @@ pub enum ToHead {
     ObjectCopied(ObjectId),
     /// Ask for a [`ClusterStatus`].
     StatusRequest,
+    /// From the autoscaler: what it is doing and why, shown by `rayish status`.
+    AutoscalerReport(Box<AutoscalerReport>),
     /// Find the live actor named `name`; answered with [`FromHead::ActorFound`], and
     /// the asker then holds a reference to its handle object.
     GetActor {
@@ -748,6 +750,34 @@ pub struct ClusterStatus {
     pub drivers: u64,
     /// Actors alive or being (re-)created now.
     pub actors: u64,
+    /// The autoscaler's last report, if the head runs one.
+    pub autoscaler: Option<AutoscalerReport>,
+}
+
+/// What the autoscaler is doing, as it last reported.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AutoscalerReport {
+    /// Fewest and most workers it keeps.
+    pub min_workers: u32,
+    /// Most workers.
+    pub max_workers: u32,
+    /// Seconds a worker may be idle before it is stopped.
+    pub idle_timeout_secs: f64,
+    /// Each machine of the pool and what it is doing.
+    pub machines: Vec<PoolMachine>,
+    /// Its latest decisions and their reasons, newest last.
+    pub recent: Vec<String>,
+}
+
+/// One machine of the autoscaler's pool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolMachine {
+    /// Host name or address, as in the cluster file.
+    pub host: String,
+    /// `idle` (no node), `launching`, `running`, `stopping` or `failed`.
+    pub state: String,
+    /// Why it is in that state, or for how long a running worker has been idle.
+    pub detail: String,
 }
 
 /// One node in a [`ClusterStatus`].

@@ -247,6 +247,11 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
     )
     .context("registering the process")?;
 
+    if let (true, Some(file)) = (args.head, &args.autoscaling_config) {
+        let file = rayish::launcher::config::expand_home(&file.to_string_lossy());
+        rayish::autoscaler::spawn(&file, address, token.clone()).map_err(anyhow::Error::msg)?;
+        println!("Autoscaler started from {}.", file.display());
+    }
     if args.head {
         println!("Local node IP: {}", address.ip());
         println!("--------------------");

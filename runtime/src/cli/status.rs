@@ -138,5 +138,25 @@ fn render(address: &str, s: &ClusterStatus) -> String {
     for (shape, n) in &s.infeasible_demand {
         out += &format!(" {shape}: {n} infeasible tasks (no node can run them)\n");
     }
+    out += &format!("\nAutoscaler\n{line}\n");
+    match &s.autoscaler {
+        None => out += " (not running: start the head with --autoscaling-config)\n",
+        Some(a) => {
+            out += &format!(
+                " workers {}..{}, idle timeout {:.0} s\n",
+                a.min_workers, a.max_workers, a.idle_timeout_secs
+            );
+            for m in &a.machines {
+                out += &format!(" {} {} {}\n", m.host, m.state, m.detail);
+            }
+            out += "Recent:\n";
+            if a.recent.is_empty() {
+                out += " (nothing done yet)\n";
+            }
+            for r in &a.recent {
+                out += &format!(" {r}\n");
+            }
+        }
+    }
     out
 }

@@ -301,6 +301,10 @@ impl Launcher {
                     source,
                 })?;
             m.copy(&local, "~/ray_bootstrap_config.yaml", &[], &[])?;
+            // The head's autoscaler reaches the pool with the same key, as Ray's does.
+            if let Some(key) = &self.plan.ssh_key {
+                m.copy(key, crate::autoscaler::BOOTSTRAP_KEY, &[], &[])?;
+            }
         }
         for (remote, local) in &self.plan.file_mounts {
             let local = config::expand_home(local);
@@ -321,16 +325,18 @@ impl Launcher {
             .run(&format!("cat {digest_file} 2>/dev/null || true"), &[])?
             .trim()
             .to_string();
-        let is_alive = match alive {
-            None => m
-                .run(
-                    "rayish status --json >/dev/null 2>&1 && echo alive || true",
-                    &self.env(token),
-                )?
-                .contains("alive"),
-            Some(alive) => alive.iter().any(|a| is_host(host, a)),
+        let is_alive = || -> Result<bool, LaunchError> {
+            Ok(match alive {
+                None => m
+                    .run(
+                        "rayish status --json >/dev/null 2>&1 && echo alive || true",
+                        &self.env(token),
+                    )?
+                    .contains("alive"),
+                Some(alive) => alive.iter().any(|a| is_host(host, a)),
+            })
         };
-        if !restart && current == digest && is_alive {
+        if !restart && current == digest && is_alive()? {
             log("unchanged, running");
             return Ok(MachineOutcome::Unchanged);
         }
@@ -356,6 +362,24 @@ impl Launcher {
         )?;
         log("started");
         Ok(MachineOutcome::Started)
+    }
+
+    /// Sets up and (re)starts a worker on `host` (the autoscaler's launch).
+    pub fn start_worker(&self, host: &str, token: &str) -> Result<(), LaunchError> {
+        self.bring_up(host, Role::Worker, token, true, None)
+            .map(|_| ())
+    }
+
+    /// Stops rayish on `host` (the autoscaler's scale-down).
+    pub fn stop_worker(&self, host: &str) -> Result<(), LaunchError> {
+        self.machine(host).run(
+            &format!(
+                "~/{REMOTE_BIN}/rayish stop && rm -f ~/{REMOTE_UP}/{}-worker.digest",
+                self.plan.name
+            ),
+            &[],
+        )?;
+        Ok(())
     }
 
     /// `RAYISH_OVERRIDE_RESOURCES` for a role's node type (Ray's `RAY_OVERRIDE_RESOURCES`).
@@ -463,8 +487,9 @@ impl Launcher {
         }
     }
 
-    /// Stops rayish on every machine of the file (workers first, then the head) and
-    /// forgets the cluster. Unreachable machines are reported, not fatal.
+    /// Stops rayish on every machine of the file (the head first, so that its
+    /// autoscaler starts nothing more, then every machine of the pool) and forgets the
+    /// cluster. Unreachable workers are reported, not fatal.
     pub fn down(&self) -> Result<(), LaunchError> {
         let mut hosts: Vec<String> = self.plan.worker_pool.clone();
         if let Some(s) = self.state() {
@@ -475,15 +500,16 @@ impl Launcher {
             }
         }
         let stop = |host: &String| {
-            let r = self.machine(host).run(
+            self.machine(host).run(
                 &format!(
                     "if [ -x ~/{REMOTE_BIN}/rayish ]; then ~/{REMOTE_BIN}/rayish stop; fi; rm -f ~/{REMOTE_UP}/{}-*.digest",
                     self.plan.name
                 ),
                 &[],
-            );
-            r
+            )
         };
+        stop(&self.plan.head)?;
+        (self.log)(&format!("  {}: stopped (head)", self.plan.head));
         std::thread::scope(|s| {
             let handles: Vec<_> = hosts
                 .iter()
@@ -497,8 +523,6 @@ impl Launcher {
                 }
             }
         });
-        stop(&self.plan.head)?;
-        (self.log)(&format!("  {}: stopped (head)", self.plan.head));
         match std::fs::remove_file(self.state_file()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

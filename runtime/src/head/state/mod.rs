@@ -18,9 +18,9 @@ use super::directory::{Freed, ObjectDirectory, ObjectValue};
 use super::scheduler::{dispatch_factor, is_feasible, pick_node, NodeView, SchedulingQueue};
 use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{
-    ArgSource, ClusterStatus, FromHead, NodeAddress, NodeLoad, NodeRegistration, NodeStatus,
-    ObjectLocation, PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError, TaskKind,
-    TaskOutcome, TaskSpec, ToHead, Welcome,
+    ArgSource, AutoscalerReport, ClusterStatus, FromHead, NodeAddress, NodeLoad, NodeRegistration,
+    NodeStatus, ObjectLocation, PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError,
+    TaskKind, TaskOutcome, TaskSpec, ToHead, Welcome,
 };
 use crate::resources::{ResourceSet, CPU};
 use crate::transport::MessageSender;
@@ -164,6 +164,8 @@ pub struct HeadState {
     /// Tasks to re-queue at a given time (after an argument fetch failed).
     delayed: Vec<(Instant, TaskId)>,
     actors: actors::ActorTable,
+    /// The autoscaler's last report, for `rayish status`.
+    autoscaler: Option<AutoscalerReport>,
 }
 
 impl HeadState {
@@ -182,6 +184,7 @@ impl HeadState {
             turn: 0,
             delayed: Vec::new(),
             actors: actors::ActorTable::default(),
+            autoscaler: None,
         }
     }
 
@@ -335,6 +338,7 @@ impl HeadState {
                 let status = self.status();
                 self.send(peer, FromHead::Status(Box::new(status)));
             }
+            ToHead::AutoscalerReport(report) => self.autoscaler = Some(*report),
             ToHead::Sync(n) => self.send(peer, FromHead::Synced(n)),
             ToHead::GetActor { request, name } => {
                 let result = self.find_actor(peer, &name);

@@ -50,6 +50,7 @@ impl HeadState {
             objects: self.objects.len() as u64,
             drivers: self.jobs.values().filter(|j| !j.driver_gone).count() as u64,
             actors: self.actors.live_count() as u64,
+            autoscaler: self.autoscaler.clone(),
         }
     }
 }
