@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the cluster-launcher tests need, idempotently: an ssh server and client
-# (the test machines are network namespaces each running its own sshd), rsync (how
-# `rayish up` copies file mounts, as Ray's launcher does) and iproute2 (`ip netns`).
+# Installs what the cluster tests need, idempotently: an ssh server and client (the
+# launcher tests' machines are network namespaces each running its own sshd), rsync
+# (how `rayish up` copies file mounts, as Ray's launcher does), iproute2 (`ip netns`)
+# and debootstrap (the Docker test's base image, made without a registry). Docker
+# itself must already run (`docker info`).
 set -euo pipefail
 need_pkgs=()
-for p in openssh-server openssh-client rsync iproute2; do
+for p in openssh-server openssh-client rsync iproute2 debootstrap; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -12,4 +14,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+    echo "setup-cluster-tests: starting the Docker engine" >&2
+    service docker start >/dev/null 2>&1 || (nohup dockerd >/var/log/dockerd.log 2>&1 &)
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+    docker info >/dev/null 2>&1 || {
+        echo "setup-cluster-tests: the Docker engine is not running (tests/docker.rs needs it)" >&2
+        exit 1
+    }
 fi

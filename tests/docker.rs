@@ -1,0 +1,312 @@
+//! The Docker image (cluster/Dockerfile, built by cluster/build-image.sh on a base made
+//! with debootstrap, as there is no registry here): a head and two workers as
+//! containers on a private Docker network run the faces job; one worker container is
+//! stopped mid-job and the job still completes, with the same output as local mode.
+//!
+//! Needs Docker and root (debootstrap); tests/run.sh runs it.
+
+use rayish_suite::target_dir;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Containers and the network of one test, removed on drop.
+struct Deployment {
+    tag: String,
+    containers: Vec<String>,
+    network: String,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        let _ = docker(&["network", "rm", &self.network]);
+    }
+}
+
+impl Deployment {
+    fn run(&mut self, name: &str, photos: &Path, args: &[&str]) {
+        let full = format!("{}-{name}", self.network);
+        let volume = format!("{}:/photos:ro", photos.display());
+        let mut all = vec![
+            "run",
+            "-d",
+            "--name",
+            &full,
+            "--hostname",
+            name,
+            "--network",
+            &self.network,
+            "--network-alias",
+            name,
+            "--shm-size",
+            "1g",
+            "-v",
+            &volume,
+            &self.tag,
+        ];
+        all.extend_from_slice(args);
+        docker_ok(&all);
+        self.containers.push(full);
+    }
+
+    fn exec(&self, name: &str, args: &[&str]) -> Output {
+        let full = format!("{}-{name}", self.network);
+        let mut all = vec!["exec", full.as_str()];
+        all.extend_from_slice(args);
+        docker(&all)
+    }
+
+    fn status(&self) -> Value {
+        let out = self.exec("head", &["rayish", "status", "--json"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .find('{')
+            .and_then(|i| serde_json::from_str(&stdout[i..]).ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// Ten differently named copies of each sample photo: a job long enough to stop a
+/// worker in the middle of.
+fn photo_set() -> PathBuf {
+    let src = rayish_faces::models::data_dir().join("sample_photos");
+    assert!(
+        src.join("obama.jpg").is_file(),
+        "run scripts/setup-faces.sh first"
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "rayish-docker-photos-{:x}",
+        rayish_suite::rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).expect("photo dir");
+    for entry in std::fs::read_dir(&src).expect("sample photos") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        for i in 0..10 {
+            std::fs::copy(&path, dir.join(format!("{i:02}-{name}"))).expect("copy photo");
+        }
+    }
+    dir
+}
+
+/// encodings.jsonl by file name: (status, boxes, encodings).
+fn by_file(jsonl: &str) -> BTreeMap<String, (String, Value, Value)> {
+    jsonl
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("jsonl line");
+            let name = Path::new(v["path"].as_str().expect("path"))
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            let status = v["status"].as_str().unwrap_or_default().to_string();
+            (name, (status, v["boxes"].clone(), v["encodings"].clone()))
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &Value, b: &Value) -> f64 {
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "shapes differ");
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| max_abs_diff(p, q))
+                .fold(0.0, f64::max)
+        }
+        _ => (a.as_f64().expect("number") - b.as_f64().expect("number")).abs(),
+    }
+}
+
+#[test]
+fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
+    let _one = rayish_suite::exclusive();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let build = Command::new("bash")
+        .arg(root.join("cluster/build-image.sh"))
+        .arg("rayish-test")
+        .output()
+        .expect("build-image.sh");
+    assert!(build.status.success(), "build-image.sh: {}", text(&build));
+    let tag = String::from_utf8_lossy(&build.stdout).trim().to_string();
+    assert!(tag.starts_with("rayish-test:"), "{tag}");
+    // The image holds what it says: both binaries run, the models are in place.
+    let version = docker_ok(&["run", "--rm", &tag, "--version"]);
+    assert!(version.starts_with("rayish "), "{version}");
+    docker_ok(&[
+        "run", "--rm", "--entrypoint", "sh", &tag, "-c",
+        "rayish-faces --help >/dev/null && test -s $RAYISH_FACE_MODELS/dlib_face_recognition_resnet_model_v1.dat",
+    ]);
+
+    let photos = photo_set();
+    let network = format!("rayish-t{:x}", rayish_suite::rand_u64() & 0xffff_ffff);
+    docker_ok(&["network", "create", &network]);
+    let mut d = Deployment {
+        tag: tag.clone(),
+        containers: Vec::new(),
+        network,
+    };
+    let token = format!("docker-test-{:x}", rayish_suite::rand_u64());
+    d.run(
+        "head",
+        &photos,
+        &[
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "1",
+            "--token",
+            &token,
+        ],
+    );
+    for w in ["worker1", "worker2"] {
+        d.run(
+            w,
+            &photos,
+            &[
+                "start",
+                "--address",
+                "head:6379",
+                "--token",
+                &token,
+                "--block",
+                "--num-cpus",
+                "1",
+            ],
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = d.status()["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["alive"] == true).count());
+        if alive == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the three nodes did not join: {}",
+            d.status()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The job, driven from the head container; worker2 is stopped once tasks have run
+    // on it.
+    let head = format!("{}-head", d.network);
+    let job = Command::new("docker")
+        .args([
+            "exec",
+            &head,
+            "rayish-faces",
+            "encode",
+            "/photos",
+            "--address",
+            "auto",
+        ])
+        .args(["--out", "/tmp/out", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the job");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let worker2_ip = loop {
+        let status = d.status();
+        let busy = status["nodes"].as_array().and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n["hostname"] == "worker2" && n["finished_tasks"].as_u64() >= Some(2))
+                .map(|n| n["address"].as_str().unwrap_or_default().to_string())
+        });
+        if let Some(ip) = busy {
+            break ip;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker2 never ran a task: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    docker_ok(&["stop", &format!("{}-worker2", d.network)]);
+    let out = job.wait_with_output().expect("the job");
+    assert!(
+        out.status.success(),
+        "the job failed after worker2 ({worker2_ip}) stopped: {}",
+        text(&out)
+    );
+    let status = d.status();
+    let dead: Vec<&Value> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["alive"] == false)
+        .collect();
+    assert_eq!(dead.len(), 1, "worker2 is not seen dead: {status}");
+
+    // Every image done, as local mode does it here.
+    let remote = d.exec("head", &["cat", "/tmp/out/encodings.jsonl"]);
+    assert!(remote.status.success(), "{}", text(&remote));
+    let remote = by_file(&String::from_utf8_lossy(&remote.stdout));
+    let local_out = photos.with_extension("local-out");
+    let local = Command::new(target_dir().join("rayish-faces"))
+        .args([
+            "encode",
+            photos.to_str().expect("path"),
+            "--out",
+            local_out.to_str().expect("path"),
+            "--quiet",
+        ])
+        .env_remove("RAYISH_ADDRESS")
+        .output()
+        .expect("local run");
+    assert!(local.status.success(), "{}", text(&local));
+    let local =
+        by_file(&std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"));
+    assert_eq!(remote.len(), 70);
+    assert_eq!(
+        local.keys().collect::<Vec<_>>(),
+        remote.keys().collect::<Vec<_>>()
+    );
+    for (name, (status, boxes, encodings)) in &local {
+        let (rstatus, rboxes, rencodings) = &remote[name];
+        assert_eq!((status, boxes), (rstatus, rboxes), "{name}");
+        let diff = max_abs_diff(encodings, rencodings);
+        assert!(diff < 1e-9, "{name}: encodings differ by {diff}");
+    }
+    drop(d);
+    let _ = std::fs::remove_dir_all(&photos);
+    let _ = std::fs::remove_dir_all(&local_out);
+}
