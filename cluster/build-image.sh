@@ -23,8 +23,14 @@ if [ -z "${BASE_IMAGE:-}" ]; then
     fi
 fi
 # The same build as tests/run.sh (all targets): a narrower one would unify crate
-# features differently and rebuild the two binaries.
-cargo build --release --workspace --all-targets >&2
+# features differently and rebuild the two binaries. RAYISH_PREBUILT=1 (the tests, run
+# after that build) uses target/release as it is.
+if [ -z "${RAYISH_PREBUILT:-}" ]; then
+    cargo build --release --workspace --all-targets >&2
+fi
+for b in rayish rayish-faces; do
+    [ -x "target/release/$b" ] || { echo "build-image: target/release/$b is missing" >&2; exit 1; }
+done
 ctx=target/docker-context
 rm -rf "$ctx"
 mkdir -p "$ctx/bin" "$ctx/face_models"

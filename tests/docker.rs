@@ -157,6 +157,9 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
     let build = Command::new("bash")
         .arg(root.join("cluster/build-image.sh"))
         .arg("rayish-test")
+        // tests/run.sh built everything; a cargo run from inside a test would see
+        // cargo's test environment and rebuild the workspace.
+        .env("RAYISH_PREBUILT", "1")
         .output()
         .expect("build-image.sh");
     assert!(build.status.success(), "build-image.sh: {}", text(&build));
@@ -309,4 +312,62 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
     drop(d);
     let _ = std::fs::remove_dir_all(&photos);
     let _ = std::fs::remove_dir_all(&local_out);
+}
+
+#[test]
+fn the_pipeline_runs_here_with_push_and_upgrade_skipped() {
+    let _one = rayish_suite::exclusive();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("cluster/pipeline.sh"))
+        .env("IMAGE_REPO_NAME", "rayish-pipeline-test")
+        .env("REGISTRY", "registry.example.internal")
+        .env("HELM_RELEASE", "faces")
+        .env("RAYISH_PREBUILT", "1")
+        .env_remove("PUSH")
+        .env_remove("DEPLOY")
+        .output()
+        .expect("pipeline.sh");
+    let log = text(&out);
+    assert!(out.status.success(), "pipeline.sh: {log}");
+    let sha = String::from_utf8_lossy(
+        &Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(root)
+            .output()
+            .expect("git")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let target = format!("registry.example.internal/rayish-pipeline-test:{sha}");
+    // Built and tagged with the commit; push and upgrade skipped, with what they would run.
+    docker_ok(&["image", "inspect", &target]);
+    assert!(
+        log.contains(&format!("pipeline: skipped: docker push {target}")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("--set image.tag={sha}"))
+            && log.contains("skipped: helm upgrade -i faces"),
+        "{log}"
+    );
+    // The chart rendered with that image, both Deployments.
+    let manifest = std::fs::read_to_string(root.join(format!("target/pipeline/faces-{sha}.yaml")))
+        .expect("rendered chart");
+    assert_eq!(
+        manifest.matches(&format!("image: {target}")).count(),
+        2,
+        "{manifest}"
+    );
+    // The CodeBuild spec runs the same script with push and upgrade on.
+    let spec: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("cluster/buildspec.yml")).expect("buildspec"),
+    )
+    .expect("buildspec yaml");
+    let build = spec["phases"]["build"]["commands"][0]
+        .as_str()
+        .expect("build command");
+    assert_eq!(build, "PUSH=1 DEPLOY=1 bash cluster/pipeline.sh");
+    let _ = docker(&["rmi", &target]);
 }
