@@ -373,7 +373,7 @@ impl ClusterConfig {
         let config: ClusterConfig =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.to_string(),
-                message: e.to_string(),
+                message: with_suggestion(e.to_string()),
             })?;
         let plan = config.plan(text, path)?;
         Ok((config, plan))
@@ -666,6 +666,34 @@ impl ClusterConfig {
     }
 }
 
+/// Adds "did you mean" to an unknown-field error when a known field is close:
+/// "unknown field `idle_timout_minutes`, expected one of `cluster_name`, ... at line 9
+/// column 1" gets "(did you mean `idle_timeout_minutes`?)".
+fn with_suggestion(message: String) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `").or_else(|| {
+        message
+            .find(": unknown field `")
+            .map(|i| &message[i + ": unknown field `".len()..])
+    }) else {
+        return message;
+    };
+    let Some((field, known)) = rest.split_once('`') else {
+        return message;
+    };
+    let best = known
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::damerau_levenshtein(field, k), k))
+        .min();
+    match best {
+        Some((distance, k)) if distance <= 3.max(field.len() / 4) => {
+            format!("{message} (did you mean `{k}`?)")
+        }
+        _ => message,
+    }
+}
+
 /// Whether a start command still starts Ray rather than rayish.
 fn starts_ray(command: &str) -> bool {
     command
@@ -741,6 +769,20 @@ mod tests {
             .expect_err("unknown field")
             .to_string();
         assert!(e.contains("worker_ip") && e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelled_field_gets_the_likely_one_suggested() {
+        let text = format!("{MINIMAL}idle_timout_minutes: 5\n");
+        let e = ClusterConfig::parse(&text, "c.yaml")
+            .expect_err("unknown")
+            .to_string();
+        assert!(e.contains("(did you mean `idle_timeout_minutes`?)"), "{e}");
+        let text = format!("{MINIMAL}colour: blue\n");
+        let e = ClusterConfig::parse(&text, "c.yaml")
+            .expect_err("unknown")
+            .to_string();
+        assert!(!e.contains("did you mean"), "{e}");
     }
 
     #[test]
