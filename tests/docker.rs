@@ -5,7 +5,7 @@
 //!
 //! Needs Docker and root (debootstrap); tests/run.sh runs it.
 
-use rayish_suite::target_dir;
+use rayish_suite::{rayish_bin, target_dir, Machines};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -150,9 +150,8 @@ fn max_abs_diff(a: &Value, b: &Value) -> f64 {
     }
 }
 
-#[test]
-fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
-    let _one = rayish_suite::exclusive();
+/// Builds the image (cached layers make a second build quick); returns its tag.
+fn build_image() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let build = Command::new("bash")
         .arg(root.join("cluster/build-image.sh"))
@@ -165,6 +164,13 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
     assert!(build.status.success(), "build-image.sh: {}", text(&build));
     let tag = String::from_utf8_lossy(&build.stdout).trim().to_string();
     assert!(tag.starts_with("rayish-test:"), "{tag}");
+    tag
+}
+
+#[test]
+fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
+    let _one = rayish_suite::exclusive();
+    let tag = build_image();
     // The image holds what it says: both binaries run, the models are in place.
     let version = docker_ok(&["run", "--rm", &tag, "--version"]);
     assert!(version.starts_with("rayish "), "{version}");
@@ -370,4 +376,127 @@ fn the_pipeline_runs_here_with_push_and_upgrade_skipped() {
         .expect("build command");
     assert_eq!(build, "PUSH=1 DEPLOY=1 bash cluster/pipeline.sh");
     let _ = docker(&["rmi", &target]);
+}
+
+#[test]
+fn rayish_up_in_ray_s_container_mode_runs_every_node_in_the_image() {
+    let _one = rayish_suite::exclusive();
+    let tag = build_image();
+    let machines = Machines::up("rk", 3, 75, Some(&tag));
+    let [head, w1, w2] = [0, 1, 2].map(|i| machines.addresses[i].clone());
+    let dir = std::env::temp_dir().join(format!("rayish-docker-up-{:x}", rayish_suite::rand_u64()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let state = dir.join("state");
+    let config = dir.join("cluster.yaml");
+    // The docker section of Ray's local example-full.yaml, with this image (pulling is
+    // off: there is no registry here) and a label for run_options (its `--ulimit
+    // nofile=65536` is above this machine's hard limit).
+    std::fs::write(
+        &config,
+        format!(
+            "cluster_name: docker-mode
+docker:
+    image: \"{tag}\"
+    container_name: \"ray_container\"
+    pull_before_run: False
+    run_options:
+        - --label rayish-test=container-mode
+provider:
+    type: local
+    head_ip: {head}
+    worker_ips: [{w1}, {w2}]
+auth:
+    ssh_user: root
+    ssh_private_key: {key}
+min_workers: 2
+max_workers: 2
+head_start_ray_commands:
+    - rayish stop
+    - ulimit -c unlimited && rayish start --head --port=6379 --num-cpus=1 --autoscaling-config=~/ray_bootstrap_config.yaml
+worker_start_ray_commands:
+    - rayish stop
+    - rayish start --address=$RAY_HEAD_IP:6379 --num-cpus=1
+",
+            key = machines.key.display()
+        ),
+    )
+    .expect("cluster.yaml");
+    let cfg = config.to_str().expect("path");
+    let rayish = |args: &[&str]| {
+        Command::new(rayish_bin())
+            .args(args)
+            .env("RAYISH_CLUSTERS_DIR", &state)
+            .output()
+            .expect("rayish")
+    };
+    let out = rayish(&["up", cfg]);
+    assert!(out.status.success(), "up: {}", text(&out));
+    assert!(
+        text(&out).contains("3 machine(s) set up and started, 0 unchanged"),
+        "{}",
+        text(&out)
+    );
+    for i in 0..3 {
+        assert_eq!(
+            machines
+                .ssh(
+                    i,
+                    "docker ps --filter label=rayish-test=container-mode --format {{.Names}}"
+                )
+                .trim(),
+            "ray_container"
+        );
+        // The node runs inside the container: its process is the container's child.
+        let inside = machines.ssh(i, "docker exec ray_container ps -eo args");
+        assert!(inside.contains("rayish start"), "machine {i}: {inside}");
+    }
+    let out = rayish(&["up", cfg]);
+    assert!(
+        text(&out).contains("0 machine(s) set up and started, 3 unchanged"),
+        "{}",
+        text(&out)
+    );
+
+    // A driver submitted to the head runs in its container and uses all three nodes.
+    let driver = target_dir().join("examples/cluster_driver");
+    let out = rayish(&[
+        "submit",
+        cfg,
+        driver.to_str().expect("path"),
+        "many",
+        "--n",
+        "300",
+    ]);
+    assert!(out.status.success(), "submit: {}", text(&out));
+    let result: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|r| serde_json::from_str(r).expect("result"))
+        .expect("RESULT line");
+    assert_eq!(result["wrong"], 0, "{result}");
+    assert!(
+        result["nodes"].as_object().expect("nodes").len() >= 2,
+        "{result}"
+    );
+
+    // Down: containers removed, nothing of rayish left on any machine.
+    let out = rayish(&["down", cfg]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    for i in 0..3 {
+        assert_eq!(
+            machines.ssh(i, "docker ps -a --format {{.Names}}").trim(),
+            "",
+            "machine {i}"
+        );
+        let left: Vec<String> = machines
+            .processes(i)
+            .into_iter()
+            .filter(|c| !c.starts_with("sshd") && !c.starts_with("/usr/sbin/sshd"))
+            .filter(|c| {
+                c.contains("rayish") || c.contains("sleep infinity") || c.contains("cluster_driver")
+            })
+            .collect();
+        assert!(left.is_empty(), "machine {i} still runs {left:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

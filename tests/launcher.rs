@@ -6,7 +6,7 @@
 //! Needs root (network namespaces) and scripts/setup-cluster-tests.sh (sshd, rsync);
 //! tests/run.sh runs it.
 
-use rayish_suite::{rayish_bin, target_dir};
+use rayish_suite::{rayish_bin, target_dir, Machines};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -46,12 +46,17 @@ fn temp_dir(tag: &str) -> PathBuf {
 #[test]
 fn dry_run_accepts_ray_s_local_provider_files_with_rayish_start_commands() {
     let state = temp_dir("dry");
-    // Ray's python/ray/autoscaler/local/defaults.yaml, with `ray` → `rayish` in the start
-    // commands and its placeholders filled, and example-minimal-manual.yaml as it is.
+    // Ray's python/ray/autoscaler/local/defaults.yaml and example-full.yaml (container
+    // mode), with `ray` → `rayish` in the start commands and their placeholders filled,
+    // and example-minimal-manual.yaml as it is.
     for (file, expect) in [
         ("ray-local-defaults.yaml", "workers 0..2 from 2 machine(s)"),
         (
             "ray-local-minimal-manual.yaml",
+            "workers 2..2 from 2 machine(s)",
+        ),
+        (
+            "ray-local-example-full.yaml",
             "workers 2..2 from 2 machine(s)",
         ),
     ] {
@@ -64,6 +69,12 @@ fn dry_run_accepts_ray_s_local_provider_files_with_rayish_start_commands() {
             t.contains("rayish start --address=$RAY_HEAD_IP:6379"),
             "{file}: worker start command: {t}"
         );
+        if file.contains("example-full") {
+            assert!(
+                t.contains("run in container ray_container of rayproject/ray-ml:latest-gpu"),
+                "{t}"
+            );
+        }
     }
 }
 
@@ -119,64 +130,6 @@ fn dry_run_names_a_misspelled_field_and_its_line() {
     );
 }
 
-/// Three machines for one test, removed on drop.
-struct Machines {
-    name: &'static str,
-    addresses: Vec<String>,
-    key: PathBuf,
-}
-
-impl Machines {
-    fn up(name: &'static str, count: usize, subnet: u8) -> Self {
-        let uid = Command::new("id").arg("-u").output().expect("id -u");
-        assert_eq!(
-            String::from_utf8_lossy(&uid.stdout).trim(),
-            "0",
-            "the launcher test needs root (it makes network namespaces); CI runs as root"
-        );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/machines.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .args(["up", name, &count.to_string(), &subnet.to_string()])
-            .output()
-            .expect("machines.sh");
-        assert!(out.status.success(), "machines.sh up: {}", text(&out));
-        let addresses: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        assert_eq!(addresses.len(), count, "{}", text(&out));
-        Self {
-            name,
-            addresses,
-            key: PathBuf::from(format!("/run/rayish-machines/{name}/id_ed25519")),
-        }
-    }
-
-    /// Command lines of the processes running in machine `i` (0-based).
-    fn processes(&self, i: usize) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["netns", "pids", &format!("{}-m{}", self.name, i + 1)])
-            .output()
-            .expect("ip netns pids");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .collect()
-    }
-}
-
-impl Drop for Machines {
-    fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/machines.sh");
-        let _ = Command::new("bash")
-            .arg(script)
-            .args(["down", self.name])
-            .status();
-    }
-}
-
 /// encodings.jsonl lines by file name: (boxes, encodings, node).
 fn by_file(jsonl: &str) -> BTreeMap<String, (Value, Value, String)> {
     jsonl
@@ -217,7 +170,7 @@ fn up_submit_down_runs_the_faces_job_across_three_ssh_machines() {
         photos.join("obama.jpg").is_file(),
         "run scripts/setup-faces.sh first"
     );
-    let machines = Machines::up("rl", 3, 78);
+    let machines = Machines::up("rl", 3, 78, None);
     let [head, w1, w2] = [0, 1, 2].map(|i| machines.addresses[i].clone());
     let dir = temp_dir("up");
     let state = dir.join("state");
@@ -419,7 +372,7 @@ fn alive_count(status: &Value) -> usize {
 #[test]
 fn the_autoscaler_starts_workers_for_a_burst_and_stops_them_once_idle() {
     let _one = rayish_suite::exclusive();
-    let machines = Machines::up("ra", 3, 77);
+    let machines = Machines::up("ra", 3, 77, None);
     let [head, w1, w2] = [0, 1, 2].map(|i| machines.addresses[i].clone());
     let dir = temp_dir("autoscale");
     let state = dir.join("state");

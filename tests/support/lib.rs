@@ -344,3 +344,92 @@ pub fn rand_u64() -> u64 {
     }
     u64::from_le_bytes(b)
 }
+
+/// "Machines" for one test (tests/support/machines.sh): network namespaces with their
+/// own address, host name, home, /tmp, /srv and /dev/shm, each running sshd (and, with
+/// an image, its own Docker daemon holding it); removed on drop. Needs root.
+pub struct Machines {
+    name: &'static str,
+    /// Their addresses, in order.
+    pub addresses: Vec<String>,
+    /// The private key that logs in as root on all of them.
+    pub key: PathBuf,
+}
+
+impl Machines {
+    /// Starts `count` machines on 10.`subnet`.0.0/24.
+    pub fn up(name: &'static str, count: usize, subnet: u8, image: Option<&str>) -> Self {
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "the launcher test needs root (it makes network namespaces); CI runs as root"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/machines.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["up", name, &count.to_string(), &subnet.to_string()])
+            .args(image)
+            .output()
+            .expect("machines.sh");
+        assert!(
+            out.status.success(),
+            "machines.sh up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let addresses: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            addresses.len(),
+            count,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            name,
+            addresses,
+            key: PathBuf::from(format!("/run/rayish-machines/{name}/id_ed25519")),
+        }
+    }
+
+    /// Command lines of the processes running in machine `i` (0-based).
+    pub fn processes(&self, i: usize) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &format!("{}-m{}", self.name, i + 1)])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .collect()
+    }
+}
+
+impl Machines {
+    /// Runs a shell command as root on machine `i` (0-based) over ssh; its stdout.
+    pub fn ssh(&self, i: usize, command: &str) -> String {
+        let out = Command::new("ssh")
+            .args(["-i", &self.key.display().to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .arg(format!("root@{}", self.addresses[i]))
+            .arg(format!("bash --login -c '{command}'"))
+            .output()
+            .expect("ssh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/machines.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .args(["down", self.name])
+            .status();
+    }
+}

@@ -5,8 +5,12 @@
 # Only /usr and the rest of the root filesystem are shared, as on hosts installed
 # from one image. Needs root.
 #
-#   machines.sh up NAME COUNT SUBNET   # SUBNET 1..254: machines are 10.SUBNET.0.11, .12, ...
+#   machines.sh up NAME COUNT SUBNET [IMAGE]  # machines are 10.SUBNET.0.11, .12, ...
 #   machines.sh down NAME
+#
+# With IMAGE, each machine also runs its own Docker daemon (in its namespaces, data in
+# its /srv, socket /tmp/docker.sock, DOCKER_HOST set in its ~/.profile) holding IMAGE,
+# for Ray's container mode: `docker run --net=host` there shares the machine's network.
 #
 # `up` prints the machines' addresses, one per line; the key is
 # /run/rayish-machines/NAME/id_ed25519. `down` kills everything left in the namespaces.
@@ -72,7 +76,9 @@ Subsystem sftp internal-sftp
 CONF
         # sshd reads its configuration before the mounts hide nothing it needs: $base
         # is under /run, which stays shared.
-        ip netns exec "$ns" unshare --mount --uts --propagation private bash -c "
+        # nsenter (not `ip netns exec`, which remounts /sys) keeps the host's cgroup
+        # mounts, so a machine can run its own Docker daemon.
+        unshare --mount --uts --propagation private nsenter --net="/run/netns/$ns" bash -c "
             hostname $name-m$i
             mount --bind $root/home /root
             mount --bind $root/tmp /tmp
@@ -81,6 +87,7 @@ CONF
             exec /usr/sbin/sshd -f $base/sshd-m$i.conf -E $base/sshd-m$i.log
         "
     done
+    image=${5:-}
     for i in $(seq 1 "$count"); do
         ip="10.$subnet.0.$((10 + i))"
         for _ in $(seq 1 100); do
@@ -89,8 +96,20 @@ CONF
                 "root@$ip" true 2>/dev/null && break
             sleep 0.1
         done
+        if [ -n "$image" ]; then
+            ssh_m="ssh -i $base/id_ed25519 -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@$ip"
+            $ssh_m 'mkdir -p /srv/docker && echo "{\"data-root\": \"/srv/docker\", \"storage-driver\": \"vfs\", \"iptables\": false, \"ip6tables\": false, \"bridge\": \"none\", \"exec-root\": \"/tmp/docker-exec\", \"pidfile\": \"/tmp/dockerd.pid\", \"hosts\": [\"unix:///tmp/docker.sock\"]}" > /srv/daemon.json && echo "export DOCKER_HOST=unix:///tmp/docker.sock" >> ~/.profile && (setsid nohup dockerd --config-file /srv/daemon.json > /tmp/dockerd.log 2>&1 &)'
+            root="$base/m$i"
+            for _ in $(seq 1 100); do
+                DOCKER_HOST="unix://$root/tmp/docker.sock" docker info >/dev/null 2>&1 && break
+                sleep 0.2
+            done
+            [ -f "$base/image.tar" ] || docker save -o "$base/image.tar" "$image"
+            DOCKER_HOST="unix://$root/tmp/docker.sock" docker load -q -i "$base/image.tar" >/dev/null
+        fi
         echo "$ip"
     done
+    rm -f "$base/image.tar"
     ;;
 down)
     for ns in $(ip netns list | awk '{print $1}' | grep "^$name-m" || true); do machine_down "$ns"; done

@@ -67,6 +67,20 @@ pub fn up(args: UpArgs) -> Result<()> {
             plan.idle_timeout
         );
         for (role, c) in [
+            ("head", &plan.head_container),
+            ("worker", &plan.worker_container),
+        ] {
+            if let Some(c) = c {
+                println!(
+                    "  {role} set-up and start commands run in container {} of {} (pull: {}, options: {})",
+                    c.name,
+                    c.image,
+                    c.pull,
+                    c.run_options.join(" ")
+                );
+            }
+        }
+        for (role, c) in [
             ("head", &plan.head_commands),
             ("worker", &plan.worker_commands),
         ] {

@@ -88,8 +88,8 @@ pub struct ClusterConfig {
     /// How to log in to them.
     #[serde(default)]
     pub auth: AuthConfig,
-    /// Ray's container mode; rayish does not run nodes in containers from the YAML
-    /// (it must be absent or have an empty `image`).
+    /// Ray's container mode: set-up and start commands run in a container of this
+    /// image on each machine (an empty `image` disables it).
     #[serde(default)]
     pub docker: Option<DockerConfig>,
     /// The node type of the head, a key of `available_node_types`.
@@ -282,7 +282,7 @@ pub struct NodeTypeConfig {
     /// Replace the global setup and worker setup commands for this type.
     #[serde(default)]
     pub worker_setup_commands: Option<Vec<String>>,
-    /// Ray's per-type container settings; must not enable containers.
+    /// Ray's per-type container settings (the worker's image, options, pull).
     #[serde(default)]
     pub docker: Option<DockerConfig>,
 }
@@ -341,10 +341,32 @@ pub struct ClusterPlan {
     pub rsync_filter: Vec<String>,
     /// Paths synced from the head to workers.
     pub cluster_synced_files: Vec<String>,
+    /// Ray's container mode for the head: set-up and start commands run inside it.
+    pub head_container: Option<ContainerPlan>,
+    /// Ray's container mode for workers.
+    pub worker_container: Option<ContainerPlan>,
     /// The head's commands, in the order they run.
     pub head_commands: RoleCommands,
     /// A worker's commands, in the order they run.
     pub worker_commands: RoleCommands,
+}
+
+/// A container on a machine that a role's set-up and start commands run in (Ray's
+/// `docker:` section): started with the machine's network (`--net=host`), the file
+/// mounts and rayish's files mounted at the same paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerPlan {
+    /// The image.
+    pub image: String,
+    /// The container's name.
+    pub name: String,
+    /// `docker pull` before running (else only if the machine lacks the image).
+    pub pull: bool,
+    /// Extra `docker run` options, split into words.
+    pub run_options: Vec<String>,
+    /// Give the container a `/dev/shm` of 30% of the machine's memory unless the options
+    /// set one (Ray's shm-size detection).
+    pub size_shm: bool,
 }
 
 /// One role's commands, by phase.
@@ -437,20 +459,15 @@ impl ClusterConfig {
                 "continuous sync is not supported; file mounts are copied on `rayish up`".into(),
             ));
         }
-        for (field, docker) in std::iter::once(("docker", self.docker.as_ref())).chain(
-            self.available_node_types
-                .values()
-                .map(|t| ("docker", t.docker.as_ref())),
-        ) {
-            if docker.is_some_and(DockerConfig::enabled) {
-                return Err(invalid(
-                    field,
-                    "running nodes inside containers from the cluster file is not \
-                     supported; leave `image` empty (or drop the section) and start \
-                     the rayish image yourself (cluster/README.md)"
-                        .into(),
-                ));
-            }
+        if self
+            .docker
+            .as_ref()
+            .is_some_and(|d| d.use_podman == Some(true))
+        {
+            return Err(invalid(
+                "use_podman",
+                "podman is not supported; containers run with docker".into(),
+            ));
         }
         if !self.head_node.is_empty() {
             return Err(invalid(
@@ -574,6 +591,8 @@ impl ClusterConfig {
             rsync_exclude: self.rsync_exclude.clone(),
             rsync_filter: self.rsync_filter.clone(),
             cluster_synced_files: self.cluster_synced_files.clone(),
+            head_container: self.container(false, None),
+            worker_container: self.container(true, worker_type),
             head_commands: RoleCommands {
                 initialization: head_init,
                 setup: [
@@ -588,6 +607,54 @@ impl ClusterConfig {
                 setup: worker_setup,
                 start: worker_start,
             },
+        })
+    }
+
+    /// The container a role runs in (the worker's when `worker`, with its node type's
+    /// own settings), if the `docker:` section names an image for it.
+    fn container(
+        &self,
+        worker: bool,
+        worker_type: Option<&NodeTypeConfig>,
+    ) -> Option<ContainerPlan> {
+        let d = self.docker.as_ref()?;
+        let own = worker
+            .then(|| worker_type.and_then(|t| t.docker.as_ref()))
+            .flatten();
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+        let image = if worker {
+            own.and_then(|o| non_empty(&o.worker_image))
+                .or_else(|| non_empty(&d.worker_image))
+        } else {
+            non_empty(&d.head_image)
+        }
+        .or_else(|| non_empty(&d.image))?;
+        let words = |list: &[String]| -> Vec<String> {
+            list.iter()
+                .flat_map(|o| o.split_whitespace().map(str::to_string))
+                .collect()
+        };
+        let mut run_options = words(&d.run_options);
+        if worker {
+            run_options.extend(words(&d.worker_run_options));
+            if let Some(o) = own {
+                run_options.extend(words(&o.worker_run_options));
+            }
+        } else {
+            run_options.extend(words(&d.head_run_options));
+        }
+        Some(ContainerPlan {
+            image,
+            name: d
+                .container_name
+                .clone()
+                .unwrap_or_else(|| "ray_docker".into()),
+            pull: own
+                .and_then(|o| o.pull_before_run)
+                .or(d.pull_before_run)
+                .unwrap_or(false),
+            run_options,
+            size_shm: d.disable_shm_size_detection != Some(true),
         })
     }
 
@@ -805,7 +872,11 @@ mod tests {
                 "worker_start_ray_commands",
                 6,
             ),
-            (format!("{MINIMAL}docker:\n  image: rayproject/ray\n"), "docker", 6),
+            (
+                format!("{MINIMAL}docker:\n  image: rayproject/ray\n  use_podman: true\n"),
+                "use_podman",
+                8,
+            ),
             (format!("{MINIMAL}head_node_type: nope\n"), "head_node_type", 6),
         ];
         for (text, field, line) in cases {
@@ -838,5 +909,37 @@ mod tests {
         );
         let (c, plan) = ClusterConfig::parse(&text, "c.yaml").expect("valid");
         assert!(c.setup_commands.is_empty() && plan.file_mounts.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod container_tests {
+    use super::*;
+
+    #[test]
+    fn the_docker_section_gives_each_role_its_image_and_options() {
+        let text = "cluster_name: t\nprovider: {type: local, head_ip: h, worker_ips: [w]}\n\
+            docker:\n  image: base:1\n  worker_image: work:2\n  container_name: c\n\
+            \x20 pull_before_run: False\n  run_options: [--ulimit nofile=65536:65536]\n\
+            \x20 head_run_options: [--cpus 2]\n";
+        let (_, plan) = ClusterConfig::parse(text, "c.yaml").expect("valid");
+        let head = plan.head_container.expect("head container");
+        assert_eq!(
+            (head.image.as_str(), head.name.as_str(), head.pull),
+            ("base:1", "c", false)
+        );
+        assert_eq!(
+            head.run_options,
+            ["--ulimit", "nofile=65536:65536", "--cpus", "2"]
+        );
+        let worker = plan.worker_container.expect("worker container");
+        assert_eq!(worker.image, "work:2");
+        assert_eq!(worker.run_options, ["--ulimit", "nofile=65536:65536"]);
+        let text = text.replace("  worker_image: work:2\n", "");
+        let (_, plan) = ClusterConfig::parse(&text, "c.yaml").expect("valid");
+        assert_eq!(plan.worker_container.expect("worker").image, "base:1");
+        let off = "cluster_name: t\nprovider: {type: local, head_ip: h}\ndocker: {image: \"\"}\n";
+        let (_, plan) = ClusterConfig::parse(off, "c.yaml").expect("valid");
+        assert!(plan.head_container.is_none() && plan.worker_container.is_none());
     }
 }

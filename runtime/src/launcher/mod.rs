@@ -17,7 +17,7 @@ pub mod config;
 pub mod ssh;
 
 use crate::protocol::ClusterStatus;
-use config::{ClusterPlan, RoleCommands};
+use config::{ClusterPlan, ContainerPlan, RoleCommands};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use ssh::{shell_quote, Machine, SshError, SshOptions};
@@ -319,6 +319,7 @@ impl Launcher {
             Role::Head => &self.plan.head_commands,
             Role::Worker => &self.plan.worker_commands,
         };
+        let container = self.container(role);
         let digest = self.digest(role, commands, token, &m)?;
         let digest_file = format!("~/{REMOTE_UP}/{}-{}.digest", self.plan.name, role.name());
         let current = m
@@ -327,8 +328,10 @@ impl Launcher {
             .to_string();
         let is_alive = || -> Result<bool, LaunchError> {
             Ok(match alive {
-                None => m
-                    .run(
+                None => self
+                    .run_role(
+                        &m,
+                        container,
                         "rayish status --json >/dev/null 2>&1 && echo alive || true",
                         &self.env(token),
                     )?
@@ -345,15 +348,22 @@ impl Launcher {
         if let Some(json) = self.resources_json(role) {
             env_role.push(("RAYISH_OVERRIDE_RESOURCES".into(), json));
         }
-        let phases: [(&str, &Vec<String>); 3] = [
-            ("initialization", &commands.initialization),
-            ("setup", &commands.setup),
-            ("start", &commands.start),
-        ];
+        // Initialization commands run on the machine itself, before any container
+        // (as Ray's do); set-up and start commands in the container, if there is one.
+        for command in &commands.initialization {
+            log(&format!("initialization: {command}"));
+            m.run(command, &env_role)?;
+        }
+        if let Some(c) = container {
+            log(&format!("container {} from {}", c.name, c.image));
+            m.run(&self.container_script(role, c), &[])?;
+        }
+        let phases: [(&str, &Vec<String>); 2] =
+            [("setup", &commands.setup), ("start", &commands.start)];
         for (phase, list) in phases {
             for command in list {
                 log(&format!("{phase}: {command}"));
-                m.run(command, &env_role)?;
+                self.run_role(&m, container, command, &env_role)?;
             }
         }
         m.run(
@@ -364,6 +374,83 @@ impl Launcher {
         Ok(MachineOutcome::Started)
     }
 
+    /// The container a role's commands run in, if the file has a `docker:` section.
+    fn container(&self, role: Role) -> Option<&ContainerPlan> {
+        match role {
+            Role::Head => self.plan.head_container.as_ref(),
+            Role::Worker => self.plan.worker_container.as_ref(),
+        }
+    }
+
+    /// Runs `command` on `m`, inside `container` if given.
+    fn run_role(
+        &self,
+        m: &Machine,
+        container: Option<&ContainerPlan>,
+        command: &str,
+        env: &[(String, String)],
+    ) -> Result<String, SshError> {
+        match container {
+            // `docker` itself from a login shell: the machine's profile may set
+            // DOCKER_HOST and PATH for it.
+            Some(c) => m.run_in(
+                &[&format!(
+                    "bash --login -c {}",
+                    shell_quote(&format!(
+                        "exec docker exec -i {} bash --login -s",
+                        shell_quote(&c.name)
+                    ))
+                )],
+                command,
+                env,
+            ),
+            None => m.run(command, env),
+        }
+    }
+
+    /// The script that (re)creates a role's container on its machine: the machine's
+    /// network, the file mounts, rayish's files (`~/.rayish`, and the bootstrap file and
+    /// key on the head) mounted at the same paths (`~` being /root inside), a `/dev/shm`
+    /// of 30% of the machine's memory unless the options size it, kept running with
+    /// `sleep infinity` for `docker exec`.
+    fn container_script(&self, role: Role, c: &ContainerPlan) -> String {
+        let mut paths: Vec<String> = self.plan.file_mounts.keys().cloned().collect();
+        paths.push(format!("~/{}", REMOTE_BIN.trim_end_matches("/bin")));
+        if role == Role::Head {
+            paths.push("~/ray_bootstrap_config.yaml".into());
+            if self.plan.ssh_key.is_some() {
+                paths.push(crate::autoscaler::BOOTSTRAP_KEY.into());
+            }
+        }
+        let volumes: Vec<String> = paths
+            .iter()
+            .map(|p| match p.strip_prefix("~/") {
+                Some(rest) => format!("-v \"$HOME/{rest}:/root/{rest}\""),
+                None => format!("-v {}", shell_quote(&format!("{p}:{p}"))),
+            })
+            .collect();
+        let image = shell_quote(&c.image);
+        let name = shell_quote(&c.name);
+        let pull = if c.pull {
+            format!("docker pull {image}")
+        } else {
+            format!("docker image inspect {image} >/dev/null 2>&1 || docker pull {image}")
+        };
+        let sizes_shm = c.run_options.iter().any(|o| o.starts_with("--shm-size"));
+        let shm = if c.size_shm && !sizes_shm {
+            "--shm-size=$(awk '/MemTotal/ {printf \"%d\", $2 * 1024 * 0.3}' /proc/meminfo)"
+        } else {
+            ""
+        };
+        let options: Vec<String> = c.run_options.iter().map(|o| shell_quote(o)).collect();
+        format!(
+            "set -e\n{pull}\ndocker rm -f {name} >/dev/null 2>&1 || true\n\
+             docker run -d --name {name} --net=host {shm} {} {} --entrypoint sleep {image} infinity >/dev/null",
+            volumes.join(" "),
+            options.join(" "),
+        )
+    }
+
     /// Sets up and (re)starts a worker on `host` (the autoscaler's launch).
     pub fn start_worker(&self, host: &str, token: &str) -> Result<(), LaunchError> {
         self.bring_up(host, Role::Worker, token, true, None)
@@ -372,14 +459,30 @@ impl Launcher {
 
     /// Stops rayish on `host` (the autoscaler's scale-down).
     pub fn stop_worker(&self, host: &str) -> Result<(), LaunchError> {
-        self.machine(host).run(
-            &format!(
-                "~/{REMOTE_BIN}/rayish stop && rm -f ~/{REMOTE_UP}/{}-worker.digest",
-                self.plan.name
-            ),
-            &[],
-        )?;
+        self.machine(host)
+            .run(&self.stop_script(Role::Worker), &[])?;
         Ok(())
+    }
+
+    /// Stops rayish on a machine of `role`, in its container (then removed) and on the
+    /// machine itself, and forgets the machine's digest.
+    fn stop_script(&self, role: Role) -> String {
+        let mut script = String::new();
+        if let Some(c) = self.container(role) {
+            let name = shell_quote(&c.name);
+            script.push_str(&format!(
+                "if docker inspect {name} >/dev/null 2>&1; then \
+                 docker exec {name} bash --login -c 'PATH=$HOME/{REMOTE_BIN}:$PATH rayish stop' || true; \
+                 docker rm -f {name} >/dev/null; fi\n"
+            ));
+        }
+        script.push_str(&format!(
+            "if [ -x ~/{REMOTE_BIN}/rayish ]; then ~/{REMOTE_BIN}/rayish stop; fi\n\
+             rm -f ~/{REMOTE_UP}/{}-{}.digest\n",
+            self.plan.name,
+            role.name()
+        ));
+        script
     }
 
     /// `RAYISH_OVERRIDE_RESOURCES` for a role's node type (Ray's `RAY_OVERRIDE_RESOURCES`).
@@ -412,6 +515,7 @@ impl Launcher {
             h.update([0]);
         }
         h.update(self.resources_json(role).unwrap_or_default());
+        h.update(format!("{:?}", self.container(role)));
         h.update(token);
         h.update(&self.plan.head);
         // Remote paths' listing (names, sizes, times): a changed mount means set-up again.
@@ -437,7 +541,12 @@ impl Launcher {
     /// the head is not up.
     fn alive_nodes(&self, token: &str) -> Result<Vec<String>, LaunchError> {
         let m = self.machine(&self.plan.head);
-        let out = match m.run("rayish status --json", &self.env(token)) {
+        let out = match self.run_role(
+            &m,
+            self.container(Role::Head),
+            "rayish status --json",
+            &self.env(token),
+        ) {
             Ok(out) => out,
             Err(SshError::Failed { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -499,21 +608,13 @@ impl Launcher {
                 }
             }
         }
-        let stop = |host: &String| {
-            self.machine(host).run(
-                &format!(
-                    "if [ -x ~/{REMOTE_BIN}/rayish ]; then ~/{REMOTE_BIN}/rayish stop; fi; rm -f ~/{REMOTE_UP}/{}-*.digest",
-                    self.plan.name
-                ),
-                &[],
-            )
-        };
-        stop(&self.plan.head)?;
+        let stop = |host: &String, role: Role| self.machine(host).run(&self.stop_script(role), &[]);
+        stop(&self.plan.head, Role::Head)?;
         (self.log)(&format!("  {}: stopped (head)", self.plan.head));
         std::thread::scope(|s| {
             let handles: Vec<_> = hosts
                 .iter()
-                .map(|h| (h, s.spawn(move || stop(h))))
+                .map(|h| (h, s.spawn(move || stop(h, Role::Worker))))
                 .collect();
             for (h, handle) in handles {
                 match handle.join() {
@@ -541,19 +642,28 @@ impl Launcher {
         Ok(())
     }
 
+    /// The environment of `exec`/`submit`/`attach`: it goes on a command line, so no
+    /// token (`RAYISH_ADDRESS=auto` finds the cluster and its token in the head's
+    /// cluster record).
     fn head_env(&self) -> Vec<(String, String)> {
-        let token = self.state().map(|s| s.token).unwrap_or_default();
-        let mut env = self.env(&token);
-        env.push(("RAYISH_ADDRESS".into(), "auto".into()));
-        env
+        vec![
+            ("RAY_HEAD_IP".into(), self.plan.head.clone()),
+            ("RAYISH_ADDRESS".into(), "auto".into()),
+        ]
+    }
+
+    fn head_container_name(&self) -> Option<&str> {
+        self.container(Role::Head).map(|c| c.name.as_str())
     }
 
     /// Runs `command` on the head with this terminal, with `RAYISH_ADDRESS=auto` so a
     /// driver joins the cluster; returns its exit code.
     pub fn exec(&self, command: &str) -> Result<i32, LaunchError> {
-        let status = self
-            .machine(&self.plan.head)
-            .interactive(Some(command), &self.head_env())?;
+        let status = self.machine(&self.plan.head).interactive(
+            self.head_container_name(),
+            Some(command),
+            &self.head_env(),
+        )?;
         Ok(status.code().unwrap_or(1))
     }
 
@@ -576,9 +686,11 @@ impl Launcher {
 
     /// An interactive login shell on the head.
     pub fn attach(&self) -> Result<i32, LaunchError> {
-        let status = self
-            .machine(&self.plan.head)
-            .interactive(None, &self.head_env())?;
+        let status = self.machine(&self.plan.head).interactive(
+            self.head_container_name(),
+            None,
+            &self.head_env(),
+        )?;
         Ok(status.code().unwrap_or(1))
     }
 }

@@ -145,6 +145,18 @@ impl Machine {
     /// returns what it printed (stdout and stderr together). `command` is the text
     /// shown in errors.
     pub fn run(&self, command: &str, env: &[(String, String)]) -> Result<String, SshError> {
+        self.run_in(&["bash", "--login", "-s"], command, env)
+    }
+
+    /// [`Machine::run`] with the script fed to `shell` on the machine instead of a
+    /// login shell there (e.g. `docker exec -i NAME bash --login -s`: inside a
+    /// container).
+    pub fn run_in(
+        &self,
+        shell: &[&str],
+        command: &str,
+        env: &[(String, String)],
+    ) -> Result<String, SshError> {
         let mut script = self.path_export();
         for (k, v) in env {
             script.push_str(&format!("export {k}={}\n", shell_quote(v)));
@@ -155,7 +167,7 @@ impl Machine {
         let mut child = self
             .ssh()
             .arg(self.destination())
-            .args(["bash", "--login", "-s"])
+            .args(shell)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -190,9 +202,11 @@ impl Machine {
     }
 
     /// Runs `command` (or a login shell) with this terminal attached, for `exec` and
-    /// `attach`; returns its exit status.
+    /// `attach`; returns its exit status. `container`: inside that container of the
+    /// machine (`docker exec`). `env` goes on the remote command line: no secrets.
     pub fn interactive(
         &self,
+        container: Option<&str>,
         command: Option<&str>,
         env: &[(String, String)],
     ) -> Result<ExitStatus, SshError> {
@@ -200,22 +214,30 @@ impl Machine {
         let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
         c.arg(if tty { "-tt" } else { "-T" })
             .arg(self.destination());
-        let exports: String = std::iter::once(self.path_export())
+        let exports: String = std::iter::once(self.path_export().replace('\n', " "))
             .chain(
                 env.iter()
                     .map(|(k, v)| format!("export {k}={}; ", shell_quote(v))),
             )
             .collect();
-        match command {
-            Some(cmd) => c.arg(format!(
-                "bash --login -c {}",
-                shell_quote(&format!("{exports}{cmd}"))
-            )),
-            None => c.arg(format!(
-                "bash -c {}",
-                shell_quote(&format!("{exports}exec bash --login"))
-            )),
+        let script = match command {
+            Some(cmd) => format!("{exports}{cmd}"),
+            None => format!("{exports}exec bash --login"),
         };
+        let inner = format!("bash --login -c {}", shell_quote(&script));
+        let remote = match container {
+            // `docker` from a login shell, which may set DOCKER_HOST and PATH for it.
+            Some(name) => format!(
+                "bash --login -c {}",
+                shell_quote(&format!(
+                    "exec docker exec {} {} {inner}",
+                    if tty { "-it" } else { "-i" },
+                    shell_quote(name)
+                ))
+            ),
+            None => inner,
+        };
+        c.arg(remote);
         c.status().map_err(|source| SshError::Spawn {
             program: "ssh",
             source,
