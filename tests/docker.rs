@@ -5,9 +5,8 @@
 //!
 //! Needs Docker and root (debootstrap); tests/run.sh runs it.
 
-use rayish_suite::{rayish_bin, target_dir, Machines};
+use rayish_suite::{assert_same_faces, faces_by_file, rayish_bin, target_dir, Machines};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -117,37 +116,6 @@ fn photo_set() -> PathBuf {
         }
     }
     dir
-}
-
-/// encodings.jsonl by file name: (status, boxes, encodings).
-fn by_file(jsonl: &str) -> BTreeMap<String, (String, Value, Value)> {
-    jsonl
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("jsonl line");
-            let name = Path::new(v["path"].as_str().expect("path"))
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            let status = v["status"].as_str().unwrap_or_default().to_string();
-            (name, (status, v["boxes"].clone(), v["encodings"].clone()))
-        })
-        .collect()
-}
-
-fn max_abs_diff(a: &Value, b: &Value) -> f64 {
-    match (a, b) {
-        (Value::Array(x), Value::Array(y)) => {
-            assert_eq!(x.len(), y.len(), "shapes differ");
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| max_abs_diff(p, q))
-                .fold(0.0, f64::max)
-        }
-        _ => (a.as_f64().expect("number") - b.as_f64().expect("number")).abs(),
-    }
 }
 
 /// Builds the image (cached layers make a second build quick); returns its tag.
@@ -288,7 +256,7 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
     // Every image done, as local mode does it here.
     let remote = d.exec("head", &["cat", "/tmp/out/encodings.jsonl"]);
     assert!(remote.status.success(), "{}", text(&remote));
-    let remote = by_file(&String::from_utf8_lossy(&remote.stdout));
+    let remote = faces_by_file(&String::from_utf8_lossy(&remote.stdout));
     let local_out = photos.with_extension("local-out");
     let local = Command::new(target_dir().join("rayish-faces"))
         .args([
@@ -302,19 +270,11 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
         .output()
         .expect("local run");
     assert!(local.status.success(), "{}", text(&local));
-    let local =
-        by_file(&std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"));
-    assert_eq!(remote.len(), 70);
-    assert_eq!(
-        local.keys().collect::<Vec<_>>(),
-        remote.keys().collect::<Vec<_>>()
+    let local = faces_by_file(
+        &std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"),
     );
-    for (name, (status, boxes, encodings)) in &local {
-        let (rstatus, rboxes, rencodings) = &remote[name];
-        assert_eq!((status, boxes), (rstatus, rboxes), "{name}");
-        let diff = max_abs_diff(encodings, rencodings);
-        assert!(diff < 1e-9, "{name}: encodings differ by {diff}");
-    }
+    assert_eq!(remote.len(), 70);
+    assert_same_faces(&local, &remote, 1e-9);
     drop(d);
     let _ = std::fs::remove_dir_all(&photos);
     let _ = std::fs::remove_dir_all(&local_out);

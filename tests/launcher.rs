@@ -6,9 +6,9 @@
 //! Needs root (network namespaces) and scripts/setup-cluster-tests.sh (sshd, rsync);
 //! tests/run.sh runs it.
 
-use rayish_suite::{rayish_bin, target_dir, Machines};
+use rayish_suite::{assert_same_faces, faces_by_file, rayish_bin, target_dir, Machines};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -128,37 +128,6 @@ fn dry_run_names_a_misspelled_field_and_its_line() {
         t.contains("worker_start_ray_commands") && t.contains("rayish start"),
         "{t}"
     );
-}
-
-/// encodings.jsonl lines by file name: (boxes, encodings, node).
-fn by_file(jsonl: &str) -> BTreeMap<String, (Value, Value, String)> {
-    jsonl
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("jsonl line");
-            let name = Path::new(v["path"].as_str().expect("path"))
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            let node = v["node"].as_str().unwrap_or_default().to_string();
-            (name, (v["boxes"].clone(), v["encodings"].clone(), node))
-        })
-        .collect()
-}
-
-fn max_abs_diff(a: &Value, b: &Value) -> f64 {
-    match (a, b) {
-        (Value::Array(x), Value::Array(y)) => {
-            assert_eq!(x.len(), y.len(), "shapes differ: {a} vs {b}");
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| max_abs_diff(p, q))
-                .fold(0.0, f64::max)
-        }
-        _ => (a.as_f64().expect("number") - b.as_f64().expect("number")).abs(),
-    }
 }
 
 #[test]
@@ -282,8 +251,8 @@ worker_start_ray_commands:
     assert!(out.status.success(), "submit: {}", text(&out));
     let remote = rayish(&["exec", cfg, "cat /srv/faces/out/encodings.jsonl"], &state);
     assert!(remote.status.success(), "{}", text(&remote));
-    let remote = by_file(&String::from_utf8_lossy(&remote.stdout));
-    let nodes: BTreeSet<&String> = remote.values().map(|r| &r.2).collect();
+    let remote = faces_by_file(&String::from_utf8_lossy(&remote.stdout));
+    let nodes: BTreeSet<String> = remote.values().map(|r| r["node"].to_string()).collect();
     assert!(nodes.len() >= 2, "all images ran on one node: {nodes:?}");
 
     // The same job in local mode here gives the same boxes and encodings.
@@ -300,18 +269,10 @@ worker_start_ray_commands:
         .output()
         .expect("local faces");
     assert!(out.status.success(), "local faces: {}", text(&out));
-    let local =
-        by_file(&std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"));
-    assert_eq!(
-        local.keys().collect::<Vec<_>>(),
-        remote.keys().collect::<Vec<_>>()
+    let local = faces_by_file(
+        &std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"),
     );
-    for (name, (boxes, encodings, _)) in &local {
-        let (rboxes, rencodings, _) = &remote[name];
-        assert_eq!(boxes, rboxes, "{name}: boxes");
-        let d = max_abs_diff(encodings, rencodings);
-        assert!(d < 1e-9, "{name}: encodings differ by {d}");
-    }
+    assert_same_faces(&local, &remote, 1e-9);
 
     // Down: no rayish process left on any machine, and no ssh connection left here.
     let out = rayish(&["down", cfg], &state);

@@ -433,3 +433,58 @@ impl Drop for Machines {
             .status();
     }
 }
+
+/// `rayish-faces` output (encodings.jsonl) by image file name, one record each.
+pub fn faces_by_file(jsonl: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    jsonl
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("jsonl line");
+            let name = Path::new(v["path"].as_str().expect("path"))
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            (name, v)
+        })
+        .collect()
+}
+
+/// Checks that two runs' records agree image by image: the same images, statuses and
+/// boxes, and encodings within `tolerance` in every component.
+pub fn assert_same_faces(
+    expected: &std::collections::BTreeMap<String, serde_json::Value>,
+    got: &std::collections::BTreeMap<String, serde_json::Value>,
+    tolerance: f64,
+) {
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
+    for (name, e) in expected {
+        let g = &got[name];
+        assert_eq!(
+            (&e["status"], &e["boxes"]),
+            (&g["status"], &g["boxes"]),
+            "{name}"
+        );
+        let d = max_abs_diff(&e["encodings"], &g["encodings"]);
+        assert!(d < tolerance, "{name}: encodings differ by {d}");
+    }
+}
+
+/// The largest difference between two equally shaped JSON arrays of numbers.
+pub fn max_abs_diff(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "shapes differ: {a} vs {b}");
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| max_abs_diff(p, q))
+                .fold(0.0, f64::max)
+        }
+        _ => (a.as_f64().expect("number") - b.as_f64().expect("number")).abs(),
+    }
+}
