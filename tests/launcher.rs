@@ -187,11 +187,7 @@ worker_start_ray_commands:
         "{}",
         text(&out)
     );
-    let out = rayish(&["exec", cfg, "rayish status --json"], &state);
-    assert!(out.status.success(), "exec status: {}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let status: Value =
-        serde_json::from_str(&stdout[stdout.find('{').expect("status json")..]).expect("status");
+    let status = head_status(cfg, &state);
     let alive: BTreeSet<String> = status["nodes"]
         .as_array()
         .expect("nodes")
