@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod cluster;
+mod microbenchmark;
 mod start;
 mod status;
 mod stop;
@@ -35,6 +36,8 @@ enum Command {
     Attach(cluster::AttachArgs),
     /// Print the head's address from a cluster YAML, like `ray get-head-ip`.
     GetHeadIp(cluster::HeadIpArgs),
+    /// Run Ray's microbenchmarks against rayish, like `ray microbenchmark`.
+    Microbenchmark(microbenchmark::MicrobenchmarkArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -50,5 +53,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Submit(args) => cluster::submit(args),
         Command::Attach(args) => cluster::attach(args),
         Command::GetHeadIp(args) => cluster::get_head_ip(args),
+        Command::Microbenchmark(args) => microbenchmark::run(args),
     }
 }
