@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench faces                 # 504 photos, upsample 1
 //!     cargo bench --bench faces -- --images 200 --rounds 2
+//!     cargo bench --bench faces -- --images 200 --derive-only   # print the list file
 //!
 //! The photos are derived from the 7 face_recognition sample photos (scales, crops,
 //! horizontal flips, brightness), written once as JPEGs under
@@ -175,6 +176,11 @@ fn main() -> anyhow::Result<()> {
     let paths = derive_photos(&work.join("photos"), count)?;
     let list = work.join("photos.txt");
     std::fs::write(&list, paths.join("\n") + "\n")?;
+    if args.iter().any(|a| a == "--derive-only") {
+        // For benches/compare_faces.sh: the photo list, nothing timed.
+        println!("{}", list.display());
+        return Ok(());
+    }
     println!(
         "{} photos derived from the sample photos, upsample {upsample}, {rounds} round(s)",
         paths.len()
