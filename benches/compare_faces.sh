@@ -42,9 +42,11 @@ for round in $(seq "$ROUNDS"); do
     "$VENV/bin/python" benches/faces_ray.py "$LIST" "$OUT/python" --cpus "$CPUS" \
         --upsample "$UPSAMPLE" >"$OUT/python.json"
     t1=$(now)
-    "$faces" encode "$LIST" --out "$OUT/rayish" --cpus "$CPUS" --upsample "$UPSAMPLE" --quiet
+    "$faces" encode "$LIST" --out "$OUT/rayish" --cpus "$CPUS" --upsample "$UPSAMPLE" \
+        --quiet >"$OUT/rayish.log"
     t2=$(now)
-    "$faces" encode "$LIST" --out "$OUT/plain" --plain "$CPUS" --upsample "$UPSAMPLE" --quiet
+    "$faces" encode "$LIST" --out "$OUT/plain" --plain "$CPUS" --upsample "$UPSAMPLE" \
+        --quiet >"$OUT/plain.log"
     t3=$(now)
     echo "$round $t0 $t1 $t2 $t3" >>"$OUT/times"
 done
