@@ -620,6 +620,9 @@ impl CoreWorker {
         if slot.location.is_some() {
             return true;
         }
+        // Waiters of earlier waits that returned are gone: drop them here, or a list
+        // waited on again and again (Ray's "wait 1k refs") grows a sender per wait.
+        slot.waiters.retain(|w| !w.is_closed());
         slot.waiters.push(tx.clone());
         if !slot.subscribed {
             slot.subscribed = true;
@@ -768,16 +771,21 @@ impl CoreWorker {
         // Where each not-yet-ready id sits in `ids` (an id may appear twice).
         let mut positions: HashMap<ObjectId, Vec<usize>> = HashMap::new();
         let mut subscribe = Vec::new();
+        let want = num_returns.min(ids.len());
         for (i, id) in ids.iter().enumerate() {
             if self.watch(*id, &tx, &mut subscribe) {
                 ready[i] = true;
                 n_ready += 1;
+                if n_ready == want {
+                    // Enough: the rest need not be looked at (Ray's `wait` returns at
+                    // most `num_returns` ready, the first ones in order).
+                    break;
+                }
             } else {
                 positions.entry(*id).or_default().push(i);
             }
         }
         self.subscribe(subscribe);
-        let want = num_returns.min(ids.len());
         if n_ready >= want {
             return Ok(ready);
         }
