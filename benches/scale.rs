@@ -13,6 +13,9 @@ use anyhow::{bail, Context};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// CPUs of the one node, and so the number of blocking tasks.
+const NODE_CPUS: u32 = 2;
+
 #[rayish::remote]
 fn noop() {}
 
@@ -86,9 +89,10 @@ fn children(pid: u32) -> Vec<u32> {
 /// The driver: submits, gathers, prints one `RESULT` line.
 fn driver(tasks: usize) -> anyhow::Result<()> {
     rayish::init(rayish::Config::default())?;
-    let cpus = 2; // the node's, as started below
     let gate = Gate::remote();
-    let blockers: Vec<_> = (0..cpus).map(|_| block::remote(gate.clone())).collect();
+    let blockers: Vec<_> = (0..NODE_CPUS)
+        .map(|_| block::remote(gate.clone()))
+        .collect();
     let start = Instant::now();
     let refs: Vec<_> = (0..tasks).map(|_| noop::remote()).collect();
     let submitted = start.elapsed().as_secs_f64();
@@ -122,7 +126,7 @@ fn main() -> anyhow::Result<()> {
     if let Ok(n) = std::env::var("RAYISH_SCALE_DRIVER") {
         return driver(n.parse()?);
     }
-    let cluster = rayish_suite::TestCluster::start(0, 2, 10_000);
+    let cluster = rayish_suite::TestCluster::start(0, NODE_CPUS, 10_000);
     let node_pid = cluster.nodes[0].id();
     let mut child = Command::new(std::env::current_exe()?)
         .env("RAYISH_SCALE_DRIVER", tasks.to_string())
@@ -152,7 +156,7 @@ fn main() -> anyhow::Result<()> {
     let node_kib = peak_kib(node_pid).unwrap_or(0);
     let mib = |kib: f64| kib / 1024.0;
     println!(
-        "{} no-op tasks queued on one node (2 CPUs): submitted in {:.2} s, taken by the head in {:.2} s, all gathered in {:.2} s ({:.0} tasks/s)  (target < 30 s)",
+        "{} no-op tasks queued on one node ({NODE_CPUS} CPUs): submitted in {:.2} s, taken by the head in {:.2} s, all gathered in {:.2} s ({:.0} tasks/s)  (target < 30 s)",
         f[0], f[1], f[2], f[3], f[0] / f[3]
     );
     println!(
