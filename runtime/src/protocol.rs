@@ -21,6 +21,7 @@ use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -441,7 +442,7 @@ pub struct NodeAddress {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskAssignment {
     /// The task.
-    pub spec: TaskSpec,
+    pub spec: Arc<TaskSpec>,
     /// Which try this is, from 0.
     pub attempt: u32,
     /// Where each argument is, one entry per `spec.args`.

@@ -10,6 +10,7 @@
 use crate::ids::{NodeId, ObjectId, PeerId};
 use crate::protocol::{TaskError, TaskSpec};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
 
 /// What the head knows of an object's value.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub enum ObjectValue {
         size: u64,
     },
     /// An error stands in for the value.
-    Error(TaskError),
+    Error(Box<TaskError>),
 }
 
 /// One object's entry.
@@ -40,7 +41,7 @@ pub struct ObjectEntry {
     pub nested: Vec<ObjectId>,
     /// The task that made it, kept while the object lives so that it can be re-made
     /// when its only copies are lost (lineage).
-    pub creator: Option<TaskSpec>,
+    pub creator: Option<Arc<TaskSpec>>,
     /// Peers waiting to hear that it is ready.
     pub subscribers: Vec<PeerId>,
 }

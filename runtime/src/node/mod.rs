@@ -355,11 +355,11 @@ impl NodeInner {
         let return_id = a.spec.return_id;
         let call = WorkerCall {
             task_id: a.spec.task_id,
-            function: a.spec.function,
+            function: a.spec.function.clone(),
             args,
             return_id,
         };
-        let (result, took, actor) = match a.spec.kind {
+        let (result, took, actor) = match &a.spec.kind {
             TaskKind::CreateActor(c) => {
                 let binding = ActorBinding {
                     actor: c.actor,
@@ -539,7 +539,7 @@ impl NodeInner {
         SentCall {
             task_id: a.spec.task_id,
             attempt: a.attempt,
-            function: a.spec.function,
+            function: a.spec.function.clone(),
             return_id: a.spec.return_id,
             run,
             sent_at: std::time::Instant::now(),

@@ -128,7 +128,7 @@ mod tests {
 
     fn task(id: u128, cpus: f64) -> TaskAssignment {
         TaskAssignment {
-            spec: TaskSpec {
+            spec: std::sync::Arc::new(TaskSpec {
                 task_id: TaskId(id),
                 job: JobId(1),
                 function: "f".into(),
@@ -138,7 +138,7 @@ mod tests {
                 resources: ResourceSet::new().with(CPU, cpus),
                 max_retries: 0,
                 kind: crate::protocol::TaskKind::Function,
-            },
+            }),
             attempt: 0,
             sources: vec![],
             binary: BinaryHash("0".repeat(64)),

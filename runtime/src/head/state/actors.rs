@@ -41,7 +41,7 @@ struct PendingCall {
 /// One actor.
 pub(super) struct ActorEntry {
     /// The creation task as submitted: re-run for each restart.
-    creation: TaskSpec,
+    creation: Arc<TaskSpec>,
     opts: ActorCreation,
     pub(super) state: ActorState,
     restarts: u32,
@@ -114,6 +114,7 @@ fn error_text(value: &ObjectValue) -> String {
 impl HeadState {
     /// A `CreateActor` task was submitted: record the actor, then place its creation.
     pub(super) fn submit_actor(&mut self, spec: TaskSpec, opts: ActorCreation) {
+        let spec = Arc::new(spec);
         let actor = opts.actor;
         let handle = spec.return_id;
         let taken = opts.name.as_ref().and_then(|name| {
@@ -176,7 +177,7 @@ impl HeadState {
         if let Some(err) = dead {
             let mut freed = Freed::default();
             self.objects
-                .create(return_id, ObjectValue::Error(err), None);
+                .create(return_id, ObjectValue::Error(Box::new(err)), None);
             self.object_ready(return_id);
             self.objects.free_if_unreferenced(return_id, &mut freed);
             self.apply_freed(freed);
@@ -193,7 +194,7 @@ impl HeadState {
             });
         }
         let task_id = spec.task_id;
-        self.add_task(spec, 0);
+        self.add_task(Arc::new(spec), 0);
         if let Some(task) = self.tasks.get_mut(&task_id) {
             task.call = Some((seq, caller));
         }
@@ -409,7 +410,7 @@ impl HeadState {
             }
         }
         for task in calls {
-            self.complete_task(task, ObjectValue::Error(err.clone()));
+            self.complete_task(task, ObjectValue::Error(Box::new(err.clone())));
         }
         if let Some(name) = name {
             if self.actors.names.get(&name) == Some(&actor) {
@@ -428,7 +429,8 @@ impl HeadState {
             .get(&handle)
             .is_some_and(|e| matches!(e.value, ObjectValue::Pending))
         {
-            self.objects.create(handle, ObjectValue::Error(err), None);
+            self.objects
+                .create(handle, ObjectValue::Error(Box::new(err)), None);
             self.object_ready(handle);
             self.objects.free_if_unreferenced(handle, &mut freed);
         }
@@ -464,7 +466,7 @@ impl HeadState {
             _ => None,
         };
         if let Some(err) = err {
-            self.complete_task(task_id, ObjectValue::Error(err));
+            self.complete_task(task_id, ObjectValue::Error(Box::new(err)));
             return;
         }
         task.attempt += 1;

@@ -179,7 +179,7 @@ impl HeadState {
         let queued: HashSet<TaskId> = orphans.iter().copied().collect();
         self.queue.retain(|t| !queued.contains(&t));
         for task_id in orphans {
-            self.complete_task(task_id, ObjectValue::Error(ended.clone()));
+            self.complete_task(task_id, ObjectValue::Error(Box::new(ended.clone())));
         }
         self.announce_job_end(job_id);
         if !detached {

@@ -25,6 +25,7 @@ use crate::protocol::{
 use crate::resources::{ResourceSet, CPU};
 use crate::transport::MessageSender;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -109,7 +110,7 @@ enum TaskState {
 }
 
 struct TaskEntry {
-    spec: TaskSpec,
+    spec: Arc<TaskSpec>,
     attempt: u32,
     state: TaskState,
     /// Arguments not yet ready.
@@ -125,7 +126,7 @@ struct TaskEntry {
 
 impl TaskEntry {
     /// A task waiting for `missing_args` arguments, holding nothing yet.
-    fn new(spec: TaskSpec, attempt: u32, missing_args: usize) -> Self {
+    fn new(spec: Arc<TaskSpec>, attempt: u32, missing_args: usize) -> Self {
         TaskEntry {
             spec,
             attempt,

@@ -26,7 +26,7 @@ impl HeadState {
             ObjectValue::Pending => return None,
             ObjectValue::Inline(v) => ObjectLocation::Inline(v.clone()),
             ObjectValue::OnNodes { nodes, .. } => ObjectLocation::Nodes(self.addresses(nodes)),
-            ObjectValue::Error(e) => ObjectLocation::Error(e.clone()),
+            ObjectValue::Error(e) => ObjectLocation::Error((**e).clone()),
         })
     }
 
@@ -127,7 +127,7 @@ impl HeadState {
                     reason: "it was made by put or its task's arguments are gone".into(),
                 };
                 if let Some(entry) = self.objects.get_mut(&id) {
-                    entry.value = ObjectValue::Error(err);
+                    entry.value = ObjectValue::Error(Box::new(err));
                 }
                 self.object_ready(id);
             }

@@ -75,7 +75,7 @@ impl HeadState {
             return;
         };
         let assignment = TaskAssignment {
-            spec: task.spec.clone(),
+            spec: Arc::clone(&task.spec),
             attempt: task.attempt,
             sources,
             binary,

@@ -8,14 +8,14 @@ impl HeadState {
         self.objects
             .create(return_id, ObjectValue::Pending, Some(submitter));
         match spec.kind.clone() {
-            TaskKind::Function => self.add_task(spec, 0),
+            TaskKind::Function => self.add_task(Arc::new(spec), 0),
             TaskKind::CreateActor(opts) => self.submit_actor(spec, opts),
             TaskKind::ActorCall(actor) => self.submit_call(submitter, spec, actor),
         }
     }
 
     /// Registers a task (new, or re-made from lineage) and queues it when its args are ready.
-    pub(super) fn add_task(&mut self, spec: TaskSpec, attempt: u32) {
+    pub(super) fn add_task(&mut self, spec: Arc<TaskSpec>, attempt: u32) {
         let task_id = spec.task_id;
         let mut missing = 0;
         let mut failed: Option<TaskError> = None;
@@ -35,7 +35,7 @@ impl HeadState {
                     self.dependents.entry(id).or_default().push(task_id);
                 }
                 Some(ObjectValue::Error(e)) => {
-                    failed.get_or_insert(e.clone());
+                    failed.get_or_insert((**e).clone());
                 }
                 Some(_) => {}
             }
@@ -44,7 +44,7 @@ impl HeadState {
         self.tasks
             .insert(task_id, TaskEntry::new(spec, attempt, missing));
         if let Some(err) = failed {
-            self.complete_task(task_id, ObjectValue::Error(err));
+            self.complete_task(task_id, ObjectValue::Error(Box::new(err)));
         } else if missing == 0 {
             self.enqueue(task_id, resources, false);
         }
@@ -160,7 +160,9 @@ impl HeadState {
                     size,
                 },
             ),
-            TaskOutcome::Failed(err) => self.complete_task(task_id, ObjectValue::Error(err)),
+            TaskOutcome::Failed(err) => {
+                self.complete_task(task_id, ObjectValue::Error(Box::new(err)))
+            }
             TaskOutcome::WorkerDied(reason) => self.attempt_failed(task_id, reason),
             TaskOutcome::ArgumentUnavailable { object, reason } => {
                 self.argument_unavailable(task_id, object, reason)
@@ -209,7 +211,7 @@ impl HeadState {
                 attempts: task.attempt + 1,
                 reason,
             };
-            self.complete_task(task_id, ObjectValue::Error(err));
+            self.complete_task(task_id, ObjectValue::Error(Box::new(err)));
         }
     }
 
@@ -235,7 +237,7 @@ impl HeadState {
                 object: object.to_string(),
                 reason: format!("no holder could serve it: {reason}"),
             };
-            self.complete_task(task_id, ObjectValue::Error(err));
+            self.complete_task(task_id, ObjectValue::Error(Box::new(err)));
             return;
         }
         tracing::debug!(
@@ -273,7 +275,7 @@ impl HeadState {
                         object: id.to_string(),
                         reason: "the argument was freed".into(),
                     };
-                    self.complete_task(task_id, ObjectValue::Error(err));
+                    self.complete_task(task_id, ObjectValue::Error(Box::new(err)));
                     return;
                 }
             }
