@@ -118,6 +118,46 @@ enum Scenario {
         #[arg(long, default_value_t = 80)]
         mb: usize,
     },
+    /// Short tasks run back to back, each sent to its worker behind the one before
+    /// (a follower); one of them waits for the task sent behind it.
+    Follow,
+}
+
+/// Holds a reference for tasks to pick up (scenario `follow`).
+#[derive(Default)]
+pub struct Board {
+    posted: Option<ObjectRef<u64>>,
+}
+
+#[rayish::actor]
+impl Board {
+    pub fn new() -> Self {
+        Board { posted: None }
+    }
+
+    pub fn post(&mut self, r: ObjectRef<u64>) {
+        self.posted = Some(r);
+    }
+
+    pub fn take(&self) -> Option<ObjectRef<u64>> {
+        self.posted.clone()
+    }
+}
+
+#[rayish::remote]
+fn plus_one(x: u64) -> u64 {
+    x + 1
+}
+
+/// Waits until a reference is posted on `board`, then for its value.
+#[rayish::remote]
+fn await_posted(board: BoardHandle) -> rayish::Result<u64> {
+    loop {
+        if let Some(r) = rayish::get(&board.take())? {
+            return rayish::get(&r);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[rayish::remote]
@@ -417,6 +457,23 @@ fn main() -> anyhow::Result<()> {
                 "big_sum": big_sum, "big_expected": big.iter().sum::<u64>(),
                 "nested_sum": through, "nested_direct": direct, "nested_expected": (0..50u64).map(|i| i * i).sum::<u64>(),
             }));
+        }
+        Scenario::Follow => {
+            // Short tasks first, so that the node sends each task behind another.
+            let warm: Vec<_> = (0..500u64).map(plus_one::remote).collect();
+            rayish::get_all(&warm)?;
+            let board = Board::remote();
+            rayish::get(&board.take())?;
+            let before: Vec<_> = (0..50u64).map(plus_one::remote).collect();
+            // Queued right behind `waiter`, so sent to its worker behind it; the
+            // worker must give it back once `waiter` blocks, or neither ever ends.
+            let waiter = await_posted::remote(board.clone());
+            let posted = plus_one::remote(1000u64);
+            let after: Vec<_> = (0..50u64).map(plus_one::remote).collect();
+            rayish::get(&board.post(posted))?;
+            let got = rayish::get_timeout(&waiter, Duration::from_secs(60))?;
+            let rest = rayish::get_all(&before)?.len() + rayish::get_all(&after)?.len();
+            result(json!({"waiter": got, "expected": 1001, "others": rest}));
         }
         Scenario::Nested { parents } => {
             let refs: Vec<_> = (0..parents).map(parent::remote).collect();

@@ -90,6 +90,30 @@ fn nested_tasks_with_more_waiting_parents_than_cpus() {
 }
 
 #[test]
+fn a_follower_its_leader_waits_for_is_given_back() {
+    // One node, one CPU: short tasks run back to back on one worker, each sent
+    // behind the one before. One waits (in `get`) for the task sent behind it: it
+    // must be given back to run elsewhere, or neither ever ends. Whether tasks count
+    // as short enough to be followed depends on timing (a loaded machine stretches
+    // them), so the scenario is repeated until the waiting task had a follower.
+    let cluster = TestCluster::start(0, 1, 5000);
+    let mut followed = false;
+    for _ in 0..5 {
+        let r = cluster.scenario(["follow"]);
+        assert_eq!(r["waiter"], r["expected"], "{r}");
+        assert_eq!(r["others"], 100, "{r}");
+        followed = rayish_suite::read_logs(cluster.root()).contains("came back unrun");
+        if followed {
+            break;
+        }
+    }
+    assert!(
+        followed,
+        "the waiting task never had a follower: nothing was tested"
+    );
+}
+
+#[test]
 fn task_panics_and_errors_come_back_from_get() {
     let cluster = TestCluster::start(1, 2, 5000);
     let r = cluster.scenario(["panic"]);

@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of this protocol; peers speaking another one are refused.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RYSH";
 /// Bytes before a frame's payload.
@@ -976,6 +976,12 @@ pub enum FromWorker {
         id: ObjectId,
         /// Its encoded value.
         value: WorkerValue,
+    },
+    /// A function call sent behind the running task is given back unrun: that task
+    /// blocked in `get`, and what it waits for may be this very call.
+    Declined {
+        /// The call given back.
+        task_id: TaskId,
     },
 }
 

@@ -668,6 +668,24 @@ impl CoreWorker {
                 task_id: task,
                 blocked,
             });
+            link.set_blocked(blocked);
+            // The blocked thread waits on the head: another must read the node's
+            // socket meanwhile, to give back a follower sent behind this task.
+            if blocked && link.needs_blocked_reader() {
+                let this = self.this.get().and_then(std::sync::Weak::upgrade);
+                let spawned = this.map(|cw| {
+                    std::thread::Builder::new()
+                        .name("rayish-blocked-reader".into())
+                        .spawn(move || {
+                            if let Some(link) = cw.node_link() {
+                                link.read_while_blocked();
+                            }
+                        })
+                });
+                if !matches!(spawned, Some(Ok(_))) {
+                    link.no_blocked_reader();
+                }
+            }
         }
     }
 

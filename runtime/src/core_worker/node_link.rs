@@ -8,15 +8,15 @@
 
 use crate::ids::{ObjectId, TaskId};
 use crate::protocol::{
-    encode_frame_within, read_frame_blocking, FromWorker, NodeAddress, PutError, RunKind, ToWorker,
-    WorkerValue, INLINE_OBJECT_MAX, MAX_WORKER_FRAME_LEN,
+    encode_frame_within, read_frame_blocking, FromWorker, NodeAddress, ProtocolError, PutError,
+    RunKind, ToWorker, WorkerValue, INLINE_OBJECT_MAX, MAX_WORKER_FRAME_LEN,
 };
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// A task the node asked this worker to run.
@@ -56,10 +56,17 @@ pub struct NodeLink {
     /// The node's shared-memory directory, where large values are handed over.
     shm_dir: Option<PathBuf>,
     writer: Mutex<UnixStream>,
-    reader: Mutex<UnixStream>,
+    /// Buffered: the frame header and body, and often the next frames, in one read.
+    reader: Mutex<std::io::BufReader<UnixStream>>,
     stash: Mutex<Stash>,
     arrived: Condvar,
     next: AtomicU64,
+    /// Threads of the running task now blocked in `get`. While any is, function calls
+    /// the node sent behind the task are given back (`Declined`) rather than held: the
+    /// blocked task may be waiting for one of them.
+    blocked: AtomicUsize,
+    /// A thread runs [`Self::read_while_blocked`].
+    blocked_reader: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,10 +82,12 @@ impl NodeLink {
         Ok(Self {
             shm_dir,
             writer: Mutex::new(writer),
-            reader: Mutex::new(stream),
+            reader: Mutex::new(std::io::BufReader::with_capacity(64 * 1024, stream)),
             stash: Mutex::new(Stash::default()),
             arrived: Condvar::new(),
             next: AtomicU64::new(1),
+            blocked: AtomicUsize::new(0),
+            blocked_reader: AtomicBool::new(false),
         })
     }
 
@@ -115,31 +124,7 @@ impl NodeLink {
                     let msg =
                         read_frame_blocking::<_, ToWorker>(&mut *reader, MAX_WORKER_FRAME_LEN);
                     stash = lock(&self.stash);
-                    match msg {
-                        Ok(Some(ToWorker::Run {
-                            task_id,
-                            function,
-                            args,
-                            return_id,
-                            kind,
-                        })) => stash.runs.push_back(RunRequest {
-                            task_id,
-                            function,
-                            args: args.into_iter().map(open_value).collect(),
-                            return_id,
-                            kind,
-                        }),
-                        Ok(Some(reply @ ToWorker::Object { request, .. }))
-                        | Ok(Some(reply @ ToWorker::PutDone { request, .. }))
-                        | Ok(Some(reply @ ToWorker::Lent { request, .. })) => {
-                            stash.replies.insert(request, reply);
-                        }
-                        Ok(None) => stash.closed = true,
-                        Err(e) => {
-                            eprintln!("rayish worker: bad message from the node: {e}");
-                            stash.closed = true;
-                        }
-                    }
+                    self.absorb(&mut stash, msg);
                     drop(reader);
                     // Someone else may be waiting for what was read, or to read next.
                     self.arrived.notify_all();
@@ -148,6 +133,103 @@ impl NodeLink {
                     stash = self.arrived.wait(stash).unwrap_or_else(|p| p.into_inner());
                 }
             }
+        }
+    }
+
+    /// Files one message read off the socket: a run is stashed (or given back, while
+    /// the running task is blocked), a reply kept for its requester.
+    fn absorb(&self, stash: &mut Stash, msg: Result<Option<ToWorker>, ProtocolError>) {
+        match msg {
+            Ok(Some(ToWorker::Run {
+                task_id,
+                kind: RunKind::Function,
+                ..
+            })) if self.blocked.load(Ordering::SeqCst) > 0 => {
+                self.send(FromWorker::Declined { task_id });
+            }
+            Ok(Some(ToWorker::Run {
+                task_id,
+                function,
+                args,
+                return_id,
+                kind,
+            })) => stash.runs.push_back(RunRequest {
+                task_id,
+                function,
+                args: args.into_iter().map(open_value).collect(),
+                return_id,
+                kind,
+            }),
+            Ok(Some(reply @ ToWorker::Object { request, .. }))
+            | Ok(Some(reply @ ToWorker::PutDone { request, .. }))
+            | Ok(Some(reply @ ToWorker::Lent { request, .. })) => {
+                stash.replies.insert(request, reply);
+            }
+            Ok(None) => stash.closed = true,
+            Err(e) => {
+                eprintln!("rayish worker: bad message from the node: {e}");
+                stash.closed = true;
+            }
+        }
+    }
+
+    /// Reads the socket while the running task is blocked in `get` and no other
+    /// thread reads it, so that a follower the node sent meanwhile is given back at
+    /// once: the blocked thread waits on the head, not on this socket. Run on a
+    /// thread of its own (see [`Self::needs_blocked_reader`]); returns once the task
+    /// has resumed (after one more message) or another thread reads.
+    pub fn read_while_blocked(&self) {
+        while self.blocked.load(Ordering::SeqCst) > 0 {
+            let Ok(mut reader) = self.reader.try_lock() else {
+                break;
+            };
+            let msg = read_frame_blocking::<_, ToWorker>(&mut *reader, MAX_WORKER_FRAME_LEN);
+            let mut stash = lock(&self.stash);
+            self.absorb(&mut stash, msg);
+            let closed = stash.closed;
+            drop(stash);
+            drop(reader);
+            self.arrived.notify_all();
+            if closed {
+                break;
+            }
+        }
+        self.blocked_reader.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a thread should be started for [`Self::read_while_blocked`] (none runs);
+    /// if so, the caller starts one or calls [`Self::no_blocked_reader`].
+    pub fn needs_blocked_reader(&self) -> bool {
+        !self.blocked_reader.swap(true, Ordering::SeqCst)
+    }
+
+    /// The thread [`Self::needs_blocked_reader`] asked for could not be started.
+    pub fn no_blocked_reader(&self) {
+        self.blocked_reader.store(false, Ordering::SeqCst);
+    }
+
+    /// The running task's thread blocked in `get` (or resumed). While blocked, the
+    /// function calls waiting behind it here, and those that arrive, go back to the
+    /// node to run elsewhere. Actor calls stay: an actor runs its calls in order.
+    pub fn set_blocked(&self, blocked: bool) {
+        if !blocked {
+            self.blocked.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        self.blocked.fetch_add(1, Ordering::SeqCst);
+        let declined: Vec<TaskId> = {
+            let mut stash = lock(&self.stash);
+            let (give_back, keep) = std::mem::take(&mut stash.runs)
+                .into_iter()
+                .partition(|r| r.kind == RunKind::Function);
+            stash.runs = keep;
+            give_back
+                .into_iter()
+                .map(|r: RunRequest| r.task_id)
+                .collect()
+        };
+        for task_id in declined {
+            self.send(FromWorker::Declined { task_id });
         }
     }
 

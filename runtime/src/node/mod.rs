@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use worker_pool::{
-    ActorBinding, RunResult, Worker, WorkerCall, WorkerEnv, WorkerPool, WorkerRequest,
+    ActorBinding, RunEnd, RunResult, Worker, WorkerCall, WorkerEnv, WorkerPool, WorkerRequest,
 };
 
 /// How a node is set up.
@@ -83,7 +83,24 @@ struct NodeInner {
     binary_fetch: tokio::sync::Mutex<()>,
     /// Actors living in this node's workers.
     actors: DashMap<ActorId, LocalActor>,
+    /// Moving average of its function calls' run times, in microseconds (0 before
+    /// the first): tasks get followers only while they are short.
+    avg_run_micros: std::sync::atomic::AtomicU64,
 }
+
+/// A worker taken for function calls of one job and shape, run back to back: the
+/// first call, then followers (see `task_queue`), until none is left.
+struct Lease {
+    worker: Arc<Worker>,
+    /// The first call: followers must have its job, binary and shape.
+    like: TaskAssignment,
+}
+
+/// Tasks shorter than this on average get a follower on their worker (see
+/// `task_queue`): for them the node's round trip between two tasks is a large part
+/// of the work. Longer ones would only make the follower wait. The same bound as
+/// the head's deepest `dispatch_factor`.
+const FOLLOW_BELOW_MICROS: u64 = 2_000;
 
 /// An actor call sent to its worker (or refused before), waiting to be reported.
 struct SentCall {
@@ -215,6 +232,7 @@ pub async fn start_node(
         known_binaries: DashMap::new(),
         binary_fetch: tokio::sync::Mutex::new(()),
         actors: DashMap::new(),
+        avg_run_micros: std::sync::atomic::AtomicU64::new(0),
     });
     tracing::info!(node = ?inner.cfg.node_id, head = %inner.cfg.head, "joined the cluster");
 
@@ -308,20 +326,80 @@ pub async fn start_node(
 impl NodeInner {
     fn start(self: &Arc<Self>, tasks: Vec<TaskAssignment>) {
         for task in tasks {
+            let follower = self.follower_for(task.spec.task_id, &task);
             let node = self.clone();
-            tokio::spawn(async move { node.execute(task).await });
+            tokio::spawn(async move { node.execute(task, follower).await });
         }
     }
 
-    async fn execute(self: Arc<Self>, a: TaskAssignment) {
+    /// A waiting task to send behind `running` (a call like `like`) on its worker,
+    /// while tasks are short: a function call of the same job, binary and shape with
+    /// nothing to fetch.
+    fn follower_for(&self, running: TaskId, like: &TaskAssignment) -> Option<TaskAssignment> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let avg = self.avg_run_micros.load(Relaxed);
+        if like.spec.kind != TaskKind::Function || avg == 0 || avg >= FOLLOW_BELOW_MICROS {
+            return None;
+        }
+        self.queue
+            .take_follower(running, like.spec.job, &like.spec.resources, |t| {
+                t.spec.kind == TaskKind::Function
+                    && t.binary == like.binary
+                    && inline_args(t).is_some()
+            })
+    }
+
+    async fn execute(self: Arc<Self>, a: TaskAssignment, follower: Option<TaskAssignment>) {
         let task_id = a.spec.task_id;
         let attempt = a.attempt;
-        let mut run_time = std::time::Duration::ZERO;
-        let (outcome, actor_started) = self.clone().run(a, &mut run_time).await;
-        let run_micros = run_time.as_micros() as u64;
+        let mut run_time = Duration::ZERO;
+        let mut lease = None;
+        let (outcome, actor_started) = self
+            .clone()
+            .run(a, follower, &mut run_time, &mut lease)
+            .await;
         // A live actor keeps its creation's resources until it dies (`actor_died`).
-        if !actor_started {
-            let next = self.queue.finish(task_id);
+        self.finished(
+            task_id,
+            attempt,
+            outcome,
+            run_time,
+            !actor_started,
+            lease.as_ref(),
+        );
+        if let Some(lease) = lease {
+            self.pool.release(&lease.worker);
+        }
+    }
+
+    /// A task ended here: frees its share (unless an actor now holds it) or passes it
+    /// to its follower, which then gets a follower of its own; starts what fits;
+    /// reports the task.
+    fn finished(
+        self: &Arc<Self>,
+        task_id: TaskId,
+        attempt: u32,
+        outcome: TaskOutcome,
+        run_time: Duration,
+        free: bool,
+        lease: Option<&Arc<Lease>>,
+    ) {
+        let run_micros = run_time.as_micros() as u64;
+        if free {
+            use std::sync::atomic::Ordering::Relaxed;
+            let avg = self.avg_run_micros.load(Relaxed);
+            let avg = if avg == 0 {
+                run_micros
+            } else {
+                (avg * 4 + run_micros) / 5
+            };
+            self.avg_run_micros.store(avg.max(1), Relaxed);
+            let (next, promoted) = self.queue.finish_promoting(task_id);
+            if let (Some(running), Some(lease)) = (promoted, lease) {
+                if let Some(f) = self.follower_for(running, &lease.like) {
+                    self.send_follower(lease, f);
+                }
+            }
             self.start(next);
         }
         self.head.send(ToHead::TaskFinished {
@@ -332,24 +410,71 @@ impl NodeInner {
         });
     }
 
+    /// A follower that will not run behind its leader waits in the queue again.
+    fn give_back(self: &Arc<Self>, follower: Option<TaskAssignment>) {
+        if let Some(f) = follower {
+            let start = self.queue.give_back(f);
+            self.start(start);
+        }
+    }
+
+    /// Sends follower `f` to the lease's worker, behind what it runs, and awaits its
+    /// end on a task of its own: it may come back while the task before it still runs.
+    fn send_follower(self: &Arc<Self>, lease: &Arc<Lease>, f: TaskAssignment) {
+        let Some(args) = inline_args(&f) else {
+            return self.give_back(Some(f));
+        };
+        let call = WorkerCall {
+            task_id: f.spec.task_id,
+            function: f.spec.function.clone(),
+            args,
+            return_id: f.spec.return_id,
+        };
+        let end = self
+            .pool
+            .send_call(&lease.worker, call, RunKind::Function, true);
+        let node = self.clone();
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            match end.await {
+                RunEnd::Ran(result, took) => {
+                    let function = f.spec.function.clone();
+                    let outcome = node.outcome_of(result, f.spec.return_id, function);
+                    node.finished(f.spec.task_id, f.attempt, outcome, took, true, Some(&lease));
+                }
+                RunEnd::Declined => {
+                    tracing::info!(task = ?f.spec.task_id, "a follower came back unrun (the task before it blocked, or its worker died); queued again");
+                    node.give_back(Some(f));
+                }
+            }
+            node.pool.release(&lease.worker);
+        });
+    }
+
     /// Runs an assignment (a function call or an actor's creation); `run_time` gets
     /// the worker's share (start-up and argument fetching excluded: the head uses it
     /// to judge how short tasks are). The flag says an actor now lives here.
     async fn run(
         self: Arc<Self>,
         a: TaskAssignment,
-        run_time: &mut std::time::Duration,
+        follower: Option<TaskAssignment>,
+        run_time: &mut Duration,
+        lease: &mut Option<Arc<Lease>>,
     ) -> (TaskOutcome, bool) {
         let binary = match self.binary(&a.binary).await {
             Ok(path) => path,
             Err(e) => {
+                self.give_back(follower);
                 let reason = format!("cannot get the job's binary: {e}");
                 return (TaskOutcome::WorkerDied(reason), false);
             }
         };
         let args = match self.resolve_args(&a).await {
             Ok(args) => args,
-            Err(outcome) => return (outcome, false),
+            Err(outcome) => {
+                self.give_back(follower);
+                return (outcome, false);
+            }
         };
         let function = a.spec.function.clone();
         let return_id = a.spec.return_id;
@@ -372,7 +497,36 @@ impl NodeInner {
                 (result, took, worker.map(|w| (c.actor, w)))
             }
             _ => {
-                let (result, took) = self.pool.run(a.spec.job, &binary, call).await;
+                let worker = match self.pool.worker_for(a.spec.job, &binary).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        self.give_back(follower);
+                        return (TaskOutcome::WorkerDied(e), false);
+                    }
+                };
+                let this = Arc::new(Lease {
+                    worker,
+                    // Only its job, binary and shape are read: no argument copies.
+                    like: TaskAssignment {
+                        spec: a.spec.clone(),
+                        attempt: a.attempt,
+                        sources: Vec::new(),
+                        binary: a.binary.clone(),
+                    },
+                });
+                let end = self
+                    .pool
+                    .send_call(&this.worker, call, RunKind::Function, false);
+                if let Some(f) = follower {
+                    self.send_follower(&this, f);
+                }
+                *lease = Some(this);
+                let (result, took) = match end.await {
+                    RunEnd::Ran(result, took) => (result, took),
+                    RunEnd::Declined => {
+                        (Err("the worker gave the call back".into()), Duration::ZERO)
+                    }
+                };
                 (result, took, None)
             }
         };

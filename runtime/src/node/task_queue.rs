@@ -5,11 +5,17 @@
 //! at once instead of after a round trip to the head. This queue is what keeps the
 //! node itself to its resources: a task starts only when its demand fits in what the
 //! running tasks leave free. A task blocked in `get` gives its CPU back here too.
+//!
+//! A running task may have one *follower*: a waiting task of the same job and shape
+//! sent to the same worker right behind it, so that the worker goes on without a
+//! round trip to the node (what lets short tasks keep a worker busy). The follower
+//! holds nothing until its leader finishes; then it takes over the leader's share.
+//! It comes back here if it is given back unrun.
 
 use crate::ids::{JobId, TaskId};
 use crate::protocol::TaskAssignment;
 use crate::resources::{ResourceSet, CPU};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 struct State {
@@ -19,6 +25,12 @@ struct State {
     running: HashMap<TaskId, ResourceSet>,
     /// CPU lent by tasks blocked in `get`.
     lent: HashMap<TaskId, ResourceSet>,
+    /// Leader → its follower and the follower's demand.
+    followers: HashMap<TaskId, (TaskId, ResourceSet)>,
+    /// Follower → its leader.
+    leaders: HashMap<TaskId, TaskId>,
+    /// Jobs whose driver is gone: their tasks are dropped, not started.
+    ended: HashSet<JobId>,
 }
 
 /// The queue.
@@ -37,6 +49,9 @@ impl LocalTaskQueue {
                 waiting: VecDeque::new(),
                 running: HashMap::new(),
                 lent: HashMap::new(),
+                followers: HashMap::new(),
+                leaders: HashMap::new(),
+                ended: HashSet::new(),
             }),
         }
     }
@@ -48,24 +63,90 @@ impl LocalTaskQueue {
     /// Queues `task`; returns the tasks to start now.
     pub fn push(&self, task: TaskAssignment) -> Vec<TaskAssignment> {
         let mut s = self.lock();
-        s.waiting.push_back(task);
+        if !s.ended.contains(&task.spec.job) {
+            s.waiting.push_back(task);
+        }
         self.startable(&mut s)
     }
 
-    /// `task` ended; returns the tasks to start now.
-    pub fn finish(&self, task: TaskId) -> Vec<TaskAssignment> {
+    /// Takes a waiting task to follow `lead` (running) on its worker: the first of
+    /// `job` demanding `demand` that `eligible` accepts. `None` if the leader is not
+    /// running or already has one.
+    pub fn take_follower(
+        &self,
+        lead: TaskId,
+        job: JobId,
+        demand: &ResourceSet,
+        eligible: impl Fn(&TaskAssignment) -> bool,
+    ) -> Option<TaskAssignment> {
         let mut s = self.lock();
+        if !s.running.contains_key(&lead) || s.followers.contains_key(&lead) {
+            return None;
+        }
+        let at = s
+            .waiting
+            .iter()
+            .position(|t| t.spec.job == job && t.spec.resources == *demand && eligible(t))?;
+        let task = s.waiting.remove(at)?;
+        let id = task.spec.task_id;
+        s.followers.insert(lead, (id, task.spec.resources.clone()));
+        s.leaders.insert(id, lead);
+        Some(task)
+    }
+
+    /// `task` ended; returns the tasks to start now. A leader's share passes to its
+    /// follower, which is running by now.
+    pub fn finish(&self, task: TaskId) -> Vec<TaskAssignment> {
+        self.finish_promoting(task).0
+    }
+
+    /// [`Self::finish`], also naming the follower that took over `task`'s share.
+    pub fn finish_promoting(&self, task: TaskId) -> (Vec<TaskAssignment>, Option<TaskId>) {
+        let mut s = self.lock();
+        let mut promoted = None;
+        // A follower that ended before its leader's end was handled (its worker
+        // died): it inherits nothing.
+        if let Some(leader) = s.leaders.remove(&task) {
+            s.followers.remove(&leader);
+        }
         if let Some(held) = s.running.remove(&task) {
             s.used.subtract(&held);
         }
         s.lent.remove(&task);
+        if let Some((follower, demand)) = s.followers.remove(&task) {
+            s.leaders.remove(&follower);
+            s.used.add(&demand);
+            s.running.insert(follower, demand);
+            promoted = Some(follower);
+        }
+        (self.startable(&mut s), promoted)
+    }
+
+    /// A follower came back unrun: it waits again, first in line. Returns the tasks
+    /// to start now.
+    pub fn give_back(&self, task: TaskAssignment) -> Vec<TaskAssignment> {
+        let mut s = self.lock();
+        let id = task.spec.task_id;
+        if let Some(leader) = s.leaders.remove(&id) {
+            s.followers.remove(&leader);
+        }
+        // It may have taken over its leader's share already.
+        if let Some(held) = s.running.remove(&id) {
+            s.used.subtract(&held);
+        }
+        s.lent.remove(&id);
+        if !s.ended.contains(&task.spec.job) {
+            s.waiting.push_front(task);
+        }
         self.startable(&mut s)
     }
 
-    /// Drops the waiting tasks of `job` (its driver is gone); running ones end with
-    /// their workers.
+    /// Drops the waiting tasks of `job` (its driver is gone), and any that come back
+    /// later; running ones end with their workers.
     pub fn drop_job(&self, job: JobId) {
-        self.lock().waiting.retain(|t| t.spec.job != job);
+        let mut s = self.lock();
+        s.ended.insert(job);
+        s.waiting.retain(|t| t.spec.job != job);
     }
 
     /// `task` blocked in `get` (or resumed); returns the tasks to start now.
@@ -184,5 +265,79 @@ mod tests {
             "task 1 took its CPU back: still full"
         );
         assert_eq!(ids(q.finish(TaskId(1))), vec![3]);
+    }
+
+    fn follower_of(q: &LocalTaskQueue, lead: u128) -> Option<u128> {
+        let cpu = ResourceSet::new().with(CPU, 1.0);
+        q.take_follower(TaskId(lead), JobId(1), &cpu, |_| true)
+            .map(|t| t.spec.task_id.0)
+    }
+
+    #[test]
+    fn a_follower_takes_over_its_leaders_share_and_gets_one_of_its_own() {
+        let q = LocalTaskQueue::new(ResourceSet::new().with(CPU, 1.0));
+        assert_eq!(ids(q.push(task(1, 1.0))), vec![1]);
+        assert!(q.push(task(2, 1.0)).is_empty());
+        assert!(q.push(task(3, 2.0)).is_empty());
+        assert!(q.push(task(4, 1.0)).is_empty());
+        assert_eq!(follower_of(&q, 1), Some(2));
+        assert_eq!(follower_of(&q, 1), None, "one follower at a time");
+        assert_eq!(follower_of(&q, 2), None, "a follower is not running yet");
+        let (start, promoted) = q.finish_promoting(TaskId(1));
+        assert!(start.is_empty(), "the share passed on: nothing else fits");
+        assert_eq!(promoted, Some(TaskId(2)));
+        assert_eq!(
+            follower_of(&q, 2),
+            Some(4),
+            "same shape only: 3 needs 2 CPUs"
+        );
+        let (start, promoted) = q.finish_promoting(TaskId(2));
+        assert!(start.is_empty());
+        assert_eq!(promoted, Some(TaskId(4)));
+        assert!(
+            q.finish(TaskId(4)).is_empty(),
+            "3 needs more than the node has"
+        );
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn a_follower_ending_before_its_leader_inherits_nothing() {
+        // Its worker died: both end, in either order, and all of the CPU comes back.
+        let q = LocalTaskQueue::new(ResourceSet::new().with(CPU, 1.0));
+        assert_eq!(ids(q.push(task(1, 1.0))), vec![1]);
+        assert!(q.push(task(2, 1.0)).is_empty());
+        assert!(q.push(task(3, 1.0)).is_empty());
+        assert_eq!(follower_of(&q, 1), Some(2));
+        assert!(q.finish(TaskId(2)).is_empty());
+        assert_eq!(ids(q.finish(TaskId(1))), vec![3]);
+        assert!(q.finish(TaskId(3)).is_empty());
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn a_follower_given_back_waits_first_in_line() {
+        let q = LocalTaskQueue::new(ResourceSet::new().with(CPU, 1.0));
+        assert_eq!(ids(q.push(task(1, 1.0))), vec![1]);
+        assert!(q.push(task(2, 1.0)).is_empty());
+        assert!(q.push(task(3, 1.0)).is_empty());
+        assert_eq!(follower_of(&q, 1), Some(2));
+        // The leader blocks: its CPU goes to the next waiting task, and the follower
+        // comes back to wait before the others.
+        assert_eq!(ids(q.set_blocked(TaskId(1), true)), vec![3]);
+        assert!(q.give_back(task(2, 1.0)).is_empty());
+        assert_eq!(ids(q.finish(TaskId(3))), vec![2]);
+        // Given back after taking over its leader's share (its worker died): the
+        // share is freed, so it starts again at once.
+        assert!(q.push(task(4, 1.0)).is_empty());
+        assert_eq!(follower_of(&q, 2), Some(4));
+        assert_eq!(q.finish_promoting(TaskId(2)).1, Some(TaskId(4)));
+        assert_eq!(ids(q.give_back(task(4, 1.0))), vec![4]);
+        // A job that ended takes nothing back.
+        assert!(q.push(task(5, 1.0)).is_empty());
+        assert_eq!(follower_of(&q, 4), Some(5));
+        q.drop_job(JobId(1));
+        assert!(q.give_back(task(5, 1.0)).is_empty());
+        assert_eq!(q.len(), 2, "1 (blocked) and 4 still run; 5 is gone");
     }
 }

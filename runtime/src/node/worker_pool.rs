@@ -17,7 +17,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// File descriptor number a worker finds its node socket on.
@@ -112,14 +112,60 @@ pub struct ActorBinding {
 /// A task's result as the worker gave it, or why the worker died.
 pub type RunResult = Result<Result<WorkerValue, TaskError>, String>;
 
+/// How a run sent to a worker ended.
+pub enum RunEnd {
+    /// The worker ran it (or died while running it): the result, and the worker's
+    /// time on it (from when it could start: the later of its sending and the end of
+    /// the run before it).
+    Ran(RunResult, Duration),
+    /// Given back unrun: it was sent behind a task that then blocked in `get`, or
+    /// whose worker died. It should run elsewhere, without counting as a try.
+    Declined,
+}
+
+/// A run sent to a worker and not yet ended.
+struct PendingRun {
+    number: u64,
+    task_id: TaskId,
+    /// Sent behind another function call (a follower, see `node::task_queue`): given
+    /// back, not failed, if the worker dies before starting it.
+    follower: bool,
+    sent_at: Instant,
+    tx: oneshot::Sender<RunEnd>,
+}
+
+/// The runs a worker holds, in the order sent (it runs them in that order).
+#[derive(Default)]
+struct Runs {
+    pending: VecDeque<PendingRun>,
+    /// When its last run ended.
+    last_end: Option<Instant>,
+}
+
+impl Runs {
+    /// Takes the run of `task_id` out; with `ran`, it ended now after running.
+    fn take(&mut self, task_id: TaskId, ran: bool) -> Option<(PendingRun, Duration)> {
+        let at = self.pending.iter().position(|r| r.task_id == task_id)?;
+        let run = self.pending.remove(at)?;
+        let now = Instant::now();
+        let began = self
+            .last_end
+            .map_or(run.sent_at, |end| end.max(run.sent_at));
+        if ran {
+            self.last_end = Some(now);
+        }
+        Some((run, now.saturating_duration_since(began)))
+    }
+}
+
 /// One worker process.
 pub struct Worker {
     pid: u32,
     job: JobId,
     sender: MessageSender<ToWorker>,
     /// Where the results of the runs sent to it go, in the order sent (it runs them in
-    /// that order; only an actor's worker has more than one at a time).
-    runs: Mutex<VecDeque<(u64, oneshot::Sender<RunResult>)>>,
+    /// that order; an actor's worker may have many, a task's worker one and a follower).
+    runs: Mutex<Runs>,
     next_run: AtomicU64,
     /// Set once it holds an actor: it then never returns to the idle pool.
     actor: Mutex<Option<ActorBinding>>,
@@ -185,12 +231,36 @@ impl WorkerPool {
             },
         };
         let (result, took) = self.run_on(&worker, call, RunKind::Function).await;
-        if result.is_ok() && self.live.contains_key(&worker.pid) {
-            if let Ok(mut idle) = self.idle.lock() {
-                idle.push(worker);
+        self.release(&worker);
+        (result, took)
+    }
+
+    /// An idle worker of `job`, or a new one started from `binary`, to send calls to
+    /// with [`Self::send_call`] and give back with [`Self::release`].
+    pub async fn worker_for(
+        self: &Arc<Self>,
+        job: JobId,
+        binary: &Path,
+    ) -> Result<Arc<Worker>, String> {
+        match self.take_idle(job) {
+            Some(w) => Ok(w),
+            None => self.spawn(job, binary).await,
+        }
+    }
+
+    /// Returns `worker` to the idle pool once it holds no run, is alive and holds no
+    /// actor. Idempotent: a leader and its follower may both end and both call it.
+    pub fn release(&self, worker: &Arc<Worker>) {
+        let busy = worker.runs.lock().map_or(true, |r| !r.pending.is_empty());
+        let actor = worker.actor.lock().map_or(true, |a| a.is_some());
+        if busy || actor || !self.live.contains_key(&worker.pid) {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if !idle.iter().any(|w| w.pid == worker.pid) {
+                idle.push(worker.clone());
             }
         }
-        (result, took)
     }
 
     /// Starts a worker dedicated to `binding.actor` and runs its constructor there.
@@ -228,9 +298,10 @@ impl WorkerPool {
         call: WorkerCall,
         kind: RunKind,
     ) -> (RunResult, Duration) {
-        let started = std::time::Instant::now();
-        let result = self.send_run(worker, call, kind).await;
-        (result, started.elapsed())
+        match self.send_call(worker, call, kind, false).await {
+            RunEnd::Ran(result, took) => (result, took),
+            RunEnd::Declined => (Err("the worker gave the call back".into()), Duration::ZERO),
+        }
     }
 
     /// Sends one call to `worker` now, behind those it already has, and returns where
@@ -243,18 +314,42 @@ impl WorkerPool {
         call: WorkerCall,
         kind: RunKind,
     ) -> impl std::future::Future<Output = RunResult> + Send + 'static {
+        let end = self.send_call(worker, call, kind, false);
+        async move {
+            match end.await {
+                RunEnd::Ran(result, _) => result,
+                RunEnd::Declined => Err("the worker gave the call back".into()),
+            }
+        }
+    }
+
+    /// Sends one call to `worker` behind those it has; `follower` marks a function
+    /// call sent behind another (see [`RunEnd::Declined`]).
+    pub fn send_call(
+        &self,
+        worker: &Arc<Worker>,
+        call: WorkerCall,
+        kind: RunKind,
+        follower: bool,
+    ) -> impl std::future::Future<Output = RunEnd> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let number = worker.next_run.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut runs) = worker.runs.lock() {
-            runs.push_back((number, tx));
+            runs.pending.push_back(PendingRun {
+                number,
+                task_id: call.task_id,
+                follower,
+                sent_at: Instant::now(),
+                tx,
+            });
         }
         // The watcher removes a dead worker from `live` before it drains `runs`:
         // whichever of us takes the sender answers, so this cannot hang.
         let mut refused = None;
         if !self.live.contains_key(&worker.pid) {
             let taken = worker.runs.lock().ok().and_then(|mut r| {
-                let at = r.iter().position(|(n, _)| *n == number)?;
-                r.remove(at)
+                let at = r.pending.iter().position(|p| p.number == number)?;
+                r.pending.remove(at)
             });
             if taken.is_some() {
                 refused = Some(format!("worker pid {} is no longer alive", worker.pid));
@@ -271,10 +366,10 @@ impl WorkerPool {
         }
         async move {
             match refused {
-                Some(reason) => Err(reason),
-                None => rx
-                    .await
-                    .unwrap_or_else(|_| Err("worker channel closed".into())),
+                Some(reason) => RunEnd::Ran(Err(reason), Duration::ZERO),
+                None => rx.await.unwrap_or_else(|_| {
+                    RunEnd::Ran(Err("worker channel closed".into()), Duration::ZERO)
+                }),
             }
         }
     }
@@ -362,7 +457,7 @@ impl WorkerPool {
             pid,
             job,
             sender,
-            runs: Mutex::new(VecDeque::new()),
+            runs: Mutex::new(Runs::default()),
             next_run: AtomicU64::new(0),
             actor: Mutex::new(None),
         });
@@ -374,10 +469,16 @@ impl WorkerPool {
         tokio::spawn(async move {
             let reason = loop {
                 match reader.next().await {
-                    Ok(Some(FromWorker::Finished { result, .. })) => {
-                        let tx = w.runs.lock().ok().and_then(|mut r| r.pop_front());
-                        if let Some((_, tx)) = tx {
-                            let _ = tx.send(Ok(result));
+                    Ok(Some(FromWorker::Finished { task_id, result })) => {
+                        let run = w.runs.lock().ok().and_then(|mut r| r.take(task_id, true));
+                        if let Some((run, took)) = run {
+                            let _ = run.tx.send(RunEnd::Ran(Ok(result), took));
+                        }
+                    }
+                    Ok(Some(FromWorker::Declined { task_id })) => {
+                        let run = w.runs.lock().ok().and_then(|mut r| r.take(task_id, false));
+                        if let Some((run, _)) = run {
+                            let _ = run.tx.send(RunEnd::Declined);
                         }
                     }
                     Ok(Some(FromWorker::GetObject {
@@ -434,13 +535,19 @@ impl WorkerPool {
             let runs = w
                 .runs
                 .lock()
-                .map(|mut r| std::mem::take(&mut *r))
+                .map(|mut r| std::mem::take(&mut r.pending))
                 .unwrap_or_default();
             if !runs.is_empty() {
                 tracing::warn!("worker died during a task: {reason}");
             }
-            for (_, tx) in runs {
-                let _ = tx.send(Err(reason.clone()));
+            // The first was running; a follower behind it never started.
+            for (i, run) in runs.into_iter().enumerate() {
+                let end = if i > 0 && run.follower {
+                    RunEnd::Declined
+                } else {
+                    RunEnd::Ran(Err(reason.clone()), Duration::ZERO)
+                };
+                let _ = run.tx.send(end);
             }
             let binding = w.actor.lock().ok().and_then(|a| *a);
             if let Some(binding) = binding {
