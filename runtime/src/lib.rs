@@ -26,6 +26,7 @@ pub mod head;
 pub mod ids;
 pub mod launch;
 pub mod launcher;
+pub mod memcopy;
 pub mod node;
 pub mod protocol;
 pub mod registry;

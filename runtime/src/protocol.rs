@@ -242,14 +242,15 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<u64, String> {
 /// [`encoded_len`] bytes.
 pub fn encode_value_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<(), String> {
     let len = buf.len();
-    let mut rest = &mut buf[..];
+    // Large byte strings are copied by several threads (a put of gigabytes).
+    let mut rest = crate::memcopy::SliceWriter::new(buf);
     bincode::DefaultOptions::new()
         .serialize_into(&mut rest, value)
         .map_err(|e| e.to_string())?;
-    if !rest.is_empty() {
+    if rest.remaining() != 0 {
         return Err(format!(
             "the value encoded to {} bytes, not the {len} it measured",
-            len - rest.len()
+            len - rest.remaining()
         ));
     }
     Ok(())
