@@ -13,10 +13,18 @@ const MAX_THREADS: usize = 4;
 
 /// Copies `src` into `dst` (of the same length), split across threads when large.
 pub fn copy(dst: &mut [u8], src: &[u8]) {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_THREADS);
-    if src.len() < PARALLEL_MIN || threads < 2 {
+    if src.len() < PARALLEL_MIN {
+        dst.copy_from_slice(src);
+        return;
+    }
+    // Asked once: the answer reads the process's affinity and cgroup limits.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS)
+    });
+    if threads < 2 {
         dst.copy_from_slice(src);
         return;
     }
