@@ -301,14 +301,20 @@ mod tests {
         assert_eq!(q.len(), 1);
     }
 
-    #[test]
-    fn a_follower_ending_before_its_leader_inherits_nothing() {
-        // Its worker died: both end, in either order, and all of the CPU comes back.
+    /// One CPU: task 1 runs, 2 follows it, 3 waits.
+    fn one_cpu_with_a_follower() -> LocalTaskQueue {
         let q = LocalTaskQueue::new(ResourceSet::new().with(CPU, 1.0));
         assert_eq!(ids(q.push(task(1, 1.0))), vec![1]);
         assert!(q.push(task(2, 1.0)).is_empty());
         assert!(q.push(task(3, 1.0)).is_empty());
         assert_eq!(follower_of(&q, 1), Some(2));
+        q
+    }
+
+    #[test]
+    fn a_follower_ending_before_its_leader_inherits_nothing() {
+        // Its worker died: both end, in either order, and all of the CPU comes back.
+        let q = one_cpu_with_a_follower();
         assert!(q.finish(TaskId(2)).is_empty());
         assert_eq!(ids(q.finish(TaskId(1))), vec![3]);
         assert!(q.finish(TaskId(3)).is_empty());
@@ -317,11 +323,7 @@ mod tests {
 
     #[test]
     fn a_follower_given_back_waits_first_in_line() {
-        let q = LocalTaskQueue::new(ResourceSet::new().with(CPU, 1.0));
-        assert_eq!(ids(q.push(task(1, 1.0))), vec![1]);
-        assert!(q.push(task(2, 1.0)).is_empty());
-        assert!(q.push(task(3, 1.0)).is_empty());
-        assert_eq!(follower_of(&q, 1), Some(2));
+        let q = one_cpu_with_a_follower();
         // The leader blocks: its CPU goes to the next waiting task, and the follower
         // comes back to wait before the others.
         assert_eq!(ids(q.set_blocked(TaskId(1), true)), vec![3]);
