@@ -215,26 +215,6 @@ impl WorkerPool {
         self.live.is_empty()
     }
 
-    /// Runs one task on an idle worker of `job`, starting one from `binary` if none is
-    /// idle. Also returns how long the worker took (start-up not included).
-    pub async fn run(
-        self: &Arc<Self>,
-        job: JobId,
-        binary: &Path,
-        call: WorkerCall,
-    ) -> (RunResult, Duration) {
-        let worker = match self.take_idle(job) {
-            Some(w) => w,
-            None => match self.spawn(job, binary).await {
-                Ok(w) => w,
-                Err(e) => return (Err(e), Duration::ZERO),
-            },
-        };
-        let (result, took) = self.run_on(&worker, call, RunKind::Function).await;
-        self.release(&worker);
-        (result, took)
-    }
-
     /// An idle worker of `job`, or a new one started from `binary`, to send calls to
     /// with [`Self::send_call`] and give back with [`Self::release`].
     pub async fn worker_for(
