@@ -521,12 +521,7 @@ impl NodeInner {
                     self.send_follower(&this, f);
                 }
                 *lease = Some(this);
-                let (result, took) = match end.await {
-                    RunEnd::Ran(result, took) => (result, took),
-                    RunEnd::Declined => {
-                        (Err("the worker gave the call back".into()), Duration::ZERO)
-                    }
-                };
+                let (result, took) = end.await.into_result();
                 (result, took, None)
             }
         };

@@ -123,6 +123,17 @@ pub enum RunEnd {
     Declined,
 }
 
+impl RunEnd {
+    /// The result and time of a run that was not sent behind another: such a run is
+    /// never given back, and if it were, failing it is the safe answer.
+    pub fn into_result(self) -> (RunResult, Duration) {
+        match self {
+            RunEnd::Ran(result, took) => (result, took),
+            RunEnd::Declined => (Err("the worker gave the call back".into()), Duration::ZERO),
+        }
+    }
+}
+
 /// A run sent to a worker and not yet ended.
 struct PendingRun {
     number: u64,
@@ -278,10 +289,9 @@ impl WorkerPool {
         call: WorkerCall,
         kind: RunKind,
     ) -> (RunResult, Duration) {
-        match self.send_call(worker, call, kind, false).await {
-            RunEnd::Ran(result, took) => (result, took),
-            RunEnd::Declined => (Err("the worker gave the call back".into()), Duration::ZERO),
-        }
+        self.send_call(worker, call, kind, false)
+            .await
+            .into_result()
     }
 
     /// Sends one call to `worker` now, behind those it already has, and returns where
@@ -295,12 +305,7 @@ impl WorkerPool {
         kind: RunKind,
     ) -> impl std::future::Future<Output = RunResult> + Send + 'static {
         let end = self.send_call(worker, call, kind, false);
-        async move {
-            match end.await {
-                RunEnd::Ran(result, _) => result,
-                RunEnd::Declined => Err("the worker gave the call back".into()),
-            }
-        }
+        async move { end.await.into_result().0 }
     }
 
     /// Sends one call to `worker` behind those it has; `follower` marks a function
