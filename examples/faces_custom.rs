@@ -90,6 +90,10 @@ impl Handler for AbortOn {
 rayish_faces::register_handler!("abort_on", AbortOn);
 
 fn main() -> anyhow::Result<()> {
+    // The encoder's matrix products run on OpenBLAS's best kernels for this CPU.
+    if let Err(e) = rayish_faces::blas::use_native_kernels() {
+        eprintln!("faces_custom: keeping OpenBLAS's own kernels: {e}");
+    }
     rayish::serve_if_worker();
     let args = Args::parse();
     rayish::init(

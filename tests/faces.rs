@@ -610,3 +610,41 @@ fn a_node_killed_mid_job_loses_no_image() {
     assert_eq!(remote.1["failed_images"], 0, "{}", remote.1);
     assert_same_output(&local, &remote, 1e-9);
 }
+
+/// The "Core: …" lines OpenBLAS prints as it loads (OPENBLAS_VERBOSE=2), in order.
+fn openblas_cores(coretype: Option<&str>) -> Vec<String> {
+    let mut cmd = Command::new(target_dir().join("rayish-faces"));
+    cmd.arg("--version").env("OPENBLAS_VERBOSE", "2");
+    match coretype {
+        Some(core) => cmd.env(rayish_faces::blas::CORETYPE_VAR, core),
+        None => cmd.env_remove(rayish_faces::blas::CORETYPE_VAR),
+    };
+    let out = cmd.output().expect("run rayish-faces --version");
+    assert!(out.status.success(), "{out:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all.lines()
+        .filter_map(|l| l.strip_prefix("Core: "))
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn openblas_fallback_kernels_are_replaced_by_the_cpus_own() {
+    let cores = openblas_cores(None);
+    let first = cores.first().expect("OpenBLAS named its kernels").clone();
+    match rayish_faces::blas::better_core(&first, rayish_faces::blas::CpuFeatures::detect()) {
+        // The process started again, once, with the better kernels.
+        Some(better) => assert_eq!(cores, [first, better.to_string()]),
+        // OpenBLAS's own choice stands, and nothing restarts.
+        None => assert_eq!(cores, [first]),
+    }
+}
+
+#[test]
+fn a_chosen_openblas_coretype_is_left_alone() {
+    assert_eq!(openblas_cores(Some("Prescott")), ["Prescott"]);
+}

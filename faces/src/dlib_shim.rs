@@ -1,7 +1,6 @@
 //! The few dlib calls `dlib-face-recognition` does not wrap, written the same way it
 //! writes its own (the `cpp` crate): upsampling as dlib's Python binding does it,
-//! mapping rectangles back, rebuilding a landmark set from plain points, and keeping
-//! OpenBLAS to one thread per worker process.
+//! mapping rectangles back, rebuilding a landmark set from plain points.
 
 use dlib_face_recognition::{FaceLandmarks, ImageMatrix, Rectangle};
 use std::os::raw::c_long;
@@ -82,16 +81,4 @@ pub fn landmarks_from_points(rect: Rectangle, points: &[[i64; 2]]) -> FaceLandma
             return dlib::full_object_detection(dlib::rectangle(l, t, r, b), parts);
         })
     }
-}
-
-extern "C" {
-    fn openblas_set_num_threads(num_threads: std::os::raw::c_int);
-}
-
-/// One BLAS thread: each pipeline task holds one CPU of the node, and a multi-threaded
-/// OpenBLAS inside it would take the others' cores behind the scheduler's back.
-pub fn single_threaded_blas() {
-    // SAFETY: OpenBLAS's documented setter; it takes a plain int and may be called at any
-    // time from any thread.
-    unsafe { openblas_set_num_threads(1) }
 }

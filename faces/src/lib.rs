@@ -9,10 +9,11 @@
 //! Module map: [`settings`] (face_recognition's parameters), [`job`] (what flows),
 //! [`chain`] (handlers, registry), [`stages`] (the built-in handlers), [`decode`]
 //! (PIL-identical pixels), [`models`] (model files, per-process cache), `dlib_shim`
-//! (the C++ calls the dlib crate lacks), [`pipeline`] (runtime and plain runs),
+//! (the C++ calls the dlib crate lacks), [`blas`] (OpenBLAS threads and kernels), [`pipeline`] (runtime and plain runs),
 //! [`inputs`] and [`output`] (files in and out).
 
 pub mod aggregate;
+pub mod blas;
 pub mod chain;
 pub mod decode;
 mod dlib_shim;

@@ -80,6 +80,9 @@ struct EncodeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Err(e) = rayish_faces::blas::use_native_kernels() {
+        eprintln!("rayish-faces: could not restart with OpenBLAS's faster kernels: {e}");
+    }
     rayish::serve_if_worker();
     let cli = Cli::parse();
     match cli.command {

@@ -6,7 +6,7 @@
 //! `scripts/setup-faces.sh` puts them). Loading the 68-point predictor takes about a
 //! second, so each worker process loads a model once and keeps it.
 
-use crate::dlib_shim;
+use crate::blas;
 use crate::settings::LandmarkModel;
 use dlib_face_recognition::{FaceDetector, FaceDetectorCnn, FaceEncoderNetwork, LandmarkPredictor};
 use std::any::Any;
@@ -102,7 +102,7 @@ fn cached<T: 'static>(
             return Ok(model);
         }
     }
-    dlib_shim::single_threaded_blas();
+    blas::single_threaded();
     let model = Rc::new(load().map_err(|reason| ModelError::Unreadable {
         path: key.to_path_buf(),
         reason,
