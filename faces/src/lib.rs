@@ -9,7 +9,8 @@
 //! Module map: [`settings`] (face_recognition's parameters), [`job`] (what flows),
 //! [`chain`] (handlers, registry), [`stages`] (the built-in handlers), [`decode`]
 //! (PIL-identical pixels), [`models`] (model files, per-process cache), `dlib_shim`
-//! (the C++ calls the dlib crate lacks), [`blas`] (OpenBLAS threads and kernels), [`pipeline`] (runtime and plain runs),
+//! (the C++ calls the dlib crate lacks), [`blas`] (OpenBLAS threads and kernels),
+//! [`hog`] (dlib's HOG detector with a wider filter loop), [`pipeline`] (runtime and plain runs),
 //! [`inputs`] and [`output`] (files in and out).
 
 pub mod aggregate;
@@ -17,6 +18,7 @@ pub mod blas;
 pub mod chain;
 pub mod decode;
 mod dlib_shim;
+pub mod hog;
 pub mod inputs;
 pub mod job;
 pub mod models;

@@ -7,8 +7,9 @@
 //! second, so each worker process loads a model once and keeps it.
 
 use crate::blas;
+use crate::hog::HogDetector;
 use crate::settings::LandmarkModel;
-use dlib_face_recognition::{FaceDetector, FaceDetectorCnn, FaceEncoderNetwork, LandmarkPredictor};
+use dlib_face_recognition::{FaceDetectorCnn, FaceEncoderNetwork, LandmarkPredictor};
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -114,10 +115,11 @@ fn cached<T: 'static>(
     Ok(model)
 }
 
-/// dlib's HOG frontal face detector (built into dlib, no file).
-pub fn hog_detector() -> Rc<FaceDetector> {
-    cached(Path::new("<hog>"), || Ok(FaceDetector::new()))
-        .unwrap_or_else(|_| Rc::new(FaceDetector::new()))
+/// dlib's HOG frontal face detector (built into dlib, no file), with the widest
+/// filter loop this CPU runs.
+pub fn hog_detector() -> Rc<HogDetector> {
+    cached(Path::new("<hog>"), || Ok(HogDetector::default()))
+        .unwrap_or_else(|_| Rc::new(HogDetector::default()))
 }
 
 /// The CNN detector from `dir`.

@@ -131,7 +131,7 @@ impl Handler for Detect {
             &original
         };
         let rects: Vec<Rectangle> = match self.settings.detector {
-            DetectorKind::Hog => models::hog_detector().face_locations(searched).to_vec(),
+            DetectorKind::Hog => models::hog_detector().face_locations(searched),
             DetectorKind::Cnn => models::cnn_detector(&model_dir(&self.settings))
                 .map_err(failed)?
                 .face_locations(searched)
