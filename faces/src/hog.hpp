@@ -15,9 +15,10 @@ using dlib::array2d;
 using dlib::rectangle;
 typedef dlib::matrix<float, 0, 1> filter_vector;
 
-// Row pass then column pass of dlib::float_spatially_filter_image_separable, 16
-// columns at a time, then 8, then dlib's scalar tail. The 16-wide step is two of
-// dlib's 8-wide steps side by side: each lane's arithmetic is the same.
+// Row pass then column pass of dlib::float_spatially_filter_image_separable: 16
+// columns at a time, then 8, then the last few columns, which dlib sums one at a time
+// with a single running sum, as masked lanes with that single running sum. Every lane
+// does dlib's arithmetic for its column, in dlib's order.
 __attribute__((target("avx512f")))
 rectangle filter_separable_avx512(
     const array2d<float>& in, array2d<float>& out, const filter_vector& row_filter,
@@ -73,11 +74,14 @@ rectangle filter_separable_avx512(
             t = _mm256_add_ps(t, _mm256_add_ps(t2, t3));
             _mm256_storeu_ps(dst + c, t);
         }
-        for (; c < last_col; ++c) {
-            float t = 0;
+        if (c < last_col) {
+            // dlib's scalar tail (under 8 columns): one running sum per column, taps in
+            // order; here one masked lane per column doing exactly that.
+            const __mmask16 mask = (__mmask16)((1u << (last_col - c)) - 1);
+            __m512 t = _mm512_setzero_ps();
             for (long n = 0; n < rows; ++n)
-                t += src[c - first_col + n] * rf[n];
-            dst[c] = t;
+                t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, src + (c - first_col) + n), _mm512_set1_ps(rf[n])));
+            _mm512_mask_storeu_ps(dst + c, mask, t);
         }
     }
 
@@ -115,14 +119,14 @@ rectangle filter_separable_avx512(
                 t = _mm256_add_ps(t, _mm256_loadu_ps(dst + c));
             _mm256_storeu_ps(dst + c, t);
         }
-        for (; c < last_col; ++c) {
-            float t = 0;
+        if (c < last_col) {
+            const __mmask16 mask = (__mmask16)((1u << (last_col - c)) - 1);
+            __m512 t = _mm512_setzero_ps();
             for (long m = 0; m < cols; ++m)
-                t += top[m * nc + c] * cf[m];
+                t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, top + m * nc + c), _mm512_set1_ps(cf[m])));
             if (add_to)
-                dst[c] += t;
-            else
-                dst[c] = t;
+                t = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst + c), t);
+            _mm512_mask_storeu_ps(dst + c, mask, t);
         }
     }
     return non_border;
