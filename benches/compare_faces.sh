@@ -88,6 +88,10 @@ print(f"{'  same, without interpreter and ray.init':44} {'':>6} "
       f"{n / (info['seconds'] - info['init_seconds']):>9.2f}")
 print(f"{'rayish-faces, local cluster':44} {faces_rs:>6} {s_rs:>9.2f} {n / s_rs:>9.2f}")
 print(f"{'rayish-faces --plain (no runtime)':44} {'':>6} {s_plain:>9.2f} {n / s_plain:>9.2f}")
+# Each round's seconds, to show how much the machine moved between rounds.
+for i, (t0, t1, t2, t3) in enumerate(rounds, 1):
+    print(f"round {i}: Python + Ray {t1 - t0:.2f} s, rayish {t2 - t1:.2f} s, "
+          f"plain {t3 - t2:.2f} s, speed-up {(t1 - t0) / (t2 - t1):.2f}x")
 print(f"speed-up over Python + Ray: {s_py / s_rs:.2f}x  (target >= 3x)")
 print(f"runtime overhead over the plain loop: {(s_rs / s_plain - 1) * 100:+.1f}%  (target < 5%)")
 print(f"largest L2 distance between the two programs' encodings of one face: {worst:.2e}"
