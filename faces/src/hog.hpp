@@ -7,6 +7,7 @@
 #include <dlib/image_processing/frontal_face_detector.h>
 #include <immintrin.h>
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace rayish_hog {
@@ -141,6 +142,345 @@ inline rectangle filter_separable(
     return dlib::float_spatially_filter_image_separable(in, out, row_filter, col_filter, scratch, add_to);
 }
 
+// ---- HOG features -------------------------------------------------------------------
+//
+// dlib::impl_fhog::impl_extract_fhog_features (cell_size > 1, planar output) for RGB
+// images, with its 8-pixels-a-step gradient loop done 16 pixels a step. The loop's
+// arithmetic is all exact integer work or single IEEE float operations per lane, so each
+// lane computes what dlib's lane computes; the votes are then added into the histogram
+// bins one pixel at a time, in dlib's pixel order, so every bin sums the same floats in
+// the same order. The columns dlib leaves to its scalar tail (a different formula, and a
+// different tie-break between colour channels) get that formula, as masked lanes; all
+// after the histograms is dlib's code.
+
+// Histogram layout: (cells_nr + 2) rows × (cells_nc + 2) cells × 18 orientations.
+struct fhog_hist {
+    std::vector<float> bins;
+    long nc = 0;
+    float& operator()(long r, long c, long o) { return bins[(r * nc + c) * 18 + o]; }
+    float operator()(long r, long c, long o) const { return bins[(r * nc + c) * 18 + o]; }
+};
+
+// dlib's nine orientation unit vectors, rounded to float from the same double literals.
+inline void fhog_directions(dlib::matrix<float, 2, 1> (&directions)[9])
+{
+    directions[0] = 1.0000, 0.0000;
+    directions[1] = 0.9397, 0.3420;
+    directions[2] = 0.7660, 0.6428;
+    directions[3] = 0.500, 0.8660;
+    directions[4] = 0.1736, 0.9848;
+    directions[5] = -0.1736, 0.9848;
+    directions[6] = -0.5000, 0.8660;
+    directions[7] = -0.7660, 0.6428;
+    directions[8] = -0.9397, 0.3420;
+}
+
+struct rgb_lanes {
+    __m512i r, g, b;
+};
+
+// Up to 16 consecutive RGB pixels (the bytes `bytes` selects) as one int32 lane per
+// pixel and channel; `deinterleave` gathers each channel's bytes together.
+__attribute__((target("avx512f,avx512bw,avx512vbmi")))
+inline rgb_lanes load_rgb_lanes(const unsigned char* p, __mmask64 bytes, __m512i deinterleave)
+{
+    const __m512i planar = _mm512_permutexvar_epi8(deinterleave, _mm512_maskz_loadu_epi8(bytes, p));
+    return {_mm512_cvtepu8_epi32(_mm512_castsi512_si128(planar)),
+        _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(planar, 1)),
+        _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(planar, 2))};
+}
+
+// One step's gradients (get_gradient): per pixel, the colour channel with the longest
+// gradient. dlib's 8-wide code gives ties to the later channel, its scalar code to the
+// earlier one (`scalar_ties`).
+struct gradient_lanes {
+    __m512 x, y;
+    __m512i len;
+};
+
+__attribute__((target("avx512f,avx512bw,avx512vbmi,avx512dq")))
+inline gradient_lanes strongest_gradient(const unsigned char* above, const unsigned char* here,
+    const unsigned char* below, int x, __mmask64 bytes, __m512i deinterleave, bool scalar_ties)
+{
+    const rgb_lanes left = load_rgb_lanes(here + 3 * (x - 1), bytes, deinterleave);
+    const rgb_lanes right = load_rgb_lanes(here + 3 * (x + 1), bytes, deinterleave);
+    const rgb_lanes top = load_rgb_lanes(above + 3 * x, bytes, deinterleave);
+    const rgb_lanes bottom = load_rgb_lanes(below + 3 * x, bytes, deinterleave);
+    const __m512i gxr = _mm512_sub_epi32(right.r, left.r), gyr = _mm512_sub_epi32(bottom.r, top.r);
+    const __m512i gxg = _mm512_sub_epi32(right.g, left.g), gyg = _mm512_sub_epi32(bottom.g, top.g);
+    const __m512i gxb = _mm512_sub_epi32(right.b, left.b), gyb = _mm512_sub_epi32(bottom.b, top.b);
+    const __m512i rlen = _mm512_add_epi32(_mm512_mullo_epi32(gxr, gxr), _mm512_mullo_epi32(gyr, gyr));
+    const __m512i glen = _mm512_add_epi32(_mm512_mullo_epi32(gxg, gxg), _mm512_mullo_epi32(gyg, gyg));
+    const __m512i blen = _mm512_add_epi32(_mm512_mullo_epi32(gxb, gxb), _mm512_mullo_epi32(gyb, gyb));
+    // Lanes where green wins over red, then where blue wins over that.
+    __mmask16 take = scalar_ties ? _mm512_cmpgt_epi32_mask(glen, rlen) : ~_mm512_cmpgt_epi32_mask(rlen, glen);
+    const __m512i tgx = _mm512_mask_blend_epi32(take, gxr, gxg);
+    const __m512i tgy = _mm512_mask_blend_epi32(take, gyr, gyg);
+    const __m512i tlen = _mm512_mask_blend_epi32(take, rlen, glen);
+    take = scalar_ties ? _mm512_cmpgt_epi32_mask(blen, tlen) : ~_mm512_cmpgt_epi32_mask(tlen, blen);
+    return {_mm512_cvtepi32_ps(_mm512_mask_blend_epi32(take, tgx, gxb)),
+        _mm512_cvtepi32_ps(_mm512_mask_blend_epi32(take, tgy, gyb)),
+        _mm512_mask_blend_epi32(take, tlen, blen)};
+}
+
+// The gradient snapped to one of 18 orientations, as both of dlib's loops do it (the
+// scalar `else if (-dot > best_dot)` picks what the 8-wide second comparison picks).
+__attribute__((target("avx512f,avx512bw,avx512vbmi,avx512dq")))
+inline __m512i nearest_orientation(const gradient_lanes& g, const float (&dir_x)[9], const float (&dir_y)[9])
+{
+    __m512 best_dot = _mm512_setzero_ps();
+    __m512 best = _mm512_setzero_ps();
+#pragma GCC unroll 9
+    for (int o = 0; o < 9; o++) {
+        __m512 dot = _mm512_add_ps(_mm512_mul_ps(g.x, _mm512_set1_ps(dir_x[o])),
+            _mm512_mul_ps(g.y, _mm512_set1_ps(dir_y[o])));
+        __mmask16 gt = _mm512_cmp_ps_mask(dot, best_dot, _CMP_GT_OQ);
+        best_dot = _mm512_mask_blend_ps(gt, best_dot, dot);
+        dot = _mm512_mul_ps(dot, _mm512_set1_ps(-1.0f));
+        best = _mm512_mask_blend_ps(gt, best, _mm512_set1_ps((float)o));
+        gt = _mm512_cmp_ps_mask(dot, best_dot, _CMP_GT_OQ);
+        best_dot = _mm512_mask_blend_ps(gt, best_dot, dot);
+        best = _mm512_mask_blend_ps(gt, best, _mm512_set1_ps((float)(o + 9)));
+    }
+    return _mm512_cvttps_epi32(best);
+}
+
+// The first loop of impl_extract_fhog_features: every visible pixel's gradient votes
+// into `hist` (zeroed by the caller).
+template <typename image_type>
+__attribute__((target("avx512f,avx512bw,avx512vbmi,avx512dq")))
+void fhog_histograms_avx512(const image_type& img_, fhog_hist& hist, int cell_size,
+    int visible_nr, int visible_nc)
+{
+    dlib::const_image_view<image_type> img(img_);
+    dlib::matrix<float, 2, 1> directions[9];
+    fhog_directions(directions);
+    float dir_x[9], dir_y[9];
+    for (int o = 0; o < 9; ++o) {
+        dir_x[o] = directions[o](0);
+        dir_y[o] = directions[o](1);
+    }
+    // Byte i of each channel's 16 goes to lane i of its 16-byte quarter.
+    alignas(64) unsigned char order[64] = {};
+    for (int i = 0; i < 16; ++i)
+        for (int ch = 0; ch < 3; ++ch)
+            order[ch * 16 + i] = (unsigned char)(3 * i + ch);
+    const __m512i deinterleave = _mm512_load_si512(order);
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    alignas(64) int best_o[16], ixp[16];
+    alignas(64) float v11[16], v01[16], v10[16], v00[16];
+    const long row_floats = hist.nc * 18;
+    // Adds lane i's four votes around cell (upper row, column ixp[i]); lanes in order.
+    const auto vote = [&](float* upper, unsigned lanes) {
+        float* lower = upper + row_floats;
+        while (lanes != 0) {
+            const int i = __builtin_ctz(lanes);
+            lanes &= lanes - 1;
+            float* a = upper + ixp[i] * 18 + best_o[i];
+            float* b = lower + ixp[i] * 18 + best_o[i];
+            a[0] += v11[i];
+            b[0] += v01[i];
+            a[18] += v10[i];
+            b[18] += v00[i];
+        }
+    };
+
+    for (int y = 1; y < visible_nr; y++) {
+        // As dlib computes them (double arithmetic, then float).
+        const float yp = ((float)y + 0.5) / (float)cell_size - 0.5;
+        const int iyp = (int)std::floor(yp);
+        const float vy0 = yp - iyp;
+        const float vy1 = 1.0 - vy0;
+        const unsigned char* above = (const unsigned char*)&img[y - 1][0];
+        const unsigned char* here = (const unsigned char*)&img[y][0];
+        const unsigned char* below = (const unsigned char*)&img[y + 1][0];
+        int x = 1;
+        // dlib's 8-pixel steps cover x < visible_nc - 7; two of them at once while both fit.
+        while (x < visible_nc - 7) {
+            const int lanes = x < visible_nc - 15 ? 16 : 8;
+            const gradient_lanes g = strongest_gradient(above, here, below, x,
+                lanes == 16 ? 0xFFFFFFFFFFFFull : 0xFFFFFFull, deinterleave, false);
+            // xp = (x + 0.5) / cell_size + 0.5 in float, one cell to the right of the
+            // scalar formula's, hence no +1 below.
+            const __m512 xx = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_set1_epi32(x), lane));
+            const __m512 xp = _mm512_add_ps(_mm512_div_ps(_mm512_add_ps(xx, _mm512_set1_ps(0.5f)),
+                                                _mm512_set1_ps((float)cell_size)),
+                _mm512_set1_ps(0.5f));
+            const __m512i ixp_v = _mm512_cvttps_epi32(xp);
+            __m512 vx0 = _mm512_sub_ps(xp, _mm512_cvtepi32_ps(ixp_v));
+            __m512 vx1 = _mm512_sub_ps(_mm512_set1_ps(1.0f), vx0);
+            const __m512 v = _mm512_sqrt_ps(_mm512_cvtepi32_ps(g.len));
+            _mm512_store_si512(best_o, nearest_orientation(g, dir_x, dir_y));
+            vx1 = _mm512_mul_ps(vx1, v);
+            vx0 = _mm512_mul_ps(vx0, v);
+            _mm512_store_ps(v11, _mm512_mul_ps(_mm512_set1_ps(vy1), vx1));
+            _mm512_store_ps(v01, _mm512_mul_ps(_mm512_set1_ps(vy0), vx1));
+            _mm512_store_ps(v10, _mm512_mul_ps(_mm512_set1_ps(vy1), vx0));
+            _mm512_store_ps(v00, _mm512_mul_ps(_mm512_set1_ps(vy0), vx0));
+            _mm512_store_si512(ixp, ixp_v);
+            // A zero-length gradient votes +0.0 into bins that hold +0.0 or more, which
+            // changes nothing: those pixels are skipped.
+            vote(&hist(iyp + 1, 0, 0),
+                _mm512_cmpneq_epi32_mask(g.len, _mm512_setzero_si512()) & ((1u << lanes) - 1));
+            x += lanes;
+        }
+        // dlib's scalar tail (under 8 pixels), one masked lane per pixel doing its
+        // arithmetic: xp in double, floor, and the votes as (vy * vx) * v.
+        if (x < visible_nc) {
+            const int lanes = visible_nc - x;
+            const gradient_lanes g = strongest_gradient(above, here, below, x,
+                (1ull << (3 * lanes)) - 1, deinterleave, true);
+            const __m512d xd = _mm512_cvtepi32_pd(_mm512_castsi512_si256(
+                _mm512_add_epi32(_mm512_set1_epi32(x), lane)));
+            const __m256 xp8 = _mm512_cvtpd_ps(_mm512_sub_pd(
+                _mm512_div_pd(_mm512_add_pd(xd, _mm512_set1_pd(0.5)), _mm512_set1_pd((double)cell_size)),
+                _mm512_set1_pd(0.5)));
+            const __m512 xp = _mm512_castps256_ps512(xp8);
+            const __m512 xfloor = _mm512_roundscale_ps(xp, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+            const __m512i ixp_v = _mm512_add_epi32(_mm512_cvttps_epi32(xfloor), _mm512_set1_epi32(1));
+            const __m512 vx0 = _mm512_sub_ps(xp, xfloor);
+            const __m512 vx1 = _mm512_sub_ps(_mm512_set1_ps(1.0f), vx0);
+            const __m512 v = _mm512_sqrt_ps(_mm512_cvtepi32_ps(g.len));
+            _mm512_store_si512(best_o, nearest_orientation(g, dir_x, dir_y));
+            _mm512_store_ps(v11, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(vy1), vx1), v));
+            _mm512_store_ps(v01, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(vy0), vx1), v));
+            _mm512_store_ps(v10, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(vy1), vx0), v));
+            _mm512_store_ps(v00, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(vy0), vx0), v));
+            _mm512_store_si512(ixp, ixp_v);
+            vote(&hist(iyp + 1, 0, 0),
+                _mm512_cmpneq_epi32_mask(g.len, _mm512_setzero_si512()) & ((1u << lanes) - 1));
+        }
+    }
+}
+
+// The rest of impl_extract_fhog_features after its histograms, verbatim (block energies,
+// then the 31 features of each cell), compiled for the baseline target as dlib's is.
+inline void fhog_features(const fhog_hist& hist, int cells_nr, int cells_nc,
+    dlib::array<array2d<float>>& hog, int hog_nr, int hog_nc, int filter_rows_padding,
+    int filter_cols_padding)
+{
+    using dlib::simd4f;
+    using dlib::impl_fhog::set_hog;
+    array2d<float> norm(cells_nr, cells_nc);
+    dlib::assign_all_pixels(norm, 0);
+    const int padding_rows_offset = (filter_rows_padding - 1) / 2;
+    const int padding_cols_offset = (filter_cols_padding - 1) / 2;
+    for (int r = 0; r < cells_nr; ++r)
+        for (int c = 0; c < cells_nc; ++c)
+            for (int o = 0; o < 9; o++)
+                norm[r][c] += (hist(r + 1, c + 1, o) + hist(r + 1, c + 1, o + 9))
+                    * (hist(r + 1, c + 1, o) + hist(r + 1, c + 1, o + 9));
+
+    const float eps = 0.0001;
+    for (int y = 0; y < hog_nr; y++) {
+        const int yy = y + padding_rows_offset;
+        for (int x = 0; x < hog_nc; x++) {
+            const simd4f z1(norm[y + 1][x + 1], norm[y][x + 1], norm[y + 1][x], norm[y][x]);
+            const simd4f z2(norm[y + 1][x + 2], norm[y][x + 2], norm[y + 1][x + 1], norm[y][x + 1]);
+            const simd4f z3(norm[y + 2][x + 1], norm[y + 1][x + 1], norm[y + 2][x], norm[y + 1][x]);
+            const simd4f z4(norm[y + 2][x + 2], norm[y + 1][x + 2], norm[y + 2][x + 1], norm[y + 1][x + 1]);
+            const simd4f nn = 0.2 * sqrt(z1 + z2 + z3 + z4 + eps);
+            const simd4f n = 0.1 / nn;
+            simd4f t = 0;
+            const int xx = x + padding_cols_offset;
+            for (int o = 0; o < 18; o += 3) {
+                simd4f temp0(hist(y + 1 + 1, x + 1 + 1, o));
+                simd4f temp1(hist(y + 1 + 1, x + 1 + 1, o + 1));
+                simd4f temp2(hist(y + 1 + 1, x + 1 + 1, o + 2));
+                simd4f h0 = min(temp0, nn) * n;
+                simd4f h1 = min(temp1, nn) * n;
+                simd4f h2 = min(temp2, nn) * n;
+                set_hog(hog, o, xx, yy, sum(h0));
+                set_hog(hog, o + 1, xx, yy, sum(h1));
+                set_hog(hog, o + 2, xx, yy, sum(h2));
+                t += h0 + h1 + h2;
+            }
+            t *= 2 * 0.2357;
+            for (int o = 0; o < 9; o += 3) {
+                simd4f temp0 = hist(y + 1 + 1, x + 1 + 1, o) + hist(y + 1 + 1, x + 1 + 1, o + 9);
+                simd4f temp1 = hist(y + 1 + 1, x + 1 + 1, o + 1) + hist(y + 1 + 1, x + 1 + 1, o + 9 + 1);
+                simd4f temp2 = hist(y + 1 + 1, x + 1 + 1, o + 2) + hist(y + 1 + 1, x + 1 + 1, o + 9 + 2);
+                simd4f h0 = min(temp0, nn) * n;
+                simd4f h1 = min(temp1, nn) * n;
+                simd4f h2 = min(temp2, nn) * n;
+                set_hog(hog, o + 18, xx, yy, sum(h0));
+                set_hog(hog, o + 18 + 1, xx, yy, sum(h1));
+                set_hog(hog, o + 18 + 2, xx, yy, sum(h2));
+            }
+            float temp[4];
+            t.store(temp);
+            set_hog(hog, 27, xx, yy, temp[0]);
+            set_hog(hog, 28, xx, yy, temp[1]);
+            set_hog(hog, 29, xx, yy, temp[2]);
+            set_hog(hog, 30, xx, yy, temp[3]);
+        }
+    }
+}
+
+// dlib::extract_fhog_features(img, hog, cell_size, padding...) into planar `hog`; the
+// histograms with AVX-512 when `wide`.
+template <typename image_type>
+void extract_fhog(bool wide, const image_type& img_, dlib::array<array2d<float>>& hog,
+    int cell_size, int filter_rows_padding, int filter_cols_padding)
+{
+    if (!wide || cell_size == 1) {
+        dlib::extract_fhog_features(img_, hog, cell_size, filter_rows_padding, filter_cols_padding);
+        return;
+    }
+    dlib::const_image_view<image_type> img(img_);
+    const int cells_nr = (int)((float)img.nr() / (float)cell_size + 0.5);
+    const int cells_nc = (int)((float)img.nc() / (float)cell_size + 0.5);
+    const int hog_nr = std::max(cells_nr - 2, 0);
+    const int hog_nc = std::max(cells_nc - 2, 0);
+    if (hog_nr == 0 || hog_nc == 0) {
+        // dlib clears the features, then extract_fhog_features gives back 31 empty planes.
+        hog.clear();
+        hog.resize(31);
+        return;
+    }
+    fhog_hist hist;
+    hist.nc = cells_nc + 2;
+    hist.bins.assign((size_t)(cells_nr + 2) * hist.nc * 18, 0.0f);
+    dlib::impl_fhog::init_hog(hog, hog_nr, hog_nc, filter_rows_padding, filter_cols_padding);
+    const int visible_nr = std::min((long)cells_nr * cell_size, img.nr()) - 1;
+    const int visible_nc = std::min((long)cells_nc * cell_size, img.nc()) - 1;
+    fhog_histograms_avx512(img_, hist, cell_size, visible_nr, visible_nc);
+    fhog_features(hist, cells_nr, cells_nc, hog, hog_nr, hog_nc, filter_rows_padding,
+        filter_cols_padding);
+}
+
+// dlib::impl::create_fhog_pyramid<pyramid_down<6>> with extract_fhog for the extractor.
+template <typename image_type>
+void create_fhog_pyramid(bool wide, const image_type& img,
+    dlib::array<dlib::array<array2d<float>>>& feats, int cell_size, int filter_rows_padding,
+    int filter_cols_padding, unsigned long min_pyramid_layer_width,
+    unsigned long min_pyramid_layer_height, unsigned long max_pyramid_levels)
+{
+    unsigned long levels = 0;
+    rectangle rect = dlib::get_rect(img);
+    dlib::pyramid_down<6> pyr;
+    do {
+        rect = pyr.rect_down(rect);
+        ++levels;
+    } while (rect.width() >= min_pyramid_layer_width && rect.height() >= min_pyramid_layer_height
+        && levels < max_pyramid_levels);
+    if (feats.max_size() < levels)
+        feats.set_max_size(levels);
+    feats.set_size(levels);
+    extract_fhog(wide, img, feats[0], cell_size, filter_rows_padding, filter_cols_padding);
+    if (feats.size() > 1) {
+        array2d<dlib::rgb_pixel> temp1, temp2;
+        pyr(img, temp1);
+        extract_fhog(wide, temp1, feats[1], cell_size, filter_rows_padding, filter_cols_padding);
+        swap(temp1, temp2);
+        for (unsigned long i = 2; i < feats.size(); ++i) {
+            pyr(temp2, temp1);
+            extract_fhog(wide, temp1, feats[i], cell_size, filter_rows_padding, filter_cols_padding);
+            swap(temp1, temp2);
+        }
+    }
+}
+
 typedef dlib::scan_fhog_pyramid<dlib::pyramid_down<6>> scanner_type;
 typedef scanner_type::fhog_filterbank filterbank;
 
@@ -178,8 +518,7 @@ inline std::vector<rectangle> detect(bool wide, const dlib::frontal_face_detecto
     const unsigned long height = scanner.get_fhog_window_height();
     const int cell_size = scanner.get_cell_size();
     dlib::array<dlib::array<array2d<float>>> feats;
-    dlib::impl::create_fhog_pyramid<dlib::pyramid_down<6>>(img, scanner.get_feature_extractor(),
-        feats, cell_size, height, width, scanner.get_min_pyramid_layer_width(),
+    create_fhog_pyramid(wide, img, feats, cell_size, height, width, scanner.get_min_pyramid_layer_width(),
         scanner.get_min_pyramid_layer_height(), scanner.get_max_pyramid_levels());
     const unsigned long box_width = width - 2 * scanner.get_padding();
     const unsigned long box_height = height - 2 * scanner.get_padding();
@@ -252,6 +591,32 @@ inline void filter_both(const float* plane, float* ours, float* theirs, long nr,
             ours[r * nc + c] = a[r][c];
             theirs[r * nc + c] = b[r][c];
         }
+}
+
+// For src/hog.rs's tests: true if extract_fhog gives bit-identical planes with and
+// without AVX-512 for `img`, and for `img` one pyramid level down (an array2d, as every
+// level after the first is).
+inline bool fhog_same(const dlib::matrix<dlib::rgb_pixel>& img, int cell_size,
+    int filter_rows_padding, int filter_cols_padding)
+{
+    const auto same = [&](const auto& image) {
+        dlib::array<array2d<float>> ours, theirs;
+        extract_fhog(true, image, ours, cell_size, filter_rows_padding, filter_cols_padding);
+        extract_fhog(false, image, theirs, cell_size, filter_rows_padding, filter_cols_padding);
+        if (ours.size() != theirs.size())
+            return false;
+        for (size_t i = 0; i < ours.size(); ++i) {
+            if (ours[i].nr() != theirs[i].nr() || ours[i].nc() != theirs[i].nc())
+                return false;
+            for (long r = 0; r < ours[i].nr(); ++r)
+                if (std::memcmp(&ours[i][r][0], &theirs[i][r][0], sizeof(float) * ours[i].nc()) != 0)
+                    return false;
+        }
+        return true;
+    };
+    array2d<dlib::rgb_pixel> down;
+    dlib::pyramid_down<6>()(img, down);
+    return same(img) && same(down);
 }
 
 } // namespace rayish_hog

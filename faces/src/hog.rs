@@ -1,17 +1,23 @@
-//! dlib's HOG frontal face detector, with its hottest loop widened to AVX-512.
+//! dlib's HOG frontal face detector, with its hottest loops widened to AVX-512.
 //!
-//! A third of each image's time goes to `float_spatially_filter_image_separable`: 31
-//! HOG planes × 5 filters × every pyramid level. dlib's header-only code computes 8
-//! columns per step (two SSE registers on a baseline x86-64 build); here the same
-//! function computes 16 columns per step on CPUs with AVX-512. Every output pixel gets
-//! exactly the multiplications and additions dlib gives it, in the same order (the
-//! lanes of one step never mix; the columns dlib leaves to its scalar tail stay in a
-//! scalar tail; the C++ is compiled with `-ffp-contract=off`, so nothing is fused into
-//! FMAs), so scores, and therefore boxes, are bit-identical to dlib's.
+//! Per image, most of the detector's time goes to two of dlib's header-only loops: the
+//! HOG feature extraction (`impl_extract_fhog_features`, every pixel of every pyramid
+//! level) and `float_spatially_filter_image_separable` (31 HOG planes × 5 filters × every
+//! level). dlib computes 8 pixels or columns per step (two SSE registers on a baseline
+//! x86-64 build); here both compute 16 per step on CPUs with AVX-512 (F, BW, DQ, VBMI).
+//! Every output value gets exactly the operations dlib gives it, in the same order:
+//! - lanes of one step never mix, and each lane does one IEEE float operation where dlib's
+//!   lane does (the integer gradient work is exact);
+//! - whatever dlib leaves to a scalar tail (with its own formula) stays in that scalar
+//!   tail, running dlib's code;
+//! - the gradient votes go into the histogram bins one pixel at a time in dlib's pixel
+//!   order, so every bin adds the same floats in the same order;
+//! - the C++ is compiled with `-ffp-contract=off`, so nothing is fused into FMAs.
 //!
-//! The rest of the detection (the HOG pyramid, thresholds, non-maximum suppression) is
+//! So features, scores, and therefore boxes, are bit-identical to dlib's. The rest of
+//! the detection (the pyramid, thresholds, non-maximum suppression) is
 //! `object_detector::operator()` and `scan_fhog_pyramid::detect` as dlib 19.24 writes
-//! them, calling dlib's own templates; only the filter call differs.
+//! them, calling dlib's own templates.
 
 use dlib_face_recognition::{FaceLocations, ImageMatrix, Rectangle};
 
@@ -21,45 +27,48 @@ cpp::cpp! {{
 
 cpp::cpp_class!(unsafe struct FrontalFaceDetector as "dlib::frontal_face_detector");
 
-/// Which separable filter the detector runs; the boxes are the same with either.
+/// Which kernels the detector runs; the boxes are the same with either.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FilterWidth {
-    /// dlib's own, 8 columns a step.
+pub enum HogKernels {
+    /// dlib's own, 8 pixels or columns a step.
     Dlib,
-    /// 16 columns a step (AVX-512F); only on CPUs that have it.
+    /// 16 a step (AVX-512 F, BW, DQ and VBMI); only on CPUs that have them.
     Avx512,
 }
 
-impl FilterWidth {
+impl HogKernels {
     /// The widest this CPU runs.
     pub fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return FilterWidth::Avx512;
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+        {
+            return HogKernels::Avx512;
         }
-        FilterWidth::Dlib
+        HogKernels::Dlib
     }
 }
 
 /// dlib's `get_frontal_face_detector()`, run as dlib's `operator()` does.
 pub struct HogDetector {
     detector: FrontalFaceDetector,
-    width: FilterWidth,
+    kernels: HogKernels,
 }
 
 impl Default for HogDetector {
     fn default() -> Self {
-        Self::new(FilterWidth::best())
+        Self::new(HogKernels::Avx512)
     }
 }
 
 impl HogDetector {
-    /// The detector, with `width` if this CPU has it (dlib's own filter otherwise).
-    pub fn new(width: FilterWidth) -> Self {
-        let width = if width == FilterWidth::Avx512 && FilterWidth::best() != width {
-            FilterWidth::Dlib
-        } else {
-            width
+    /// The detector, with `kernels` if this CPU has them (dlib's own otherwise).
+    pub fn new(kernels: HogKernels) -> Self {
+        let kernels = match kernels {
+            HogKernels::Avx512 => HogKernels::best(),
+            HogKernels::Dlib => HogKernels::Dlib,
         };
         // SAFETY: builds dlib's detector from the model compiled into dlib's headers and
         // returns it by value into the cpp_class of the same C++ type.
@@ -68,21 +77,21 @@ impl HogDetector {
                 return dlib::get_frontal_face_detector();
             })
         };
-        HogDetector { detector, width }
+        HogDetector { detector, kernels }
     }
 
-    /// The filter this detector runs.
-    pub fn width(&self) -> FilterWidth {
-        self.width
+    /// The kernels this detector runs.
+    pub fn kernels(&self) -> HogKernels {
+        self.kernels
     }
 
     /// Face rectangles in `image`, as `frontal_face_detector(image)` gives them.
     pub fn face_locations(&self, image: &ImageMatrix) -> Vec<Rectangle> {
-        let wide = self.width == FilterWidth::Avx512;
+        let wide = self.kernels == HogKernels::Avx512;
         let detector = &self.detector;
         // SAFETY: both pointers are to live C++ objects of the named types; the detector
         // is only read (`detect` takes it const, and builds its pyramid locally), and the
-        // AVX-512 path is taken only when `FilterWidth::best` saw the CPU has AVX-512F.
+        // AVX-512 path is taken only when `HogKernels::best` saw the CPU has it.
         let found = unsafe {
             cpp::cpp!([wide as "bool", detector as "const dlib::frontal_face_detector*",
                        image as "const dlib::matrix<dlib::rgb_pixel>*"]
@@ -128,6 +137,19 @@ fn filter_both(
     (theirs, ours)
 }
 
+/// Whether the AVX-512 HOG features of `image` (and of `image` one pyramid level down)
+/// are bit-identical to dlib's, for the tests.
+#[cfg(test)]
+fn fhog_same(image: &ImageMatrix, cell_size: i32, rows_padding: i32, cols_padding: i32) -> bool {
+    // SAFETY: `image` is a live dlib matrix, only read; the C++ builds its own outputs.
+    unsafe {
+        cpp::cpp!([image as "const dlib::matrix<dlib::rgb_pixel>*", cell_size as "int",
+                   rows_padding as "int", cols_padding as "int"] -> bool as "bool" {
+            return rayish_hog::fhog_same(*image, cell_size, rows_padding, cols_padding);
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +170,7 @@ mod tests {
 
     #[test]
     fn the_wide_filter_is_bit_identical_to_dlibs() {
-        if FilterWidth::best() != FilterWidth::Avx512 {
+        if HogKernels::best() != HogKernels::Avx512 {
             eprintln!("no AVX-512F here: only dlib's filter runs, nothing to compare");
             return;
         }
@@ -175,6 +197,71 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// A `width × height` RGB image: noise, or (`blocky`) flat 5-pixel tiles with a few
+    /// colour levels, so that zero gradients and channel ties come up often.
+    fn synthetic(width: usize, height: usize, seed: u64, blocky: bool) -> ImageMatrix {
+        let noise = values(width * height * 3, seed);
+        let bytes: Vec<u8> = (0..width * height * 3)
+            .map(|i| {
+                let (px, ch) = (i / 3, i % 3);
+                let (x, y) = (px % width, px / width);
+                let n = if blocky {
+                    noise[((y / 5) * width + x / 5) * 3 + ch] * 4.0
+                } else {
+                    noise[i]
+                };
+                ((n.abs() * 97.0) as u32 % 256) as u8
+            })
+            .collect();
+        // SAFETY: `bytes` holds exactly width*height*3 bytes, which new() copies.
+        unsafe { ImageMatrix::new(width, height, bytes.as_ptr()) }
+    }
+
+    #[test]
+    fn wide_hog_features_are_bit_identical_to_dlibs_at_every_size() {
+        if HogKernels::best() != HogKernels::Avx512 {
+            eprintln!("no AVX-512 here: only dlib's HOG runs, nothing to compare");
+            return;
+        }
+        let sizes = [
+            1usize, 2, 7, 9, 16, 17, 23, 24, 25, 26, 33, 40, 41, 49, 57, 65, 100,
+        ];
+        let mut seed = 7;
+        for &width in &sizes {
+            for &height in &[3usize, 17, 26, 41] {
+                for blocky in [false, true] {
+                    seed += 1;
+                    let image = synthetic(width, height, seed, blocky);
+                    for (cell, rows_pad, cols_pad) in [(8, 10, 10), (8, 1, 1), (3, 2, 5), (2, 1, 1)]
+                    {
+                        assert!(
+                            fhog_same(&image, cell, rows_pad, cols_pad),
+                            "{width}x{height} blocky {blocky}, cell {cell}, \
+                             padding {rows_pad}x{cols_pad}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wide_hog_features_are_bit_identical_to_dlibs_on_the_samples() {
+        if HogKernels::best() != HogKernels::Avx512 {
+            eprintln!("no AVX-512 here: only dlib's HOG runs, nothing to compare");
+            return;
+        }
+        for (name, image) in sample_images() {
+            // The detector's own settings (8-pixel cells, a 10×10-cell window), and others.
+            for (cell, rows_pad, cols_pad) in [(8, 10, 10), (8, 1, 1), (5, 3, 4)] {
+                assert!(
+                    fhog_same(&image, cell, rows_pad, cols_pad),
+                    "{name}: cell {cell}, padding {rows_pad}x{cols_pad}"
+                );
             }
         }
     }
@@ -215,7 +302,7 @@ mod tests {
     fn boxes_equal_dlibs_own_detector_with_either_filter() {
         use dlib_face_recognition::{FaceDetector, FaceDetectorTrait};
         let dlib = FaceDetector::new();
-        let narrow = HogDetector::new(FilterWidth::Dlib);
+        let narrow = HogDetector::new(HogKernels::Dlib);
         let best = HogDetector::default();
         let mut faces = 0;
         for (name, image) in sample_images() {
@@ -226,7 +313,7 @@ mod tests {
                 tuples(&best.face_locations(&image)),
                 want,
                 "{name} ({:?})",
-                best.width()
+                best.kernels()
             );
         }
         assert!(faces >= 7, "the samples hold faces; found {faces}");
