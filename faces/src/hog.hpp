@@ -449,7 +449,203 @@ void extract_fhog(bool wide, const image_type& img_, dlib::array<array2d<float>>
         filter_cols_padding);
 }
 
-// dlib::impl::create_fhog_pyramid<pyramid_down<6>> with extract_fhog for the extractor.
+// ---- Pyramid ------------------------------------------------------------------------
+//
+// dlib::pyramid_down<6> on RGB images is resize_image's bilinear SIMD-4 loop: x steps
+// along each row in float, four columns at a time, and each channel of each output
+// pixel is ((tlf*tl + trf*tr) + blf*bl) + brf*br, truncated. The x steps are the same
+// for every row, so they are worked out once; then each row does 16 columns a step,
+// every lane the same float operations as dlib's, and dlib's scalar tail verbatim.
+
+// 16 (or fewer) output columns of dlib's SIMD part: where their source pixels are and
+// their horizontal weights.
+struct resize_block {
+    long first = 0;      // first output column
+    long lanes = 0;      // output columns in the block
+    long base = 0;       // first source pixel any lane reads
+    bool packed = false; // all source pixels within 64 bytes from `base`
+    __mmask64 bytes = 0; // the source bytes to load when packed
+    unsigned char left_idx[64] = {}, right_idx[64] = {}; // per channel quarter, lane -> byte
+    int left[16] = {};
+    float lr[16] = {}, inv_lr[16] = {};
+};
+
+struct rgb_floats {
+    __m512 r, g, b;
+};
+
+// The left (or, with `right`, right) source pixel of each lane of `block` in `row`.
+__attribute__((target("avx512f,avx512bw,avx512vbmi,avx512dq")))
+inline rgb_floats source_pixels(const unsigned char* row, const resize_block& block, bool right)
+{
+    __m512i r, g, b;
+    if (block.packed) {
+        const __m512i bytes = _mm512_maskz_loadu_epi8(block.bytes, row + 3 * block.base);
+        const __m512i planar = _mm512_permutexvar_epi8(
+            _mm512_loadu_si512(right ? block.right_idx : block.left_idx), bytes);
+        r = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(planar));
+        g = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(planar, 1));
+        b = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(planar, 2));
+    } else {
+        alignas(64) int cr[16] = {}, cg[16] = {}, cb[16] = {};
+        for (long i = 0; i < block.lanes; ++i) {
+            const unsigned char* p = row + 3 * (block.left[i] + (right ? 1 : 0));
+            cr[i] = p[0];
+            cg[i] = p[1];
+            cb[i] = p[2];
+        }
+        r = _mm512_load_si512(cr);
+        g = _mm512_load_si512(cg);
+        b = _mm512_load_si512(cb);
+    }
+    return {_mm512_cvtepi32_ps(r), _mm512_cvtepi32_ps(g), _mm512_cvtepi32_ps(b)};
+}
+
+// One channel of 16 output pixels: ((tlf*tl + trf*tr) + blf*bl) + brf*br, truncated to
+// int, low byte (dlib's static_cast<unsigned char>).
+__attribute__((target("avx512f,avx512bw,avx512vbmi,avx512dq")))
+inline __m128i bilinear(__m512 tlf, __m512 trf, __m512 blf, __m512 brf, __m512 tl, __m512 tr,
+    __m512 bl, __m512 br)
+{
+    const __m512 sum = _mm512_add_ps(
+        _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(tlf, tl), _mm512_mul_ps(trf, tr)), _mm512_mul_ps(blf, bl)),
+        _mm512_mul_ps(brf, br));
+    return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(sum));
+}
+
+// dlib::resize_image(in, out) (bilinear) for RGB images, into `out` already sized.
+template <typename in_image_type>
+__attribute__((target("avx512f,avx512bw,avx512vbmi,avx512dq")))
+void resize_rgb_avx512(const in_image_type& in_, array2d<dlib::rgb_pixel>& out_)
+{
+    typedef dlib::rgb_pixel T;
+    using dlib::pixel_to_vector;
+    dlib::const_image_view<in_image_type> in_img(in_);
+    dlib::image_view<array2d<T>> out_img(out_);
+    if (out_img.size() == 0 || in_img.size() == 0)
+        return;
+    const double x_scale = (in_img.nc() - 1) / (double)std::max<long>((out_img.nc() - 1), 1);
+    const double y_scale = (in_img.nr() - 1) / (double)std::max<long>((out_img.nr() - 1), 1);
+
+    // dlib's x: four float lanes from (float)(x + j*x_scale), x = -4*x_scale, each
+    // stepped by (float)(4*x_scale) before use, until a right pixel falls off the row.
+    std::vector<int> left;
+    std::vector<float> lr, inv_lr;
+    {
+        const double x = -4 * x_scale;
+        float xs[4] = {(float)x, (float)(x + x_scale), (float)(x + 2 * x_scale), (float)(x + 3 * x_scale)};
+        const float step = (float)(4 * x_scale);
+        for (;;) {
+            int l[4];
+            float f[4];
+            for (int j = 0; j < 4; ++j) {
+                xs[j] += step;
+                l[j] = (int)xs[j];
+                f[j] = xs[j] - (float)l[j];
+            }
+            if (l[3] + 1 >= in_img.nc())
+                break;
+            for (int j = 0; j < 4; ++j) {
+                left.push_back(l[j]);
+                lr.push_back(f[j]);
+                inv_lr.push_back(1.0f - f[j]);
+            }
+        }
+    }
+    const long simd_cols = (long)left.size();
+    std::vector<resize_block> blocks;
+    for (long first = 0; first < simd_cols; first += 16) {
+        resize_block block;
+        block.first = first;
+        block.lanes = std::min<long>(16, simd_cols - first);
+        block.base = left[first];
+        const long span = 3 * (left[first + block.lanes - 1] + 2 - block.base);
+        block.packed = span <= 64;
+        block.bytes = span >= 64 ? ~0ull : (1ull << span) - 1;
+        for (long i = 0; i < block.lanes; ++i) {
+            block.left[i] = left[first + i];
+            block.lr[i] = lr[first + i];
+            block.inv_lr[i] = inv_lr[first + i];
+            for (int ch = 0; ch < 3; ++ch) {
+                block.left_idx[ch * 16 + i] = (unsigned char)(3 * (left[first + i] - block.base) + ch);
+                block.right_idx[ch * 16 + i] = (unsigned char)(3 * (left[first + i] + 1 - block.base) + ch);
+            }
+        }
+        blocks.push_back(block);
+    }
+    // Output byte 3j+ch comes from channel ch's quarter, lane j.
+    alignas(64) unsigned char order[64] = {};
+    for (int j = 0; j < 16; ++j)
+        for (int ch = 0; ch < 3; ++ch)
+            order[3 * j + ch] = (unsigned char)(ch * 16 + j);
+    const __m512i interleave = _mm512_load_si512(order);
+
+    double y = -y_scale;
+    for (long r = 0; r < out_img.nr(); ++r) {
+        y += y_scale;
+        const long top = static_cast<long>(std::floor(y));
+        const long bottom = std::min(top + 1, in_img.nr() - 1);
+        const double tb_frac = y - top;
+        const __m512 tb = _mm512_set1_ps((float)tb_frac);
+        const __m512 inv_tb = _mm512_set1_ps((float)(1 - tb_frac));
+        const unsigned char* top_row = (const unsigned char*)&in_img[top][0];
+        const unsigned char* bottom_row = (const unsigned char*)&in_img[bottom][0];
+        unsigned char* out_row = (unsigned char*)&out_img[r][0];
+        for (const resize_block& block : blocks) {
+            const __m512 lrv = _mm512_loadu_ps(block.lr);
+            const __m512 inv_lrv = _mm512_loadu_ps(block.inv_lr);
+            const __m512 tlf = _mm512_mul_ps(inv_tb, inv_lrv);
+            const __m512 trf = _mm512_mul_ps(inv_tb, lrv);
+            const __m512 blf = _mm512_mul_ps(tb, inv_lrv);
+            const __m512 brf = _mm512_mul_ps(tb, lrv);
+            const rgb_floats tl = source_pixels(top_row, block, false);
+            const rgb_floats tr = source_pixels(top_row, block, true);
+            const rgb_floats bl = source_pixels(bottom_row, block, false);
+            const rgb_floats br = source_pixels(bottom_row, block, true);
+            __m512i planar = _mm512_castsi128_si512(bilinear(tlf, trf, blf, brf, tl.r, tr.r, bl.r, br.r));
+            planar = _mm512_inserti32x4(planar, bilinear(tlf, trf, blf, brf, tl.g, tr.g, bl.g, br.g), 1);
+            planar = _mm512_inserti32x4(planar, bilinear(tlf, trf, blf, brf, tl.b, tr.b, bl.b, br.b), 2);
+            const __mmask64 out_bytes = block.lanes == 16 ? 0xFFFFFFFFFFFFull : (1ull << (3 * block.lanes)) - 1;
+            _mm512_mask_storeu_epi8(out_row + 3 * block.first, out_bytes,
+                _mm512_permutexvar_epi8(interleave, planar));
+        }
+        // dlib's scalar tail, verbatim.
+        long c = simd_cols;
+        double x = -x_scale + c * x_scale;
+        for (; c < out_img.nc(); ++c) {
+            x += x_scale;
+            const long left = static_cast<long>(std::floor(x));
+            const long right = std::min(left + 1, in_img.nc() - 1);
+            const double lr_frac = x - left;
+            const T tl = in_img[top][left];
+            const T tr = in_img[top][right];
+            const T bl = in_img[bottom][left];
+            const T br = in_img[bottom][right];
+            T temp;
+            dlib::assign_pixel(temp, 0);
+            dlib::vector_to_pixel(temp,
+                (1 - tb_frac) * ((1 - lr_frac) * pixel_to_vector<double>(tl) + lr_frac * pixel_to_vector<double>(tr))
+                    + tb_frac * ((1 - lr_frac) * pixel_to_vector<double>(bl) + lr_frac * pixel_to_vector<double>(br)));
+            dlib::assign_pixel(out_img[r][c], temp);
+        }
+    }
+}
+
+// dlib::pyramid_down<6>()(in, out) for RGB images; resized with AVX-512 when `wide`.
+template <typename in_image_type>
+void pyramid_down6(bool wide, const in_image_type& in, array2d<dlib::rgb_pixel>& out)
+{
+    if (!wide) {
+        dlib::pyramid_down<6>()(in, out);
+        return;
+    }
+    dlib::set_image_size(out, ((6 - 1) * dlib::num_rows(in)) / 6 + 0.5,
+        ((6 - 1) * dlib::num_columns(in)) / 6 + 0.5);
+    resize_rgb_avx512(in, out);
+}
+
+// dlib::impl::create_fhog_pyramid<pyramid_down<6>> with extract_fhog for the extractor
+// and pyramid_down6 for the pyramid.
 template <typename image_type>
 void create_fhog_pyramid(bool wide, const image_type& img,
     dlib::array<dlib::array<array2d<float>>>& feats, int cell_size, int filter_rows_padding,
@@ -470,11 +666,11 @@ void create_fhog_pyramid(bool wide, const image_type& img,
     extract_fhog(wide, img, feats[0], cell_size, filter_rows_padding, filter_cols_padding);
     if (feats.size() > 1) {
         array2d<dlib::rgb_pixel> temp1, temp2;
-        pyr(img, temp1);
+        pyramid_down6(wide, img, temp1);
         extract_fhog(wide, temp1, feats[1], cell_size, filter_rows_padding, filter_cols_padding);
         swap(temp1, temp2);
         for (unsigned long i = 2; i < feats.size(); ++i) {
-            pyr(temp2, temp1);
+            pyramid_down6(wide, temp2, temp1);
             extract_fhog(wide, temp1, feats[i], cell_size, filter_rows_padding, filter_cols_padding);
             swap(temp1, temp2);
         }
@@ -617,6 +813,29 @@ inline bool fhog_same(const dlib::matrix<dlib::rgb_pixel>& img, int cell_size,
     array2d<dlib::rgb_pixel> down;
     dlib::pyramid_down<6>()(img, down);
     return same(img) && same(down);
+}
+
+// For src/hog.rs's tests: true if pyramid_down6 gives the same pixels with and without
+// AVX-512, from `img` (a matrix, as the first level is) and from that result (an array2d,
+// as every later level is).
+inline bool pyramid_same(const dlib::matrix<dlib::rgb_pixel>& img)
+{
+    const auto same = [](const array2d<dlib::rgb_pixel>& a, const array2d<dlib::rgb_pixel>& b) {
+        if (a.nr() != b.nr() || a.nc() != b.nc())
+            return false;
+        for (long r = 0; r < a.nr(); ++r)
+            if (std::memcmp(&a[r][0], &b[r][0], 3 * a.nc()) != 0)
+                return false;
+        return true;
+    };
+    array2d<dlib::rgb_pixel> ours, theirs, ours2, theirs2;
+    pyramid_down6(true, img, ours);
+    pyramid_down6(false, img, theirs);
+    if (!same(ours, theirs))
+        return false;
+    pyramid_down6(true, theirs, ours2);
+    pyramid_down6(false, theirs, theirs2);
+    return same(ours2, theirs2);
 }
 
 } // namespace rayish_hog

@@ -150,6 +150,18 @@ fn fhog_same(image: &ImageMatrix, cell_size: i32, rows_padding: i32, cols_paddin
     }
 }
 
+/// Whether the AVX-512 `pyramid_down<6>` of `image` (and of that result) is
+/// pixel-identical to dlib's, for the tests.
+#[cfg(test)]
+fn pyramid_same(image: &ImageMatrix) -> bool {
+    // SAFETY: `image` is a live dlib matrix, only read; the C++ builds its own outputs.
+    unsafe {
+        cpp::cpp!([image as "const dlib::matrix<dlib::rgb_pixel>*"] -> bool as "bool" {
+            return rayish_hog::pyramid_same(*image);
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +275,27 @@ mod tests {
                     "{name}: cell {cell}, padding {rows_pad}x{cols_pad}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn wide_pyramid_levels_are_pixel_identical_to_dlibs() {
+        if HogKernels::best() != HogKernels::Avx512 {
+            eprintln!("no AVX-512 here: only dlib's pyramid runs, nothing to compare");
+            return;
+        }
+        let mut seed = 99;
+        for width in [
+            1usize, 2, 3, 5, 6, 7, 11, 12, 19, 20, 21, 25, 37, 49, 50, 77, 98, 131,
+        ] {
+            for height in [1usize, 2, 6, 13, 40] {
+                seed += 1;
+                let image = synthetic(width, height, seed, seed % 2 == 0);
+                assert!(pyramid_same(&image), "{width}x{height}");
+            }
+        }
+        for (name, image) in sample_images() {
+            assert!(pyramid_same(&image), "{name}");
         }
     }
 
