@@ -358,6 +358,12 @@ impl NodeInner {
             .clone()
             .run(a, follower, &mut run_time, &mut lease)
             .await;
+        // The worker goes back to the pool before `finished` starts the next tasks, or
+        // they would find none idle and start a process (and load its models) for
+        // nothing.
+        if let Some(lease) = &lease {
+            self.pool.release(&lease.worker);
+        }
         // A live actor keeps its creation's resources until it dies (`actor_died`).
         self.finished(
             task_id,
@@ -367,9 +373,6 @@ impl NodeInner {
             !actor_started,
             lease.as_ref(),
         );
-        if let Some(lease) = lease {
-            self.pool.release(&lease.worker);
-        }
     }
 
     /// A task ended here: frees its share (unless an actor now holds it) or passes it
@@ -440,14 +443,15 @@ impl NodeInner {
                 RunEnd::Ran(result, took) => {
                     let function = f.spec.function.clone();
                     let outcome = node.outcome_of(result, f.spec.return_id, function);
+                    node.pool.release(&lease.worker);
                     node.finished(f.spec.task_id, f.attempt, outcome, took, true, Some(&lease));
                 }
                 RunEnd::Declined => {
                     tracing::info!(task = ?f.spec.task_id, "a follower came back unrun (the task before it blocked, or its worker died); queued again");
+                    node.pool.release(&lease.worker);
                     node.give_back(Some(f));
                 }
             }
-            node.pool.release(&lease.worker);
         });
     }
 

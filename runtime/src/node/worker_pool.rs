@@ -359,9 +359,14 @@ impl WorkerPool {
         }
     }
 
+    /// An idle worker of `job` with nothing queued on it. A worker can be in the idle
+    /// list and still be sent a follower (released as its run ended, then handed a
+    /// follower by `finished`); it is left there and taken once that ends.
     fn take_idle(&self, job: JobId) -> Option<Arc<Worker>> {
         let mut idle = self.idle.lock().ok()?;
-        let pos = idle.iter().position(|w| w.job == job)?;
+        let pos = idle
+            .iter()
+            .position(|w| w.job == job && w.runs.lock().is_ok_and(|r| r.pending.is_empty()))?;
         Some(idle.swap_remove(pos))
     }
 
