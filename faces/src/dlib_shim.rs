@@ -10,24 +10,24 @@ cpp::cpp! {{
     #include <dlib/image_processing/full_object_detection.h>
     #include <dlib/matrix.h>
     #include <dlib/pixel.h>
+    #include "hog.hpp"
 }}
 
 /// `levels` times `pyramid_up` with a `pyramid_down<2>`, exactly as
 /// `dlib.fhog_object_detector.__call__(img, upsample_num_times)` and
-/// `dlib.cnn_face_detection_model_v1.__call__` do before detecting.
+/// `dlib.cnn_face_detection_model_v1.__call__` do before detecting; its bilinear resize
+/// 16 columns a step on AVX-512 CPUs, pixel-identical (see `hog.rs`).
 pub fn pyramid_up(image: &ImageMatrix, levels: u32) -> ImageMatrix {
+    let wide = crate::hog::HogKernels::best() == crate::hog::HogKernels::Avx512;
     // SAFETY: `image` is a live `dlib::matrix<rgb_pixel>` (ImageMatrix is declared as that
     // class by dlib-face-recognition); the C++ block only reads it and returns a new matrix
-    // by value, which becomes an owned ImageMatrix.
+    // by value, which becomes an owned ImageMatrix. The AVX-512 path runs only when
+    // `HogKernels::best` saw the CPU has it.
     unsafe {
-        cpp::cpp!([image as "const dlib::matrix<dlib::rgb_pixel>*", levels as "uint32_t"]
+        cpp::cpp!([image as "const dlib::matrix<dlib::rgb_pixel>*", levels as "uint32_t",
+                   wide as "bool"]
                 -> ImageMatrix as "dlib::matrix<dlib::rgb_pixel>" {
-            dlib::pyramid_down<2> pyr;
-            dlib::matrix<dlib::rgb_pixel> out = *image;
-            for (uint32_t i = 0; i < levels; ++i) {
-                dlib::pyramid_up(out, pyr);
-            }
-            return out;
+            return rayish_hog::pyramid_up2(wide, *image, levels);
         })
     }
 }

@@ -514,14 +514,14 @@ inline __m128i bilinear(__m512 tlf, __m512 trf, __m512 blf, __m512 brf, __m512 t
 }
 
 // dlib::resize_image(in, out) (bilinear) for RGB images, into `out` already sized.
-template <typename in_image_type>
+template <typename in_image_type, typename out_image_type>
 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512dq")))
-void resize_rgb_avx512(const in_image_type& in_, array2d<dlib::rgb_pixel>& out_)
+void resize_rgb_avx512(const in_image_type& in_, out_image_type& out_)
 {
     typedef dlib::rgb_pixel T;
     using dlib::pixel_to_vector;
     dlib::const_image_view<in_image_type> in_img(in_);
-    dlib::image_view<array2d<T>> out_img(out_);
+    dlib::image_view<out_image_type> out_img(out_);
     if (out_img.size() == 0 || in_img.size() == 0)
         return;
     const double x_scale = (in_img.nc() - 1) / (double)std::max<long>((out_img.nc() - 1), 1);
@@ -642,6 +642,33 @@ void pyramid_down6(bool wide, const in_image_type& in, array2d<dlib::rgb_pixel>&
     dlib::set_image_size(out, ((6 - 1) * dlib::num_rows(in)) / 6 + 0.5,
         ((6 - 1) * dlib::num_columns(in)) / 6 + 0.5);
     resize_rgb_avx512(in, out);
+}
+
+// dlib::pyramid_up(img, pyramid_down<2>) of an RGB matrix `levels` times (the
+// upsampling face_recognition asks for before detecting); resized with AVX-512 when
+// `wide`.
+inline dlib::matrix<dlib::rgb_pixel> pyramid_up2(bool wide, const dlib::matrix<dlib::rgb_pixel>& img,
+    unsigned levels)
+{
+    dlib::pyramid_down<2> pyr;
+    dlib::matrix<dlib::rgb_pixel> out = img;
+    for (unsigned i = 0; i < levels; ++i) {
+        if (!wide) {
+            dlib::pyramid_up(out, pyr);
+            continue;
+        }
+        // dlib::pyramid_up(in, out, pyr, interpolate_bilinear()), then swapped in.
+        dlib::matrix<dlib::rgb_pixel> up;
+        if (dlib::image_size(out) != 0) {
+            const rectangle uprect = pyr.rect_up(dlib::get_rect(out));
+            if (!uprect.is_empty()) {
+                dlib::set_image_size(up, uprect.bottom() + 1, uprect.right() + 1);
+                resize_rgb_avx512(out, up);
+            }
+        }
+        dlib::swap(up, out);
+    }
+    return out;
 }
 
 // dlib::impl::create_fhog_pyramid<pyramid_down<6>> with extract_fhog for the extractor
@@ -813,6 +840,21 @@ inline bool fhog_same(const dlib::matrix<dlib::rgb_pixel>& img, int cell_size,
     array2d<dlib::rgb_pixel> down;
     dlib::pyramid_down<6>()(img, down);
     return same(img) && same(down);
+}
+
+// For src/hog.rs's tests: true if pyramid_up2 gives the same pixels with and without
+// AVX-512, once and twice.
+inline bool pyramid_up_same(const dlib::matrix<dlib::rgb_pixel>& img)
+{
+    for (unsigned levels = 1; levels <= 2; ++levels) {
+        const dlib::matrix<dlib::rgb_pixel> ours = pyramid_up2(true, img, levels);
+        const dlib::matrix<dlib::rgb_pixel> theirs = pyramid_up2(false, img, levels);
+        if (ours.nr() != theirs.nr() || ours.nc() != theirs.nc())
+            return false;
+        if (ours.size() != 0 && std::memcmp(&ours(0, 0), &theirs(0, 0), 3 * ours.size()) != 0)
+            return false;
+    }
+    return true;
 }
 
 // For src/hog.rs's tests: true if pyramid_down6 gives the same pixels with and without

@@ -162,6 +162,18 @@ fn pyramid_same(image: &ImageMatrix) -> bool {
     }
 }
 
+/// Whether the AVX-512 `pyramid_up` of `image` (once and twice) is pixel-identical to
+/// dlib's, for the tests.
+#[cfg(test)]
+fn pyramid_up_same(image: &ImageMatrix) -> bool {
+    // SAFETY: `image` is a live dlib matrix, only read; the C++ builds its own outputs.
+    unsafe {
+        cpp::cpp!([image as "const dlib::matrix<dlib::rgb_pixel>*"] -> bool as "bool" {
+            return rayish_hog::pyramid_up_same(*image);
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +308,25 @@ mod tests {
         }
         for (name, image) in sample_images() {
             assert!(pyramid_same(&image), "{name}");
+        }
+    }
+
+    #[test]
+    fn wide_upsampling_is_pixel_identical_to_dlibs() {
+        if HogKernels::best() != HogKernels::Avx512 {
+            eprintln!("no AVX-512 here: only dlib's pyramid_up runs, nothing to compare");
+            return;
+        }
+        let mut seed = 555;
+        for width in [1usize, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 33, 64, 101] {
+            for height in [1usize, 2, 5, 12] {
+                seed += 1;
+                let image = synthetic(width, height, seed, seed % 2 == 1);
+                assert!(pyramid_up_same(&image), "{width}x{height}");
+            }
+        }
+        for (name, image) in sample_images() {
+            assert!(pyramid_up_same(&image), "{name}");
         }
     }
 
