@@ -127,6 +127,14 @@ pub fn init(config: Config) -> Result<()> {
         .map_err(|e| Error::Init(format!("tokio runtime: {e}")))?;
     let handle = rt.handle().clone();
     let root = temp_root();
+    // The job's binary is named by its SHA-256: this program (often 100+ MB with debug
+    // info) is hashed while the local cluster starts, not after.
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Init(format!("cannot find this program's executable: {e}")))?;
+    let hashing = {
+        let exe = exe.clone();
+        std::thread::spawn(move || hash_file(&exe))
+    };
 
     let (address, token, local) = match config.address.as_deref() {
         None | Some("") | Some("local") => {
@@ -198,9 +206,10 @@ pub fn init(config: Config) -> Result<()> {
                 .map_err(|e| Error::Init(e.to_string()))?
         }
     };
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Init(format!("cannot find this program's executable: {e}")))?;
-    let binary = hash_file(&exe).map_err(|e| Error::Init(e.to_string()))?;
+    let binary = hashing
+        .join()
+        .map_err(|_| Error::Init("hashing this program's executable panicked".into()))?
+        .map_err(|e| Error::Init(e.to_string()))?;
     let name = exe
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
