@@ -16,6 +16,51 @@ using dlib::array2d;
 using dlib::rectangle;
 typedef dlib::matrix<float, 0, 1> filter_vector;
 
+// 16 and 8 float lanes: the operations the filter's wide steps use, so that one template
+// writes both step widths.
+struct f32x16 {
+    typedef __m512 type;
+    __attribute__((target("avx512f"))) static type zero() { return _mm512_setzero_ps(); }
+    __attribute__((target("avx512f"))) static type load(const float* p) { return _mm512_loadu_ps(p); }
+    __attribute__((target("avx512f"))) static void store(float* p, type v) { _mm512_storeu_ps(p, v); }
+    __attribute__((target("avx512f"))) static type splat(float f) { return _mm512_set1_ps(f); }
+    __attribute__((target("avx512f"))) static type add(type a, type b) { return _mm512_add_ps(a, b); }
+    __attribute__((target("avx512f"))) static type mul(type a, type b) { return _mm512_mul_ps(a, b); }
+};
+
+struct f32x8 {
+    typedef __m256 type;
+    __attribute__((target("avx"))) static type zero() { return _mm256_setzero_ps(); }
+    __attribute__((target("avx"))) static type load(const float* p) { return _mm256_loadu_ps(p); }
+    __attribute__((target("avx"))) static void store(float* p, type v) { _mm256_storeu_ps(p, v); }
+    __attribute__((target("avx"))) static type splat(float f) { return _mm256_set1_ps(f); }
+    __attribute__((target("avx"))) static type add(type a, type b) { return _mm256_add_ps(a, b); }
+    __attribute__((target("avx"))) static type mul(type a, type b) { return _mm256_mul_ps(a, b); }
+};
+
+// One step of dlib's SIMD filter loop, as many columns as V has lanes: the taps at
+// `taps[n]` (n-th element `stride` floats apart from `first`), summed as dlib sums them
+// (three running sums over taps n, n+1, n+2, the remainder into the first, then
+// t + (t2 + t3)), plus what `out` held when `add_to`.
+template <typename V>
+__attribute__((target("avx512f")))
+inline void filter_step(const float* first, long stride, const float* taps, long count, float* out, bool add_to)
+{
+    typename V::type t = V::zero(), t2 = V::zero(), t3 = V::zero();
+    long n = 0;
+    for (; n < count - 2; n += 3) {
+        t = V::add(t, V::mul(V::load(first + n * stride), V::splat(taps[n])));
+        t2 = V::add(t2, V::mul(V::load(first + (n + 1) * stride), V::splat(taps[n + 1])));
+        t3 = V::add(t3, V::mul(V::load(first + (n + 2) * stride), V::splat(taps[n + 2])));
+    }
+    for (; n < count; ++n)
+        t = V::add(t, V::mul(V::load(first + n * stride), V::splat(taps[n])));
+    t = V::add(t, V::add(t2, t3));
+    if (add_to)
+        t = V::add(t, V::load(out));
+    V::store(out, t);
+}
+
 // Row pass then column pass of dlib::float_spatially_filter_image_separable: 16
 // columns at a time, then 8, then the last few columns, which dlib sums one at a time
 // with a single running sum, as masked lanes with that single running sum. Every lane
@@ -49,32 +94,10 @@ rectangle filter_separable_avx512(
         const float* src = &in[r][0];
         float* dst = &scratch[r][0];
         long c = first_col;
-        for (; c < last_col - 15; c += 16) {
-            __m512 t = _mm512_setzero_ps(), t2 = _mm512_setzero_ps(), t3 = _mm512_setzero_ps();
-            long n = 0;
-            for (; n < rows - 2; n += 3) {
-                t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(src + (c - first_col) + n), _mm512_set1_ps(rf[n])));
-                t2 = _mm512_add_ps(t2, _mm512_mul_ps(_mm512_loadu_ps(src + (c - first_col) + n + 1), _mm512_set1_ps(rf[n + 1])));
-                t3 = _mm512_add_ps(t3, _mm512_mul_ps(_mm512_loadu_ps(src + (c - first_col) + n + 2), _mm512_set1_ps(rf[n + 2])));
-            }
-            for (; n < rows; ++n)
-                t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(src + (c - first_col) + n), _mm512_set1_ps(rf[n])));
-            t = _mm512_add_ps(t, _mm512_add_ps(t2, t3));
-            _mm512_storeu_ps(dst + c, t);
-        }
-        for (; c < last_col - 7; c += 8) {
-            __m256 t = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
-            long n = 0;
-            for (; n < rows - 2; n += 3) {
-                t = _mm256_add_ps(t, _mm256_mul_ps(_mm256_loadu_ps(src + (c - first_col) + n), _mm256_set1_ps(rf[n])));
-                t2 = _mm256_add_ps(t2, _mm256_mul_ps(_mm256_loadu_ps(src + (c - first_col) + n + 1), _mm256_set1_ps(rf[n + 1])));
-                t3 = _mm256_add_ps(t3, _mm256_mul_ps(_mm256_loadu_ps(src + (c - first_col) + n + 2), _mm256_set1_ps(rf[n + 2])));
-            }
-            for (; n < rows; ++n)
-                t = _mm256_add_ps(t, _mm256_mul_ps(_mm256_loadu_ps(src + (c - first_col) + n), _mm256_set1_ps(rf[n])));
-            t = _mm256_add_ps(t, _mm256_add_ps(t2, t3));
-            _mm256_storeu_ps(dst + c, t);
-        }
+        for (; c < last_col - 15; c += 16)
+            filter_step<f32x16>(src + (c - first_col), 1, rf, rows, dst + c, false);
+        for (; c < last_col - 7; c += 8)
+            filter_step<f32x8>(src + (c - first_col), 1, rf, rows, dst + c, false);
         if (c < last_col) {
             // dlib's scalar tail (under 8 columns): one running sum per column, taps in
             // order; here one masked lane per column doing exactly that.
@@ -90,36 +113,10 @@ rectangle filter_separable_avx512(
         float* dst = &out[r][0];
         const float* top = &scratch[r - first_row][0];
         long c = first_col;
-        for (; c < last_col - 15; c += 16) {
-            __m512 t = _mm512_setzero_ps(), t2 = _mm512_setzero_ps(), t3 = _mm512_setzero_ps();
-            long m = 0;
-            for (; m < cols - 2; m += 3) {
-                t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(top + m * nc + c), _mm512_set1_ps(cf[m])));
-                t2 = _mm512_add_ps(t2, _mm512_mul_ps(_mm512_loadu_ps(top + (m + 1) * nc + c), _mm512_set1_ps(cf[m + 1])));
-                t3 = _mm512_add_ps(t3, _mm512_mul_ps(_mm512_loadu_ps(top + (m + 2) * nc + c), _mm512_set1_ps(cf[m + 2])));
-            }
-            for (; m < cols; ++m)
-                t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(top + m * nc + c), _mm512_set1_ps(cf[m])));
-            t = _mm512_add_ps(t, _mm512_add_ps(t2, t3));
-            if (add_to)
-                t = _mm512_add_ps(t, _mm512_loadu_ps(dst + c));
-            _mm512_storeu_ps(dst + c, t);
-        }
-        for (; c < last_col - 7; c += 8) {
-            __m256 t = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
-            long m = 0;
-            for (; m < cols - 2; m += 3) {
-                t = _mm256_add_ps(t, _mm256_mul_ps(_mm256_loadu_ps(top + m * nc + c), _mm256_set1_ps(cf[m])));
-                t2 = _mm256_add_ps(t2, _mm256_mul_ps(_mm256_loadu_ps(top + (m + 1) * nc + c), _mm256_set1_ps(cf[m + 1])));
-                t3 = _mm256_add_ps(t3, _mm256_mul_ps(_mm256_loadu_ps(top + (m + 2) * nc + c), _mm256_set1_ps(cf[m + 2])));
-            }
-            for (; m < cols; ++m)
-                t = _mm256_add_ps(t, _mm256_mul_ps(_mm256_loadu_ps(top + m * nc + c), _mm256_set1_ps(cf[m])));
-            t = _mm256_add_ps(t, _mm256_add_ps(t2, t3));
-            if (add_to)
-                t = _mm256_add_ps(t, _mm256_loadu_ps(dst + c));
-            _mm256_storeu_ps(dst + c, t);
-        }
+        for (; c < last_col - 15; c += 16)
+            filter_step<f32x16>(top + c, nc, cf, cols, dst + c, add_to);
+        for (; c < last_col - 7; c += 8)
+            filter_step<f32x8>(top + c, nc, cf, cols, dst + c, add_to);
         if (c < last_col) {
             const __mmask16 mask = (__mmask16)((1u << (last_col - c)) - 1);
             __m512 t = _mm512_setzero_ps();
@@ -552,7 +549,10 @@ void resize_rgb_avx512(const in_image_type& in_, out_image_type& out_)
             }
         }
     }
-    const long simd_cols = (long)left.size();
+    // dlib's loop stops only at the right edge of the source; should float rounding
+    // carry it past the last output column, its extra lanes land at the start of the
+    // next row (overwritten when that row is done) or past the image: stop there.
+    const long simd_cols = std::min<long>((long)left.size(), out_img.nc());
     std::vector<resize_block> blocks;
     for (long first = 0; first < simd_cols; first += 16) {
         resize_block block;

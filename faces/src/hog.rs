@@ -1,23 +1,26 @@
-//! dlib's HOG frontal face detector, with its hottest loops widened to AVX-512.
+//! dlib's HOG frontal face detector, with its hot loops widened to AVX-512.
 //!
-//! Per image, most of the detector's time goes to two of dlib's header-only loops: the
+//! Per image, nearly all of the detector's time goes to dlib's header-only loops: the
 //! HOG feature extraction (`impl_extract_fhog_features`, every pixel of every pyramid
-//! level) and `float_spatially_filter_image_separable` (31 HOG planes × 5 filters × every
-//! level). dlib computes 8 pixels or columns per step (two SSE registers on a baseline
-//! x86-64 build); here both compute 16 per step on CPUs with AVX-512 (F, BW, DQ, VBMI).
+//! level), `float_spatially_filter_image_separable` (31 HOG planes × 5 filters × every
+//! level) and the bilinear `resize_image` behind `pyramid_down<6>` (each level) and
+//! `pyramid_up` (face_recognition's upsampling, `dlib_shim::pyramid_up`). dlib computes
+//! 4 or 8 pixels or columns per step (SSE registers on a baseline x86-64 build); here
+//! they compute 16 per step on CPUs with AVX-512 (F, BW, DQ, VBMI; [`HogKernels`]).
 //! Every output value gets exactly the operations dlib gives it, in the same order:
 //! - lanes of one step never mix, and each lane does one IEEE float operation where dlib's
-//!   lane does (the integer gradient work is exact);
-//! - whatever dlib leaves to a scalar tail (with its own formula) stays in that scalar
-//!   tail, running dlib's code;
+//!   lane does (integer work is exact; the resize's float x steps, the same for every
+//!   row, are worked out once per image as dlib's four lanes step them);
+//! - whatever dlib leaves to a scalar tail (with its own formula) gets that formula,
+//!   as masked lanes or as dlib's own code;
 //! - the gradient votes go into the histogram bins one pixel at a time in dlib's pixel
 //!   order, so every bin adds the same floats in the same order;
 //! - the C++ is compiled with `-ffp-contract=off`, so nothing is fused into FMAs.
 //!
-//! So features, scores, and therefore boxes, are bit-identical to dlib's. The rest of
-//! the detection (the pyramid, thresholds, non-maximum suppression) is
-//! `object_detector::operator()` and `scan_fhog_pyramid::detect` as dlib 19.24 writes
-//! them, calling dlib's own templates.
+//! So pixels, features, scores, and therefore boxes, are bit-identical to dlib's; the
+//! tests compare each kernel with dlib's bit for bit. The rest of the detection
+//! (thresholds, non-maximum suppression) is `object_detector::operator()` and
+//! `scan_fhog_pyramid::detect` as dlib 19.24 writes them.
 
 use dlib_face_recognition::{FaceLocations, ImageMatrix, Rectangle};
 
@@ -178,6 +181,16 @@ fn pyramid_up_same(image: &ImageMatrix) -> bool {
 mod tests {
     use super::*;
 
+    /// Whether this CPU runs the AVX-512 kernels (saying so when not: then only dlib's
+    /// code runs and there is nothing to compare).
+    fn avx512_here() -> bool {
+        let here = HogKernels::best() == HogKernels::Avx512;
+        if !here {
+            eprintln!("no AVX-512 F/BW/DQ/VBMI here: only dlib's code runs, nothing to compare");
+        }
+        here
+    }
+
     /// A reproducible spread of values of both signs and many magnitudes.
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -194,8 +207,7 @@ mod tests {
 
     #[test]
     fn the_wide_filter_is_bit_identical_to_dlibs() {
-        if HogKernels::best() != HogKernels::Avx512 {
-            eprintln!("no AVX-512F here: only dlib's filter runs, nothing to compare");
+        if !avx512_here() {
             return;
         }
         let mut seed = 1;
@@ -247,8 +259,7 @@ mod tests {
 
     #[test]
     fn wide_hog_features_are_bit_identical_to_dlibs_at_every_size() {
-        if HogKernels::best() != HogKernels::Avx512 {
-            eprintln!("no AVX-512 here: only dlib's HOG runs, nothing to compare");
+        if !avx512_here() {
             return;
         }
         let sizes = [
@@ -275,8 +286,7 @@ mod tests {
 
     #[test]
     fn wide_hog_features_are_bit_identical_to_dlibs_on_the_samples() {
-        if HogKernels::best() != HogKernels::Avx512 {
-            eprintln!("no AVX-512 here: only dlib's HOG runs, nothing to compare");
+        if !avx512_here() {
             return;
         }
         for (name, image) in sample_images() {
@@ -292,8 +302,7 @@ mod tests {
 
     #[test]
     fn wide_pyramid_levels_are_pixel_identical_to_dlibs() {
-        if HogKernels::best() != HogKernels::Avx512 {
-            eprintln!("no AVX-512 here: only dlib's pyramid runs, nothing to compare");
+        if !avx512_here() {
             return;
         }
         let mut seed = 99;
@@ -313,8 +322,7 @@ mod tests {
 
     #[test]
     fn wide_upsampling_is_pixel_identical_to_dlibs() {
-        if HogKernels::best() != HogKernels::Avx512 {
-            eprintln!("no AVX-512 here: only dlib's pyramid_up runs, nothing to compare");
+        if !avx512_here() {
             return;
         }
         let mut seed = 555;
