@@ -59,6 +59,16 @@ enum Scenario {
         #[arg(long)]
         ms: u64,
     },
+    /// `n` tasks of `ms` milliseconds each, all at once: how many worker processes ran
+    /// them on each node?
+    Workers {
+        /// Tasks.
+        #[arg(long)]
+        n: u64,
+        /// Milliseconds each.
+        #[arg(long)]
+        ms: u64,
+    },
     /// A task no node can run.
     Infeasible,
     /// Puts `count` objects of `mib` MiB, waits for `<go>.1`, reads every byte back,
@@ -244,6 +254,22 @@ fn slow_pid(dir: String, i: u64) -> u64 {
 }
 
 #[rayish::remote]
+fn slow_where(ms: u64) -> (String, u32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (
+        rayish::current_node_id().unwrap_or_default(),
+        std::process::id(),
+    )
+}
+
+/// As `slow_where`, once `before` (another task's result) is ready.
+#[rayish::remote]
+fn slow_where_after(before: (String, u32), ms: u64) -> (String, u32) {
+    let _ = before;
+    slow_where(ms)
+}
+
+#[rayish::remote]
 fn slow(i: u64, ms: u64) -> (u64, String) {
     std::thread::sleep(Duration::from_millis(ms));
     (i * 7, rayish::current_node_id().unwrap_or_default())
@@ -413,6 +439,23 @@ fn main() -> anyhow::Result<()> {
             result(
                 json!({"n": n, "wrong": wrong, "nodes": nodes, "seconds": start.elapsed().as_secs_f64()}),
             );
+        }
+        Scenario::Workers { n, ms } => {
+            // Half of them then run a step of next to nothing after one of the others
+            // (as a pipeline's merges do): each is assigned to the node the moment the
+            // one before it ends.
+            let first: Vec<_> = (0..n / 2).map(|_| slow_where::remote(ms)).collect();
+            let then: Vec<_> = first
+                .iter()
+                .map(|r| slow_where_after::remote(r, 0))
+                .collect();
+            let refs: Vec<_> = first.into_iter().chain(then).collect();
+            let mut pids: BTreeMap<String, std::collections::BTreeSet<u32>> = BTreeMap::new();
+            for (node, pid) in rayish::get_all(&refs)? {
+                pids.entry(node).or_default().insert(pid);
+            }
+            let workers: BTreeMap<_, _> = pids.iter().map(|(n, p)| (n.clone(), p.len())).collect();
+            result(json!({"n": n, "workers": workers}));
         }
         Scenario::PassRefs => {
             // Blocks are made where the "producer" resource is and read where
