@@ -176,15 +176,23 @@ struct rgb_lanes {
     __m512i r, g, b;
 };
 
-// Up to 16 consecutive RGB pixels (the bytes `bytes` selects) as one int32 lane per
-// pixel and channel; `deinterleave` gathers each channel's bytes together.
+// Loaded RGB bytes as one int32 lane per pixel and channel: `order` moves byte i of
+// each channel's 16 to lane i of that channel's 16-byte quarter.
 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
-inline rgb_lanes load_rgb_lanes(const unsigned char* p, __mmask64 bytes, __m512i deinterleave)
+inline rgb_lanes channel_lanes(__m512i loaded, __m512i order)
 {
-    const __m512i planar = _mm512_permutexvar_epi8(deinterleave, _mm512_maskz_loadu_epi8(bytes, p));
+    const __m512i planar = _mm512_permutexvar_epi8(order, loaded);
     return {_mm512_cvtepu8_epi32(_mm512_castsi512_si128(planar)),
         _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(planar, 1)),
         _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(planar, 2))};
+}
+
+// Up to 16 consecutive RGB pixels (the bytes `bytes` selects) as one int32 lane per
+// pixel and channel.
+__attribute__((target("avx512f,avx512bw,avx512vbmi")))
+inline rgb_lanes load_rgb_lanes(const unsigned char* p, __mmask64 bytes, __m512i deinterleave)
+{
+    return channel_lanes(_mm512_maskz_loadu_epi8(bytes, p), deinterleave);
 }
 
 // One step's gradients (get_gradient): per pixel, the colour channel with the longest
@@ -475,14 +483,10 @@ struct rgb_floats {
 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512dq")))
 inline rgb_floats source_pixels(const unsigned char* row, const resize_block& block, bool right)
 {
-    __m512i r, g, b;
+    rgb_lanes c;
     if (block.packed) {
-        const __m512i bytes = _mm512_maskz_loadu_epi8(block.bytes, row + 3 * block.base);
-        const __m512i planar = _mm512_permutexvar_epi8(
-            _mm512_loadu_si512(right ? block.right_idx : block.left_idx), bytes);
-        r = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(planar));
-        g = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(planar, 1));
-        b = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(planar, 2));
+        c = channel_lanes(_mm512_maskz_loadu_epi8(block.bytes, row + 3 * block.base),
+            _mm512_loadu_si512(right ? block.right_idx : block.left_idx));
     } else {
         alignas(64) int cr[16] = {}, cg[16] = {}, cb[16] = {};
         for (long i = 0; i < block.lanes; ++i) {
@@ -491,11 +495,9 @@ inline rgb_floats source_pixels(const unsigned char* row, const resize_block& bl
             cg[i] = p[1];
             cb[i] = p[2];
         }
-        r = _mm512_load_si512(cr);
-        g = _mm512_load_si512(cg);
-        b = _mm512_load_si512(cb);
+        c = {_mm512_load_si512(cr), _mm512_load_si512(cg), _mm512_load_si512(cb)};
     }
-    return {_mm512_cvtepi32_ps(r), _mm512_cvtepi32_ps(g), _mm512_cvtepi32_ps(b)};
+    return {_mm512_cvtepi32_ps(c.r), _mm512_cvtepi32_ps(c.g), _mm512_cvtepi32_ps(c.b)};
 }
 
 // One channel of 16 output pixels: ((tlf*tl + trf*tr) + blf*bl) + brf*br, truncated to
