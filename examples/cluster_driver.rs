@@ -29,6 +29,12 @@ enum Scenario {
         #[arg(long, default_value_t = 12)]
         parents: u64,
     },
+    /// Recursive Fibonacci: every task above the leaves blocks in `get_all` on its
+    /// two children, so the cluster is full of blocked tasks (issue 17 #10).
+    Fib {
+        #[arg(long, default_value_t = 10)]
+        n: u64,
+    },
     /// A panicking task and a task returning an error.
     Panic,
     /// Workers that abort: once (retried) and always (retries exhausted).
@@ -215,6 +221,15 @@ fn leaf(x: u64) -> u64 {
 #[rayish::remote]
 fn parent(x: u64) -> rayish::Result<u64> {
     let kids: Vec<_> = (0..3).map(|k| leaf::remote(x * 10 + k)).collect();
+    Ok(rayish::get_all(&kids)?.into_iter().sum())
+}
+
+#[rayish::remote]
+fn fib(n: u64) -> rayish::Result<u64> {
+    if n < 2 {
+        return Ok(n);
+    }
+    let kids = [fib::remote(n - 1), fib::remote(n - 2)];
     Ok(rayish::get_all(&kids)?.into_iter().sum())
 }
 
@@ -525,6 +540,15 @@ fn main() -> anyhow::Result<()> {
                 .map(|x| (0..3).map(|k| x * 10 + k + 1).sum())
                 .collect();
             result(json!({"ok": got == expected, "got": got}));
+        }
+        Scenario::Fib { n } => {
+            let start = Instant::now();
+            let got = rayish::get(&fib::remote(n))?;
+            let (mut a, mut b) = (0u64, 1u64);
+            for _ in 0..n {
+                (a, b) = (b, a + b);
+            }
+            result(json!({"got": got, "expected": a, "seconds": start.elapsed().as_secs_f64()}));
         }
         Scenario::Panic => {
             let p = rayish::get(&explode::remote(42u64))

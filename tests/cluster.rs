@@ -100,6 +100,29 @@ fn a_node_starts_no_more_worker_processes_than_it_runs_tasks_at_once() {
 }
 
 #[test]
+fn recursive_blocking_gets_never_hang_in_local_mode() {
+    // Issue 17 #10: fib(10) whose tasks block in `get_all` on their children, on a
+    // local node with one CPU per core. A follower that blocked before the node
+    // promoted it kept its CPU; once every CPU was held that way nothing ran again
+    // (9 hangs in 30 runs before the fix). A run takes ~0.5 s; 60 s is a hang.
+    let _machine = rayish_suite::exclusive();
+    let root = std::env::temp_dir().join(format!("rayish-fib-{:x}", rayish_suite::rand_u64()));
+    for run in 0..50 {
+        let out = rayish_suite::output_within(
+            std::process::Command::new(rayish_suite::example_bin("cluster_driver"))
+                .args(["fib", "--n", "10"])
+                .env_remove("RAYISH_ADDRESS")
+                .env("RAYISH_TEMP_DIR", &root),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|| panic!("run {run} hung"));
+        let r = rayish_suite::result_of(&out);
+        assert_eq!(r["got"], r["expected"], "run {run}: {r}");
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
 fn object_references_cross_nodes() {
     let mut cluster = TestCluster::start(0, 2, 5000);
     cluster.join("127.0.0.3", 2, &["--resources", r#"{"producer": 4}"#]);

@@ -25,6 +25,11 @@ struct State {
     running: HashMap<TaskId, ResourceSet>,
     /// CPU lent by tasks blocked in `get`.
     lent: HashMap<TaskId, ResourceSet>,
+    /// Followers blocked in `get` before they took over their leader's share: a
+    /// worker starts its follower the moment the leader ends, and the follower's
+    /// `Blocked` travels on another path than the leader's end, so it can arrive
+    /// first. The follower lends its CPU as it takes the share over.
+    blocked_early: HashSet<TaskId>,
     /// Leader → its follower and the follower's demand.
     followers: HashMap<TaskId, (TaskId, ResourceSet)>,
     /// Follower → its leader.
@@ -49,6 +54,7 @@ impl LocalTaskQueue {
                 waiting: VecDeque::new(),
                 running: HashMap::new(),
                 lent: HashMap::new(),
+                blocked_early: HashSet::new(),
                 followers: HashMap::new(),
                 leaders: HashMap::new(),
                 ended: HashSet::new(),
@@ -80,7 +86,11 @@ impl LocalTaskQueue {
         eligible: impl Fn(&TaskAssignment) -> bool,
     ) -> Option<TaskAssignment> {
         let mut s = self.lock();
-        if !s.running.contains_key(&lead) || s.followers.contains_key(&lead) {
+        // A blocked leader's worker would only give a follower back.
+        if !s.running.contains_key(&lead)
+            || s.followers.contains_key(&lead)
+            || s.lent.contains_key(&lead)
+        {
             return None;
         }
         let at = s
@@ -113,10 +123,14 @@ impl LocalTaskQueue {
             s.used.subtract(&held);
         }
         s.lent.remove(&task);
+        s.blocked_early.remove(&task);
         if let Some((follower, demand)) = s.followers.remove(&task) {
             s.leaders.remove(&follower);
             s.used.add(&demand);
             s.running.insert(follower, demand);
+            if s.blocked_early.remove(&follower) {
+                Self::lend(&mut s, follower);
+            }
             promoted = Some(follower);
         }
         (self.startable(&mut s), promoted)
@@ -135,6 +149,7 @@ impl LocalTaskQueue {
             s.used.subtract(&held);
         }
         s.lent.remove(&id);
+        s.blocked_early.remove(&id);
         if !s.ended.contains(&task.spec.job) {
             s.waiting.push_front(task);
         }
@@ -150,28 +165,48 @@ impl LocalTaskQueue {
     }
 
     /// `task` blocked in `get` (or resumed); returns the tasks to start now.
+    ///
+    /// Blocks and resumes of one task arrive in order, but not in order with its
+    /// promotion from follower (see `blocked_early`), nor with its end: a report about
+    /// a task that has ended, or that this queue never ran, changes nothing.
     pub fn set_blocked(&self, task: TaskId, blocked: bool) -> Vec<TaskAssignment> {
         let mut s = self.lock();
+        if s.leaders.contains_key(&task) {
+            // A follower not yet promoted: it holds nothing to lend yet.
+            if blocked {
+                s.blocked_early.insert(task);
+            } else {
+                s.blocked_early.remove(&task);
+            }
+            return Vec::new();
+        }
+        if blocked {
+            Self::lend(&mut s, task);
+        } else if let Some(cpu) = s.lent.remove(&task) {
+            if let Some(held) = s.running.get_mut(&task) {
+                held.add(&cpu);
+                s.used.add(&cpu);
+            }
+        }
+        self.startable(&mut s)
+    }
+
+    /// A running task lends its CPU while it is blocked in `get`.
+    fn lend(s: &mut State, task: TaskId) {
         let State {
             used,
             running,
             lent,
             ..
-        } = &mut *s;
+        } = s;
         if let Some(held) = running.get_mut(&task) {
-            if blocked && !lent.contains_key(&task) {
+            if !lent.contains_key(&task) {
                 let cpu = ResourceSet::new().with(CPU, held.get(CPU));
                 held.subtract(&cpu);
                 used.subtract(&cpu);
                 lent.insert(task, cpu);
-            } else if !blocked {
-                if let Some(cpu) = lent.remove(&task) {
-                    held.add(&cpu);
-                    used.add(&cpu);
-                }
             }
         }
-        self.startable(&mut s)
     }
 
     /// Tasks assigned and not finished (running or waiting here).
@@ -341,5 +376,66 @@ mod tests {
         q.drop_job(JobId(1));
         assert!(q.give_back(task(5, 1.0)).is_empty());
         assert_eq!(q.len(), 2, "1 (blocked) and 4 still run; 5 is gone");
+    }
+
+    #[test]
+    fn a_follower_blocked_before_its_promotion_lends_its_cpu_when_promoted() {
+        // The race of issue 17 #10: the worker runs its follower as soon as the
+        // leader ends, the follower blocks in `get`, and its `Blocked` reaches the
+        // queue before the leader's end does. The follower must not keep the CPU it
+        // takes over, or the task it waits for (3) never starts.
+        let q = one_cpu_with_a_follower();
+        assert!(
+            q.set_blocked(TaskId(2), true).is_empty(),
+            "nothing to lend yet"
+        );
+        let (start, promoted) = q.finish_promoting(TaskId(1));
+        assert_eq!(promoted, Some(TaskId(2)));
+        assert_eq!(ids(start), vec![3], "the blocked follower lends its CPU");
+        assert!(q.push(task(4, 1.0)).is_empty());
+        assert!(
+            q.set_blocked(TaskId(2), false).is_empty(),
+            "2 resumes: full"
+        );
+        assert!(q.finish(TaskId(3)).is_empty(), "2 holds its CPU again");
+        assert_eq!(ids(q.finish(TaskId(2))), vec![4]);
+    }
+
+    #[test]
+    fn a_follower_blocked_and_resumed_before_its_promotion_holds_its_share() {
+        let q = one_cpu_with_a_follower();
+        assert!(q.set_blocked(TaskId(2), true).is_empty());
+        assert!(q.set_blocked(TaskId(2), false).is_empty());
+        let (start, promoted) = q.finish_promoting(TaskId(1));
+        assert_eq!(promoted, Some(TaskId(2)));
+        assert!(start.is_empty(), "2 runs and holds the CPU");
+        assert_eq!(ids(q.finish(TaskId(2))), vec![3]);
+    }
+
+    #[test]
+    fn reports_about_ended_or_unknown_tasks_change_nothing() {
+        // A leader's resume can arrive after its end; a block can name a task this
+        // queue never ran. Neither may touch the accounting.
+        let q = LocalTaskQueue::new(ResourceSet::new().with(CPU, 1.0));
+        assert_eq!(ids(q.push(task(1, 1.0))), vec![1]);
+        assert!(q.push(task(2, 1.0)).is_empty());
+        assert_eq!(ids(q.set_blocked(TaskId(1), true)), vec![2]);
+        assert!(q.finish(TaskId(1)).is_empty(), "2 holds the CPU");
+        assert!(q.set_blocked(TaskId(1), false).is_empty(), "a late resume");
+        assert!(q.set_blocked(TaskId(9), true).is_empty(), "an unknown task");
+        assert!(q.push(task(3, 1.0)).is_empty(), "still full: 2 runs");
+        assert_eq!(ids(q.finish(TaskId(2))), vec![3]);
+    }
+
+    #[test]
+    fn a_blocked_leader_gets_no_follower() {
+        let q = LocalTaskQueue::new(ResourceSet::new().with(CPU, 2.0));
+        assert_eq!(ids(q.push(task(1, 1.0))), vec![1]);
+        assert_eq!(ids(q.push(task(2, 1.0))), vec![2]);
+        assert!(q.push(task(3, 1.0)).is_empty());
+        assert!(q.push(task(4, 1.0)).is_empty());
+        assert_eq!(ids(q.set_blocked(TaskId(1), true)), vec![3]);
+        assert_eq!(follower_of(&q, 1), None, "its worker would give it back");
+        assert_eq!(follower_of(&q, 2), Some(4));
     }
 }
