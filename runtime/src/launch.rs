@@ -47,6 +47,9 @@ pub struct LaunchOptions {
     pub log_dir: PathBuf,
     /// How long a silent node is kept.
     pub node_timeout: Duration,
+    /// How long a silent head is waited for (`--head-reconnect-timeout`): the idle
+    /// timeout of control connections, so a head that stalls less loses none.
+    pub head_reconnect_timeout: Duration,
     /// The object store's memory cap in bytes (`None`: 30% of this machine's RAM).
     pub object_store_memory: Option<u64>,
 }
@@ -97,7 +100,11 @@ pub struct Launched {
 
 fn endpoint(opts: &LaunchOptions) -> Result<(Endpoint, SocketAddr), LaunchError> {
     let tls = ClusterTls::from_token(&opts.token)?;
-    let endpoint = make_endpoint(SocketAddr::new(opts.ip, opts.port), &tls, opts.node_timeout)?;
+    let endpoint = make_endpoint(
+        SocketAddr::new(opts.ip, opts.port),
+        &tls,
+        opts.head_reconnect_timeout,
+    )?;
     let address = endpoint.local_addr().map_err(|e| ConnectError::Other {
         addr: SocketAddr::new(opts.ip, opts.port),
         message: e.to_string(),
@@ -110,6 +117,7 @@ fn node_config(
     node_id: NodeId,
     head: SocketAddr,
     address: SocketAddr,
+    binaries: BinaryCache,
 ) -> NodeConfig {
     NodeConfig {
         node_id,
@@ -118,9 +126,10 @@ fn node_config(
         resources: opts.resources.clone(),
         token: opts.token.clone(),
         log_dir: opts.log_dir.clone(),
-        binaries: BinaryCache::new(binary_cache_dir(&opts.root)),
+        binaries,
         connect_timeout: Duration::from_secs(10),
         node_timeout: opts.node_timeout,
+        head_reconnect_timeout: opts.head_reconnect_timeout,
     }
 }
 
@@ -132,7 +141,10 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         head_node: node_id,
         node_timeout: opts.node_timeout,
     };
-    let head = start_head(settings, BinaryCache::new(binary_cache_dir(&opts.root)));
+    // One cache for the head and its node: what a local-mode driver registers in
+    // place (its own executable) is found by both.
+    let binaries = BinaryCache::new(binary_cache_dir(&opts.root));
+    let head = start_head(settings, binaries.clone());
     let store = object_store(opts, node_id);
     spawn_listener(
         endpoint.clone(),
@@ -142,7 +154,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         },
     );
     let node = start_node(
-        node_config(opts, node_id, address, address),
+        node_config(opts, node_id, address, address, binaries),
         endpoint.clone(),
         store,
         Some(Arc::new(head.clone())),
@@ -170,7 +182,13 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
         },
     );
     let node = start_node(
-        node_config(opts, node_id, head, address),
+        node_config(
+            opts,
+            node_id,
+            head,
+            address,
+            BinaryCache::new(binary_cache_dir(&opts.root)),
+        ),
         endpoint.clone(),
         store,
         None,

@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of this protocol; peers speaking another one are refused.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RYSH";
 /// Bytes before a frame's payload.
@@ -68,6 +68,20 @@ pub enum ProtocolError {
     /// The underlying stream failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ProtocolError {
+    /// A short name of the kind of failure (for rate-limited logging).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProtocolError::BadMagic(_) => "bad magic",
+            ProtocolError::VersionMismatch { .. } => "version",
+            ProtocolError::FrameTooLarge(_) => "too large",
+            ProtocolError::Truncated => "truncated",
+            ProtocolError::Malformed(_) => "malformed",
+            ProtocolError::Io(_) => "i/o",
+        }
+    }
 }
 
 fn codec(limit: u32) -> impl Options {
@@ -122,6 +136,9 @@ where
     read_frame_within(r, MAX_FRAME_LEN).await
 }
 
+/// Payload bytes a frame reader allocates before they arrive.
+const EAGER_PAYLOAD: usize = 8 << 20;
+
 /// Reads one framed message of at most `limit` payload bytes.
 pub async fn read_frame_within<R, M>(r: &mut R, limit: u32) -> Result<Option<M>, ProtocolError>
 where
@@ -142,13 +159,17 @@ where
         got += n;
     }
     let len = check_header(&header, limit)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)
+    // A header may claim up to `limit` bytes that never come: allocate what a frame
+    // usually is at once, and grow past it only as the bytes arrive.
+    let mut payload = Vec::with_capacity(len.min(EAGER_PAYLOAD));
+    let got = (&mut *r)
+        .take(len as u64)
+        .read_to_end(&mut payload)
         .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
-            _ => ProtocolError::Io(e),
-        })?;
+        .map_err(ProtocolError::Io)?;
+    if got < len {
+        return Err(ProtocolError::Truncated);
+    }
     decode_payload_within(&payload, limit).map(Some)
 }
 
@@ -285,6 +306,9 @@ pub enum PeerRole {
         node: NodeId,
         /// The job whose code it runs.
         job: JobId,
+        /// [`worker_proof`] of the node's [`NodeRegistration::worker_key`] and the
+        /// job: only a process the node started can present it.
+        proof: [u8; 32],
     },
     /// A short-lived client such as `rayish status`.
     Client,
@@ -303,6 +327,20 @@ pub struct NodeRegistration {
     pub hostname: String,
     /// The node process id, for status output.
     pub pid: u32,
+    /// A random secret of this node incarnation's, told only to the head (over the
+    /// encrypted stream): the head accepts a worker of a job on this node only with
+    /// the [`worker_proof`] of it, which the node gives the workers it starts.
+    pub worker_key: [u8; 32],
+}
+
+/// What a worker of `job` started by a node with `worker_key` presents to the head.
+pub fn worker_proof(worker_key: &[u8; 32], job: JobId) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"rayish worker proof v1\0");
+    h.update(worker_key);
+    h.update(job.0.to_le_bytes());
+    h.finalize().into()
 }
 
 /// First message on a control stream.
@@ -692,6 +730,10 @@ pub enum FromHead {
     },
     /// Answer to [`ToHead::Goodbye`]: everything sent before it was handled.
     Farewell,
+    /// To a node the head declared dead (it was silent for the node timeout, e.g.
+    /// paused): its tasks were re-run elsewhere and its objects counted lost, so it
+    /// must drop them and join again as a new node. The head closes the stream after.
+    NodeDead(String),
 }
 
 /// A live actor as [`FromHead::ActorFound`] describes it.

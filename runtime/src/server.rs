@@ -9,8 +9,13 @@ use crate::binaries::BinaryCache;
 use crate::head::HeadHandle;
 use crate::node::ObjectStore;
 use crate::protocol::{read_frame, write_frame, FromHead, StreamOpen, Welcome};
+use crate::transport::log_limit::LogLimiter;
 use crate::transport::{describe_incoming_failure, Endpoint};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Refused handshakes and bad streams: one line per peer address per 10 s.
+static PEER_WARNINGS: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
 /// The services a process offers to its peers.
 #[derive(Clone, Default)]
@@ -37,7 +42,13 @@ pub fn spawn_listener(endpoint: Endpoint, services: Services) {
                 let conn = match incoming.await {
                     Ok(conn) => conn,
                     Err(e) => {
-                        tracing::warn!(%remote, "refused a connection: {}", describe_incoming_failure(&e));
+                        crate::warn_limited!(
+                            PEER_WARNINGS,
+                            remote.ip(),
+                            "handshake",
+                            "refused a connection: {}",
+                            describe_incoming_failure(&e)
+                        );
                         return;
                     }
                 };
@@ -63,8 +74,17 @@ async fn serve_connection(conn: quinn::Connection, services: Services) {
             let open = match read_frame::<_, StreamOpen>(&mut recv).await {
                 Ok(Some(open)) => open,
                 Ok(None) => return,
+                Err(crate::protocol::ProtocolError::Io(e)) => {
+                    tracing::debug!(%remote, "a stream ended before its first frame: {e}");
+                    return;
+                }
                 Err(e) => {
-                    tracing::warn!(%remote, "closing the connection of a peer that sent a bad first frame: {e}");
+                    crate::warn_limited!(
+                        PEER_WARNINGS,
+                        remote.ip(),
+                        e.kind(),
+                        "closing the connection of a peer that sent a bad first frame: {e}"
+                    );
                     conn.close(1u32.into(), b"protocol error");
                     return;
                 }
@@ -86,7 +106,12 @@ async fn serve_connection(conn: quinn::Connection, services: Services) {
                     if let Err(e) =
                         crate::transfer::serve(req, send, recv, store, services.binaries()).await
                     {
-                        tracing::warn!(%remote, "transfer failed: {e}");
+                        crate::warn_limited!(
+                            PEER_WARNINGS,
+                            remote.ip(),
+                            "transfer",
+                            "transfer failed: {e}"
+                        );
                     }
                 }
             }

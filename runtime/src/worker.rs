@@ -8,7 +8,7 @@ use crate::ids::{JobId, NodeId};
 use crate::protocol::{FromWorker, Hello, PeerRole, RunKind, TaskError, Welcome};
 use crate::registry::{lookup, lookup_constructor, lookup_method, ActorInstance, InvokeError};
 use crate::transport::tls::ClusterTls;
-use crate::transport::{connect, make_endpoint, open_control};
+use crate::transport::{connect, make_client_endpoint, open_control};
 use std::os::fd::FromRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -29,6 +29,20 @@ fn env(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|_| format!("{name} is not set"))
 }
 
+/// The 32 bytes of a hex `RAYISH_WORKER_PROOF`.
+fn parse_proof(text: &str) -> Result<[u8; 32], String> {
+    let bad = || "RAYISH_WORKER_PROOF is not 64 hex digits".to_string();
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut proof = [0u8; 32];
+    for (i, byte) in proof.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(proof)
+}
+
 fn worker_main() -> Result<(), String> {
     let fd: i32 = env("RAYISH_WORKER_FD")?
         .parse()
@@ -45,6 +59,7 @@ fn worker_main() -> Result<(), String> {
             .parse()
             .map_err(|e| format!("RAYISH_JOB_ID: {e}"))?,
     );
+    let proof = parse_proof(&env("RAYISH_WORKER_PROOF")?)?;
     let node_label = format!(
         "{node} at {}",
         std::env::var("RAYISH_NODE_ADDRESS").unwrap_or_default()
@@ -68,23 +83,26 @@ fn worker_main() -> Result<(), String> {
     let link = NodeLink::new(std_stream, shm_dir).map_err(|e| format!("node socket: {e}"))?;
 
     let tls = ClusterTls::from_token(&token).map_err(|e| e.to_string())?;
-    let bind = if head.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let endpoint = make_endpoint(
-        bind.parse().map_err(|_| "bind")?,
-        &tls,
-        Duration::from_secs(30),
-    )
-    .map_err(|e| e.to_string())?;
+    // The node's own address, as `--node-ip-address` gave it, not every interface.
+    let node_ip = std::env::var("RAYISH_NODE_ADDRESS")
+        .ok()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip())
+        .or_else(|| crate::launch::route_ip(head))
+        .unwrap_or_else(|| head.ip());
+    let bind = std::net::SocketAddr::new(node_ip, 0);
+    // The head may stall as long as the node waits for it; peers are dropped sooner.
+    let head_wait = crate::transport::head_reconnect_timeout_from_env();
+    let endpoint = make_client_endpoint(bind, &tls, head_wait).map_err(|e| e.to_string())?;
+    let peer_client =
+        crate::transport::client_config(&tls, crate::transport::PEER_IDLE_TIMEOUT, bind)
+            .map_err(|e| e.to_string())?;
     let conn = handle.block_on(async {
         let head_conn = connect(&endpoint, head, Duration::from_secs(10))
             .await
             .map_err(|e| e.to_string())?;
         let hello = Hello {
-            role: PeerRole::Worker { node, job },
+            role: PeerRole::Worker { node, job, proof },
             software_version: env!("CARGO_PKG_VERSION").into(),
         };
         let control = open_control(&head_conn, hello)
@@ -98,6 +116,7 @@ fn worker_main() -> Result<(), String> {
         };
         Ok::<_, String>(Connection {
             endpoint: endpoint.clone(),
+            peer_client,
             head_conn,
             head: control.sender,
             reader: control.reader,

@@ -9,7 +9,7 @@ use crate::resources::{ResourceSet, CPU};
 use crate::session::{read_cluster_record, temp_root, Session};
 use crate::transfer::upload_binary;
 use crate::transport::tls::{new_token, ClusterTls};
-use crate::transport::{connect, make_endpoint, open_control, InProcessHead};
+use crate::transport::{connect, make_client_endpoint, open_control, InProcessHead};
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -22,6 +22,7 @@ pub struct Config {
     num_cpus: Option<f64>,
     resources: ResourceSet,
     node_timeout: Duration,
+    head_reconnect_timeout: Duration,
 }
 
 impl Default for Config {
@@ -35,6 +36,7 @@ impl Default for Config {
             num_cpus: None,
             resources: ResourceSet::new(),
             node_timeout: Duration::from_secs(5),
+            head_reconnect_timeout: crate::transport::head_reconnect_timeout_from_env(),
         }
     }
 }
@@ -65,6 +67,15 @@ impl Config {
         if token.is_some() {
             self.token = token;
         }
+        self
+    }
+
+    /// How long to wait for a head that has gone silent (stalled, paused) before
+    /// calls fail with [`Error::ClusterDown`]: default 60 s (Ray's
+    /// `gcs_rpc_server_reconnect_timeout_s`), or `$RAYISH_HEAD_RECONNECT_TIMEOUT`
+    /// seconds.
+    pub fn head_reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.head_reconnect_timeout = timeout;
         self
     }
 
@@ -156,6 +167,7 @@ pub fn init(config: Config) -> Result<()> {
                 root: root.clone(),
                 log_dir: session.logs(),
                 node_timeout: config.node_timeout,
+                head_reconnect_timeout: config.head_reconnect_timeout,
                 object_store_memory: None,
             };
             let launched = handle
@@ -190,22 +202,22 @@ pub fn init(config: Config) -> Result<()> {
         }
     };
 
+    let tls = ClusterTls::from_token(&token).map_err(|e| Error::Init(e.to_string()))?;
+    // The address this machine reaches the head from, not every interface.
+    let bind = SocketAddr::new(
+        crate::launch::route_ip(address).unwrap_or_else(|| address.ip()),
+        0,
+    );
     let endpoint = match &local {
         Some(l) => l.endpoint.clone(),
         None => {
-            let tls = ClusterTls::from_token(&token).map_err(|e| Error::Init(e.to_string()))?;
             let _enter = handle.enter();
-            let bind: SocketAddr = if address.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            }
-            .parse()
-            .map_err(|_| Error::Init("bind address".into()))?;
-            make_endpoint(bind, &tls, config.node_timeout)
+            make_client_endpoint(bind, &tls, config.head_reconnect_timeout)
                 .map_err(|e| Error::Init(e.to_string()))?
         }
     };
+    let peer_client = crate::transport::client_config(&tls, config.node_timeout, bind)
+        .map_err(|e| Error::Init(e.to_string()))?;
     let binary = hashing
         .join()
         .map_err(|_| Error::Init("hashing this program's executable panicked".into()))?
@@ -215,6 +227,12 @@ pub fn init(config: Config) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
 
+    if let Some(head) = local.as_ref().and_then(|l| l.head.as_ref()) {
+        // Local mode: workers run this very executable, just hashed; no copy. Through
+        // /proc, so that a rebuild of the file meanwhile cannot change their code.
+        let running = std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+        head.binaries().register_in_place(&binary, running);
+    }
     let conn = handle.block_on(async {
         let head_conn = connect(&endpoint, address, Duration::from_secs(10))
             .await
@@ -252,6 +270,7 @@ pub fn init(config: Config) -> Result<()> {
         }
         Ok(Connection {
             endpoint: endpoint.clone(),
+            peer_client,
             head_conn,
             head: control.sender,
             reader: control.reader,

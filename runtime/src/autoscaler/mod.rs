@@ -16,7 +16,7 @@ use crate::launcher::Launcher;
 use crate::protocol::{ClusterStatus, FromHead, Hello, PeerRole, ToHead};
 use crate::resources::ResourceSet;
 use crate::transport::tls::ClusterTls;
-use crate::transport::{connect, make_endpoint, open_control};
+use crate::transport::{connect, make_client_endpoint, open_control};
 use policy::{Action, Limits, NodeSeen, Policy, Snapshot};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -120,12 +120,12 @@ fn run(launcher: Launcher, limits: Limits, head: SocketAddr, token: String) {
     loop {
         let round = rt.block_on(async {
             let tls = ClusterTls::from_token(&token).map_err(|e| e.to_string())?;
-            let endpoint = make_endpoint(
-                "0.0.0.0:0".parse().map_err(|_| "bind address")?,
-                &tls,
-                Duration::from_secs(10),
-            )
-            .map_err(|e| e.to_string())?;
+            let bind = std::net::SocketAddr::new(
+                crate::launch::route_ip(head).unwrap_or_else(|| head.ip()),
+                0,
+            );
+            let endpoint = make_client_endpoint(bind, &tls, Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
             let conn = connect(&endpoint, head, Duration::from_secs(5))
                 .await
                 .map_err(|e| e.to_string())?;

@@ -26,8 +26,15 @@ pub struct StartArgs {
     #[arg(long, default_value_t = 6379)]
     port: u16,
     /// The cluster token (the head makes one if not given; nodes need the head's).
-    #[arg(long, env = "RAYISH_TOKEN")]
+    /// Visible to every local user in `ps`: prefer $RAYISH_TOKEN or --token-file.
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
+    /// A file holding the cluster token (readable by its owner only).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Accept a given token of fewer than 128 bits (a short token can be guessed).
+    #[arg(long)]
+    allow_weak_token: bool,
     /// CPUs offered to tasks (default: all of this machine's).
     #[arg(long)]
     num_cpus: Option<f64>,
@@ -46,6 +53,11 @@ pub struct StartArgs {
     /// Milliseconds of silence after which a node is declared dead.
     #[arg(long, default_value_t = 5000)]
     node_timeout_ms: u64,
+    /// Seconds to wait for a silent head (stalled, paused, restarting) before this
+    /// node gives up and exits with a non-zero status; also how long the head waits
+    /// for a silent driver (Ray's gcs_rpc_server_reconnect_timeout_s).
+    #[arg(long, default_value_t = 60.0)]
+    head_reconnect_timeout: f64,
     /// Root for sessions, logs and caches (default /tmp/rayish or $RAYISH_TEMP_DIR).
     #[arg(long)]
     temp_dir: Option<PathBuf>,
@@ -109,10 +121,13 @@ pub fn run(args: StartArgs) -> Result<()> {
 
 /// Starts this same command with `--block` in the background and waits until it is up.
 fn daemonize(root: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    rayish::session::ensure_private_dir(root)?;
     let exe = std::env::current_exe().context("finding the rayish executable")?;
+    // What the node prints (the head's join instructions hold the token): this user's
+    // only, and removed once shown.
     let log = root.join(format!("rayish-start-{}.out", std::process::id()));
-    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let out = rayish::session::create_private_file(&log)
+        .with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
@@ -142,6 +157,7 @@ fn daemonize(root: &std::path::Path) -> Result<()> {
         {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             print!("{text}");
+            let _ = std::fs::remove_file(&log);
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -154,7 +170,38 @@ fn daemonize(root: &std::path::Path) -> Result<()> {
     }
 }
 
+/// The token this command was given: `--token` (with a warning), `--token-file`, or
+/// `$RAYISH_TOKEN`; `None` if none was.
+fn given_token(args: &StartArgs) -> Result<Option<String>> {
+    if let Some(t) = &args.token {
+        eprintln!(
+            "warning: --token puts the cluster token on the command line, where every local \
+             user sees it (ps); use RAYISH_TOKEN or --token-file instead"
+        );
+        return Ok(Some(t.clone()));
+    }
+    if let Some(file) = &args.token_file {
+        return rayish::session::read_token_file(file)
+            .map(Some)
+            .with_context(|| format!("reading the token from {}", file.display()));
+    }
+    Ok(std::env::var("RAYISH_TOKEN").ok().filter(|t| !t.is_empty()))
+}
+
+/// Refuses a given token of fewer than 128 bits unless `--allow-weak-token`.
+fn check_strength(token: &str, args: &StartArgs) -> Result<()> {
+    match rayish::transport::tls::check_token_strength(token) {
+        Ok(()) => Ok(()),
+        Err(e) if args.allow_weak_token => {
+            eprintln!("warning: {e} (accepted: --allow-weak-token)");
+            Ok(())
+        }
+        Err(e) => bail!("{e}; use a generated token (rayish start --head makes one), or pass --allow-weak-token"),
+    }
+}
+
 fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
+    rayish::session::ensure_private_dir(&root)?;
     let session = Session::create(&root)
         .with_context(|| format!("creating a session under {}", root.display()))?;
     let role = if args.head { "head" } else { "node" };
@@ -173,6 +220,14 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         .init();
     let resources = resources(&args)?;
     let node_timeout = Duration::from_millis(args.node_timeout_ms.max(500));
+    if !(args.head_reconnect_timeout.is_finite() && args.head_reconnect_timeout > 0.0) {
+        bail!("--head-reconnect-timeout must be a positive number of seconds");
+    }
+    let head_reconnect_timeout = Duration::from_secs_f64(args.head_reconnect_timeout.max(0.5));
+    let given = given_token(&args)?;
+    if let Some(t) = &given {
+        check_strength(t, &args)?;
+    }
     // One I/O thread: the services are message-bound, and on small machines more
     // threads mostly add wake-ups between them.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -180,8 +235,8 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         .enable_all()
         .build()?;
 
-    let (launched, token) = if args.head {
-        let token = args.token.clone().unwrap_or_else(new_token);
+    let (launched, token, head, opts) = if args.head {
+        let token = given.unwrap_or_else(new_token);
         let ip = args.node_ip_address.unwrap_or_else(default_ip);
         let opts = LaunchOptions {
             ip,
@@ -191,6 +246,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             root: root.clone(),
             log_dir: session.logs(),
             node_timeout,
+            head_reconnect_timeout,
             object_store_memory: args.object_store_memory,
         };
         let launched = rt
@@ -204,16 +260,17 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             },
         )
         .context("recording the cluster")?;
-        (launched, token)
+        let head = launched.address;
+        (launched, token, head, opts)
     } else {
         let address = args.address.clone().unwrap_or_default();
         let head = resolve(&address).map_err(anyhow::Error::msg)?;
-        let token = match args.token.clone() {
+        let token = match given {
             Some(t) => t,
             None => read_cluster_record(&root)
                 .filter(|r| resolve(&r.address).ok() == Some(head))
                 .map(|r| r.token)
-                .context("no --token given (the head printed it when it started)")?,
+                .context("no token: set RAYISH_TOKEN or pass --token-file (the head printed how when it started)")?,
         };
         let ip = args
             .node_ip_address
@@ -227,12 +284,13 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             root: root.clone(),
             log_dir: session.logs(),
             node_timeout,
+            head_reconnect_timeout,
             object_store_memory: args.object_store_memory,
         };
         let launched = rt
             .block_on(launch_node(&opts, head))
             .with_context(|| format!("joining the head at {address}"))?;
-        (launched, token)
+        (launched, token, head, opts)
     };
     let address = launched.address;
     let pid = std::process::id();
@@ -243,6 +301,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             role: role.into(),
             address: address.to_string(),
             session: session.dir.clone(),
+            start_time: rayish::session::process_start_time(pid),
         },
     )
     .context("registering the process")?;
@@ -253,19 +312,28 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         println!("Autoscaler started from {}.", file.display());
     }
     if args.head {
+        let record = root.join("current_cluster.json");
         println!("Local node IP: {}", address.ip());
         println!("--------------------");
         println!("rayish runtime started (head at {address}, resources {resources}).");
         println!("--------------------");
-        println!("To add another node to this cluster, run");
-        println!("    rayish start --address {address} --token {token}");
+        println!(
+            "The cluster token (keep it secret; also in {}, readable by you only):",
+            record.display()
+        );
+        println!("    {token}");
+        println!("To add another node to this cluster, run (the token in the environment,");
+        println!("never on the command line, where every local user sees it):");
+        println!("    RAYISH_TOKEN=<token> rayish start --address {address}");
+        println!("  or with the token in a file only you can read:");
+        println!("    rayish start --address {address} --token-file <file>");
         println!("To connect a driver to this cluster, run it with");
-        println!("    RAYISH_ADDRESS={address} RAYISH_TOKEN={token}");
+        println!("    RAYISH_ADDRESS={address} RAYISH_TOKEN=<token>");
         println!("To see the cluster: rayish status    To stop: rayish stop");
     } else {
         println!(
             "rayish node started at {address} (resources {resources}), joined {}.",
-            args.address.unwrap_or_default()
+            args.address.clone().unwrap_or_default()
         );
         println!("To stop: rayish stop");
     }
@@ -273,11 +341,81 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let reason = rt.block_on(async move {
+    let is_head = args.head;
+    let (reason, code) = rt.block_on(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let mut node = launched.node;
-        let workers = node.workers();
+        let mut launched = launched;
+        loop {
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let lost = tokio::select! {
+                reason = launched.node.closed() => reason,
+                _ = tokio::signal::ctrl_c() => { launched.node.close(); return ("interrupted".to_string(), 0) }
+                _ = sigterm => { launched.node.close(); return ("stopped".to_string(), 0) }
+            };
+            launched.node.close();
+            if is_head {
+                // The head's own node talks to it in memory: this cannot happen
+                // unless the head itself stopped.
+                return (lost, 1);
+            }
+            // Lost the head, or declared dead after a pause: drop everything of the
+            // old incarnation (workers, objects) and join again as a new node,
+            // retrying for as long as the head is waited for.
+            tracing::warn!("{lost}; joining the head again as a new node");
+            launched.endpoint.close(0u32.into(), b"rejoining");
+            drop(launched);
+            match rejoin(&opts, head, head_reconnect_timeout, &mut term).await {
+                Rejoin::Joined(l) => {
+                    tracing::info!(node = ?l.node_id, "rejoined the cluster as a new node");
+                    launched = *l;
+                }
+                Rejoin::Stopped(why) => return (why, 0),
+                Rejoin::GaveUp(why) => return (format!("{lost}; {why}"), 1),
+            }
+        }
+    });
+    tracing::info!("exiting: {reason}");
+    unregister_process(&root, pid);
+    eprintln!("rayish {role} exiting: {reason}");
+    // Workers die with us (PR_SET_PDEATHSIG), and were told to stop above.
+    std::process::exit(code)
+}
+
+enum Rejoin {
+    Joined(Box<rayish::launch::Launched>),
+    Stopped(String),
+    GaveUp(String),
+}
+
+/// Joins the head at `head` again, retrying with backoff for `timeout`.
+async fn rejoin(
+    opts: &LaunchOptions,
+    head: std::net::SocketAddr,
+    timeout: Duration,
+    term: &mut Option<tokio::signal::unix::Signal>,
+) -> Rejoin {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let last = match launch_node(opts, head).await {
+            Ok(l) => return Rejoin::Joined(Box::new(l)),
+            Err(e) => e.to_string(),
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Rejoin::GaveUp(format!(
+                "could not join the head at {head} again within {timeout:?} (last: {last})"
+            ));
+        }
+        tracing::info!("joining the head at {head} failed ({last}); retrying");
         let sigterm = async {
             match term.as_mut() {
                 Some(t) => {
@@ -287,14 +425,10 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             }
         };
         tokio::select! {
-            reason = node.closed() => reason,
-            _ = tokio::signal::ctrl_c() => { workers.kill_all(); "interrupted".to_string() }
-            _ = sigterm => { workers.kill_all(); "stopped".to_string() }
+            _ = tokio::time::sleep(pause.min(deadline - now)) => {}
+            _ = tokio::signal::ctrl_c() => return Rejoin::Stopped("interrupted".into()),
+            _ = sigterm => return Rejoin::Stopped("stopped".into()),
         }
-    });
-    tracing::info!("exiting: {reason}");
-    unregister_process(&root, pid);
-    eprintln!("rayish {role} exiting: {reason}");
-    // Workers die with us (PR_SET_PDEATHSIG), and were told to stop above.
-    std::process::exit(0)
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }

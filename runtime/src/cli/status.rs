@@ -2,12 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rayish::launch::resolve;
+use rayish::launch::{resolve, route_ip};
 use rayish::protocol::{ClusterStatus, FromHead, Hello, PeerRole, ToHead};
 use rayish::resources::ResourceSet;
 use rayish::session::{read_cluster_record, temp_root};
 use rayish::transport::tls::ClusterTls;
-use rayish::transport::{connect, make_endpoint, open_control};
+use rayish::transport::{connect, make_client_endpoint, open_control};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,7 +55,8 @@ pub fn run(args: StatusArgs) -> Result<()> {
         .build()?;
     let status = rt.block_on(async {
         let tls = ClusterTls::from_token(&token)?;
-        let endpoint = make_endpoint("0.0.0.0:0".parse()?, &tls, Duration::from_secs(10))?;
+        let bind = std::net::SocketAddr::new(route_ip(head).unwrap_or_else(|| head.ip()), 0);
+        let endpoint = make_client_endpoint(bind, &tls, Duration::from_secs(10))?;
         let conn = connect(&endpoint, head, Duration::from_secs(5)).await?;
         let hello = Hello {
             role: PeerRole::Client,
@@ -63,13 +64,18 @@ pub fn run(args: StatusArgs) -> Result<()> {
         };
         let mut control = open_control(&conn, hello).await?;
         control.sender.send(ToHead::StatusRequest);
-        loop {
+        let status = loop {
             match control.reader.next().await? {
-                Some(FromHead::Status(s)) => return Ok::<_, anyhow::Error>(*s),
+                Some(FromHead::Status(s)) => break *s,
                 Some(_) => continue,
                 None => bail!("the head closed the connection"),
             }
-        }
+        };
+        // Say goodbye, so the head frees the connection now rather than after its
+        // idle timeout.
+        conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        Ok::<_, anyhow::Error>(status)
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);

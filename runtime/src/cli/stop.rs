@@ -17,14 +17,9 @@ pub struct StopArgs {
     temp_dir: Option<PathBuf>,
 }
 
-fn is_rayish(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("rayish"))
-        .unwrap_or(false)
-}
-
 fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) with a pid read from our own registry and checked to be rayish.
+    // SAFETY: kill(2) with a pid from this user's registry whose start time matched
+    // the record just before (the same process, not a reused pid).
     unsafe {
         libc::kill(pid as i32, sig);
     }
@@ -37,7 +32,7 @@ pub fn run(args: StopArgs) -> Result<()> {
     let mut stopped = 0;
     let mut waiting = Vec::new();
     for p in procs {
-        if !is_rayish(p.pid) {
+        if !p.is_running() {
             unregister_process(&root, p.pid);
             continue;
         }
@@ -53,16 +48,19 @@ pub fn run(args: StopArgs) -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for p in waiting {
-        while is_rayish(p.pid) && Instant::now() < deadline {
+        while p.is_running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if is_rayish(p.pid) {
+        if p.is_running() {
             signal(p.pid, libc::SIGKILL);
         }
         unregister_process(&root, p.pid);
         println!("stopped {} (pid {}, {})", p.role, p.pid, p.address);
         stopped += 1;
     }
+    // Shared-memory directories of nodes that are gone (a SIGKILLed node leaves its
+    // own behind).
+    rayish::shm::remove_stale_dirs();
     println!("Stopped {stopped} rayish process(es).");
     Ok(())
 }

@@ -138,6 +138,9 @@ struct Slot {
 pub struct Connection {
     /// The endpoint used for every connection.
     pub endpoint: Endpoint,
+    /// How connections to other processes (object holders) are made: with a short
+    /// idle timeout, unlike the control connection to the head.
+    pub peer_client: quinn::ClientConfig,
     /// The connection to the head.
     pub head_conn: quinn::Connection,
     /// The control stream's sender.
@@ -201,7 +204,7 @@ impl CoreWorker {
             node,
             slots: DashMap::new(),
             refs: DashMap::new(),
-            peers: PeerConnections::new(conn.endpoint, Duration::from_secs(10)),
+            peers: PeerConnections::new(conn.endpoint, conn.peer_client, Duration::from_secs(10)),
             alive: AtomicBool::new(true),
             down_reason: std::sync::Mutex::new(None),
             farewell: (std::sync::Mutex::new(false), std::sync::Condvar::new()),

@@ -148,11 +148,21 @@ impl HeadHandle {
             .unwrap_or_else(|| "this process".into());
         let peer = PeerId::random();
         let needs_binary = match &hello.role {
-            PeerRole::Driver { binary, .. } => !self.binaries.contains(binary),
+            PeerRole::Driver { binary, .. } => {
+                // May hash the cached file (once per process): off the I/O thread.
+                let (cache, binary) = (self.binaries.clone(), binary.clone());
+                !tokio::task::spawn_blocking(move || cache.contains(&binary))
+                    .await
+                    .unwrap_or(false)
+            }
             _ => false,
         };
         let sender = spawn_writer::<_, FromHead>(send);
         let (reply, accepted) = oneshot::channel();
+        let role_binary = match &hello.role {
+            PeerRole::Driver { binary, .. } => Some(binary.clone()),
+            _ => None,
+        };
         let role = hello.role;
         let event = HeadEvent::Connected {
             peer,
@@ -176,6 +186,15 @@ impl HeadHandle {
             }
             Err(_) => return,
         }
+        // A live job's binary stays in the cache while its driver is connected.
+        let pinned = match &role_binary {
+            Some(binary) => {
+                self.binaries.pin(binary);
+                self.binaries.touch(binary);
+                Some(binary.clone())
+            }
+            None => None,
+        };
         let mut reader = FrameReader::<_, ToHead>::new(recv);
         let reason = loop {
             match reader.next().await {
@@ -185,6 +204,10 @@ impl HeadHandle {
                     }
                 }
                 Ok(None) => break "closed by peer".to_string(),
+                // The connection ended (the peer exited or went silent): no bad frame.
+                Err(crate::protocol::ProtocolError::Io(e)) => {
+                    break format!("connection lost: {e}")
+                }
                 Err(e) => {
                     tracing::warn!(%remote, "closing the connection of a peer that sent a bad frame: {e}");
                     if let Some(conn) = &conn {
@@ -194,6 +217,9 @@ impl HeadHandle {
                 }
             }
         };
+        if let Some(binary) = pinned {
+            self.binaries.unpin(&binary);
+        }
         let _ = self.events.send(HeadEvent::Disconnected(peer, reason));
     }
 }

@@ -53,8 +53,11 @@ pub struct NodeConfig {
     pub binaries: BinaryCache,
     /// How long connection attempts wait.
     pub connect_timeout: Duration,
-    /// Heartbeats go out at a fifth of this.
+    /// Heartbeats go out at a fifth of this; connections to other nodes are dropped
+    /// after this much silence.
     pub node_timeout: Duration,
+    /// How long this node (and its workers) wait for a silent head.
+    pub head_reconnect_timeout: Duration,
 }
 
 /// Why a node could not join.
@@ -80,6 +83,8 @@ struct NodeInner {
     peers: PeerConnections,
     /// Binaries known to be in the cache (saves a stat per task).
     known_binaries: DashMap<BinaryHash, PathBuf>,
+    /// The binary of each job that ran here, pinned in the cache until the job ends.
+    job_binaries: DashMap<crate::ids::JobId, BinaryHash>,
     binary_fetch: tokio::sync::Mutex<()>,
     /// Actors living in this node's workers.
     actors: DashMap<ActorId, LocalActor>,
@@ -101,6 +106,9 @@ struct Lease {
 /// of the work. Longer ones would only make the follower wait. The same bound as
 /// the head's deepest `dispatch_factor`.
 const FOLLOW_BELOW_MICROS: u64 = 2_000;
+
+/// How often a node marks its live jobs' binaries as used (see `BinaryCache::touch`).
+const BINARY_TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// An actor call sent to its worker (or refused before), waiting to be reported.
 struct SentCall {
@@ -167,6 +175,13 @@ impl RunningNode {
         self.inner.pool.kill_all();
     }
 
+    /// Ends this incarnation of the node: kills its workers and drops its objects and
+    /// their files (before it joins again as a new node, or exits).
+    pub fn close(&self) {
+        self.inner.pool.kill_all();
+        self.inner.store.close();
+    }
+
     /// The node's object store (a driver in the same process reads and writes it
     /// directly, as Ray's drivers use their node's plasma store).
     pub fn store(&self) -> Arc<ObjectStore> {
@@ -196,7 +211,9 @@ pub async fn start_node(
         resources: cfg.resources.clone(),
         hostname: crate::session::hostname(),
         pid: std::process::id(),
+        worker_key: rand::random(),
     };
+    let worker_key = reg.worker_key;
     let hello = Hello {
         role: PeerRole::Node(reg),
         software_version: env!("CARGO_PKG_VERSION").into(),
@@ -217,10 +234,15 @@ pub async fn start_node(
         node_address: cfg.address,
         log_dir: cfg.log_dir.clone(),
         shm_dir: store.shm_dir().map(|d| d.to_path_buf()),
+        head_reconnect_timeout: cfg.head_reconnect_timeout,
+        worker_key,
     };
     let pool = Arc::new(WorkerPool::new(env, req_tx));
     let cfg_resources = cfg.resources.clone();
-    let peers = PeerConnections::new(endpoint.clone(), cfg.connect_timeout);
+    let tls =
+        crate::transport::tls::ClusterTls::from_token(&cfg.token).map_err(ConnectError::from)?;
+    let peer_client = crate::transport::client_config(&tls, cfg.node_timeout, cfg.address)?;
+    let peers = PeerConnections::new(endpoint.clone(), peer_client, cfg.connect_timeout);
     let inner = Arc::new(NodeInner {
         cfg,
         store,
@@ -230,6 +252,7 @@ pub async fn start_node(
         queue: task_queue::LocalTaskQueue::new(cfg_resources),
         peers,
         known_binaries: DashMap::new(),
+        job_binaries: DashMap::new(),
         binary_fetch: tokio::sync::Mutex::new(()),
         actors: DashMap::new(),
         avg_run_micros: std::sync::atomic::AtomicU64::new(0),
@@ -240,8 +263,15 @@ pub async fn start_node(
     let hb = inner.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(hb.cfg.node_timeout / 5);
+        let mut last_touch = std::time::Instant::now();
         loop {
             interval.tick().await;
+            // Binaries of live jobs look recently used to every process of this
+            // machine that shares the cache, so none of them evicts one.
+            if last_touch.elapsed() > BINARY_TOUCH_EVERY {
+                last_touch = std::time::Instant::now();
+                hb.cfg.binaries.touch_pinned();
+            }
             let load = NodeLoad {
                 store_objects: hb.store.len() as u64,
                 store_bytes: hb.store.bytes(),
@@ -311,6 +341,15 @@ pub async fn start_node(
                 Ok(Some(FromHead::JobEnded(job))) => {
                     node.queue.drop_job(job);
                     node.pool.kill_job(job);
+                    if let Some((_, hash)) = node.job_binaries.remove(&job) {
+                        node.cfg.binaries.unpin(&hash);
+                        if !node.cfg.binaries.is_pinned(&hash) {
+                            node.known_binaries.remove(&hash);
+                        }
+                    }
+                }
+                Ok(Some(FromHead::NodeDead(reason))) => {
+                    break format!("the head declared this node dead ({reason})")
                 }
                 Ok(Some(other)) => tracing::debug!("ignoring {other:?}"),
                 Ok(None) => break "the head closed the connection".to_string(),
@@ -466,7 +505,13 @@ impl NodeInner {
         lease: &mut Option<Arc<Lease>>,
     ) -> (TaskOutcome, bool) {
         let binary = match self.binary(&a.binary).await {
-            Ok(path) => path,
+            Ok(path) => {
+                if let dashmap::Entry::Vacant(e) = self.job_binaries.entry(a.spec.job) {
+                    self.cfg.binaries.pin(&a.binary);
+                    e.insert(a.binary.clone());
+                }
+                path
+            }
             Err(e) => {
                 self.give_back(follower);
                 let reason = format!("cannot get the job's binary: {e}");
@@ -752,20 +797,31 @@ impl NodeInner {
         if let Some(path) = self.known_binaries.get(hash) {
             return Ok(path.clone());
         }
-        let path = self.cfg.binaries.path(hash)?;
-        if path.is_file() {
-            self.known_binaries.insert(hash.clone(), path.clone());
-            return Ok(path);
-        }
-        // One fetch at a time: the second waiter then finds the file.
+        // One look-up or fetch at a time: the second waiter then finds it known.
         let _guard = self.binary_fetch.lock().await;
-        if path.is_file() {
+        if let Some(path) = self.known_binaries.get(hash) {
+            return Ok(path.clone());
+        }
+        let path = self.cfg.binaries.path(hash)?;
+        // A file already there is executed only once it hashes to its name: the
+        // cache is private to this user (see `session::ensure_private_dir`), and this
+        // check, once per process and binary, catches anything put there before.
+        // A file already there runs only once it hashed to its name in this process
+        // (see `BinaryCache::contains`): the cache is private to this user, and the
+        // check catches anything put there before.
+        let cache = self.cfg.binaries.clone();
+        let wanted = hash.clone();
+        let cached = tokio::task::spawn_blocking(move || cache.contains(&wanted))
+            .await
+            .map_err(|e| TransferError::Stream(e.to_string()))?;
+        if cached {
+            self.known_binaries.insert(hash.clone(), path.clone());
             return Ok(path);
         }
         tracing::info!(%hash, "fetching a job binary from the head");
         let Some(conn) = &self.head_conn else {
             return Err(TransferError::Stream(format!(
-                "binary {hash} is not in the head's cache {}",
+                "binary {hash} is not in the head's cache {} (or failed its check)",
                 path.display()
             )));
         };

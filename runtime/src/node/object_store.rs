@@ -403,7 +403,11 @@ impl ObjectStore {
             .ok_or_else(|| "this store has no spill directory".to_string())?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(id.to_string());
-        std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Err(e) = std::fs::write(&path, value) {
+            // Cut short (ENOSPC, say): a partial file is of no use to anyone.
+            let _ = std::fs::remove_file(&path);
+            return Err(format!("{}: {e}", path.display()));
+        }
         Ok(path)
     }
 
@@ -559,14 +563,25 @@ fn remove_file(path: Option<&Path>) {
     }
 }
 
-impl Drop for ObjectStore {
-    fn drop(&mut self) {
+impl ObjectStore {
+    /// Drops every value and removes the store's directories (shared memory and
+    /// spill): the node's incarnation ended (it rejoins as a new node, or exits).
+    /// Views already handed out stay valid (their files are unlinked, not unmapped).
+    pub fn close(&self) {
+        let old = std::mem::take(&mut *self.lock());
+        drop(old);
         for dir in [&self.config.spill_dir, &self.config.shm_dir]
             .into_iter()
             .flatten()
         {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -588,6 +603,36 @@ mod tests {
 
     fn files(d: &std::path::Path) -> usize {
         std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_spill_cut_short_by_a_full_disk_leaves_no_file() {
+        // A 64 KiB tmpfs as the spill directory (needs root; skipped without).
+        let d = dir("full");
+        std::fs::create_dir_all(&d).expect("dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&d)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+            return;
+        }
+        let store = ObjectStore::new(StoreConfig {
+            capacity: 1000,
+            spill_dir: Some(d.join("spill")),
+            shm_dir: None,
+        });
+        let err = store.insert(ObjectId::random(), value(1 << 20, 1));
+        assert!(err.is_err(), "a 1 MiB value cannot spill to 64 KiB");
+        assert_eq!(
+            files(&d.join("spill")),
+            0,
+            "the partial spill file was removed"
+        );
+        let _ = std::process::Command::new("umount").arg(&d).status();
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -199,13 +199,13 @@ impl LocalTaskQueue {
             lent,
             ..
         } = s;
-        if let Some(held) = running.get_mut(&task) {
-            if !lent.contains_key(&task) {
-                let cpu = ResourceSet::new().with(CPU, held.get(CPU));
-                held.subtract(&cpu);
-                used.subtract(&cpu);
-                lent.insert(task, cpu);
-            }
+        if let (Some(held), std::collections::hash_map::Entry::Vacant(slot)) =
+            (running.get_mut(&task), lent.entry(task))
+        {
+            let cpu = ResourceSet::new().with(CPU, held.get(CPU));
+            held.subtract(&cpu);
+            used.subtract(&cpu);
+            slot.insert(cpu);
         }
     }
 

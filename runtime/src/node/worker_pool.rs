@@ -41,6 +41,10 @@ pub struct WorkerEnv {
     pub log_dir: PathBuf,
     /// The node's shared-memory directory, for handing over large values.
     pub shm_dir: Option<PathBuf>,
+    /// How long the worker waits for a silent head (the node's own setting).
+    pub head_reconnect_timeout: Duration,
+    /// The node's secret for [`crate::protocol::worker_proof`].
+    pub worker_key: [u8; 32],
 }
 
 /// A request from a worker that the node must serve.
@@ -389,7 +393,15 @@ impl WorkerPool {
             .env("RAYISH_TOKEN", &self.env.token)
             .env("RAYISH_NODE_ID", self.env.node.0.to_string())
             .env("RAYISH_JOB_ID", job.0.to_string())
+            .env(
+                "RAYISH_WORKER_PROOF",
+                hex(&crate::protocol::worker_proof(&self.env.worker_key, job)),
+            )
             .env("RAYISH_NODE_ADDRESS", self.env.node_address.to_string())
+            .env(
+                crate::transport::HEAD_RECONNECT_TIMEOUT_ENV,
+                self.env.head_reconnect_timeout.as_secs_f64().to_string(),
+            )
             .env(
                 "RAYISH_SHM_DIR",
                 self.env.shm_dir.as_deref().unwrap_or(Path::new("")),
@@ -457,6 +469,7 @@ impl WorkerPool {
         let pool = self.clone();
         let w = worker.clone();
         tokio::spawn(async move {
+            let log_base = log_base;
             let reason = loop {
                 match reader.next().await {
                     Ok(Some(FromWorker::Finished { task_id, result })) => {
@@ -518,6 +531,14 @@ impl WorkerPool {
                     "closed its socket and was killed".to_string()
                 }
             };
+            // A worker that printed nothing leaves no files behind (a recursive job
+            // starts hundreds of workers).
+            for ext in ["out", "err"] {
+                let path = log_base.with_extension(ext);
+                if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
             let reason = match reason {
                 Some(r) => format!("{r}; worker pid {} {status}", w.pid),
                 None => format!("worker pid {} {status}", w.pid),
@@ -612,4 +633,8 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
     } else {
         format!("exited with code {}", status.code().unwrap_or(-1))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -39,8 +39,35 @@ pub enum ConnectError {
     },
 }
 
+/// How long a process waits for a silent head by default before it counts it lost:
+/// Ray's `gcs_rpc_server_reconnect_timeout_s`. A head that stalls (a VM pause, a
+/// SIGSTOP) for less than this loses no connection.
+pub const HEAD_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The environment variable (seconds) that overrides [`HEAD_RECONNECT_TIMEOUT`] for
+/// drivers and workers; a node sets it for its workers from `--head-reconnect-timeout`.
+pub const HEAD_RECONNECT_TIMEOUT_ENV: &str = "RAYISH_HEAD_RECONNECT_TIMEOUT";
+
+/// How long this process waits for a silent head: `$RAYISH_HEAD_RECONNECT_TIMEOUT`
+/// seconds (fractions allowed), else [`HEAD_RECONNECT_TIMEOUT`].
+pub fn head_reconnect_timeout_from_env() -> Duration {
+    std::env::var(HEAD_RECONNECT_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| Duration::from_secs_f64(s.clamp(0.5, 86_400.0)))
+        .unwrap_or(HEAD_RECONNECT_TIMEOUT)
+}
+
+/// How long a connection between two peers (an object pull, a binary fetch) may be
+/// silent before it is dropped, when the caller has no node timeout of its own.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Creates an endpoint bound to `bind` that both accepts and opens connections.
 /// `idle_timeout` is how long a silent peer is kept; keep-alives go out at a fifth of it.
+/// A connection's idle timeout is the smaller of its two ends' (QUIC), so control
+/// connections to the head get the long one of the head's endpoint, and connections
+/// between peers ([`PeerConnections`]) the short one they ask for.
 pub fn make_endpoint(
     bind: SocketAddr,
     tls: &ClusterTls,
@@ -53,21 +80,50 @@ pub fn make_endpoint(
             message: e.to_string(),
         })?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server.transport_config(transport.clone());
+    server.transport_config(transport);
     let mut endpoint = Endpoint::server(server, bind).map_err(|e| ConnectError::Other {
         addr: bind,
         message: format!("cannot bind UDP {bind}: {e}"),
     })?;
+    endpoint.set_default_client_config(client_config(tls, idle_timeout, bind)?);
+    Ok(endpoint)
+}
+
+/// Creates an endpoint bound to `bind` that only opens connections (a driver's or a
+/// worker's: they serve nothing, so they accept nothing).
+pub fn make_client_endpoint(
+    bind: SocketAddr,
+    tls: &ClusterTls,
+    idle_timeout: Duration,
+) -> Result<Endpoint, ConnectError> {
+    let mut endpoint = Endpoint::client(bind).map_err(|e| ConnectError::Other {
+        addr: bind,
+        message: format!("cannot bind UDP {bind}: {e}"),
+    })?;
+    endpoint.set_default_client_config(client_config(tls, idle_timeout, bind)?);
+    Ok(endpoint)
+}
+
+/// A client configuration whose connections are dropped after `idle_timeout` of
+/// silence (for [`PeerConnections`]: a dead holder of an object must not stall a pull
+/// for as long as a paused head is waited for).
+pub fn client_config(
+    tls: &ClusterTls,
+    idle_timeout: Duration,
+    bind: SocketAddr,
+) -> Result<quinn::ClientConfig, ConnectError> {
     let client_crypto =
         QuicClientConfig::try_from(tls.client.clone()).map_err(|e| ConnectError::Other {
             addr: bind,
             message: e.to_string(),
         })?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport);
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    client.transport_config(transport_config(idle_timeout));
+    Ok(client)
 }
+
+/// Streams a peer may have open at once on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
@@ -75,7 +131,11 @@ fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
         .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(5_000)));
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(Some(idle_timeout / 5));
-    t.max_concurrent_bidi_streams(4096u32.into());
+    // quinn keeps state for every stream a peer may open at once: 4096 of them cost
+    // ~500 KiB per connection (1,600 status clients held 430 MB of the head). 256 is
+    // ~80 KiB, and more concurrent transfers than that on one connection just wait
+    // for a stream.
+    t.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
     // Large objects move in chunks; give each stream and connection room for several.
     t.stream_receive_window((16u32 << 20).into());
     t.receive_window((64u32 << 20).into());
@@ -96,12 +156,24 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<quinn::Connection, ConnectError> {
-    let connecting = endpoint
-        .connect(addr, SERVER_NAME)
-        .map_err(|e| ConnectError::Other {
-            addr,
-            message: e.to_string(),
-        })?;
+    connect_with(endpoint, None, addr, timeout).await
+}
+
+/// [`connect`] with `config` instead of the endpoint's default client configuration.
+async fn connect_with(
+    endpoint: &Endpoint,
+    config: Option<&quinn::ClientConfig>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<quinn::Connection, ConnectError> {
+    let connecting = match config {
+        Some(config) => endpoint.connect_with(config.clone(), addr, SERVER_NAME),
+        None => endpoint.connect(addr, SERVER_NAME),
+    }
+    .map_err(|e| ConnectError::Other {
+        addr,
+        message: e.to_string(),
+    })?;
     let started = std::time::Instant::now();
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(ConnectError::Unreachable { addr, timeout }),
@@ -150,15 +222,18 @@ pub fn describe_incoming_failure(e: &quinn::ConnectionError) -> String {
 /// Connections this process has opened to other nodes, reused while they live.
 pub struct PeerConnections {
     endpoint: Endpoint,
+    client: quinn::ClientConfig,
     timeout: Duration,
     open: dashmap::DashMap<SocketAddr, quinn::Connection>,
 }
 
 impl PeerConnections {
-    /// Connections made from `endpoint`, each attempt waiting at most `timeout`.
-    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+    /// Connections made from `endpoint` with `client` (see [`client_config`]), each
+    /// attempt waiting at most `timeout`.
+    pub fn new(endpoint: Endpoint, client: quinn::ClientConfig, timeout: Duration) -> Self {
         Self {
             endpoint,
+            client,
             timeout,
             open: dashmap::DashMap::new(),
         }
@@ -171,7 +246,7 @@ impl PeerConnections {
                 return Ok(c);
             }
         }
-        let c = connect(&self.endpoint, addr, self.timeout).await?;
+        let c = connect_with(&self.endpoint, Some(&self.client), addr, self.timeout).await?;
         self.open.insert(addr, c.clone());
         Ok(c)
     }

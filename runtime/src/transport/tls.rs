@@ -95,7 +95,81 @@ impl ClusterTls {
     }
 }
 
-/// A fresh random cluster token (32 hex digits).
+/// A fresh random cluster token: 256 bits as 64 hex digits.
 pub fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The least a given token must carry, in bits.
+pub const MIN_TOKEN_BITS: f64 = 128.0;
+
+/// A token too weak to protect a cluster.
+#[derive(Debug, Error)]
+#[error("the cluster token carries at most ~{bits:.0} bits (fewer than {MIN_TOKEN_BITS}): it could be guessed")]
+pub struct WeakToken {
+    /// The estimate.
+    pub bits: f64,
+}
+
+/// An upper estimate of the bits a token carries: its length times the bits of the
+/// smallest alphabet among hex digits, letters and digits, base64 and printable ASCII
+/// that holds all its characters, and no more than its distinct characters allow
+/// (under 8 distinct characters: `aaaa…` is weak however long). Refuses below [`MIN_TOKEN_BITS`].
+pub fn check_token_strength(token: &str) -> Result<(), WeakToken> {
+    let chars: Vec<char> = token.chars().collect();
+    let alphabet = if chars.iter().all(|c| c.is_ascii_hexdigit()) {
+        16.0
+    } else if chars.iter().all(|c| c.is_ascii_alphanumeric()) {
+        62.0
+    } else if chars
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_' | '='))
+    {
+        64.0
+    } else {
+        95.0_f64
+    };
+    let distinct = chars
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        .max(1) as f64;
+    // Few distinct characters betray a made-up token, not a random one.
+    let per_char = if distinct < 8.0 {
+        f64::log2(alphabet).min(f64::log2(distinct))
+    } else {
+        f64::log2(alphabet)
+    };
+    let bits = chars.len() as f64 * per_char;
+    if bits + 1e-9 < MIN_TOKEN_BITS {
+        return Err(WeakToken { bits });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_are_strong_and_short_ones_are_refused() {
+        for _ in 0..100 {
+            check_token_strength(&new_token()).unwrap();
+        }
+        assert_eq!(new_token().len(), 64);
+        for weak in [
+            "a",
+            "secret",
+            "0123456789abcdef",
+            &"a".repeat(200),
+            "password1234",
+        ] {
+            assert!(check_token_strength(weak).is_err(), "{weak:?}");
+        }
+        // 32 random hex digits: exactly 128 bits.
+        check_token_strength("9f86d081884c7d659a2feaa0c55ad015").unwrap();
+        // 22 base64 characters carry 132 bits.
+        check_token_strength("q2Zx8V+u7/Lr0pYtKc3mWd").unwrap();
+    }
 }

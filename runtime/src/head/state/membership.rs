@@ -57,9 +57,19 @@ impl HeadState {
                 job = Some(id);
                 PeerKind::Driver(id)
             }
-            PeerRole::Worker { job, .. } => {
+            PeerRole::Worker { node, job, proof } => {
                 if !self.jobs.get(&job).is_some_and(|j| j.alive) {
                     return Welcome::Rejected(format!("job {job} has ended"));
+                }
+                // Only a process its (live) node started for this job knows the proof:
+                // holding the token is not enough to act as another job's worker.
+                let genuine = self.nodes.get(&node).is_some_and(|n| {
+                    n.alive && crate::protocol::worker_proof(&n.reg.worker_key, job) == proof
+                });
+                if !genuine {
+                    return Welcome::Rejected(format!(
+                        "not a worker that node {node} started for job {job}"
+                    ));
                 }
                 PeerKind::Worker { job }
             }
@@ -97,20 +107,46 @@ impl HeadState {
 
     pub(super) fn check_heartbeats(&mut self) {
         let now = Instant::now();
+        // Ticks come every tenth of the node timeout. A much longer gap means this
+        // process was stalled (SIGSTOP, a VM pause, swapping), not the nodes: their
+        // heartbeats are waiting unread. Give every node a full timeout from now
+        // rather than declare them all dead for the head's own silence.
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap > self.settings.node_timeout / 2 {
+            tracing::warn!(
+                "the head was stalled for {gap:?}; every node gets a new {:?} to be heard from",
+                self.settings.node_timeout
+            );
+            for node in self.nodes.values_mut().filter(|n| n.alive) {
+                node.last_heartbeat = node.last_heartbeat.max(now);
+            }
+        }
         let (due, later): (Vec<_>, Vec<_>) = self.delayed.drain(..).partition(|(at, _)| *at <= now);
         self.delayed = later;
         for (_, task_id) in due {
             self.requeue(task_id);
         }
         let timeout = self.settings.node_timeout;
-        let silent: Vec<NodeId> = self
+        // The head's own node runs in this process: if the head runs, so does it.
+        let head_node = self.settings.head_node;
+        let silent: Vec<(NodeId, PeerId)> = self
             .nodes
             .values()
-            .filter(|n| n.alive && n.last_heartbeat.elapsed() > timeout)
-            .map(|n| n.reg.node_id)
+            .filter(|n| {
+                n.alive
+                    && n.reg.node_id != head_node
+                    && now.saturating_duration_since(n.last_heartbeat) > timeout
+            })
+            .map(|n| (n.reg.node_id, n.peer))
             .collect();
-        for node in silent {
-            self.node_died(node, &format!("no heartbeat for {timeout:?}"));
+        for (node, peer) in silent {
+            let reason = format!("no heartbeat for {timeout:?}");
+            self.node_died(node, &reason);
+            // If it was only paused, it must not go on as if nothing happened: tell
+            // it, and drop its stream, so it joins again as a new node.
+            self.send(peer, FromHead::NodeDead(reason.clone()));
+            self.disconnect(peer, &reason);
         }
         self.schedule();
     }
@@ -124,6 +160,20 @@ impl HeadState {
         }
         node.alive = false;
         node.used = ResourceSet::new();
+        // Dead nodes stay listed for `rayish status`, the newest MAX_DEAD_NODES only
+        // (Ray's maximum_gcs_dead_node_cached_count): a node that rejoins after each
+        // pause must not grow the table forever.
+        self.dead_nodes.push_back(node_id);
+        while self.dead_nodes.len() > MAX_DEAD_NODES {
+            if let Some(old) = self.dead_nodes.pop_front() {
+                if self.nodes.get(&old).is_some_and(|n| !n.alive) {
+                    self.nodes.remove(&old);
+                }
+            }
+        }
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
         let running: Vec<TaskId> = node.running.drain().collect();
         tracing::warn!(node = ?node_id, address = %node.reg.address, running = running.len(), "node died: {reason}");
         // Actors first: calls that were running there are then retried into a

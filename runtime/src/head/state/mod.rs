@@ -167,7 +167,14 @@ pub struct HeadState {
     actors: actors::ActorTable,
     /// The autoscaler's last report, for `rayish status`.
     autoscaler: Option<AutoscalerReport>,
+    /// When heartbeats were last checked (to tell the head's own stalls apart).
+    last_tick: Instant,
+    /// Dead nodes still listed, oldest first (at most [`MAX_DEAD_NODES`]).
+    dead_nodes: std::collections::VecDeque<NodeId>,
 }
+
+/// Dead nodes the head keeps listing (Ray's `maximum_gcs_dead_node_cached_count`).
+const MAX_DEAD_NODES: usize = 1000;
 
 impl HeadState {
     /// Empty tables.
@@ -186,6 +193,8 @@ impl HeadState {
             delayed: Vec::new(),
             actors: actors::ActorTable::default(),
             autoscaler: None,
+            last_tick: Instant::now(),
+            dead_nodes: std::collections::VecDeque::new(),
         }
     }
 
@@ -248,6 +257,32 @@ impl HeadState {
         }
     }
 
+    /// Whether `peer` (a driver or worker) may store the object `msg` puts: objects
+    /// are written once, by a process of a job.
+    fn may_put(&self, peer: PeerId, msg: &ToHead) -> bool {
+        let (ToHead::PutInline { id, .. } | ToHead::PutStored { id, .. }) = msg else {
+            return false;
+        };
+        if self.peer_job(peer).is_none() {
+            tracing::warn!(
+                ?peer,
+                "a put from a peer that is not a driver or worker; ignored"
+            );
+            return false;
+        }
+        if self.objects.get(id).is_some_and(|e| e.is_ready()) {
+            tracing::warn!(?peer, object = ?id, "a put of an object that already has a value; ignored");
+            return false;
+        }
+        true
+    }
+
+    /// Whether `task` belongs to `peer`'s job (a worker reports its own task's blocks).
+    fn runs_for_peer(&self, peer: PeerId, task: TaskId) -> bool {
+        let job = self.peer_job(peer);
+        job.is_some() && self.tasks.get(&task).map(|t| t.spec.job) == job
+    }
+
     fn message(&mut self, peer: PeerId, msg: ToHead) {
         let mut freed = Freed::default();
         match msg {
@@ -267,6 +302,7 @@ impl HeadState {
                     self.submit(peer, spec);
                 }
             }
+            ToHead::PutInline { .. } | ToHead::PutStored { .. } if !self.may_put(peer, &msg) => {}
             ToHead::PutInline { id, value } => {
                 self.objects
                     .create(id, ObjectValue::Inline(value), Some(peer));
@@ -295,6 +331,15 @@ impl HeadState {
                 for id in ids {
                     self.subscribe(peer, id);
                 }
+            }
+            ToHead::TaskBlocked(task) | ToHead::TaskUnblocked(task)
+                if !self.runs_for_peer(peer, task) =>
+            {
+                tracing::warn!(
+                    ?peer,
+                    ?task,
+                    "block report about a task of another job; ignored"
+                );
             }
             ToHead::TaskBlocked(task) => self.set_blocked(task, true),
             ToHead::TaskUnblocked(task) => self.set_blocked(task, false),
