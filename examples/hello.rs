@@ -1,7 +1,7 @@
 //! rayish's hello world: tasks, put/get/wait and nested tasks.
 //!
 //! Local mode (a cluster inside this process):  cargo run --release --example hello
-//! Against a started cluster:                  cargo run --release --example hello -- --address HEAD:PORT --token TOKEN
+//! Against a started cluster:                  RAYISH_TOKEN=TOKEN cargo run --release --example hello -- --address HEAD:PORT
 
 use clap::Parser;
 use std::time::Duration;

@@ -84,3 +84,149 @@ fn bad_frames_are_rejected_and_the_head_keeps_serving() {
         );
     }
 }
+
+/// Opens a control stream to the head as `role`.
+async fn join_as(
+    endpoint: &rayish::transport::Endpoint,
+    head: std::net::SocketAddr,
+    role: rayish::protocol::PeerRole,
+) -> Result<rayish::transport::ControlStream, rayish::transport::HandshakeError> {
+    let conn = connect(endpoint, head, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let hello = rayish::protocol::Hello {
+        role,
+        software_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    rayish::transport::open_control(&conn, hello).await
+}
+
+#[test]
+fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
+    use rayish::ids::{JobId, TaskId};
+    use rayish::protocol::{FromHead, PeerRole, TaskKind, TaskOutcome, TaskSpec, ToHead, Welcome};
+    use rayish::ObjectId;
+    let cluster = TestCluster::start(1, 1, 5000);
+    let head: std::net::SocketAddr = cluster.address.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tls = ClusterTls::from_token(&cluster.token).unwrap();
+        let endpoint = rayish::transport::make_client_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        // A driver: a live job of its own.
+        let binary = rayish::binaries::hash_file(&rayish_suite::example_bin("hello")).unwrap();
+        let mut driver = join_as(
+            &endpoint,
+            head,
+            PeerRole::Driver {
+                binary,
+                name: "intruder".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let Welcome::Accepted {
+            job: Some(job),
+            head_node,
+            ..
+        } = driver.welcome.clone()
+        else {
+            panic!("no job: {:?}", driver.welcome);
+        };
+        // A worker of that job the node never started: refused.
+        let fake = join_as(
+            &endpoint,
+            head,
+            PeerRole::Worker {
+                node: head_node,
+                job,
+                proof: [7; 32],
+            },
+        )
+        .await;
+        let err = fake
+            .err()
+            .expect("a worker with a made-up proof was accepted");
+        assert!(err.to_string().contains("not a worker"), "{err}");
+
+        // A task for another job, a node's report from a driver, a block report
+        // about someone else's task, a put of a client: all ignored.
+        let spec = TaskSpec {
+            task_id: TaskId(42),
+            job: JobId(12345),
+            function: "nothing".into(),
+            args: vec![],
+            nested_refs: vec![],
+            return_id: ObjectId(43),
+            resources: rayish::resources::ResourceSet::new(),
+            max_retries: 0,
+            kind: TaskKind::Function,
+        };
+        driver.sender.send(ToHead::SubmitTasks(vec![spec]));
+        driver.sender.send(ToHead::TaskFinished {
+            task_id: TaskId(42),
+            attempt: 0,
+            outcome: TaskOutcome::WorkerDied("forged".into()),
+            run_micros: 1,
+        });
+        driver.sender.send(ToHead::TaskBlocked(TaskId(42)));
+        driver.sender.send(ToHead::ObjectCopied(ObjectId(43)));
+        let mut client = join_as(&endpoint, head, PeerRole::Client).await.unwrap();
+        client.sender.send(ToHead::PutInline {
+            id: ObjectId(44),
+            value: vec![1, 2, 3],
+        });
+        client.sender.send(ToHead::SubmitTasks(vec![]));
+        client.sender.send(ToHead::ActorDied {
+            actor: rayish::ActorId(5),
+            reason: "forged".into(),
+        });
+        client.sender.send(ToHead::Sync(9));
+        // Both are still served, in order.
+        driver.sender.send(ToHead::Sync(1));
+        loop {
+            match driver.reader.next().await.unwrap() {
+                Some(FromHead::Synced(1)) => break,
+                Some(_) => continue,
+                None => panic!("the head dropped the driver"),
+            }
+        }
+        loop {
+            match client.reader.next().await.unwrap() {
+                Some(FromHead::Synced(9)) => break,
+                Some(_) => continue,
+                None => panic!("the head dropped the client"),
+            }
+        }
+        let status_after = {
+            client.sender.send(ToHead::StatusRequest);
+            loop {
+                match client.reader.next().await.unwrap() {
+                    Some(FromHead::Status(s)) => break s,
+                    Some(_) => continue,
+                    None => panic!("no status"),
+                }
+            }
+        };
+        assert_eq!(status_after.pending_tasks, 0, "the foreign task was queued");
+    });
+    // Everyone else is served as before.
+    assert_eq!(cluster.scenario(["many", "--n", "200"])["wrong"], 0);
+    assert_eq!(cluster.alive_nodes(), 2);
+    let logs = rayish_suite::read_logs(cluster.root());
+    for expected in [
+        "not a worker that node",
+        "task for another job",
+        "block report about a task of another job",
+        "not a driver or worker",
+    ] {
+        assert!(logs.contains(expected), "no {expected:?} in the logs");
+    }
+}

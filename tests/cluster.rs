@@ -1,7 +1,7 @@
 //! End-to-end tests on a real cluster: separate `rayish` node processes on distinct
 //! loopback addresses, driven by the example drivers.
 
-use rayish_suite::{finish_scenario, result_of, TestCluster};
+use rayish_suite::{finish_scenario, proc_status_bytes, result_of, rss_bytes, TestCluster};
 use std::ffi::OsStr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -247,14 +247,8 @@ fn a_node_killed_mid_job_does_not_lose_the_job() {
 fn a_wrong_token_is_refused_on_both_sides() {
     let cluster = TestCluster::start(0, 1, 5000);
     let out = std::process::Command::new(rayish_suite::rayish_bin())
-        .args([
-            "start",
-            "--block",
-            "--address",
-            &cluster.address,
-            "--token",
-            "not-the-token",
-        ])
+        .args(["start", "--block", "--address", &cluster.address])
+        .env("RAYISH_TOKEN", rayish::transport::tls::new_token())
         .args(["--node-ip-address", "127.0.0.9", "--temp-dir"])
         .arg(cluster.root())
         .output()
@@ -381,7 +375,13 @@ fn objects_are_freed_everywhere_when_no_reference_remains() {
 #[test]
 fn get_on_a_dead_cluster_returns_an_error() {
     let mut cluster = TestCluster::start(1, 1, 2000);
-    let (driver, mut lines) = cluster.spawn_scenario(["head-dies"]);
+    // A dead head and a stalled one look the same: the driver waits for it as long
+    // as it is told to (60 s by default), here 3 s.
+    let (driver, mut lines) = cluster.spawn_driver_with(
+        "cluster_driver",
+        ["head-dies"],
+        &[("RAYISH_HEAD_RECONNECT_TIMEOUT", "3")],
+    );
     assert!(lines.by_ref().any(|l| l == "WAITING"));
     std::thread::sleep(Duration::from_millis(500));
     cluster.kill_node(0);
@@ -435,14 +435,26 @@ fn cli_start_status_stop_like_ray() {
         "{text}{}",
         String::from_utf8_lossy(&head.stderr)
     );
-    // The head prints the exact join command.
+    // The head prints the token and the exact join command, which takes the token
+    // from the environment (never on the command line).
+    let mut lines = text.lines();
+    lines
+        .by_ref()
+        .find(|l| l.starts_with("The cluster token"))
+        .expect("the token's heading");
+    let token = lines.next().expect("the token").trim().to_string();
     let join = text
         .lines()
-        .find(|l| l.trim_start().starts_with("rayish start --address"))
+        .find_map(|l| l.trim_start().strip_prefix("RAYISH_TOKEN=<token> rayish "))
         .expect("join command");
-    let mut words: Vec<&str> = join.split_whitespace().skip(1).collect();
+    let mut words: Vec<&str> = join.split_whitespace().collect();
     words.extend(["--node-ip-address", "127.0.0.3", "--num-cpus", "1"]);
-    let node = rayish(&words);
+    let node = std::process::Command::new(rayish_suite::rayish_bin())
+        .args(&words)
+        .env("RAYISH_TEMP_DIR", &root)
+        .env("RAYISH_TOKEN", &token)
+        .output()
+        .unwrap();
     assert!(
         node.status.success(),
         "{}",
@@ -595,23 +607,6 @@ fn a_store_smaller_than_the_data_spills_to_disk_and_reads_back_every_byte() {
 }
 
 /// A `/proc/<pid>/status` memory figure (`VmRSS`, `VmHWM`), in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let prefix = format!("{field}:");
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(prefix.as_str()))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    proc_status_bytes(pid, "VmRSS")
-}
-
 /// Files in the shared-memory directories of the node processes `pids`.
 fn shm_files(pids: &[u32]) -> usize {
     std::fs::read_dir("/dev/shm")

@@ -253,8 +253,6 @@ fn cluster_output_equals_local_mode() {
             &[
                 "--address",
                 &cluster.address,
-                "--token",
-                &cluster.token,
                 "--batch",
                 batch,
                 if per_stage {
@@ -263,7 +261,7 @@ fn cluster_output_equals_local_mode() {
                     "--window=16"
                 },
             ],
-            &[("RAYISH_TEMP_DIR", &root)],
+            &[("RAYISH_TEMP_DIR", &root), ("RAYISH_TOKEN", &cluster.token)],
         );
         assert_same_output(&local, &remote, 1e-9);
         assert_matches_reference(&remote.0, &remote.1, &reference_run(1), 1e-5);
@@ -566,13 +564,8 @@ fn a_node_killed_mid_job_loses_no_image() {
         .arg(&dir)
         .arg("--out")
         .arg(&out)
-        .args([
-            "--quiet",
-            "--address",
-            &cluster.address,
-            "--token",
-            &cluster.token,
-        ])
+        .args(["--quiet", "--address", &cluster.address])
+        .env("RAYISH_TOKEN", &cluster.token)
         .env("RAYISH_TEMP_DIR", &cluster.root)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -4,6 +4,8 @@
 //! temp root, so tests never see each other's files, and clusters are started one at a
 //! time (a process-wide lock) because the machine has two cores.
 
+pub mod fuzz;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -81,7 +83,7 @@ impl TestCluster {
         std::fs::create_dir_all(&root).expect("temp root");
         let port = free_port("127.0.0.2");
         let address = format!("127.0.0.2:{port}");
-        let token = format!("{:032x}", rand_u64() as u128 * 3 + 17);
+        let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
         let common = |cmd: &mut Command, ip: &str| {
             cmd.args([
                 "--block",
@@ -90,12 +92,9 @@ impl TestCluster {
                 "--num-cpus",
                 &cpus.to_string(),
             ])
-            .args([
-                "--token",
-                &token,
-                "--node-timeout-ms",
-                &node_timeout_ms.to_string(),
-            ])
+            // The token in the environment, as README says: never on a command line.
+            .env("RAYISH_TOKEN", &token)
+            .args(["--node-timeout-ms", &node_timeout_ms.to_string()])
             .arg("--temp-dir")
             .arg(&root)
             .args(extra)
@@ -129,14 +128,8 @@ impl TestCluster {
     /// Joins one more node on `ip` with extra `rayish start` arguments.
     pub fn join(&mut self, ip: &str, cpus: u32, extra: &[&str]) {
         let child = Command::new(rayish_bin())
-            .args([
-                "start",
-                "--block",
-                "--address",
-                &self.address,
-                "--token",
-                &self.token,
-            ])
+            .args(["start", "--block", "--address", &self.address])
+            .env("RAYISH_TOKEN", &self.token)
             .args(["--node-ip-address", ip, "--num-cpus", &cpus.to_string()])
             .args(extra)
             .arg("--temp-dir")
@@ -173,7 +166,8 @@ impl TestCluster {
     pub fn rayish(&self, args: &[&str]) -> Output {
         Command::new(rayish_bin())
             .args(args)
-            .args(["--address", &self.address, "--token", &self.token])
+            .args(["--address", &self.address])
+            .env("RAYISH_TOKEN", &self.token)
             .env("RAYISH_TEMP_DIR", &self.root)
             .output()
             .expect("run rayish")
@@ -241,9 +235,24 @@ impl TestCluster {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        self.spawn_driver_with(example, args, &[])
+    }
+
+    /// [`Self::spawn_driver`] with more environment variables.
+    pub fn spawn_driver_with<I, S>(
+        &self,
+        example: &str,
+        args: I,
+        env: &[(&str, &str)],
+    ) -> (Child, Box<dyn Iterator<Item = String>>)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut child = self
             .driver(example)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -374,6 +383,53 @@ pub fn read_logs(root: &Path) -> String {
         }
     }
     logs
+}
+
+/// A `/proc/<pid>/status` field given in kB, in bytes (0 if unreadable).
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let prefix = format!("{field}:");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS")
+}
+
+/// The pids `rayish stop` would act on under temp root `root`.
+pub fn read_registered_pids(root: &Path) -> Vec<u32> {
+    std::fs::read_dir(root.join("processes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+        .collect()
+}
+
+/// The pids whose parent is `pid` (a node's worker processes).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = &s[s.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// A random number from the OS.
