@@ -101,6 +101,23 @@ impl ObjectDirectory {
         self.objects.get_mut(id)
     }
 
+    /// A `put` of `id` by `holder`: as [`Self::create`], unless `id` already has a
+    /// value (objects are written once), which is left alone: `false`.
+    pub fn put_once(&mut self, id: ObjectId, value: ObjectValue, holder: PeerId) -> bool {
+        let entry = self
+            .objects
+            .entry(id)
+            .or_insert_with(|| ObjectEntry::new(ObjectValue::Pending));
+        if entry.is_ready() {
+            return false;
+        }
+        entry.value = value;
+        if self.held.entry(holder).or_default().insert(id) {
+            entry.count += 1;
+        }
+        true
+    }
+
     /// Creates `id` (if new) with `value`, held by `holder`.
     pub fn create(
         &mut self,

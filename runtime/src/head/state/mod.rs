@@ -257,24 +257,18 @@ impl HeadState {
         }
     }
 
-    /// Whether `peer` (a driver or worker) may store the object `msg` puts: objects
-    /// are written once, by a process of a job.
-    fn may_put(&self, peer: PeerId, msg: &ToHead) -> bool {
-        let (ToHead::PutInline { id, .. } | ToHead::PutStored { id, .. }) = msg else {
-            return false;
-        };
+    /// A `put` from `peer`: objects are made by processes of a job, and written once.
+    fn put(&mut self, peer: PeerId, id: ObjectId, value: ObjectValue) {
         if self.peer_job(peer).is_none() {
             tracing::warn!(
                 ?peer,
                 "a put from a peer that is not a driver or worker; ignored"
             );
-            return false;
-        }
-        if self.objects.get(id).is_some_and(|e| e.is_ready()) {
+        } else if self.objects.put_once(id, value, peer) {
+            self.object_ready(id);
+        } else {
             tracing::warn!(?peer, object = ?id, "a put of an object that already has a value; ignored");
-            return false;
         }
-        true
     }
 
     /// Whether `task` belongs to `peer`'s job (a worker reports its own task's blocks).
@@ -302,19 +296,13 @@ impl HeadState {
                     self.submit(peer, spec);
                 }
             }
-            ToHead::PutInline { .. } | ToHead::PutStored { .. } if !self.may_put(peer, &msg) => {}
-            ToHead::PutInline { id, value } => {
-                self.objects
-                    .create(id, ObjectValue::Inline(value), Some(peer));
-                self.object_ready(id);
-            }
+            ToHead::PutInline { id, value } => self.put(peer, id, ObjectValue::Inline(value)),
             ToHead::PutStored { id, node, size } => {
                 let value = ObjectValue::OnNodes {
                     nodes: HashSet::from_iter([node]),
                     size,
                 };
-                self.objects.create(id, value, Some(peer));
-                self.object_ready(id);
+                self.put(peer, id, value)
             }
             ToHead::Nest { outer, inner } => self.objects.nest(outer, inner),
             ToHead::AddRefs(ids) => {
