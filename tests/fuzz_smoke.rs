@@ -1,5 +1,5 @@
 //! A short run of every fuzz target (`tests/support/fuzz.rs`) in the normal suite:
-//! the saved corpus (`fuzz/corpus/<target>/`), every input that once crashed a target
+//! the seeds (`fuzz/seeds/<target>/`), every input that once crashed a target
 //! (`fuzz/regressions/<target>/`), and mutations of them from a fixed seed. The long,
 //! coverage-guided runs are `cargo fuzz` (see README, "Fuzzing").
 
@@ -58,10 +58,10 @@ impl Rng {
 }
 
 #[test]
-fn every_fuzz_target_survives_its_corpus_its_old_crashes_and_mutations() {
+fn every_fuzz_target_survives_its_seeds_its_old_crashes_and_mutations() {
     for (name, target) in TARGETS {
         let regressions = saved("regressions", name);
-        let mut seeds = saved("corpus", name);
+        let mut seeds = saved("seeds", name);
         seeds.extend(regressions.iter().cloned());
         seeds.push(Vec::new());
         for input in &seeds {
@@ -81,7 +81,7 @@ fn every_fuzz_target_survives_its_corpus_its_old_crashes_and_mutations() {
     }
 }
 
-/// Writes the seed corpus under `fuzz/corpus/` from real encodings (run once, by
+/// Writes the seed corpus under `fuzz/seeds/` from real encodings (run once, by
 /// hand: `cargo test --release --test fuzz_smoke -- --ignored`).
 #[test]
 #[ignore]
@@ -91,7 +91,7 @@ fn write_seed_corpus() {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")
-        .join("corpus");
+        .join("seeds");
     let write = |target: &str, name: &str, bytes: &[u8]| {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).expect("corpus dir");

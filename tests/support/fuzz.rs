@@ -1,8 +1,8 @@
 //! The fuzz targets' bodies: every decoder that reads bytes from outside the process.
 //! `fuzz/` runs them under libFuzzer (`cargo fuzz`); `tests/fuzz_smoke.rs` runs
-//! them on the saved corpus, every crash found so far, and a few thousand random
-//! inputs, in the normal test suite. Each must return, whatever the bytes: an `Err`
-//! is fine, a panic, a hang or an allocation out of proportion to the input is not.
+//! them on the seeds, every crash found so far, and thousands of mutations of them,
+//! in the normal test suite. Each must return, whatever the bytes: an `Err`
+//! is fine; a panic, a hang or an allocation out of proportion to the input is not.
 
 use rayish::protocol::{
     decode_payload, decode_value, read_frame_blocking, FromHead, FromWorker, StreamOpen, ToHead,
