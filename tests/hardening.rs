@@ -432,7 +432,8 @@ fn a_flood_of_refused_handshakes_and_junk_packets_barely_grows_the_log() {
 
 #[test]
 fn drivers_and_workers_bind_the_nodes_address_not_every_interface() {
-    // Finding 9: they bound UDP on 0.0.0.0 whatever --node-ip-address said.
+    // Finding 9: they bound UDP on 0.0.0.0 whatever --node-ip-address said. (And
+    // workers' environment holds the derived key, not the token.)
     let cluster = TestCluster::start(0, 1, 5000);
     let (mut driver, mut lines) = cluster.spawn_scenario(["head-dies"]);
     assert!(lines.by_ref().any(|l| l == "WAITING"));
@@ -444,6 +445,16 @@ fn drivers_and_workers_bind_the_nodes_address_not_every_interface() {
     let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
     let worker_pids: Vec<u32> = rayish_suite::children_of(cluster.nodes[0].id());
     assert!(!worker_pids.is_empty(), "no worker process found");
+    // Workers get the derived cluster key, never the token itself.
+    for pid in &worker_pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(environ.contains("RAYISH_CLUSTER_KEY="), "worker {pid}");
+        assert!(
+            !environ.contains(&cluster.token),
+            "worker {pid} holds the token"
+        );
+    }
     let mut checked = 0;
     for pid in worker_pids.iter().copied().chain([driver.id()]) {
         for line in ss.lines().filter(|l| l.contains(&format!("pid={pid},"))) {

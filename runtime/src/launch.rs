@@ -8,7 +8,7 @@ use crate::node::{start_node, NodeConfig, NodeError, ObjectStore, RunningNode, S
 use crate::resources::ResourceSet;
 use crate::server::{spawn_listener, Services};
 use crate::session::binary_cache_dir;
-use crate::transport::tls::ClusterTls;
+use crate::transport::tls::{ClusterKey, ClusterTls};
 use crate::transport::{make_endpoint, ConnectError, Endpoint};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -96,10 +96,12 @@ pub struct Launched {
     pub node_id: NodeId,
     /// The head, when this process runs it.
     pub head: Option<HeadHandle>,
+    /// The cluster key derived from the token.
+    pub cluster_key: ClusterKey,
 }
 
-fn endpoint(opts: &LaunchOptions) -> Result<(Endpoint, SocketAddr), LaunchError> {
-    let tls = ClusterTls::from_token(&opts.token)?;
+fn endpoint(opts: &LaunchOptions, key: &ClusterKey) -> Result<(Endpoint, SocketAddr), LaunchError> {
+    let tls = ClusterTls::from_key(key)?;
     let endpoint = make_endpoint(
         SocketAddr::new(opts.ip, opts.port),
         &tls,
@@ -114,6 +116,7 @@ fn endpoint(opts: &LaunchOptions) -> Result<(Endpoint, SocketAddr), LaunchError>
 
 fn node_config(
     opts: &LaunchOptions,
+    key: &ClusterKey,
     node_id: NodeId,
     head: SocketAddr,
     address: SocketAddr,
@@ -124,7 +127,7 @@ fn node_config(
         head,
         address,
         resources: opts.resources.clone(),
-        token: opts.token.clone(),
+        cluster_key: key.clone(),
         log_dir: opts.log_dir.clone(),
         binaries,
         connect_timeout: Duration::from_secs(10),
@@ -135,7 +138,8 @@ fn node_config(
 
 /// Starts a head process's services: the head and its own node.
 pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> {
-    let (endpoint, address) = endpoint(opts)?;
+    let key = ClusterKey::derive(&opts.token)?;
+    let (endpoint, address) = endpoint(opts, &key)?;
     let node_id = NodeId::random();
     let settings = HeadSettings {
         head_node: node_id,
@@ -154,7 +158,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         },
     );
     let node = start_node(
-        node_config(opts, node_id, address, address, binaries),
+        node_config(opts, &key, node_id, address, address, binaries),
         endpoint.clone(),
         store,
         Some(Arc::new(head.clone())),
@@ -166,12 +170,14 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         node,
         node_id,
         head: Some(head),
+        cluster_key: key,
     })
 }
 
 /// Starts a node process's services and joins the head at `head`.
 pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launched, LaunchError> {
-    let (endpoint, address) = endpoint(opts)?;
+    let key = ClusterKey::derive(&opts.token)?;
+    let (endpoint, address) = endpoint(opts, &key)?;
     let node_id = NodeId::random();
     let store = object_store(opts, node_id);
     spawn_listener(
@@ -184,6 +190,7 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
     let node = start_node(
         node_config(
             opts,
+            &key,
             node_id,
             head,
             address,
@@ -200,6 +207,7 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
         node,
         node_id,
         head: None,
+        cluster_key: key,
     })
 }
 

@@ -7,7 +7,7 @@ use crate::core_worker::{set_current_task, Connection, CoreWorker};
 use crate::ids::{JobId, NodeId};
 use crate::protocol::{FromWorker, Hello, PeerRole, RunKind, TaskError, Welcome};
 use crate::registry::{lookup, lookup_constructor, lookup_method, ActorInstance, InvokeError};
-use crate::transport::tls::ClusterTls;
+use crate::transport::tls::{ClusterKey, ClusterTls};
 use crate::transport::{connect, make_client_endpoint, open_control};
 use std::os::fd::FromRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -48,7 +48,7 @@ fn worker_main() -> Result<(), String> {
         .parse()
         .map_err(|e| format!("RAYISH_WORKER_FD: {e}"))?;
     let head = crate::launch::resolve(&env("RAYISH_HEAD_ADDRESS")?)?;
-    let token = env("RAYISH_TOKEN")?;
+
     let node = NodeId(
         env("RAYISH_NODE_ID")?
             .parse()
@@ -82,7 +82,8 @@ fn worker_main() -> Result<(), String> {
         .map(std::path::PathBuf::from);
     let link = NodeLink::new(std_stream, shm_dir).map_err(|e| format!("node socket: {e}"))?;
 
-    let tls = ClusterTls::from_token(&token).map_err(|e| e.to_string())?;
+    let key = ClusterKey::from_hex(&env("RAYISH_CLUSTER_KEY")?).map_err(|e| e.to_string())?;
+    let tls = ClusterTls::from_key(&key).map_err(|e| e.to_string())?;
     // The node's own address, as `--node-ip-address` gave it, not every interface.
     let node_ip = std::env::var("RAYISH_NODE_ADDRESS")
         .ok()

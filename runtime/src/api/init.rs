@@ -202,7 +202,12 @@ pub fn init(config: Config) -> Result<()> {
         }
     };
 
-    let tls = ClusterTls::from_token(&token).map_err(|e| Error::Init(e.to_string()))?;
+    // Derived once (Argon2id): a local cluster already did.
+    let tls = match &local {
+        Some(l) => ClusterTls::from_key(&l.cluster_key),
+        None => ClusterTls::from_token(&token),
+    }
+    .map_err(|e| Error::Init(e.to_string()))?;
     // The address this machine reaches the head from, not every interface.
     let bind = SocketAddr::new(
         crate::launch::route_ip(address).unwrap_or_else(|| address.ip()),

@@ -45,8 +45,8 @@ pub struct NodeConfig {
     pub address: SocketAddr,
     /// What it offers to tasks.
     pub resources: ResourceSet,
-    /// The cluster token (handed to workers).
-    pub token: String,
+    /// The cluster key derived from the token (handed to workers instead of it).
+    pub cluster_key: crate::transport::tls::ClusterKey,
     /// Where worker logs go.
     pub log_dir: PathBuf,
     /// Where job binaries are cached.
@@ -229,7 +229,7 @@ pub async fn start_node(
     let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel();
     let env = WorkerEnv {
         head: cfg.head,
-        token: cfg.token.clone(),
+        cluster_key: cfg.cluster_key.clone(),
         node: cfg.node_id,
         node_address: cfg.address,
         log_dir: cfg.log_dir.clone(),
@@ -239,8 +239,8 @@ pub async fn start_node(
     };
     let pool = Arc::new(WorkerPool::new(env, req_tx));
     let cfg_resources = cfg.resources.clone();
-    let tls =
-        crate::transport::tls::ClusterTls::from_token(&cfg.token).map_err(ConnectError::from)?;
+    let tls = crate::transport::tls::ClusterTls::from_key(&cfg.cluster_key)
+        .map_err(ConnectError::from)?;
     let peer_client = crate::transport::client_config(&tls, cfg.node_timeout, cfg.address)?;
     let peers = PeerConnections::new(endpoint.clone(), peer_client, cfg.connect_timeout);
     let inner = Arc::new(NodeInner {

@@ -31,8 +31,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct WorkerEnv {
     /// The head's address.
     pub head: std::net::SocketAddr,
-    /// The cluster token.
-    pub token: String,
+    /// The cluster key (what a worker needs of the token; the token itself stays
+    /// with the node).
+    pub cluster_key: crate::transport::tls::ClusterKey,
     /// The node starting it.
     pub node: NodeId,
     /// The node's address, for error messages.
@@ -390,7 +391,8 @@ impl WorkerPool {
         let mut cmd = tokio::process::Command::new(binary);
         cmd.env("RAYISH_WORKER_FD", WORKER_FD.to_string())
             .env("RAYISH_HEAD_ADDRESS", self.env.head.to_string())
-            .env("RAYISH_TOKEN", &self.env.token)
+            .env("RAYISH_CLUSTER_KEY", self.env.cluster_key.to_hex())
+            .env_remove("RAYISH_TOKEN")
             .env("RAYISH_NODE_ID", self.env.node.0.to_string())
             .env("RAYISH_JOB_ID", job.0.to_string())
             .env(

@@ -1,14 +1,20 @@
 //! TLS identities derived from the cluster token.
 //!
 //! Every process that knows the token derives the same certificate authority key from
-//! it (an Ed25519 seed = SHA-256 of the token), makes itself a fresh leaf certificate
-//! signed by that authority, and trusts only that authority. So both ends of every
-//! connection prove they know the token during the TLS handshake (mutual TLS), and a
-//! peer with another token is refused before it can send a single message.
+//! it ([`ClusterKey`]: an Ed25519 seed = Argon2id of the token), makes itself a fresh
+//! leaf certificate signed by that authority, and trusts only that authority. So both
+//! ends of every connection prove they know the token during the TLS handshake (mutual
+//! TLS), and a peer with another token is refused before it can send a single message.
+//!
+//! A captured handshake holds leaf certificates signed by the authority, so it lets an
+//! attacker test guesses of the token offline. Two things make that hopeless: a given
+//! token must carry ≥ 128 bits ([`check_token_strength`]), and each guess costs an
+//! Argon2id derivation (19 MiB, 2 passes: OWASP's minimum; ~30 ms here) instead of
+//! a SHA-256. Processes derive it once: a node hands its workers the derived key, not
+//! the token.
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, PKCS_ED25519};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -27,12 +33,61 @@ pub enum TlsError {
     /// The token is empty.
     #[error("the cluster token is empty")]
     EmptyToken,
+    /// The key derivation failed.
+    #[error("cluster key: {0}")]
+    Kdf(String),
 }
 
 /// DER prefix of a PKCS#8 v1 Ed25519 private key; the 32-byte seed follows.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
+
+/// The cluster authority's Ed25519 seed, derived from the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey([u8; 32]);
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+impl ClusterKey {
+    /// Derives the key from `token` (Argon2id, ~30 ms).
+    pub fn derive(token: &str) -> Result<Self, TlsError> {
+        use argon2::{Algorithm, Argon2, Params, Version};
+        if token.is_empty() {
+            return Err(TlsError::EmptyToken);
+        }
+        let params =
+            Params::new(19 * 1024, 2, 1, Some(32)).map_err(|e| TlsError::Kdf(e.to_string()))?;
+        let mut seed = [0u8; 32];
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into(token.as_bytes(), b"rayish cluster authority v2", &mut seed)
+            .map_err(|e| TlsError::Kdf(e.to_string()))?;
+        Ok(Self(seed))
+    }
+
+    /// The key as 64 hex digits (to hand to a worker in its environment).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The key from [`Self::to_hex`]'s form.
+    pub fn from_hex(text: &str) -> Result<Self, TlsError> {
+        let text = text.trim();
+        let bad = || TlsError::Kdf("a cluster key is 64 hex digits".into());
+        if text.len() != 64 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut seed = [0u8; 32];
+        for (i, byte) in seed.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(seed))
+    }
+}
 
 /// This process's TLS material for one cluster.
 pub struct ClusterTls {
@@ -45,16 +100,14 @@ pub struct ClusterTls {
 impl ClusterTls {
     /// Derives the cluster authority from `token` and makes a leaf for this process.
     pub fn from_token(token: &str) -> Result<Self, TlsError> {
-        if token.is_empty() {
-            return Err(TlsError::EmptyToken);
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Self::from_key(&ClusterKey::derive(token)?)
+    }
 
-        let mut seed = Sha256::new();
-        seed.update(b"rayish cluster authority v1\0");
-        seed.update(token.as_bytes());
+    /// The cluster authority of `key` and a fresh leaf for this process.
+    pub fn from_key(key: &ClusterKey) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
-        pkcs8.extend_from_slice(&seed.finalize());
+        pkcs8.extend_from_slice(&key.0);
         let ca_key = KeyPair::try_from(pkcs8.as_slice())?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params
@@ -151,6 +204,23 @@ pub fn check_token_strength(token: &str) -> Result<(), WeakToken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_key_is_a_slow_deterministic_function_of_the_token() {
+        let a = ClusterKey::derive("9f86d081884c7d659a2feaa0c55ad015").unwrap();
+        assert_eq!(
+            a,
+            ClusterKey::derive("9f86d081884c7d659a2feaa0c55ad015").unwrap()
+        );
+        assert_ne!(
+            a,
+            ClusterKey::derive("9f86d081884c7d659a2feaa0c55ad016").unwrap()
+        );
+        assert_eq!(ClusterKey::from_hex(&a.to_hex()).unwrap(), a);
+        assert!(ClusterKey::from_hex("xyz").is_err());
+        assert!(ClusterKey::derive("").is_err());
+        assert_eq!(format!("{a:?}"), "ClusterKey(..)", "never printed");
+    }
 
     #[test]
     fn generated_tokens_are_strong_and_short_ones_are_refused() {
