@@ -159,17 +159,28 @@ where
         got += n;
     }
     let len = check_header(&header, limit)?;
-    // A header may claim up to `limit` bytes that never come: allocate what a frame
-    // usually is at once, and grow past it only as the bytes arrive.
-    let mut payload = Vec::with_capacity(len.min(EAGER_PAYLOAD));
-    let got = (&mut *r)
-        .take(len as u64)
-        .read_to_end(&mut payload)
-        .await
-        .map_err(ProtocolError::Io)?;
-    if got < len {
-        return Err(ProtocolError::Truncated);
-    }
+    let truncated = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
+        _ => ProtocolError::Io(e),
+    };
+    let payload = if len <= EAGER_PAYLOAD {
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload).await.map_err(truncated)?;
+        payload
+    } else {
+        // A header may claim up to `limit` bytes that never come: past what a frame
+        // usually is, grow only as the bytes arrive.
+        let mut payload = Vec::with_capacity(EAGER_PAYLOAD);
+        let got = (&mut *r)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .await
+            .map_err(ProtocolError::Io)?;
+        if got < len {
+            return Err(ProtocolError::Truncated);
+        }
+        payload
+    };
     decode_payload_within(&payload, limit).map(Some)
 }
 
