@@ -86,11 +86,7 @@ impl LocalTaskQueue {
         eligible: impl Fn(&TaskAssignment) -> bool,
     ) -> Option<TaskAssignment> {
         let mut s = self.lock();
-        // A blocked leader's worker would only give a follower back.
-        if !s.running.contains_key(&lead)
-            || s.followers.contains_key(&lead)
-            || s.lent.contains_key(&lead)
-        {
+        if !s.running.contains_key(&lead) || s.followers.contains_key(&lead) {
             return None;
         }
         let at = s
@@ -425,17 +421,5 @@ mod tests {
         assert!(q.set_blocked(TaskId(9), true).is_empty(), "an unknown task");
         assert!(q.push(task(3, 1.0)).is_empty(), "still full: 2 runs");
         assert_eq!(ids(q.finish(TaskId(2))), vec![3]);
-    }
-
-    #[test]
-    fn a_blocked_leader_gets_no_follower() {
-        let q = LocalTaskQueue::new(ResourceSet::new().with(CPU, 2.0));
-        assert_eq!(ids(q.push(task(1, 1.0))), vec![1]);
-        assert_eq!(ids(q.push(task(2, 1.0))), vec![2]);
-        assert!(q.push(task(3, 1.0)).is_empty());
-        assert!(q.push(task(4, 1.0)).is_empty());
-        assert_eq!(ids(q.set_blocked(TaskId(1), true)), vec![3]);
-        assert_eq!(follower_of(&q, 1), None, "its worker would give it back");
-        assert_eq!(follower_of(&q, 2), Some(4));
     }
 }
