@@ -274,7 +274,7 @@ impl BinaryCache {
                 left -= n as u64;
             }
             file.flush().await.map_err(io(&tmp))?;
-            let actual = hex(&hasher.finalize());
+            let actual = hex::encode(hasher.finalize());
             if actual != hash.0 {
                 return Err(BinaryError::HashMismatch {
                     expected: hash.0.clone(),
@@ -311,11 +311,7 @@ pub fn hash_file(path: &Path) -> Result<BinaryHash, BinaryError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(BinaryHash(hex(&hasher.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(BinaryHash(hex::encode(hasher.finalize())))
 }
 
 fn set_executable(path: &Path) -> std::io::Result<()> {
@@ -332,7 +328,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rayish-bin-test-{:x}", rand::random::<u64>()));
         let cache = BinaryCache::new(&dir);
         let data = b"#!/bin/sh\necho hi\n".to_vec();
-        let good = BinaryHash(hex(&Sha256::digest(&data)));
+        let good = BinaryHash(hex::encode(Sha256::digest(&data)));
         let path = cache
             .store_from(&good, data.len() as u64, &mut &data[..])
             .await
@@ -359,7 +355,7 @@ mod tests {
         let mut hashes = Vec::new();
         for i in 0..3u8 {
             let data = vec![i; 100];
-            let hash = BinaryHash(hex(&Sha256::digest(&data)));
+            let hash = BinaryHash(hex::encode(Sha256::digest(&data)));
             let path = cache.store_from(&hash, 100, &mut &data[..]).await.unwrap();
             if i == 0 {
                 cache.pin(&hash);
@@ -371,7 +367,7 @@ mod tests {
             hashes.push(hash);
         }
         let data = vec![9u8; 100];
-        let newest = BinaryHash(hex(&Sha256::digest(&data)));
+        let newest = BinaryHash(hex::encode(Sha256::digest(&data)));
         cache
             .store_from(&newest, 100, &mut &data[..])
             .await
@@ -401,7 +397,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rayish-bin-test-{:x}", rand::random::<u64>()));
         let cache = BinaryCache::new(&dir);
         let data = b"#!/bin/sh\necho real\n".to_vec();
-        let hash = BinaryHash(hex(&Sha256::digest(&data)));
+        let hash = BinaryHash(hex::encode(Sha256::digest(&data)));
         let path = cache
             .store_from(&hash, data.len() as u64, &mut &data[..])
             .await

@@ -66,17 +66,7 @@ fn euid() -> u32 {
 pub fn ensure_private_dir(dir: &Path) -> Result<(), SessionError> {
     match std::fs::symlink_metadata(dir) {
         Ok(meta) => {
-            if !meta.file_type().is_dir() {
-                return Err(SessionError::NotADirectory(dir.to_path_buf()));
-            }
-            let me = euid();
-            if meta.uid() != me {
-                return Err(SessionError::NotOurs {
-                    path: dir.to_path_buf(),
-                    owner: meta.uid(),
-                    me,
-                });
-            }
+            check_own_dir(dir, &meta)?;
             if meta.mode() & 0o077 != 0 {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                     .map_err(io_at(dir))?;
@@ -91,22 +81,23 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SessionError> {
                 .map_err(io_at(dir))?;
             // A parent made by `recursive` gets 0700 too; the last one may have
             // raced with another process: check what is there now.
-            ensure_private_dir_existing(dir)
+            check_own_dir(dir, &std::fs::symlink_metadata(dir).map_err(io_at(dir))?)
         }
         Err(e) => Err(io_at(dir)(e)),
     }
 }
 
-fn ensure_private_dir_existing(dir: &Path) -> Result<(), SessionError> {
-    let meta = std::fs::symlink_metadata(dir).map_err(io_at(dir))?;
+/// `dir`'s metadata names a real directory (not a link to one) owned by this user.
+fn check_own_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<(), SessionError> {
     if !meta.file_type().is_dir() {
         return Err(SessionError::NotADirectory(dir.to_path_buf()));
     }
-    if meta.uid() != euid() {
+    let me = euid();
+    if meta.uid() != me {
         return Err(SessionError::NotOurs {
             path: dir.to_path_buf(),
             owner: meta.uid(),
-            me: euid(),
+            me,
         });
     }
     Ok(())

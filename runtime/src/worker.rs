@@ -31,15 +31,9 @@ fn env(name: &str) -> Result<String, String> {
 
 /// The 32 bytes of a hex `RAYISH_WORKER_PROOF`.
 fn parse_proof(text: &str) -> Result<[u8; 32], String> {
-    let bad = || "RAYISH_WORKER_PROOF is not 64 hex digits".to_string();
-    let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
-        return Err(bad());
-    }
     let mut proof = [0u8; 32];
-    for (i, byte) in proof.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(text.trim(), &mut proof)
+        .map_err(|_| "RAYISH_WORKER_PROOF is not 64 hex digits".to_string())?;
     Ok(proof)
 }
 

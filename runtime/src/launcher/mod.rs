@@ -534,7 +534,7 @@ impl Launcher {
             &[],
         )?;
         h.update(listing);
-        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hex::encode(h.finalize()))
     }
 
     /// The machines (addresses) with a live node, as the head reports them; empty if

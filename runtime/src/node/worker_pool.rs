@@ -397,7 +397,7 @@ impl WorkerPool {
             .env("RAYISH_JOB_ID", job.0.to_string())
             .env(
                 "RAYISH_WORKER_PROOF",
-                hex(&crate::protocol::worker_proof(&self.env.worker_key, job)),
+                hex::encode(crate::protocol::worker_proof(&self.env.worker_key, job)),
             )
             .env("RAYISH_NODE_ADDRESS", self.env.node_address.to_string())
             .env(
@@ -635,8 +635,4 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
     } else {
         format!("exited with code {}", status.code().unwrap_or(-1))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

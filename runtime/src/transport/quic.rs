@@ -81,10 +81,7 @@ pub fn make_endpoint(
         })?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport);
-    let mut endpoint = Endpoint::server(server, bind).map_err(|e| ConnectError::Other {
-        addr: bind,
-        message: format!("cannot bind UDP {bind}: {e}"),
-    })?;
+    let mut endpoint = Endpoint::server(server, bind).map_err(bind_error(bind))?;
     endpoint.set_default_client_config(client_config(tls, idle_timeout, bind)?);
     Ok(endpoint)
 }
@@ -96,12 +93,16 @@ pub fn make_client_endpoint(
     tls: &ClusterTls,
     idle_timeout: Duration,
 ) -> Result<Endpoint, ConnectError> {
-    let mut endpoint = Endpoint::client(bind).map_err(|e| ConnectError::Other {
-        addr: bind,
-        message: format!("cannot bind UDP {bind}: {e}"),
-    })?;
+    let mut endpoint = Endpoint::client(bind).map_err(bind_error(bind))?;
     endpoint.set_default_client_config(client_config(tls, idle_timeout, bind)?);
     Ok(endpoint)
+}
+
+fn bind_error(bind: SocketAddr) -> impl Fn(std::io::Error) -> ConnectError {
+    move |e| ConnectError::Other {
+        addr: bind,
+        message: format!("cannot bind UDP {bind}: {e}"),
+    }
 }
 
 /// A client configuration whose connections are dropped after `idle_timeout` of

@@ -71,20 +71,14 @@ impl ClusterKey {
 
     /// The key as 64 hex digits (to hand to a worker in its environment).
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 
     /// The key from [`Self::to_hex`]'s form.
     pub fn from_hex(text: &str) -> Result<Self, TlsError> {
-        let text = text.trim();
-        let bad = || TlsError::Kdf("a cluster key is 64 hex digits".into());
-        if text.len() != 64 || !text.is_ascii() {
-            return Err(bad());
-        }
         let mut seed = [0u8; 32];
-        for (i, byte) in seed.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
+        hex::decode_to_slice(text.trim(), &mut seed)
+            .map_err(|_| TlsError::Kdf("a cluster key is 64 hex digits".into()))?;
         Ok(Self(seed))
     }
 }
@@ -150,8 +144,7 @@ impl ClusterTls {
 
 /// A fresh random cluster token: 256 bits as 64 hex digits.
 pub fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(rand::random::<[u8; 32]>())
 }
 
 /// The least a given token must carry, in bits.
