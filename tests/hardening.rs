@@ -116,6 +116,29 @@ fn a_paused_node_rejoins_as_a_new_node() {
 }
 
 #[test]
+fn a_running_driver_outlives_pauses_of_the_head_and_of_itself() {
+    // "The driver side likewise": a job in flight while the head stalls past the node
+    // timeout, and while the driver itself stalls, finishes with every result right.
+    let cluster = TestCluster::start(2, 1, 2000);
+    let go = cluster.root().join("go");
+    let (driver, mut lines) = cluster.spawn_scenario([
+        std::ffi::OsStr::new("long"),
+        std::ffi::OsStr::new("--n"),
+        std::ffi::OsStr::new("300"),
+        std::ffi::OsStr::new("--go"),
+        go.as_os_str(),
+    ]);
+    lines.find(|l| l.starts_with("STAGE1")).expect("stage 1");
+    pause(cluster.nodes[0].id(), Duration::from_secs(7));
+    pause(driver.id(), Duration::from_secs(7));
+    std::fs::write(&go, b"").expect("write the go file");
+    let r = rayish_suite::finish_scenario(driver, lines);
+    assert_eq!(r["wrong"], 0, "{r}");
+    assert_eq!(r["sum_wrong"], 0, "{r}");
+    assert_eq!(cluster.alive_nodes(), 3);
+}
+
+#[test]
 fn a_node_that_gives_up_on_the_head_exits_with_an_error() {
     let mut cluster = TestCluster::start_with(1, 1, 2000, &["--head-reconnect-timeout", "3"]);
     cluster.kill_node(0);

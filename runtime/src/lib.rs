@@ -38,6 +38,11 @@ pub mod transfer;
 pub mod transport;
 mod worker;
 
+/// README.md's Rust snippets, compiled and run as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeSnippets;
+
 #[doc(hidden)]
 pub use api::__private;
 pub use api::{
