@@ -4,7 +4,8 @@
 use crate::binaries::BinaryCache;
 use crate::head::{start_head, HeadHandle, HeadSettings};
 use crate::ids::NodeId;
-use crate::node::{start_node, NodeConfig, NodeError, ObjectStore, RunningNode, StoreConfig};
+use crate::node::{start_node, NodeConfig, NodeError, RunningNode};
+use crate::object_store::{ObjectStore, StoreConfig};
 use crate::resources::ResourceSet;
 use crate::server::{spawn_listener, Services};
 use crate::session::binary_cache_dir;
@@ -69,8 +70,8 @@ pub fn default_object_store_memory() -> u64 {
 /// when tmpfs is there, spilling to `<session>/spill/<node>/`.
 fn object_store(opts: &LaunchOptions, node: NodeId) -> Arc<ObjectStore> {
     let session = opts.log_dir.parent().unwrap_or(&opts.root);
-    crate::shm::remove_stale_dirs();
-    let shm_dir = crate::shm::node_dir(std::process::id(), node);
+    crate::object_store::shm::remove_stale_dirs();
+    let shm_dir = crate::object_store::shm::node_dir(std::process::id(), node);
     let shm_dir = shm_dir
         .parent()
         .is_some_and(|root| root.is_dir())

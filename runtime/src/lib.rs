@@ -26,17 +26,15 @@ pub mod head;
 pub mod ids;
 pub mod launch;
 pub mod launcher;
-pub mod memcopy;
 pub mod node;
+pub mod object_store;
 pub mod protocol;
 pub mod registry;
 pub mod resources;
 pub mod server;
 pub mod session;
-pub mod shm;
 pub mod transfer;
 pub mod transport;
-mod worker;
 
 /// README.md's Rust snippets, compiled and run as doc tests so that they stay true.
 #[cfg(doctest)]

@@ -275,7 +275,7 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<u64, String> {
 pub fn encode_value_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<(), String> {
     let len = buf.len();
     // Large byte strings are copied by several threads (a put of gigabytes).
-    let mut rest = crate::memcopy::SliceWriter::new(buf);
+    let mut rest = crate::object_store::memcopy::SliceWriter::new(buf);
     bincode::DefaultOptions::new()
         .serialize_into(&mut rest, value)
         .map_err(|e| e.to_string())?;
@@ -917,7 +917,7 @@ pub enum PutError {
 // ---------------------------------------------------------------------------
 
 /// An encoded value handed between a node and a worker it started: small ones inside
-/// the message, large ones as a shared-memory segment both map ([`crate::shm`]).
+/// the message, large ones as a shared-memory segment both map ([`crate::object_store::shm`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkerValue {
     /// The bytes themselves.

@@ -7,7 +7,7 @@
 
 use crate::binaries::BinaryCache;
 use crate::head::HeadHandle;
-use crate::node::ObjectStore;
+use crate::object_store::ObjectStore;
 use crate::protocol::{read_frame, write_frame, FromHead, StreamOpen, Welcome};
 use crate::transport::log_limit::LogLimiter;
 use crate::transport::{describe_incoming_failure, Endpoint};

@@ -6,7 +6,7 @@
 
 use crate::binaries::BinaryCache;
 use crate::ids::{BinaryHash, ObjectId};
-use crate::node::ObjectStore;
+use crate::object_store::ObjectStore;
 use crate::protocol::{
     read_frame, write_frame, ProtocolError, StreamOpen, TransferReply, TransferRequest, CHUNK_LEN,
 };
@@ -112,8 +112,8 @@ async fn receive_into_store(
     if size > MAX_OBJECT_LEN {
         return Err(ProtocolError::FrameTooLarge(size).into());
     }
-    let refused = |e: crate::node::StoreError| match e {
-        crate::node::StoreError::Full { .. } => TransferError::StoreFull(e.to_string()),
+    let refused = |e: crate::object_store::StoreError| match e {
+        crate::object_store::StoreError::Full { .. } => TransferError::StoreFull(e.to_string()),
         other => TransferError::Stream(other.to_string()),
     };
     let mut value = store.new_value(id, size as usize).map_err(refused)?;

@@ -109,7 +109,7 @@ static INIT: Mutex<()> = Mutex::new(());
 /// arguments that a worker, started without them, would lack).
 pub fn serve_if_worker() {
     if std::env::var_os("RAYISH_WORKER_FD").is_some() {
-        crate::worker::run_worker();
+        super::worker::run_worker();
     }
 }
 

@@ -8,6 +8,7 @@ mod actor;
 mod blob;
 pub(crate) mod context;
 mod object_ref;
+mod worker;
 
 pub use actor::{get_actor, kill, ActorClass, ActorHandle, ActorOptions};
 use blob::decode_shared;

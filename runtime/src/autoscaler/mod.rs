@@ -23,9 +23,6 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Where `rayish up` puts the ssh key the head uses to reach the pool.
-pub const BOOTSTRAP_KEY: &str = "~/ray_bootstrap_key.pem";
-
 /// Starts the autoscaler on its own thread for the cluster file `config`, against the
 /// head at `head` (this process). Errors in the file are returned at once; later
 /// failures are logged and retried.
@@ -34,7 +31,7 @@ pub fn spawn(config: &Path, head: SocketAddr, token: String) -> Result<(), Strin
         .map_err(|e| format!("reading {}: {e}", config.display()))?;
     let (_, mut plan) =
         ClusterConfig::parse(&text, &config.display().to_string()).map_err(|e| e.to_string())?;
-    let key = expand_home(BOOTSTRAP_KEY);
+    let key = expand_home(crate::launcher::BOOTSTRAP_KEY);
     if key.is_file() {
         plan.ssh_key = Some(key);
     }

@@ -60,7 +60,7 @@ pub fn run(args: StopArgs) -> Result<()> {
     }
     // Shared-memory directories of nodes that are gone (a SIGKILLed node leaves its
     // own behind).
-    rayish::shm::remove_stale_dirs();
+    rayish::object_store::shm::remove_stale_dirs();
     println!("Stopped {stopped} rayish process(es).");
     Ok(())
 }

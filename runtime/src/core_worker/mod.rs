@@ -90,9 +90,9 @@ impl RefOutbox {
 }
 
 /// A store's refusal as the error a caller sees.
-fn store_error(id: ObjectId, e: crate::node::StoreError) -> GetError {
+fn store_error(id: ObjectId, e: crate::object_store::StoreError) -> GetError {
     match e {
-        crate::node::StoreError::Full { .. } => GetError::StoreFull(e.to_string()),
+        crate::object_store::StoreError::Full { .. } => GetError::StoreFull(e.to_string()),
         other => GetError::Unavailable {
             id: id.to_string(),
             reason: other.to_string(),
@@ -173,7 +173,7 @@ pub struct CoreWorker {
     farewell: (std::sync::Mutex<bool>, std::sync::Condvar),
     /// In a driver whose process also runs a node (local mode): that node and its
     /// store, read and written in place instead of over a loopback connection.
-    local_store: std::sync::OnceLock<(NodeId, Arc<crate::node::ObjectStore>)>,
+    local_store: std::sync::OnceLock<(NodeId, Arc<crate::object_store::ObjectStore>)>,
     /// Messages sent to the head so far (see [`Self::sync_with_head`]).
     sent: AtomicU64,
     /// Reference-count updates not sent yet: runs of them travel as one message
@@ -390,7 +390,7 @@ impl CoreWorker {
     }
 
     /// Says that this process runs node `node` with `store` (local mode).
-    pub fn set_local_store(&self, node: NodeId, store: Arc<crate::node::ObjectStore>) {
+    pub fn set_local_store(&self, node: NodeId, store: Arc<crate::object_store::ObjectStore>) {
         let _ = self.local_store.set((node, store));
     }
 

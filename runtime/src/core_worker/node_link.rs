@@ -46,7 +46,7 @@ struct Stash {
 pub fn open_value(value: WorkerValue) -> Result<Bytes, String> {
     match value {
         WorkerValue::Inline(v) => Ok(Bytes::from(v)),
-        WorkerValue::Shared { path, len } => crate::shm::map_segment(&path, len)
+        WorkerValue::Shared { path, len } => crate::object_store::shm::map_segment(&path, len)
             .map_err(|e| format!("mapping {}: {e}", path.display())),
     }
 }
@@ -317,14 +317,14 @@ impl NodeLink {
         };
         match lent {
             Some(path) => {
-                let mut map = crate::shm::map_segment_mut(&path, len as u64)
+                let mut map = crate::object_store::shm::map_segment_mut(&path, len as u64)
                     .map_err(|e| failed(e.to_string()))?;
                 fill(&mut map[..]).map_err(PutError::Failed)?;
                 Ok(path)
             }
             None => {
-                let mut segment =
-                    crate::shm::Segment::create(dir, id, len).map_err(|e| failed(e.to_string()))?;
+                let mut segment = crate::object_store::shm::Segment::create(dir, id, len)
+                    .map_err(|e| failed(e.to_string()))?;
                 if let Err(e) = fill(segment.bytes_mut()) {
                     segment.unlink();
                     return Err(PutError::Failed(e));

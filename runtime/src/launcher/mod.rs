@@ -44,6 +44,9 @@ pub enum LaunchError {
     NotReady(String),
 }
 
+/// Where `rayish up` puts the ssh key the head uses to reach the pool (Ray's name).
+pub const BOOTSTRAP_KEY: &str = "~/ray_bootstrap_key.pem";
+
 /// Where the remote side keeps rayish's binary and `up`'s digests (relative to home).
 const REMOTE_BIN: &str = ".rayish/bin";
 const REMOTE_UP: &str = ".rayish/up";
@@ -303,7 +306,7 @@ impl Launcher {
             m.copy(&local, "~/ray_bootstrap_config.yaml", &[], &[])?;
             // The head's autoscaler reaches the pool with the same key, as Ray's does.
             if let Some(key) = &self.plan.ssh_key {
-                m.copy(key, crate::autoscaler::BOOTSTRAP_KEY, &[], &[])?;
+                m.copy(key, BOOTSTRAP_KEY, &[], &[])?;
             }
         }
         for (remote, local) in &self.plan.file_mounts {
@@ -419,7 +422,7 @@ impl Launcher {
         if role == Role::Head {
             paths.push("~/ray_bootstrap_config.yaml".into());
             if self.plan.ssh_key.is_some() {
-                paths.push(crate::autoscaler::BOOTSTRAP_KEY.into());
+                paths.push(BOOTSTRAP_KEY.into());
             }
         }
         let volumes: Vec<String> = paths

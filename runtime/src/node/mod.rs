@@ -4,11 +4,10 @@
 //! Architecture invariant: a node acts only on what the head tells it (and on its
 //! workers' requests); it never schedules and never decodes object values.
 
-mod object_store;
 mod task_queue;
 pub mod worker_pool;
 
-pub use object_store::{ObjectStore, StoreConfig, StoreError, FREE_SEGMENT_IDLE};
+use crate::object_store::{ObjectStore, StoreError, FREE_SEGMENT_IDLE};
 
 use crate::binaries::BinaryCache;
 use crate::ids::{ActorId, BinaryHash, NodeId, ObjectId, TaskId};

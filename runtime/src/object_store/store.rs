@@ -4,7 +4,7 @@
 //! several readers at once copies nothing until it reaches a socket.
 //!
 //! With a shared-memory directory (`StoreConfig::shm_dir`, every real node has one),
-//! each value in memory is a file on tmpfs mapped by the store ([`crate::shm`]): the
+//! each value in memory is a file on tmpfs mapped by the store ([`super::shm`]): the
 //! node's workers map the same file instead of receiving a copy, and a pulled object is
 //! written there chunk by chunk as it arrives ([`ObjectStore::new_value`]), so a node
 //! never holds a second copy of what it receives.
@@ -28,8 +28,8 @@
 //! a worker about to `put` a large value asks the node to lend it one
 //! ([`ObjectStore::lend`]) and hands it back filled.
 
+use super::shm::{map_segment, Segment, SegmentView};
 use crate::ids::ObjectId;
-use crate::shm::{map_segment, Segment, SegmentView};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -281,7 +281,7 @@ impl ObjectStore {
             .shm_dir
             .as_deref()
             .ok_or_else(|| refuse("this store has no shared-memory directory".into()))?;
-        if !crate::shm::is_inside(dir, &path) {
+        if !super::shm::is_inside(dir, &path) {
             return Err(refuse(format!(
                 "{} is not in this node's shared-memory directory",
                 path.display()
@@ -722,7 +722,8 @@ mod tests {
         assert!(shared_a.path.starts_with(&shm));
         assert_eq!((files(&shm), files(&spill)), (1, 0));
         // A worker's segment is adopted in place.
-        let path = crate::shm::write_segment(&shm, b, &value(60, 2)).expect("segment");
+        let path =
+            crate::object_store::shm::write_segment(&shm, b, &value(60, 2)).expect("segment");
         store.insert_segment(b, path, 60).expect("adopt b");
         // b pushed a out to disk: a's shared file is gone, its spill file mapped back.
         assert_eq!((files(&shm), files(&spill)), (1, 1));
@@ -807,9 +808,9 @@ mod tests {
             "a segment over twice the value's size is not lent"
         );
         let path = store.lend(e, 180).expect("a segment to fill");
-        assert!(crate::shm::is_inside(&shm, &path));
+        assert!(crate::object_store::shm::is_inside(&shm, &path));
         {
-            let mut map = crate::shm::map_segment_mut(&path, 180).expect("map lent");
+            let mut map = crate::object_store::shm::map_segment_mut(&path, 180).expect("map lent");
             map.copy_from_slice(&value(180, 5));
         }
         store.insert_segment(e, path, 180).expect("hand back");
