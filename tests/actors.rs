@@ -1,5 +1,5 @@
 //! Actors on a cluster of separate `rayish` node processes over QUIC, driven by
-//! `examples/actor_driver.rs`: call order under concurrent callers, named and detached
+//! `tests/drivers/actor_driver.rs`: call order under concurrent callers, named and detached
 //! actors seen from other drivers, restarts after SIGKILL and after a node's death,
 //! `kill`, failing constructors, dropped handles, resources held for life.
 

@@ -80,7 +80,7 @@ fn a_node_starts_no_more_worker_processes_than_it_runs_tasks_at_once() {
     let root = std::env::temp_dir().join(format!("rayish-local-{:x}", rayish_suite::rand_u64()));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     for _ in 0..3 {
-        let out = std::process::Command::new(rayish_suite::example_bin("cluster_driver"))
+        let out = std::process::Command::new(rayish_suite::driver_bin("cluster_driver"))
             .args(["workers", "--n", "200", "--ms", "20"])
             .env_remove("RAYISH_ADDRESS")
             .env("RAYISH_TEMP_DIR", &root)
@@ -109,7 +109,7 @@ fn recursive_blocking_gets_never_hang_in_local_mode() {
     let root = std::env::temp_dir().join(format!("rayish-fib-{:x}", rayish_suite::rand_u64()));
     for run in 0..50 {
         let out = rayish_suite::output_within(
-            std::process::Command::new(rayish_suite::example_bin("cluster_driver"))
+            std::process::Command::new(rayish_suite::driver_bin("cluster_driver"))
                 .args(["fib", "--n", "10"])
                 .env_remove("RAYISH_ADDRESS")
                 .env("RAYISH_TEMP_DIR", &root),

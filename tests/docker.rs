@@ -418,7 +418,7 @@ worker_start_ray_commands:
     );
 
     // A driver submitted to the head runs in its container and uses all three nodes.
-    let driver = target_dir().join("examples/cluster_driver");
+    let driver = target_dir().join("cluster_driver");
     let out = rayish(&[
         "submit",
         cfg,

@@ -384,7 +384,7 @@ worker_start_ray_commands:
     assert_eq!(status["nodes"][0]["total"]["CPU"], 1000, "{status}");
 
     // A burst the head's one CPU would take 36 s for: the autoscaler adds workers.
-    let driver = target_dir().join("examples/cluster_driver");
+    let driver = target_dir().join("cluster_driver");
     let out = rayish(
         &[
             "submit",

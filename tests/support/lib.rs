@@ -40,7 +40,7 @@ pub fn rayish_bin() -> PathBuf {
     p
 }
 
-/// An example binary.
+/// An example binary (a user's program in `examples/`).
 pub fn example_bin(name: &str) -> PathBuf {
     let p = target_dir().join("examples").join(name);
     assert!(
@@ -49,6 +49,30 @@ pub fn example_bin(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The test drivers in `tests/drivers/`, built as this package's binaries.
+pub const TEST_DRIVERS: [&str; 2] = ["cluster_driver", "actor_driver"];
+
+/// A test driver's binary (one of [`TEST_DRIVERS`]).
+pub fn driver_bin(name: &str) -> PathBuf {
+    assert!(TEST_DRIVERS.contains(&name), "{name} is not a test driver");
+    let p = target_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace's binaries first",
+        p.display()
+    );
+    p
+}
+
+/// A test driver's binary, or else an example's.
+pub fn program_bin(name: &str) -> PathBuf {
+    if TEST_DRIVERS.contains(&name) {
+        driver_bin(name)
+    } else {
+        example_bin(name)
+    }
 }
 
 /// A running test cluster.
@@ -195,9 +219,9 @@ impl TestCluster {
         }
     }
 
-    /// A driver command for an example, pointed at this cluster.
-    pub fn driver(&self, example: &str) -> Command {
-        let mut cmd = Command::new(example_bin(example));
+    /// A command for a test driver or an example, pointed at this cluster.
+    pub fn driver(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program_bin(program));
         cmd.env("RAYISH_ADDRESS", &self.address)
             .env("RAYISH_TOKEN", &self.token)
             .env("RAYISH_TEMP_DIR", &self.root);
@@ -224,24 +248,24 @@ impl TestCluster {
         self.spawn_driver("cluster_driver", args)
     }
 
-    /// Starts an example driver in the background; returns the process and its stdout
+    /// Starts a test driver or an example in the background; returns the process and its stdout
     /// lines (its stderr is piped too, for failure messages).
     pub fn spawn_driver<I, S>(
         &self,
-        example: &str,
+        program: &str,
         args: I,
     ) -> (Child, Box<dyn Iterator<Item = String>>)
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        self.spawn_driver_with(example, args, &[])
+        self.spawn_driver_with(program, args, &[])
     }
 
     /// [`Self::spawn_driver`] with more environment variables.
     pub fn spawn_driver_with<I, S>(
         &self,
-        example: &str,
+        program: &str,
         args: I,
         env: &[(&str, &str)],
     ) -> (Child, Box<dyn Iterator<Item = String>>)
@@ -250,7 +274,7 @@ impl TestCluster {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut child = self
-            .driver(example)
+            .driver(program)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -1,6 +1,6 @@
 //! A driver of scenarios for the cluster integration tests (tests/cluster.rs); each
 //! prints one `RESULT {json}` line that the test checks. Runs in local mode too:
-//!     cargo run --release --example cluster_driver -- many --n 1000
+//!     cargo run --release --bin cluster_driver -- many --n 1000
 
 use clap::{Parser, Subcommand};
 use rayish::{Blob, ObjectRef, TaskOptions};

@@ -1,6 +1,6 @@
 //! Scenarios for the actor integration tests (tests/actors.rs); each prints one
 //! `RESULT {json}` line that the test checks. Runs in local mode too:
-//!     cargo run --release --example actor_driver -- basics
+//!     cargo run --release --bin actor_driver -- basics
 
 use clap::{Parser, Subcommand};
 use rayish::{ActorOptions, ObjectRef};
