@@ -86,8 +86,9 @@ fn every_fuzz_target_survives_its_seeds_its_old_crashes_and_mutations() {
 #[test]
 #[ignore]
 fn write_seed_corpus() {
+    use rayish::__private::encode_value;
     use rayish::protocol::{
-        encode_frame, encode_value, FromHead, Hello, PeerRole, StreamOpen, ToHead, TransferRequest,
+        encode_frame, FromHead, Hello, PeerRole, StreamOpen, ToHead, TransferRequest,
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")

@@ -4,9 +4,10 @@
 //! in the normal test suite. Each must return, whatever the bytes: an `Err`
 //! is fine; a panic, a hang or an allocation out of proportion to the input is not.
 
+use rayish::__private::decode_value;
 use rayish::protocol::{
-    decode_payload, decode_value, read_frame_blocking, FromHead, FromWorker, StreamOpen, ToHead,
-    ToWorker, TransferReply, TransferRequest, MAX_FRAME_LEN,
+    decode_payload, read_frame_blocking, FromHead, FromWorker, StreamOpen, ToHead, ToWorker,
+    TransferReply, TransferRequest, MAX_FRAME_LEN,
 };
 
 /// A fuzz target's body.

@@ -25,7 +25,7 @@ thread_local! {
 /// Decodes a stored value; the [`Blob`]s inside it borrow `bytes` instead of copying.
 pub(crate) fn decode_shared<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, String> {
     let outer = SOURCE.with(|s| s.borrow_mut().replace(bytes.clone()));
-    let value = crate::protocol::decode_value(bytes);
+    let value = super::codec::decode_value(bytes);
     SOURCE.with(|s| *s.borrow_mut() = outer);
     value
 }
@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn a_decoded_blob_views_the_source_and_outlives_it() {
         let value = (7u32, Blob::from(vec![5u8; 4096]), String::from("x"));
-        let encoded = Bytes::from(crate::protocol::encode_value(&value).expect("encode"));
+        let encoded = Bytes::from(crate::api::codec::encode_value(&value).expect("encode"));
         let (n, blob, s): (u32, Blob, String) = decode_shared(&encoded).expect("decode");
         assert_eq!((n, s.as_str()), (7, "x"));
         assert_eq!(&blob[..], &[5u8; 4096][..]);
@@ -155,11 +155,11 @@ mod tests {
         drop(encoded);
         assert_eq!(blob.len(), 4096, "the view keeps the buffer alive");
         // Decoded from a plain slice, it is a copy.
-        let again = crate::protocol::encode_value(&Blob::from(vec![1, 2, 3])).expect("encode");
-        let copied: Blob = crate::protocol::decode_value(&again).expect("decode");
+        let again = crate::api::codec::encode_value(&Blob::from(vec![1, 2, 3])).expect("encode");
+        let copied: Blob = crate::api::codec::decode_value(&again).expect("decode");
         assert_eq!(&copied[..], &[1, 2, 3]);
         // Same bytes as a Vec<u8> would give.
-        let as_vec: serde_bytes::ByteBuf = crate::protocol::decode_value(&again).expect("decode");
+        let as_vec: serde_bytes::ByteBuf = crate::api::codec::decode_value(&again).expect("decode");
         assert_eq!(as_vec.into_vec(), vec![1, 2, 3]);
     }
 }

@@ -6,6 +6,7 @@
 
 mod actor;
 mod blob;
+mod codec;
 pub(crate) mod context;
 mod object_ref;
 mod worker;
@@ -17,11 +18,9 @@ pub use object_ref::{Arg, ObjectRef};
 
 use crate::core_worker::{collect_nested, GetError};
 use crate::ids::{ActorId, ObjectId, TaskId};
-use crate::protocol::{
-    encode_value, encode_value_into, encoded_len, ActorCreation, TaskArg, TaskError, TaskKind,
-    TaskSpec, INLINE_OBJECT_MAX,
-};
+use crate::protocol::{ActorCreation, TaskArg, TaskError, TaskKind, TaskSpec, INLINE_OBJECT_MAX};
 use crate::resources::{ResourceSet, CPU, GPU};
+use codec::{encode_value, encode_value_into, encoded_len};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
@@ -214,6 +213,7 @@ pub fn wait<T>(
 /// The machinery `#[remote]` expands to. Not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use super::codec::{decode_value, encode_value};
     use super::*;
     pub use crate::registry::{
         ActorConstructor, ActorInstance, ActorMethod, Encoded, InvokeError, RemoteFunction,

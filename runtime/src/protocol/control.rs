@@ -1,0 +1,189 @@
+//! The control stream's messages to and from the head.
+
+use super::payload;
+use super::{
+    AutoscalerReport, ClusterStatus, Hello, NodeAddress, TaskAssignment, TaskError, TaskOutcome,
+    TaskSpec, TransferRequest, Welcome,
+};
+use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
+use serde::{Deserialize, Serialize};
+
+/// Messages to the head on the control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToHead {
+    /// New tasks; the sender holds a reference to each return object.
+    SubmitTasks(Vec<TaskSpec>),
+    /// A `put` of a small object; the sender holds a reference to it.
+    PutInline {
+        /// The new object.
+        id: ObjectId,
+        /// Its encoded value.
+        #[serde(with = "payload")]
+        value: Vec<u8>,
+    },
+    /// A `put` of a large object, already pushed to `node`; the sender holds a reference.
+    PutStored {
+        /// The new object.
+        id: ObjectId,
+        /// Where it was pushed.
+        node: NodeId,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// `outer` holds references to `inner`: keep them alive while `outer` lives.
+    /// Sent by whoever encodes `outer`, before it drops its own handles.
+    Nest {
+        /// The containing object.
+        outer: ObjectId,
+        /// The references inside it.
+        inner: Vec<ObjectId>,
+    },
+    /// The sender now holds these references.
+    AddRefs(Vec<ObjectId>),
+    /// The sender no longer holds these references.
+    RemoveRefs(Vec<ObjectId>),
+    /// Tell the sender when these objects are ready (once each).
+    Subscribe(Vec<ObjectId>),
+    /// A worker blocked in `get` inside this task: free its CPU for others.
+    TaskBlocked(TaskId),
+    /// The worker resumed: take the CPU back.
+    TaskUnblocked(TaskId),
+    /// From nodes: still alive, and how full.
+    Heartbeat(NodeLoad),
+    /// From nodes: a task ended.
+    TaskFinished {
+        /// The task.
+        task_id: TaskId,
+        /// The try that ended.
+        attempt: u32,
+        /// How.
+        outcome: TaskOutcome,
+        /// How long its worker took, in microseconds (start-up and argument fetch not
+        /// included).
+        run_micros: u64,
+    },
+    /// From nodes: a copy of this object now lives here (after a pull).
+    ObjectCopied(ObjectId),
+    /// Ask for a [`ClusterStatus`].
+    StatusRequest,
+    /// From the autoscaler: what it is doing and why, shown by `rayish status`.
+    AutoscalerReport(Box<AutoscalerReport>),
+    /// Find the live actor named `name`; answered with [`FromHead::ActorFound`], and
+    /// the asker then holds a reference to its handle object.
+    GetActor {
+        /// Echoed in the answer.
+        request: u64,
+        /// The name.
+        name: String,
+    },
+    /// End an actor: its process is killed; with `no_restart` false it may be
+    /// re-created as after a crash.
+    KillActor {
+        /// The actor.
+        actor: ActorId,
+        /// Never re-create it.
+        no_restart: bool,
+    },
+    /// Answer [`FromHead::Synced`] with this number once everything sent before it
+    /// is handled. A worker sends it before reporting a task whose run sent messages
+    /// (puts, submits, nests): the node's report travels on another stream, and must
+    /// not overtake them, or a reader of the result could find its objects unknown.
+    Sync(u64),
+    /// From nodes: an actor's process died (or was killed).
+    ActorDied {
+        /// The actor.
+        actor: ActorId,
+        /// How the process ended.
+        reason: String,
+    },
+    /// The sender is exiting: treat it as disconnected now (its job ends, what it
+    /// holds is released) rather than when its connection times out.
+    Goodbye,
+}
+
+/// First frame of every stream a client opens: says what the stream is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StreamOpen {
+    /// A control stream to the head.
+    Control(Hello),
+    /// A transfer stream.
+    Transfer(TransferRequest),
+}
+
+/// Messages from the head on the control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FromHead {
+    /// First message: the answer to [`Hello`].
+    Welcome(Welcome),
+    /// To a node: run this task.
+    Execute(Box<TaskAssignment>),
+    /// To a node: drop these objects from your store.
+    DeleteObjects(Vec<ObjectId>),
+    /// To a subscriber: this object is ready.
+    ObjectReady {
+        /// The object.
+        id: ObjectId,
+        /// Where to get it.
+        location: ObjectLocation,
+    },
+    /// Answer to [`ToHead::StatusRequest`].
+    Status(Box<ClusterStatus>),
+    /// Something the driver's user should see (e.g. an infeasible task).
+    Warning(String),
+    /// To nodes: the job's driver is gone; stop its workers (detached actors excepted).
+    JobEnded(JobId),
+    /// To a node: kill this actor's process.
+    KillActor(ActorId),
+    /// Answer to [`ToHead::Sync`].
+    Synced(u64),
+    /// Answer to [`ToHead::GetActor`].
+    ActorFound {
+        /// The request.
+        request: u64,
+        /// The actor, or why there is none.
+        result: Result<ActorInfo, String>,
+    },
+    /// Answer to [`ToHead::Goodbye`]: everything sent before it was handled.
+    Farewell,
+    /// To a node the head declared dead (it was silent for the node timeout, e.g.
+    /// paused): its tasks were re-run elsewhere and its objects counted lost, so it
+    /// must drop them and join again as a new node. The head closes the stream after.
+    NodeDead(String),
+}
+
+/// A live actor as [`FromHead::ActorFound`] describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorInfo {
+    /// The actor.
+    pub actor: ActorId,
+    /// Its class's registered name.
+    pub class: String,
+    /// The object every handle to it holds.
+    pub handle: ObjectId,
+}
+
+/// Where a ready object can be read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ObjectLocation {
+    /// Small object: its value.
+    Inline(#[serde(with = "payload")] Vec<u8>),
+    /// Large object: nodes holding copies.
+    Nodes(Vec<NodeAddress>),
+    /// The object is an error.
+    Error(TaskError),
+}
+
+/// What a node reports with each heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Objects in its store.
+    pub store_objects: u64,
+    /// Bytes in its store.
+    pub store_bytes: u64,
+    /// Bytes of freed shared segments its store keeps for reuse.
+    pub store_free_bytes: u64,
+    /// Values its store has written into reused segments, since it started.
+    pub store_reused: u64,
+    /// Worker processes alive.
+    pub workers: u64,
+}

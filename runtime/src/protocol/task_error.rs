@@ -1,0 +1,76 @@
+//! What `get` returns instead of a value when the task that makes it failed.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// An error that stands in for a task's value: what `get` returns instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Error)]
+pub enum TaskError {
+    /// The function panicked.
+    #[error("task {function} panicked on node {node}: {message}")]
+    Panicked {
+        /// Registered function name.
+        function: String,
+        /// The panic message.
+        message: String,
+        /// Where it ran (node id and address).
+        node: String,
+    },
+    /// The function returned an error.
+    #[error("task {function} failed on node {node}: {message}")]
+    Failed {
+        /// Registered function name.
+        function: String,
+        /// The error, formatted with its causes.
+        message: String,
+        /// Where it ran.
+        node: String,
+    },
+    /// The worker process died on every try.
+    #[error(
+        "task {function} lost its worker {attempts} time(s), retries exhausted; last: {reason}"
+    )]
+    WorkerDied {
+        /// Registered function name.
+        function: String,
+        /// Tries made.
+        attempts: u32,
+        /// What happened to the last worker (signal, exit code, node death).
+        reason: String,
+    },
+    /// The object's only copies were on nodes that died and it could not be recomputed.
+    #[error(
+        "object {object} was lost with the node(s) holding it and cannot be recomputed: {reason}"
+    )]
+    ObjectLost {
+        /// The object, in hex.
+        object: String,
+        /// Why recomputation was impossible.
+        reason: String,
+    },
+    /// The actor is dead (killed, out of restarts, its creator gone, or its
+    /// constructor failed); every call on it, pending or new, ends with this.
+    #[error("actor {actor} ({class}) died: {cause}")]
+    ActorDied {
+        /// The actor, in hex.
+        actor: String,
+        /// Its class.
+        class: String,
+        /// Why it died.
+        cause: String,
+    },
+    /// The binary has no remote function of that name.
+    #[error("no remote function named {function:?} in the job's binary")]
+    UnknownFunction {
+        /// The name asked for.
+        function: String,
+    },
+    /// An argument or result could not be decoded.
+    #[error("task {function}: {message}")]
+    Codec {
+        /// Registered function name.
+        function: String,
+        /// What failed.
+        message: String,
+    },
+}
