@@ -17,7 +17,7 @@ if [ ! -x "$VENV/bin/ray" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q "ray==2.*" numpy grpcio
 fi
-cargo build -q --release -p rayish
+cargo build -q --release -p rayish-cli
 RAYISH="$ROOT/target/release/rayish"
 if [ -n "${NAMES:-}" ]; then
     IFS=';' read -r -a names <<<"$NAMES"

@@ -1,9 +1,9 @@
 //! Malformed, truncated, oversized and wrong-version frames, and raw UDP garbage, sent
 //! to a real head: each is refused and logged, and the head keeps serving everyone else.
 
-use rayish::protocol::{encode_frame, StreamOpen, TransferRequest, MAGIC, PROTOCOL_VERSION};
-use rayish::transport::tls::ClusterTls;
-use rayish::transport::{connect, make_endpoint};
+use rayish_core::protocol::{encode_frame, StreamOpen, TransferRequest, MAGIC, PROTOCOL_VERSION};
+use rayish_core::transport::tls::ClusterTls;
+use rayish_core::transport::{connect, make_endpoint};
 use rayish_suite::TestCluster;
 use std::time::Duration;
 
@@ -87,25 +87,27 @@ fn bad_frames_are_rejected_and_the_head_keeps_serving() {
 
 /// Opens a control stream to the head as `role`.
 async fn join_as(
-    endpoint: &rayish::transport::Endpoint,
+    endpoint: &rayish_core::transport::Endpoint,
     head: std::net::SocketAddr,
-    role: rayish::protocol::PeerRole,
-) -> Result<rayish::transport::ControlStream, rayish::transport::HandshakeError> {
+    role: rayish_core::protocol::PeerRole,
+) -> Result<rayish_core::transport::ControlStream, rayish_core::transport::HandshakeError> {
     let conn = connect(endpoint, head, Duration::from_secs(5))
         .await
         .unwrap();
-    let hello = rayish::protocol::Hello {
+    let hello = rayish_core::protocol::Hello {
         role,
         software_version: env!("CARGO_PKG_VERSION").into(),
     };
-    rayish::transport::open_control(&conn, hello).await
+    rayish_core::transport::open_control(&conn, hello).await
 }
 
 #[test]
 fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
-    use rayish::ids::{JobId, TaskId};
-    use rayish::protocol::{FromHead, PeerRole, TaskKind, TaskOutcome, TaskSpec, ToHead, Welcome};
     use rayish::ObjectId;
+    use rayish_core::ids::{JobId, TaskId};
+    use rayish_core::protocol::{
+        FromHead, PeerRole, TaskKind, TaskOutcome, TaskSpec, ToHead, Welcome,
+    };
     let cluster = TestCluster::start(1, 1, 5000);
     let head: std::net::SocketAddr = cluster.address.parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -114,14 +116,14 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
         .unwrap();
     rt.block_on(async {
         let tls = ClusterTls::from_token(&cluster.token).unwrap();
-        let endpoint = rayish::transport::make_client_endpoint(
+        let endpoint = rayish_core::transport::make_client_endpoint(
             "127.0.0.1:0".parse().unwrap(),
             &tls,
             Duration::from_secs(10),
         )
         .unwrap();
         // A driver: a live job of its own.
-        let binary = rayish::binaries::hash_file(&rayish_suite::example_bin("hello")).unwrap();
+        let binary = rayish_core::binaries::hash_file(&rayish_suite::example_bin("hello")).unwrap();
         let mut driver = join_as(
             &endpoint,
             head,
@@ -165,7 +167,7 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
             args: vec![],
             nested_refs: vec![],
             return_id: ObjectId(43),
-            resources: rayish::resources::ResourceSet::new(),
+            resources: rayish_core::resources::ResourceSet::new(),
             max_retries: 0,
             kind: TaskKind::Function,
         };

@@ -248,7 +248,7 @@ fn a_wrong_token_is_refused_on_both_sides() {
     let cluster = TestCluster::start(0, 1, 5000);
     let out = std::process::Command::new(rayish_suite::rayish_bin())
         .args(["start", "--block", "--address", &cluster.address])
-        .env("RAYISH_TOKEN", rayish::transport::tls::new_token())
+        .env("RAYISH_TOKEN", rayish_core::transport::tls::new_token())
         .args(["--node-ip-address", "127.0.0.9", "--temp-dir"])
         .arg(cluster.root())
         .output()
@@ -487,7 +487,7 @@ fn cli_start_status_stop_like_ray() {
         !rayish(&["status"]).status.success(),
         "status after stop should fail"
     );
-    assert!(rayish::session::registered_processes(&root).is_empty());
+    assert!(rayish_core::session::registered_processes(&root).is_empty());
     let _ = std::fs::remove_dir_all(root);
 }
 

@@ -87,7 +87,7 @@ fn every_fuzz_target_survives_its_seeds_its_old_crashes_and_mutations() {
 #[ignore]
 fn write_seed_corpus() {
     use rayish::__private::encode_value;
-    use rayish::protocol::{
+    use rayish_core::protocol::{
         encode_frame, FromHead, Hello, PeerRole, StreamOpen, ToHead, TransferRequest,
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))

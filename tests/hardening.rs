@@ -161,7 +161,7 @@ fn a_binary_planted_in_the_cache_is_refused_not_run() {
     // Finding 3: a file planted under the SHA-256 name of a driver was executed.
     let cluster = TestCluster::start(1, 1, 5000);
     let hello = rayish_suite::example_bin("hello");
-    let hash = rayish::binaries::hash_file(&hello).expect("hash").0;
+    let hash = rayish_core::binaries::hash_file(&hello).expect("hash").0;
     let marker = cluster.root().join("planted-ran");
     let cache = cluster.root().join("binaries");
     std::fs::create_dir_all(&cache).expect("cache dir");
@@ -175,7 +175,7 @@ fn a_binary_planted_in_the_cache_is_refused_not_run() {
     hello_works(&cluster);
     assert!(!marker.exists(), "the planted file ran");
     assert_eq!(
-        rayish::binaries::hash_file(&planted).expect("hash").0,
+        rayish_core::binaries::hash_file(&planted).expect("hash").0,
         hash,
         "the cache holds the real binary now"
     );
@@ -424,10 +424,11 @@ fn a_flood_of_refused_handshakes_and_junk_packets_barely_grows_the_log() {
     // 3,000 real handshakes with another cluster's token, from one address.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let tls =
-            rayish::transport::tls::ClusterTls::from_token(&rayish::transport::tls::new_token())
-                .expect("tls");
-        let endpoint = rayish::transport::make_client_endpoint(
+        let tls = rayish_core::transport::tls::ClusterTls::from_token(
+            &rayish_core::transport::tls::new_token(),
+        )
+        .expect("tls");
+        let endpoint = rayish_core::transport::make_client_endpoint(
             "127.0.0.9:0".parse().expect("bind"),
             &tls,
             Duration::from_secs(5),
@@ -435,7 +436,7 @@ fn a_flood_of_refused_handshakes_and_junk_packets_barely_grows_the_log() {
         .expect("endpoint");
         for _ in 0..30 {
             let attempts: Vec<_> = (0..100)
-                .map(|_| rayish::transport::connect(&endpoint, head, Duration::from_secs(5)))
+                .map(|_| rayish_core::transport::connect(&endpoint, head, Duration::from_secs(5)))
                 .collect();
             for a in attempts {
                 assert!(a.await.is_err(), "a wrong token got in");
@@ -512,8 +513,8 @@ fn an_open_client_connection_costs_the_head_little_memory() {
     let before = rss_bytes(head_pid);
     let token = cluster.token.clone();
     let conns = rt.block_on(async {
-        let tls = rayish::transport::tls::ClusterTls::from_token(&token).expect("tls");
-        let endpoint = rayish::transport::make_client_endpoint(
+        let tls = rayish_core::transport::tls::ClusterTls::from_token(&token).expect("tls");
+        let endpoint = rayish_core::transport::make_client_endpoint(
             "127.0.0.9:0".parse().expect("bind"),
             &tls,
             Duration::from_secs(60),
@@ -521,17 +522,19 @@ fn an_open_client_connection_costs_the_head_little_memory() {
         .expect("endpoint");
         let mut keep = Vec::new();
         for _ in 0..500 {
-            let conn = rayish::transport::connect(&endpoint, head, Duration::from_secs(5))
+            let conn = rayish_core::transport::connect(&endpoint, head, Duration::from_secs(5))
                 .await
                 .expect("connect");
-            let hello = rayish::protocol::Hello {
-                role: rayish::protocol::PeerRole::Client,
+            let hello = rayish_core::protocol::Hello {
+                role: rayish_core::protocol::PeerRole::Client,
                 software_version: "0.1.0".into(),
             };
-            let mut control = rayish::transport::open_control(&conn, hello)
+            let mut control = rayish_core::transport::open_control(&conn, hello)
                 .await
                 .expect("control");
-            control.sender.send(rayish::protocol::ToHead::StatusRequest);
+            control
+                .sender
+                .send(rayish_core::protocol::ToHead::StatusRequest);
             let _ = control.reader.next().await;
             keep.push((conn, control));
         }

@@ -14,27 +14,16 @@
 //! }
 //! ```
 //!
-//! See ARCHITECTURE.md at the repository root for the map of the modules.
+//! This crate is the user API. The runtime under it (head, node, transport, object
+//! store) is the internal crate `rayish-core`; the `rayish` command is `rayish-cli`,
+//! and the cluster launcher and autoscaler are `rayish-launcher`, so a program that
+//! uses rayish compiles none of the command-line or launcher dependencies. See
+//! ARCHITECTURE.md at the repository root for the map of the crates and modules.
 
 #![warn(missing_docs)]
 
 mod api;
-pub mod autoscaler;
-pub mod binaries;
-pub mod core_worker;
-pub mod head;
-pub mod ids;
-pub mod launch;
-pub mod launcher;
-pub mod node;
-pub mod object_store;
-pub mod protocol;
-pub mod registry;
-pub mod resources;
-pub mod server;
-pub mod session;
-pub mod transfer;
-pub mod transport;
+mod registry;
 
 /// README.md's Rust snippets, compiled and run as doc tests so that they stay true.
 #[cfg(doctest)]
@@ -48,6 +37,6 @@ pub use api::{
     shutdown, wait, ActorClass, ActorHandle, ActorOptions, Arg, Blob, Config, Error, ObjectRef,
     Result, TaskOptions,
 };
-pub use ids::{ActorId, ObjectId};
-pub use protocol::TaskError;
+pub use rayish_core::ids::{ActorId, ObjectId};
+pub use rayish_core::protocol::TaskError;
 pub use rayish_macros::{actor, remote};

@@ -4,8 +4,8 @@
 //! Every binary built against rayish carries the table of its own remote functions, so
 //! a worker started from the driver's binary can run any of them by name.
 
-use crate::ids::ObjectId;
 use bytes::Bytes;
+use rayish_core::ids::ObjectId;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -93,11 +93,4 @@ pub fn lookup_method(name: &str) -> Option<&'static ActorMethod> {
         })
         .get(name)
         .copied()
-}
-
-/// Names of every registered function.
-pub fn names() -> Vec<&'static str> {
-    let mut names: Vec<_> = table().keys().copied().collect();
-    names.sort();
-    names
 }

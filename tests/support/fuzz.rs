@@ -5,7 +5,7 @@
 //! is fine; a panic, a hang or an allocation out of proportion to the input is not.
 
 use rayish::__private::decode_value;
-use rayish::protocol::{
+use rayish_core::protocol::{
     decode_payload, read_frame_blocking, FromHead, FromWorker, StreamOpen, ToHead, ToWorker,
     TransferReply, TransferRequest, MAX_FRAME_LEN,
 };
@@ -79,7 +79,7 @@ pub fn values(data: &[u8]) {
 /// A cluster YAML file, as `rayish up` reads it.
 pub fn cluster_yaml(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = rayish::launcher::config::ClusterConfig::parse(text, "fuzz.yaml");
+        let _ = rayish_launcher::launcher::config::ClusterConfig::parse(text, "fuzz.yaml");
     }
 }
 

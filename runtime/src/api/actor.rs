@@ -5,8 +5,8 @@
 //! return `ObjectRef`s. The typed handle derefs to [`ActorHandle`], the untyped one.
 
 use super::{context, Error, ObjectRef, Result};
-use crate::ids::ActorId;
-use crate::resources::{ResourceSet, CPU, GPU};
+use rayish_core::ids::ActorId;
+use rayish_core::resources::{ResourceSet, CPU, GPU};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 

@@ -28,7 +28,7 @@ pub(crate) fn encode_value_into<T: Serialize + ?Sized>(
 ) -> Result<(), String> {
     let len = buf.len();
     // Large byte strings are copied by several threads (a put of gigabytes).
-    let mut rest = crate::object_store::memcopy::SliceWriter::new(buf);
+    let mut rest = rayish_core::object_store::memcopy::SliceWriter::new(buf);
     bincode::DefaultOptions::new()
         .serialize_into(&mut rest, value)
         .map_err(|e| e.to_string())?;

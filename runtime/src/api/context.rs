@@ -1,6 +1,6 @@
 //! The process-wide connection to the cluster, set once by `init`.
 
-use crate::core_worker::CoreWorker;
+use rayish_core::core_worker::CoreWorker;
 use std::sync::{Arc, OnceLock};
 
 static CURRENT: OnceLock<Arc<CoreWorker>> = OnceLock::new();

@@ -1,15 +1,15 @@
 //! `init`: connecting this process to a cluster, or starting a local one in-process.
 
 use super::{context, Error, Result};
-use crate::binaries::hash_file;
-use crate::core_worker::{Connection, CoreWorker};
-use crate::launch::{launch_head, resolve, LaunchOptions, Launched};
-use crate::protocol::{Hello, PeerRole, Welcome};
-use crate::resources::{ResourceSet, CPU};
-use crate::session::{read_cluster_record, temp_root, Session};
-use crate::transfer::upload_binary;
-use crate::transport::tls::{new_token, ClusterTls};
-use crate::transport::{connect, make_client_endpoint, open_control, InProcessHead};
+use rayish_core::binaries::hash_file;
+use rayish_core::core_worker::{Connection, CoreWorker};
+use rayish_core::launch::{launch_head, resolve, LaunchOptions, Launched};
+use rayish_core::protocol::{Hello, PeerRole, Welcome};
+use rayish_core::resources::{ResourceSet, CPU};
+use rayish_core::session::{read_cluster_record, temp_root, Session};
+use rayish_core::transfer::upload_binary;
+use rayish_core::transport::tls::{new_token, ClusterTls};
+use rayish_core::transport::{connect, make_client_endpoint, open_control, InProcessHead};
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -36,7 +36,7 @@ impl Default for Config {
             num_cpus: None,
             resources: ResourceSet::new(),
             node_timeout: Duration::from_secs(5),
-            head_reconnect_timeout: crate::transport::head_reconnect_timeout_from_env(),
+            head_reconnect_timeout: rayish_core::transport::head_reconnect_timeout_from_env(),
         }
     }
 }
@@ -210,7 +210,7 @@ pub fn init(config: Config) -> Result<()> {
     .map_err(|e| Error::Init(e.to_string()))?;
     // The address this machine reaches the head from, not every interface.
     let bind = SocketAddr::new(
-        crate::launch::route_ip(address).unwrap_or_else(|| address.ip()),
+        rayish_core::launch::route_ip(address).unwrap_or_else(|| address.ip()),
         0,
     );
     let endpoint = match &local {
@@ -221,7 +221,7 @@ pub fn init(config: Config) -> Result<()> {
                 .map_err(|e| Error::Init(e.to_string()))?
         }
     };
-    let peer_client = crate::transport::client_config(&tls, config.node_timeout, bind)
+    let peer_client = rayish_core::transport::client_config(&tls, config.node_timeout, bind)
         .map_err(|e| Error::Init(e.to_string()))?;
     let binary = hashing
         .join()

@@ -16,11 +16,13 @@ use blob::decode_shared;
 pub use blob::Blob;
 pub use object_ref::{Arg, ObjectRef};
 
-use crate::core_worker::{collect_nested, GetError};
-use crate::ids::{ActorId, ObjectId, TaskId};
-use crate::protocol::{ActorCreation, TaskArg, TaskError, TaskKind, TaskSpec, INLINE_OBJECT_MAX};
-use crate::resources::{ResourceSet, CPU, GPU};
 use codec::{encode_value, encode_value_into, encoded_len};
+use rayish_core::core_worker::{collect_nested, GetError};
+use rayish_core::ids::{ActorId, ObjectId, TaskId};
+use rayish_core::protocol::{
+    ActorCreation, TaskArg, TaskError, TaskKind, TaskSpec, INLINE_OBJECT_MAX,
+};
+use rayish_core::resources::{ResourceSet, CPU, GPU};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
@@ -79,7 +81,7 @@ pub fn current_node_id() -> Option<String> {
     std::env::var("RAYISH_NODE_ID")
         .ok()
         .and_then(|v| v.parse::<u128>().ok())
-        .map(|n| crate::ids::NodeId(n).to_string())
+        .map(|n| rayish_core::ids::NodeId(n).to_string())
 }
 
 /// Options of one remote call (Ray's `.options(...)`).
@@ -402,7 +404,7 @@ pub mod __private {
         // them: dropping it sends their releases on the same ordered stream.
         if let (Some(cw), Some(outer)) = (
             context::try_current(),
-            crate::core_worker::current_return_id(),
+            rayish_core::core_worker::current_return_id(),
         ) {
             cw.nest(outer, nested.clone());
         }

@@ -1,7 +1,7 @@
 //! `ObjectRef<T>`: a typed, counted handle to an object somewhere in the cluster.
 
-use crate::core_worker::note_nested;
-use crate::ids::ObjectId;
+use rayish_core::core_worker::note_nested;
+use rayish_core::ids::ObjectId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::marker::PhantomData;

@@ -2,13 +2,13 @@
 //! here when it finds the node's socket in the environment; the process then runs the
 //! tasks the node sends it, one at a time, until the node closes the socket.
 
-use crate::core_worker::node_link::{NodeLink, RunRequest};
-use crate::core_worker::{set_current_task, Connection, CoreWorker};
-use crate::ids::{JobId, NodeId};
-use crate::protocol::{FromWorker, Hello, PeerRole, RunKind, TaskError, Welcome};
 use crate::registry::{lookup, lookup_constructor, lookup_method, ActorInstance, InvokeError};
-use crate::transport::tls::{ClusterKey, ClusterTls};
-use crate::transport::{connect, make_client_endpoint, open_control};
+use rayish_core::core_worker::node_link::{NodeLink, RunRequest};
+use rayish_core::core_worker::{set_current_task, Connection, CoreWorker};
+use rayish_core::ids::{JobId, NodeId};
+use rayish_core::protocol::{FromWorker, Hello, PeerRole, RunKind, TaskError, Welcome};
+use rayish_core::transport::tls::{ClusterKey, ClusterTls};
+use rayish_core::transport::{connect, make_client_endpoint, open_control};
 use std::os::fd::FromRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -41,7 +41,7 @@ fn worker_main() -> Result<(), String> {
     let fd: i32 = env("RAYISH_WORKER_FD")?
         .parse()
         .map_err(|e| format!("RAYISH_WORKER_FD: {e}"))?;
-    let head = crate::launch::resolve(&env("RAYISH_HEAD_ADDRESS")?)?;
+    let head = rayish_core::launch::resolve(&env("RAYISH_HEAD_ADDRESS")?)?;
 
     let node = NodeId(
         env("RAYISH_NODE_ID")?
@@ -83,15 +83,18 @@ fn worker_main() -> Result<(), String> {
         .ok()
         .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
         .map(|a| a.ip())
-        .or_else(|| crate::launch::route_ip(head))
+        .or_else(|| rayish_core::launch::route_ip(head))
         .unwrap_or_else(|| head.ip());
     let bind = std::net::SocketAddr::new(node_ip, 0);
     // The head may stall as long as the node waits for it; peers are dropped sooner.
-    let head_wait = crate::transport::head_reconnect_timeout_from_env();
+    let head_wait = rayish_core::transport::head_reconnect_timeout_from_env();
     let endpoint = make_client_endpoint(bind, &tls, head_wait).map_err(|e| e.to_string())?;
-    let peer_client =
-        crate::transport::client_config(&tls, crate::transport::PEER_IDLE_TIMEOUT, bind)
-            .map_err(|e| e.to_string())?;
+    let peer_client = rayish_core::transport::client_config(
+        &tls,
+        rayish_core::transport::PEER_IDLE_TIMEOUT,
+        bind,
+    )
+    .map_err(|e| e.to_string())?;
     let conn = handle.block_on(async {
         let head_conn = connect(&endpoint, head, Duration::from_secs(10))
             .await

@@ -2,8 +2,8 @@
 //! machines to start a worker on, which idle workers to stop. No I/O here, so every
 //! rule is unit-tested with made-up snapshots and clocks.
 
-use crate::protocol::{AutoscalerReport, PoolMachine};
-use crate::resources::ResourceSet;
+use rayish_core::protocol::{AutoscalerReport, PoolMachine};
+use rayish_core::resources::ResourceSet;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -272,8 +272,8 @@ impl Policy {
                 .iter()
                 .map(|n| n.total.clone())
                 .max_by(|a, b| {
-                    a.get(crate::resources::CPU)
-                        .total_cmp(&b.get(crate::resources::CPU))
+                    a.get(rayish_core::resources::CPU)
+                        .total_cmp(&b.get(rayish_core::resources::CPU))
                 })
                 .unwrap_or_default()
         } else {

@@ -2,13 +2,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rayish::launch::{default_ip, launch_head, launch_node, resolve, route_ip, LaunchOptions};
-use rayish::resources::{ResourceSet, CPU, GPU};
-use rayish::session::{
+use rayish_core::launch::{default_ip, launch_head, launch_node, resolve, route_ip, LaunchOptions};
+use rayish_core::resources::{ResourceSet, CPU, GPU};
+use rayish_core::session::{
     read_cluster_record, register_process, temp_root, unregister_process, write_cluster_record,
     ClusterRecord, ProcessRecord, Session,
 };
-use rayish::transport::tls::new_token;
+use rayish_core::transport::tls::new_token;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -106,8 +106,8 @@ fn resources(args: &StartArgs) -> Result<ResourceSet> {
 pub fn run(args: StartArgs) -> Result<()> {
     if let Some(file) = &args.autoscaling_config {
         // `~` after `=` is not expanded by the shell.
-        let file = rayish::launcher::config::expand_home(&file.to_string_lossy());
-        rayish::launcher::config::ClusterConfig::load(&file)?;
+        let file = rayish_launcher::launcher::config::expand_home(&file.to_string_lossy());
+        rayish_launcher::launcher::config::ClusterConfig::load(&file)?;
     }
     let root = args.temp_dir.clone().unwrap_or_else(temp_root);
     // Children (workers) find the same root.
@@ -121,12 +121,12 @@ pub fn run(args: StartArgs) -> Result<()> {
 
 /// Starts this same command with `--block` in the background and waits until it is up.
 fn daemonize(root: &std::path::Path) -> Result<()> {
-    rayish::session::ensure_private_dir(root)?;
+    rayish_core::session::ensure_private_dir(root)?;
     let exe = std::env::current_exe().context("finding the rayish executable")?;
     // What the node prints (the head's join instructions hold the token): this user's
     // only, and removed once shown.
     let log = root.join(format!("rayish-start-{}.out", std::process::id()));
-    let out = rayish::session::create_private_file(&log)
+    let out = rayish_core::session::create_private_file(&log)
         .with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = std::process::Command::new(exe);
@@ -151,7 +151,7 @@ fn daemonize(root: &std::path::Path) -> Result<()> {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             bail!("the node process exited ({status}):\n{text}");
         }
-        if rayish::session::registered_processes(root)
+        if rayish_core::session::registered_processes(root)
             .iter()
             .any(|p| p.pid == pid)
         {
@@ -181,7 +181,7 @@ fn given_token(args: &StartArgs) -> Result<Option<String>> {
         return Ok(Some(t.clone()));
     }
     if let Some(file) = &args.token_file {
-        return rayish::session::read_token_file(file)
+        return rayish_core::session::read_token_file(file)
             .map(Some)
             .with_context(|| format!("reading the token from {}", file.display()));
     }
@@ -190,7 +190,7 @@ fn given_token(args: &StartArgs) -> Result<Option<String>> {
 
 /// Refuses a given token of fewer than 128 bits unless `--allow-weak-token`.
 fn check_strength(token: &str, args: &StartArgs) -> Result<()> {
-    match rayish::transport::tls::check_token_strength(token) {
+    match rayish_core::transport::tls::check_token_strength(token) {
         Ok(()) => Ok(()),
         Err(e) if args.allow_weak_token => {
             eprintln!("warning: {e} (accepted: --allow-weak-token)");
@@ -201,7 +201,7 @@ fn check_strength(token: &str, args: &StartArgs) -> Result<()> {
 }
 
 fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
-    rayish::session::ensure_private_dir(&root)?;
+    rayish_core::session::ensure_private_dir(&root)?;
     let session = Session::create(&root)
         .with_context(|| format!("creating a session under {}", root.display()))?;
     let role = if args.head { "head" } else { "node" };
@@ -301,14 +301,15 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             role: role.into(),
             address: address.to_string(),
             session: session.dir.clone(),
-            start_time: rayish::session::process_start_time(pid),
+            start_time: rayish_core::session::process_start_time(pid),
         },
     )
     .context("registering the process")?;
 
     if let (true, Some(file)) = (args.head, &args.autoscaling_config) {
-        let file = rayish::launcher::config::expand_home(&file.to_string_lossy());
-        rayish::autoscaler::spawn(&file, address, token.clone()).map_err(anyhow::Error::msg)?;
+        let file = rayish_launcher::launcher::config::expand_home(&file.to_string_lossy());
+        rayish_launcher::autoscaler::spawn(&file, address, token.clone())
+            .map_err(anyhow::Error::msg)?;
         println!("Autoscaler started from {}.", file.display());
     }
     if args.head {
@@ -390,7 +391,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
 }
 
 enum Rejoin {
-    Joined(Box<rayish::launch::Launched>),
+    Joined(Box<rayish_core::launch::Launched>),
     Stopped(String),
     GaveUp(String),
 }

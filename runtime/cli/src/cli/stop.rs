@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use rayish::session::{registered_processes, temp_root, unregister_process};
+use rayish_core::session::{registered_processes, temp_root, unregister_process};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ pub fn run(args: StopArgs) -> Result<()> {
     }
     // Shared-memory directories of nodes that are gone (a SIGKILLed node leaves its
     // own behind).
-    rayish::object_store::shm::remove_stale_dirs();
+    rayish_core::object_store::shm::remove_stale_dirs();
     println!("Stopped {stopped} rayish process(es).");
     Ok(())
 }

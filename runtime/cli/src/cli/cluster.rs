@@ -1,10 +1,10 @@
 //! `rayish up / down / exec / submit / attach / get-head-ip`: Ray's cluster-launcher
-//! commands over a cluster YAML (`rayish::launcher`).
+//! commands over a cluster YAML (`rayish_launcher::launcher`).
 
 use anyhow::{Context, Result};
 use clap::Args;
-use rayish::launcher::config::ClusterConfig;
-use rayish::launcher::{default_state_dir, Launcher, MachineOutcome};
+use rayish_launcher::launcher::config::ClusterConfig;
+use rayish_launcher::launcher::{default_state_dir, Launcher, MachineOutcome};
 use std::path::PathBuf;
 
 /// Arguments shared by every cluster-file command.

@@ -13,11 +13,11 @@ pub mod policy;
 
 use crate::launcher::config::{expand_home, ClusterConfig};
 use crate::launcher::Launcher;
-use crate::protocol::{ClusterStatus, FromHead, Hello, PeerRole, ToHead};
-use crate::resources::ResourceSet;
-use crate::transport::tls::ClusterTls;
-use crate::transport::{connect, make_client_endpoint, open_control};
 use policy::{Action, Limits, NodeSeen, Policy, Snapshot};
+use rayish_core::protocol::{ClusterStatus, FromHead, Hello, PeerRole, ToHead};
+use rayish_core::resources::ResourceSet;
+use rayish_core::transport::tls::ClusterTls;
+use rayish_core::transport::{connect, make_client_endpoint, open_control};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::mpsc;
@@ -118,7 +118,7 @@ fn run(launcher: Launcher, limits: Limits, head: SocketAddr, token: String) {
         let round = rt.block_on(async {
             let tls = ClusterTls::from_token(&token).map_err(|e| e.to_string())?;
             let bind = std::net::SocketAddr::new(
-                crate::launch::route_ip(head).unwrap_or_else(|| head.ip()),
+                rayish_core::launch::route_ip(head).unwrap_or_else(|| head.ip()),
                 0,
             );
             let endpoint = make_client_endpoint(bind, &tls, Duration::from_secs(10))

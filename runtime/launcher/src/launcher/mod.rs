@@ -16,8 +16,8 @@
 pub mod config;
 pub mod ssh;
 
-use crate::protocol::ClusterStatus;
 use config::{ClusterPlan, ContainerPlan, RoleCommands};
+use rayish_core::protocol::ClusterStatus;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use ssh::{shell_quote, Machine, SshError, SshOptions};
@@ -195,7 +195,7 @@ impl Launcher {
         let token = saved
             .as_ref()
             .map(|s| s.token.clone())
-            .unwrap_or_else(crate::transport::tls::new_token);
+            .unwrap_or_else(rayish_core::transport::tls::new_token);
         let mut outcomes = Vec::new();
         (self.log)(&format!(
             "Cluster {}: head {}, {} worker(s) of {} machine(s)",

@@ -2,12 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rayish::launch::{resolve, route_ip};
-use rayish::protocol::{ClusterStatus, FromHead, Hello, PeerRole, ToHead};
-use rayish::resources::ResourceSet;
-use rayish::session::{read_cluster_record, temp_root};
-use rayish::transport::tls::ClusterTls;
-use rayish::transport::{connect, make_client_endpoint, open_control};
+use rayish_core::launch::{resolve, route_ip};
+use rayish_core::protocol::{ClusterStatus, FromHead, Hello, PeerRole, ToHead};
+use rayish_core::resources::ResourceSet;
+use rayish_core::session::{read_cluster_record, temp_root};
+use rayish_core::transport::tls::ClusterTls;
+use rayish_core::transport::{connect, make_client_endpoint, open_control};
 use std::path::PathBuf;
 use std::time::Duration;
 
