@@ -183,17 +183,22 @@ async fn connect_with(
     }
 }
 
+/// Whether a connection ended in its TLS handshake: QUIC carries a TLS alert as a
+/// CRYPTO_ERROR, codes 0x100 to 0x1ff (RFC 9000, 20.1), whichever side raised it. Between
+/// rayish processes that means the peer's certificate is not from this cluster's
+/// authority: it does not hold the token.
+fn tls_refused(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    (0x100..0x200).contains(&u64::from(code))
+}
+
 /// What a failed handshake means; `waited` is how long it took to fail.
 fn classify(addr: SocketAddr, e: quinn::ConnectionError, waited: Duration) -> ConnectError {
-    let text = e.to_string();
-    let lower = text.to_lowercase();
-    if lower.contains("certificate")
-        || lower.contains("unknownissuer")
-        || lower.contains("unknown_ca")
-        || lower.contains("badsignature")
-        || lower.contains("decrypt")
-        || lower.contains("handshake")
-    {
+    if tls_refused(&e) {
         ConnectError::WrongToken { addr }
     } else if matches!(e, quinn::ConnectionError::TimedOut) {
         // QUIC's own idle timeout ended the handshake before ours.
@@ -204,19 +209,17 @@ fn classify(addr: SocketAddr, e: quinn::ConnectionError, waited: Duration) -> Co
     } else {
         ConnectError::Other {
             addr,
-            message: text,
+            message: e.to_string(),
         }
     }
 }
 
 /// Describes a failed incoming handshake for the server's log.
 pub fn describe_incoming_failure(e: &quinn::ConnectionError) -> String {
-    let text = e.to_string();
-    let lower = text.to_lowercase();
-    if lower.contains("certificate") || lower.contains("alert") || lower.contains("handshake") {
-        format!("TLS handshake failed ({text}): the peer does not hold this cluster's token")
+    if tls_refused(e) {
+        format!("TLS handshake failed ({e}): the peer does not hold this cluster's token")
     } else {
-        text
+        e.to_string()
     }
 }
 
@@ -250,5 +253,46 @@ impl PeerConnections {
         let c = connect_with(&self.endpoint, Some(&self.client), addr, self.timeout).await?;
         self.open.insert(addr, c.clone());
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peer closed the connection with `code` (as a server refusing our
+    /// certificate does).
+    fn closed_with(code: quinn::TransportErrorCode) -> quinn::ConnectionError {
+        quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: code,
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn a_tls_alert_means_a_wrong_token_and_nothing_else_does() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("an address");
+        // 42 is TLS's bad_certificate, 48 unknown_ca.
+        for alert in [42, 48] {
+            let e = closed_with(quinn::TransportErrorCode::crypto(alert));
+            assert!(matches!(
+                classify(addr, e, Duration::ZERO),
+                ConnectError::WrongToken { .. }
+            ));
+        }
+        let e = closed_with(quinn::TransportErrorCode::PROTOCOL_VIOLATION);
+        assert!(matches!(
+            classify(addr, e, Duration::ZERO),
+            ConnectError::Other { .. }
+        ));
+        assert!(matches!(
+            classify(
+                addr,
+                quinn::ConnectionError::TimedOut,
+                Duration::from_secs(3)
+            ),
+            ConnectError::Unreachable { .. }
+        ));
     }
 }
