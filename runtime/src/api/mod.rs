@@ -29,7 +29,10 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Errors of the user API.
+///
+/// Non-exhaustive: later versions may add causes, so a `match` needs a `_` arm.
 #[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Error {
     /// The task failed (panic, error, worker death) or its object was lost.
     #[error(transparent)]
@@ -41,8 +44,22 @@ pub enum Error {
     #[error("the cluster is unreachable: {0}")]
     ClusterDown(String),
     /// The object could not be fetched from any holder.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("object {object} could not be fetched: {reason}")]
+    Unavailable {
+        /// The object.
+        object: ObjectId,
+        /// The last failure.
+        reason: String,
+    },
+    /// `get_actor` found no live actor of that name (Ray's `ValueError` from
+    /// `ray.get_actor`).
+    #[error("no actor named {name:?}: {reason}")]
+    ActorNotFound {
+        /// The name looked up.
+        name: String,
+        /// Why (no such name, or its actor is dead).
+        reason: String,
+    },
     /// A `put` did not fit in the node's object store, and spilling it to disk failed
     /// (Ray's `ObjectStoreFullError`). Nothing stored before is lost.
     #[error("{0}")]
@@ -63,7 +80,8 @@ impl From<GetError> for Error {
             GetError::ClusterDown(r) => Error::ClusterDown(r),
             GetError::StoreFull(r) => Error::ObjectStoreFull(r),
             GetError::Encode(r) => Error::Codec(r),
-            e @ GetError::Unavailable { .. } => Error::Unavailable(e.to_string()),
+            GetError::Unavailable { id, reason } => Error::Unavailable { object: id, reason },
+            GetError::ActorNotFound { name, reason } => Error::ActorNotFound { name, reason },
         }
     }
 }

@@ -55,8 +55,16 @@ pub enum GetError {
     #[error("object {id} could not be fetched: {reason}")]
     Unavailable {
         /// The object.
-        id: String,
+        id: ObjectId,
         /// The last failure.
+        reason: String,
+    },
+    /// No live actor has the name looked up.
+    #[error("no actor named {name:?}: {reason}")]
+    ActorNotFound {
+        /// The name looked up.
+        name: String,
+        /// What the head said.
         reason: String,
     },
 }
@@ -94,7 +102,7 @@ fn store_error(id: ObjectId, e: crate::object_store::StoreError) -> GetError {
     match e {
         crate::object_store::StoreError::Full { .. } => GetError::StoreFull(e.to_string()),
         other => GetError::Unavailable {
-            id: id.to_string(),
+            id,
             reason: other.to_string(),
         },
     }
@@ -104,10 +112,7 @@ fn store_error(id: ObjectId, e: crate::object_store::StoreError) -> GetError {
 fn put_error(id: ObjectId, e: crate::protocol::PutError) -> GetError {
     match e {
         crate::protocol::PutError::StoreFull(reason) => GetError::StoreFull(reason),
-        crate::protocol::PutError::Failed(reason) => GetError::Unavailable {
-            id: id.to_string(),
-            reason,
-        },
+        crate::protocol::PutError::Failed(reason) => GetError::Unavailable { id, reason },
     }
 }
 
@@ -510,7 +515,7 @@ impl CoreWorker {
                             GetError::StoreFull(reason)
                         }
                         other => GetError::Unavailable {
-                            id: id.to_string(),
+                            id,
                             reason: other.to_string(),
                         },
                     })?;
@@ -587,8 +592,8 @@ impl CoreWorker {
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Ok(info)) => Ok(info),
-            Ok(Err(reason)) => Err(GetError::Unavailable {
-                id: format!("actor {name:?}"),
+            Ok(Err(reason)) => Err(GetError::ActorNotFound {
+                name: name.to_string(),
                 reason,
             }),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -719,10 +724,7 @@ impl CoreWorker {
                         // then re-makes the object or says it is lost.
                         failures += 1;
                         if failures > 50 || deadline.is_some_and(|d| Instant::now() >= d) {
-                            return Err(GetError::Unavailable {
-                                id: id.to_string(),
-                                reason,
-                            });
+                            return Err(GetError::Unavailable { id, reason });
                         }
                         if let Some(mut slot) = self.slots.get_mut(&id) {
                             slot.location = None;

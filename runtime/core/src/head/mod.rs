@@ -4,6 +4,7 @@
 //! Architecture invariant: the head never runs user code and never decodes object
 //! values; it moves bytes and ids only. It knows nothing of the user API.
 
+pub mod clock;
 pub mod directory;
 pub mod scheduler;
 mod service;

@@ -614,7 +614,7 @@ impl NodeInner {
                 }
                 (TaskArg::Ref(id), ArgSource::InSpec) => {
                     return Err(TaskOutcome::Failed(TaskError::ObjectLost {
-                        object: id.to_string(),
+                        object: *id,
                         reason: "the head sent no location for it".into(),
                     }))
                 }

@@ -1,10 +1,14 @@
 //! What `get` returns instead of a value when the task that makes it failed.
 
+use crate::ids::{ActorId, ObjectId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// An error that stands in for a task's value: what `get` returns instead.
+///
+/// Non-exhaustive: later versions may add causes, so a `match` needs a `_` arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Error)]
+#[non_exhaustive]
 pub enum TaskError {
     /// The function panicked.
     #[error("task {function} panicked on node {node}: {message}")]
@@ -43,8 +47,8 @@ pub enum TaskError {
         "object {object} was lost with the node(s) holding it and cannot be recomputed: {reason}"
     )]
     ObjectLost {
-        /// The object, in hex.
-        object: String,
+        /// The object.
+        object: ObjectId,
         /// Why recomputation was impossible.
         reason: String,
     },
@@ -52,8 +56,8 @@ pub enum TaskError {
     /// constructor failed); every call on it, pending or new, ends with this.
     #[error("actor {actor} ({class}) died: {cause}")]
     ActorDied {
-        /// The actor, in hex.
-        actor: String,
+        /// The actor.
+        actor: ActorId,
         /// Its class.
         class: String,
         /// Why it died.

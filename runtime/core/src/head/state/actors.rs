@@ -59,7 +59,7 @@ impl ActorEntry {
 
     fn died_error(&self, cause: &str) -> TaskError {
         TaskError::ActorDied {
-            actor: self.opts.actor.to_string(),
+            actor: self.opts.actor,
             class: self.opts.class.clone(),
             cause: cause.to_string(),
         }
@@ -165,7 +165,7 @@ impl HeadState {
         let return_id = spec.return_id;
         let dead = match self.actors.actors.get(&actor) {
             None => Some(TaskError::ActorDied {
-                actor: actor.to_string(),
+                actor,
                 class: String::new(),
                 cause: "no such actor: it ended and every handle to it is gone".into(),
             }),

@@ -33,7 +33,7 @@ impl HeadState {
                         used: ResourceSet::new(),
                         running: HashSet::default(),
                         finished: 0,
-                        last_heartbeat: Instant::now(),
+                        last_heartbeat: self.clock.now(),
                         load: NodeLoad::default(),
                     },
                 );
@@ -106,7 +106,7 @@ impl HeadState {
     }
 
     pub(super) fn check_heartbeats(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         // Ticks come every tenth of the node timeout. A much longer gap means this
         // process was stalled (SIGSTOP, a VM pause, swapping), not the nodes: their
         // heartbeats are waiting unread. Give every node a full timeout from now

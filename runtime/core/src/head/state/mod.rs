@@ -13,7 +13,10 @@ mod objects;
 mod placement;
 mod status;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
+use super::clock::{Clock, SystemClock};
 use super::directory::{Freed, ObjectDirectory, ObjectValue};
 use super::scheduler::{dispatch_factor, is_feasible, pick_node, NodeView, SchedulingQueue};
 use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
@@ -152,6 +155,7 @@ pub struct HeadSettings {
 /// The head's tables and the logic that changes them.
 pub struct HeadState {
     settings: HeadSettings,
+    clock: Arc<dyn Clock>,
     peers: HashMap<PeerId, Peer>,
     nodes: HashMap<NodeId, NodeEntry>,
     jobs: HashMap<JobId, JobEntry>,
@@ -177,10 +181,17 @@ pub struct HeadState {
 const MAX_DEAD_NODES: usize = 1000;
 
 impl HeadState {
-    /// Empty tables.
+    /// Empty tables, on the real clock.
     pub fn new(settings: HeadSettings) -> Self {
+        Self::with_clock(settings, Arc::new(SystemClock))
+    }
+
+    /// Empty tables, reading the time from `clock`.
+    pub fn with_clock(settings: HeadSettings, clock: Arc<dyn Clock>) -> Self {
+        let now = clock.now();
         Self {
             settings,
+            clock,
             peers: HashMap::default(),
             nodes: HashMap::default(),
             jobs: HashMap::default(),
@@ -193,7 +204,7 @@ impl HeadState {
             delayed: Vec::new(),
             actors: actors::ActorTable::default(),
             autoscaler: None,
-            last_tick: Instant::now(),
+            last_tick: now,
             dead_nodes: std::collections::VecDeque::new(),
         }
     }
@@ -333,7 +344,7 @@ impl HeadState {
             ToHead::TaskUnblocked(task) => self.set_blocked(task, false),
             ToHead::Heartbeat(load) => {
                 if let Some(node) = self.peer_node(peer).and_then(|n| self.nodes.get_mut(&n)) {
-                    node.last_heartbeat = Instant::now();
+                    node.last_heartbeat = self.clock.now();
                     node.load = load;
                 }
             }

@@ -6,7 +6,7 @@ impl HeadState {
     pub(super) fn subscribe(&mut self, peer: PeerId, id: ObjectId) {
         let location = match self.objects.get_mut(&id) {
             None => Some(ObjectLocation::Error(TaskError::ObjectLost {
-                object: id.to_string(),
+                object: id,
                 reason: "no such object: it was freed or never existed".into(),
             })),
             Some(entry) if !entry.is_ready() => {
@@ -123,7 +123,7 @@ impl HeadState {
             }
             _ => {
                 let err = TaskError::ObjectLost {
-                    object: id.to_string(),
+                    object: id,
                     reason: "it was made by put or its task's arguments are gone".into(),
                 };
                 if let Some(entry) = self.objects.get_mut(&id) {

@@ -26,7 +26,7 @@ impl HeadState {
             match self.objects.get(&id).map(|e| &e.value) {
                 None => {
                     failed.get_or_insert(TaskError::ObjectLost {
-                        object: id.to_string(),
+                        object: id,
                         reason: "the argument was freed or never existed".into(),
                     });
                 }
@@ -234,7 +234,7 @@ impl HeadState {
         task.fetch_failures += 1;
         if task.fetch_failures > patience {
             let err = TaskError::ObjectLost {
-                object: object.to_string(),
+                object,
                 reason: format!("no holder could serve it: {reason}"),
             };
             self.complete_task(task_id, ObjectValue::Error(Box::new(err)));
@@ -246,7 +246,7 @@ impl HeadState {
             "argument unavailable ({reason}); retrying later"
         );
         task.state = TaskState::WaitingForArgs;
-        self.delayed.push((Instant::now() + pause, task_id));
+        self.delayed.push((self.clock.now() + pause, task_id));
     }
 
     /// Puts a task that must run again back in line: it waits for any argument that is
@@ -272,7 +272,7 @@ impl HeadState {
                 Some(_) => {}
                 None => {
                     let err = TaskError::ObjectLost {
-                        object: id.to_string(),
+                        object: id,
                         reason: "the argument was freed".into(),
                     };
                     self.complete_task(task_id, ObjectValue::Error(Box::new(err)));

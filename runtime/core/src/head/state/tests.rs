@@ -1,0 +1,433 @@
+//! The head's state machine driven as quinn tests its connection state: no sockets, no
+//! threads, no sleeping. Each test plays the peers (nodes, drivers), feeds the head
+//! their messages and the passing of a fake clock, and asserts the messages it sends.
+
+use super::*;
+use crate::head::clock::ManualClock;
+use crate::ids::{ActorId, BinaryHash};
+use crate::protocol::{ActorCreation, TaskKind};
+use crate::resources::GPU;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+const NODE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A head and the peers it talks to.
+struct Bench {
+    head: HeadState,
+    clock: Arc<ManualClock>,
+    inboxes: HashMap<PeerId, UnboundedReceiver<FromHead>>,
+    next_peer: u128,
+}
+
+/// A node as the test plays it.
+#[derive(Clone, Copy)]
+struct TestNode {
+    peer: PeerId,
+    id: NodeId,
+}
+
+/// A driver as the test plays it.
+#[derive(Clone, Copy)]
+struct TestDriver {
+    peer: PeerId,
+    job: JobId,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let clock = Arc::new(ManualClock::new());
+        let settings = HeadSettings {
+            // The head process's own node is not among the test's nodes.
+            head_node: NodeId(u128::MAX),
+            node_timeout: NODE_TIMEOUT,
+        };
+        Self {
+            head: HeadState::with_clock(settings, clock.clone()),
+            clock,
+            inboxes: HashMap::default(),
+            next_peer: 1,
+        }
+    }
+
+    fn connect(&mut self, role: PeerRole) -> (PeerId, Welcome) {
+        let peer = PeerId(self.next_peer);
+        self.next_peer += 1;
+        let (tx, rx) = unbounded_channel();
+        let (reply, mut answer) = oneshot::channel();
+        self.head.handle_batch([HeadEvent::Connected {
+            peer,
+            role,
+            sender: MessageSender::direct(Arc::new(tx)),
+            needs_binary: false,
+            reply,
+        }]);
+        self.inboxes.insert(peer, rx);
+        (
+            peer,
+            answer
+                .try_recv()
+                .expect("the head answers a handshake at once"),
+        )
+    }
+
+    fn node(&mut self, resources: ResourceSet) -> TestNode {
+        let id = NodeId::random();
+        let reg = NodeRegistration {
+            node_id: id,
+            address: format!("127.0.0.{}:7000", self.next_peer + 1)
+                .parse()
+                .expect("an address"),
+            resources,
+            hostname: "test".into(),
+            pid: 1,
+            worker_key: [7; 32],
+        };
+        let (peer, welcome) = self.connect(PeerRole::Node(reg));
+        assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
+        TestNode { peer, id }
+    }
+
+    fn cpu_node(&mut self, cpus: f64) -> TestNode {
+        self.node(ResourceSet::new().with(CPU, cpus))
+    }
+
+    fn driver(&mut self) -> TestDriver {
+        let role = PeerRole::Driver {
+            binary: BinaryHash("ab".repeat(32)),
+            name: "test".into(),
+        };
+        match self.connect(role) {
+            (peer, Welcome::Accepted { job: Some(job), .. }) => TestDriver { peer, job },
+            (_, other) => panic!("driver refused: {other:?}"),
+        }
+    }
+
+    fn send(&mut self, peer: PeerId, msg: ToHead) {
+        self.head.handle_batch([HeadEvent::Message(peer, msg)]);
+    }
+
+    /// Submits `spec` and subscribes the driver to its result.
+    fn submit(&mut self, driver: TestDriver, spec: &TaskSpec) {
+        self.send(driver.peer, ToHead::SubmitTasks(vec![spec.clone()]));
+        self.send(driver.peer, ToHead::Subscribe(vec![spec.return_id]));
+    }
+
+    /// Lets `total` pass in ticks (a tenth of the node timeout each, as the service
+    /// ticks), every node in `alive` sending a heartbeat at each.
+    fn pass(&mut self, total: Duration, alive: &[TestNode]) {
+        let step = NODE_TIMEOUT / 10;
+        let mut passed = Duration::ZERO;
+        while passed < total {
+            self.clock.advance(step);
+            passed += step;
+            for node in alive {
+                self.send(node.peer, ToHead::Heartbeat(NodeLoad::default()));
+            }
+            self.head.handle_batch([HeadEvent::Tick]);
+        }
+    }
+
+    /// Everything the head sent `peer` since the last look.
+    fn inbox(&mut self, peer: PeerId) -> Vec<FromHead> {
+        let rx = self.inboxes.get_mut(&peer).expect("a connected peer");
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    /// The assignments the head sent `node` since the last look (other messages dropped).
+    fn assigned(&mut self, node: TestNode) -> Vec<TaskAssignment> {
+        self.inbox(node.peer)
+            .into_iter()
+            .filter_map(|m| match m {
+                FromHead::Execute(a) => Some(*a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The one assignment `node` got; fails if there is not exactly one.
+    fn only_assignment(&mut self, node: TestNode) -> TaskAssignment {
+        let mut got = self.assigned(node);
+        assert_eq!(got.len(), 1, "assignments: {got:?}");
+        got.remove(0)
+    }
+
+    /// What the driver was told about `id`, if anything.
+    fn location(&mut self, driver: TestDriver, id: ObjectId) -> Option<ObjectLocation> {
+        self.inbox(driver.peer).into_iter().find_map(|m| match m {
+            FromHead::ObjectReady { id: got, location } if got == id => Some(location),
+            _ => None,
+        })
+    }
+
+    fn finish(&mut self, node: TestNode, a: &TaskAssignment, outcome: TaskOutcome) {
+        self.send(
+            node.peer,
+            ToHead::TaskFinished {
+                task_id: a.spec.task_id,
+                attempt: a.attempt,
+                outcome,
+                run_micros: 1000,
+            },
+        );
+    }
+}
+
+fn task(job: JobId, function: &str, args: Vec<TaskArg>, max_retries: u32) -> TaskSpec {
+    TaskSpec {
+        task_id: TaskId::random(),
+        job,
+        function: function.into(),
+        args,
+        nested_refs: Vec::new(),
+        return_id: ObjectId::random(),
+        resources: ResourceSet::new().with(CPU, 1.0),
+        max_retries,
+        kind: TaskKind::Function,
+    }
+}
+
+fn stored_inline(v: u8) -> TaskOutcome {
+    TaskOutcome::Stored(StoredValue::Inline(vec![v]))
+}
+
+#[test]
+fn a_task_whose_worker_dies_is_retried_then_fails_with_worker_died() {
+    let mut b = Bench::new();
+    let node = b.cpu_node(1.0);
+    let driver = b.driver();
+    let spec = task(driver.job, "crashes", Vec::new(), 1);
+    b.submit(driver, &spec);
+
+    let first = b.only_assignment(node);
+    assert_eq!((first.spec.task_id, first.attempt), (spec.task_id, 0));
+    b.finish(node, &first, TaskOutcome::WorkerDied("SIGKILL".into()));
+    assert!(
+        b.location(driver, spec.return_id).is_none(),
+        "one retry is left"
+    );
+
+    let second = b.only_assignment(node);
+    assert_eq!((second.spec.task_id, second.attempt), (spec.task_id, 1));
+    // A late report of the first attempt changes nothing.
+    b.finish(node, &first, stored_inline(1));
+    assert!(b.location(driver, spec.return_id).is_none());
+
+    b.finish(node, &second, TaskOutcome::WorkerDied("SIGKILL".into()));
+    match b.location(driver, spec.return_id) {
+        Some(ObjectLocation::Error(TaskError::WorkerDied {
+            attempts, reason, ..
+        })) => assert_eq!((attempts, reason.as_str()), (2, "SIGKILL")),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(b.assigned(node).is_empty(), "no third attempt");
+}
+
+#[test]
+fn a_dead_nodes_running_task_is_queued_again_and_runs_elsewhere() {
+    let mut b = Bench::new();
+    let a = b.cpu_node(1.0);
+    let c = b.cpu_node(1.0);
+    let driver = b.driver();
+    let one = task(driver.job, "one", Vec::new(), 3);
+    let two = task(driver.job, "two", Vec::new(), 3);
+    b.submit(driver, &one);
+    b.submit(driver, &two);
+    let on_a = b.only_assignment(a);
+    let on_c = b.only_assignment(c);
+
+    // Node a falls silent; c keeps sending heartbeats.
+    b.pass(NODE_TIMEOUT / 2, &[a, c]);
+    b.pass(NODE_TIMEOUT + NODE_TIMEOUT / 2, &[c]);
+    assert!(
+        b.inbox(a.peer)
+            .iter()
+            .any(|m| matches!(m, FromHead::NodeDead(_))),
+        "the silent node is told it was declared dead"
+    );
+    // c is busy: a's task waits in the queue until c's task ends.
+    assert!(b.assigned(c).is_empty());
+    b.finish(c, &on_c, stored_inline(2));
+    let again = b.only_assignment(c);
+    assert_eq!(again.spec.task_id, on_a.spec.task_id);
+    assert_eq!(again.attempt, 1, "a node's death uses up one retry");
+    // The dead node's late report is ignored; the new attempt's counts.
+    b.finish(a, &on_a, stored_inline(9));
+    b.finish(c, &again, stored_inline(1));
+    assert_eq!(
+        b.location(driver, on_a.spec.return_id)
+            .map(|l| format!("{l:?}")),
+        Some(format!("{:?}", ObjectLocation::Inline(vec![1])))
+    );
+}
+
+#[test]
+fn a_stalled_head_declares_no_node_dead() {
+    let mut b = Bench::new();
+    let node = b.cpu_node(1.0);
+    b.pass(NODE_TIMEOUT / 2, &[node]);
+    // The head itself stops for five node timeouts: no tick, no message read.
+    b.clock.advance(NODE_TIMEOUT * 5);
+    b.head.handle_batch([HeadEvent::Tick]);
+    assert!(
+        !b.inbox(node.peer)
+            .iter()
+            .any(|m| matches!(m, FromHead::NodeDead(_))),
+        "the node was declared dead for the head's own stall"
+    );
+    // The node gets a full timeout from the end of the stall, not more.
+    b.pass(NODE_TIMEOUT / 2, &[node]);
+    b.pass(NODE_TIMEOUT + NODE_TIMEOUT / 2, &[]);
+    assert!(b
+        .inbox(node.peer)
+        .iter()
+        .any(|m| matches!(m, FromHead::NodeDead(_))));
+}
+
+#[test]
+fn a_lost_object_is_made_again_from_lineage_and_a_lost_put_fails_with_object_lost() {
+    let mut b = Bench::new();
+    let a = b.cpu_node(1.0);
+    let c = b.cpu_node(1.0);
+    let driver = b.driver();
+    // `make` runs on one of the nodes and leaves its large value there.
+    let make = task(driver.job, "make", Vec::new(), 0);
+    b.submit(driver, &make);
+    let (holder, other, made) = match (b.assigned(a).pop(), b.assigned(c).pop()) {
+        (Some(x), None) => (a, c, x),
+        (None, Some(x)) => (c, a, x),
+        got => panic!("expected one assignment, got {got:?}"),
+    };
+    b.finish(
+        holder,
+        &made,
+        TaskOutcome::Stored(StoredValue::OnNode { size: 1 << 20 }),
+    );
+    assert!(matches!(
+        b.location(driver, make.return_id),
+        Some(ObjectLocation::Nodes(n)) if n.len() == 1 && n[0].node == holder.id
+    ));
+    // The driver also put a large value on the same node.
+    let put = ObjectId::random();
+    b.send(
+        driver.peer,
+        ToHead::PutStored {
+            id: put,
+            node: holder.id,
+            size: 1 << 20,
+        },
+    );
+
+    b.pass(NODE_TIMEOUT * 2, &[other]);
+    // `make` runs again (lineage), on the node that is left, as a first attempt: a
+    // re-make does not spend the task's retries.
+    let remade = b.only_assignment(other);
+    assert_eq!(remade.spec.task_id, make.task_id);
+    assert_eq!(remade.attempt, 0);
+    // The put has no task to make it again.
+    b.send(driver.peer, ToHead::Subscribe(vec![put, make.return_id]));
+    match b.location(driver, put) {
+        Some(ObjectLocation::Error(TaskError::ObjectLost { object, .. })) => {
+            assert_eq!(object, put)
+        }
+        other => panic!("expected ObjectLost, got {other:?}"),
+    }
+    b.finish(
+        other,
+        &remade,
+        TaskOutcome::Stored(StoredValue::OnNode { size: 1 << 20 }),
+    );
+    assert!(matches!(
+        b.location(driver, make.return_id),
+        Some(ObjectLocation::Nodes(n)) if n.len() == 1 && n[0].node == other.id
+    ));
+}
+
+fn actor_creation(job: JobId, max_restarts: i32) -> (ActorId, TaskSpec) {
+    let actor = ActorId::random();
+    let mut spec = task(job, "Counter::new", Vec::new(), 0);
+    spec.kind = TaskKind::CreateActor(ActorCreation {
+        actor,
+        class: "Counter".into(),
+        name: None,
+        detached: false,
+        max_restarts,
+        max_task_retries: 0,
+    });
+    (actor, spec)
+}
+
+#[test]
+fn an_actor_restarts_until_max_restarts_then_its_calls_fail_with_actor_died() {
+    let mut b = Bench::new();
+    let node = b.cpu_node(2.0);
+    let driver = b.driver();
+    let (actor, create) = actor_creation(driver.job, 1);
+    b.submit(driver, &create);
+    let created = b.only_assignment(node);
+    b.finish(node, &created, stored_inline(0));
+
+    // The actor's process dies: it is made again (one restart allowed).
+    b.send(
+        node.peer,
+        ToHead::ActorDied {
+            actor,
+            reason: "SIGKILL".into(),
+        },
+    );
+    let restarted = b.only_assignment(node);
+    assert_eq!(restarted.spec.task_id, create.task_id);
+    b.finish(node, &restarted, stored_inline(0));
+
+    // A call, then a second death: no restarts are left.
+    let mut call = task(driver.job, "Counter::add", Vec::new(), 0);
+    call.kind = TaskKind::ActorCall(actor);
+    b.submit(driver, &call);
+    let sent = b.only_assignment(node);
+    assert_eq!(sent.spec.task_id, call.task_id);
+    b.send(
+        node.peer,
+        ToHead::ActorDied {
+            actor,
+            reason: "SIGKILL again".into(),
+        },
+    );
+    // The node also reports the call that was running in the dead process.
+    b.finish(node, &sent, TaskOutcome::WorkerDied("SIGKILL again".into()));
+    assert!(b.assigned(node).is_empty(), "no second restart");
+    match b.location(driver, call.return_id) {
+        Some(ObjectLocation::Error(TaskError::ActorDied {
+            actor: id, class, ..
+        })) => assert_eq!((id, class.as_str()), (actor, "Counter")),
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+    // A call made after the death fails at once.
+    let mut late = task(driver.job, "Counter::add", Vec::new(), 0);
+    late.kind = TaskKind::ActorCall(actor);
+    b.submit(driver, &late);
+    assert!(matches!(
+        b.location(driver, late.return_id),
+        Some(ObjectLocation::Error(TaskError::ActorDied { .. }))
+    ));
+}
+
+#[test]
+fn an_infeasible_task_is_reported_and_runs_when_a_node_that_fits_joins() {
+    let mut b = Bench::new();
+    let cpu_only = b.cpu_node(4.0);
+    let driver = b.driver();
+    let mut spec = task(driver.job, "train", Vec::new(), 0);
+    spec.resources = ResourceSet::new().with(CPU, 1.0).with(GPU, 1.0);
+    b.submit(driver, &spec);
+    assert!(b.assigned(cpu_only).is_empty());
+    assert!(
+        b.inbox(driver.peer).iter().any(
+            |m| matches!(m, FromHead::Warning(w) if w.contains("which no node in the cluster has"))
+        ),
+        "the driver is warned"
+    );
+
+    let gpu = b.node(ResourceSet::new().with(CPU, 1.0).with(GPU, 1.0));
+    let a = b.only_assignment(gpu);
+    assert_eq!(a.spec.task_id, spec.task_id);
+    assert!(b.assigned(cpu_only).is_empty());
+}
