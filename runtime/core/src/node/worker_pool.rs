@@ -375,19 +375,17 @@ impl WorkerPool {
         Some(idle.swap_remove(pos))
     }
 
-    async fn spawn(self: &Arc<Self>, job: JobId, binary: &Path) -> Result<Arc<Worker>, String> {
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let theirs: OwnedFd = theirs.into();
-        let their_fd = theirs.as_raw_fd();
-        let log_base = self
-            .env
-            .log_dir
-            .join(format!("worker-{job}-{:08x}", rand::random::<u32>()));
-        let out = std::fs::File::create(log_base.with_extension("out"))
-            .map_err(|e| format!("worker log: {e}"))?;
-        let err = std::fs::File::create(log_base.with_extension("err"))
-            .map_err(|e| format!("worker log: {e}"))?;
+    /// The command that starts a worker of `job` from `binary`: its environment (the
+    /// cluster key and this job's proof, never the token), its log files, and the
+    /// socket `their_fd` moved to `WORKER_FD` in the child.
+    fn command(
+        &self,
+        job: JobId,
+        binary: &Path,
+        their_fd: i32,
+        out: std::fs::File,
+        err: std::fs::File,
+    ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(binary);
         cmd.env("RAYISH_WORKER_FD", WORKER_FD.to_string())
             .env("RAYISH_HEAD_ADDRESS", self.env.head.to_string())
@@ -427,6 +425,25 @@ impl WorkerPool {
                 Ok(())
             });
         }
+        cmd
+    }
+
+    /// Starts a worker process of `job` and waits until it says it is ready; from then
+    /// on [`Self::watch`] reads it.
+    async fn spawn(self: &Arc<Self>, job: JobId, binary: &Path) -> Result<Arc<Worker>, String> {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let theirs: OwnedFd = theirs.into();
+        let their_fd = theirs.as_raw_fd();
+        let log_base = self
+            .env
+            .log_dir
+            .join(format!("worker-{job}-{:08x}", rand::random::<u32>()));
+        let out = std::fs::File::create(log_base.with_extension("out"))
+            .map_err(|e| format!("worker log: {e}"))?;
+        let err = std::fs::File::create(log_base.with_extension("err"))
+            .map_err(|e| format!("worker log: {e}"))?;
+        let mut cmd = self.command(job, binary, their_fd, out, err);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start worker {}: {e}", binary.display()))?;
@@ -468,113 +485,104 @@ impl WorkerPool {
         self.live.insert(pid, worker.clone());
         tracing::debug!(pid, ?job, "worker started");
 
-        let pool = self.clone();
-        let w = worker.clone();
-        tokio::spawn(async move {
-            let log_base = log_base;
-            let reason = loop {
-                match reader.next().await {
-                    Ok(Some(FromWorker::Finished { task_id, result })) => {
-                        let run = w.runs.lock().ok().and_then(|mut r| r.take(task_id, true));
-                        if let Some((run, took)) = run {
-                            let _ = run.tx.send(RunEnd::Ran(Ok(result), took));
-                        }
-                    }
-                    Ok(Some(FromWorker::Declined { task_id })) => {
-                        let run = w.runs.lock().ok().and_then(|mut r| r.take(task_id, false));
-                        if let Some((run, _)) = run {
-                            let _ = run.tx.send(RunEnd::Declined);
-                        }
-                    }
-                    Ok(Some(FromWorker::GetObject {
-                        request,
-                        id,
-                        holders,
-                    })) => {
-                        let _ = pool.requests.send((
-                            w.clone(),
-                            WorkerRequest::Get {
-                                request,
-                                id,
-                                holders,
-                            },
-                        ));
-                    }
-                    Ok(Some(FromWorker::PutObject { request, id, value })) => {
-                        let _ = pool
-                            .requests
-                            .send((w.clone(), WorkerRequest::Put { request, id, value }));
-                    }
-                    Ok(Some(FromWorker::LendSegment { request, id, len })) => {
-                        let _ = pool
-                            .requests
-                            .send((w.clone(), WorkerRequest::Lend { request, id, len }));
-                    }
-                    Ok(Some(FromWorker::Blocked { task_id, blocked })) => {
-                        let _ = pool
-                            .requests
-                            .send((w.clone(), WorkerRequest::Blocked { task_id, blocked }));
-                    }
-                    Ok(Some(FromWorker::Ready { .. })) => {}
-                    Ok(None) => break None,
-                    Err(e) => break Some(format!("bad message from worker: {e}")),
-                }
-            };
-            pool.live.remove(&w.pid);
-            if let Ok(mut idle) = pool.idle.lock() {
-                idle.retain(|x| x.pid != w.pid);
-            }
-            // The socket closed: the process is exiting or gone. Learn how it ended.
-            let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-                Ok(Ok(status)) => describe_exit(status),
-                _ => {
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
-                    "closed its socket and was killed".to_string()
-                }
-            };
-            // A worker that printed nothing leaves no files behind (a recursive job
-            // starts hundreds of workers).
-            for ext in ["out", "err"] {
-                let path = log_base.with_extension(ext);
-                if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            let reason = match reason {
-                Some(r) => format!("{r}; worker pid {} {status}", w.pid),
-                None => format!("worker pid {} {status}", w.pid),
-            };
-            let runs = w
-                .runs
-                .lock()
-                .map(|mut r| std::mem::take(&mut r.pending))
-                .unwrap_or_default();
-            if !runs.is_empty() {
-                tracing::warn!("worker died during a task: {reason}");
-            }
-            // The first was running; a follower behind it never started.
-            for (i, run) in runs.into_iter().enumerate() {
-                let end = if i > 0 && run.follower {
-                    RunEnd::Declined
-                } else {
-                    RunEnd::Ran(Err(reason.clone()), Duration::ZERO)
-                };
-                let _ = run.tx.send(end);
-            }
-            let binding = w.actor.lock().ok().and_then(|a| *a);
-            if let Some(binding) = binding {
-                tracing::warn!(actor = ?binding.actor, "actor process ended: {reason}");
-                let _ = pool.requests.send((
-                    w.clone(),
-                    WorkerRequest::ActorDied {
-                        actor: binding.actor,
-                        reason,
-                    },
-                ));
-            }
-        });
+        tokio::spawn(self.clone().watch(worker.clone(), reader, child, log_base));
         Ok(worker)
+    }
+
+    /// Reads a started worker's messages until its socket closes, passing its
+    /// requests to the node; then learns how the process ended and reports what it
+    /// leaves unfinished: its pending runs, and its actor if it held one.
+    async fn watch(
+        self: Arc<Self>,
+        w: Arc<Worker>,
+        mut reader: FrameReader<tokio::net::unix::OwnedReadHalf, FromWorker>,
+        child: tokio::process::Child,
+        log_base: PathBuf,
+    ) {
+        let reason = loop {
+            match reader.next().await {
+                Ok(Some(msg)) => self.route(&w, msg),
+                Ok(None) => break None,
+                Err(e) => break Some(format!("bad message from worker: {e}")),
+            }
+        };
+        self.live.remove(&w.pid);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|x| x.pid != w.pid);
+        }
+        let status = reap(child).await;
+        remove_empty_logs(&log_base);
+        let reason = match reason {
+            Some(r) => format!("{r}; worker pid {} {status}", w.pid),
+            None => format!("worker pid {} {status}", w.pid),
+        };
+        let runs = w
+            .runs
+            .lock()
+            .map(|mut r| std::mem::take(&mut r.pending))
+            .unwrap_or_default();
+        if !runs.is_empty() {
+            tracing::warn!("worker died during a task: {reason}");
+        }
+        // The first was running; a follower behind it never started.
+        for (i, run) in runs.into_iter().enumerate() {
+            let end = if i > 0 && run.follower {
+                RunEnd::Declined
+            } else {
+                RunEnd::Ran(Err(reason.clone()), Duration::ZERO)
+            };
+            let _ = run.tx.send(end);
+        }
+        let binding = w.actor.lock().ok().and_then(|a| *a);
+        if let Some(binding) = binding {
+            tracing::warn!(actor = ?binding.actor, "actor process ended: {reason}");
+            let _ = self.requests.send((
+                w.clone(),
+                WorkerRequest::ActorDied {
+                    actor: binding.actor,
+                    reason,
+                },
+            ));
+        }
+    }
+
+    /// One message from worker `w`: a run's end goes to whoever waits for it, a
+    /// request to the node.
+    fn route(&self, w: &Arc<Worker>, msg: FromWorker) {
+        let request = match msg {
+            FromWorker::Finished { task_id, result } => {
+                let run = w.runs.lock().ok().and_then(|mut r| r.take(task_id, true));
+                if let Some((run, took)) = run {
+                    let _ = run.tx.send(RunEnd::Ran(Ok(result), took));
+                }
+                return;
+            }
+            FromWorker::Declined { task_id } => {
+                let run = w.runs.lock().ok().and_then(|mut r| r.take(task_id, false));
+                if let Some((run, _)) = run {
+                    let _ = run.tx.send(RunEnd::Declined);
+                }
+                return;
+            }
+            FromWorker::Ready { .. } => return,
+            FromWorker::GetObject {
+                request,
+                id,
+                holders,
+            } => WorkerRequest::Get {
+                request,
+                id,
+                holders,
+            },
+            FromWorker::PutObject { request, id, value } => {
+                WorkerRequest::Put { request, id, value }
+            }
+            FromWorker::LendSegment { request, id, len } => {
+                WorkerRequest::Lend { request, id, len }
+            }
+            FromWorker::Blocked { task_id, blocked } => WorkerRequest::Blocked { task_id, blocked },
+        };
+        let _ = self.requests.send((w.clone(), request));
     }
 
     /// Kills every worker of `job`, except those holding detached actors.
@@ -607,6 +615,30 @@ impl WorkerPool {
         let pids: Vec<u32> = self.live.iter().map(|w| w.pid).collect();
         for pid in pids {
             kill(pid);
+        }
+    }
+}
+
+/// How a worker whose socket closed ended: its exit status, waited for up to 2 s
+/// before it is killed.
+async fn reap(mut child: tokio::process::Child) -> String {
+    match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+        Ok(Ok(status)) => describe_exit(status),
+        _ => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            "closed its socket and was killed".to_string()
+        }
+    }
+}
+
+/// A worker that printed nothing leaves no log files behind (a recursive job starts
+/// hundreds of workers).
+fn remove_empty_logs(log_base: &Path) {
+    for ext in ["out", "err"] {
+        let path = log_base.with_extension(ext);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
