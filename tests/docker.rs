@@ -37,6 +37,9 @@ struct Deployment {
     tag: String,
     containers: Vec<String>,
     network: String,
+    /// The cluster token, handed to each container as `RAYISH_TOKEN` from docker's
+    /// environment (`-e RAYISH_TOKEN`), never on a command line.
+    token: String,
 }
 
 impl Drop for Deployment {
@@ -67,10 +70,17 @@ impl Deployment {
             "1g",
             "-v",
             &volume,
+            "-e",
+            "RAYISH_TOKEN",
             &self.tag,
         ];
         all.extend_from_slice(args);
-        docker_ok(&all);
+        let out = Command::new("docker")
+            .args(&all)
+            .env("RAYISH_TOKEN", &self.token)
+            .output()
+            .expect("run docker");
+        assert!(out.status.success(), "docker {all:?}: {}", text(&out));
         self.containers.push(full);
     }
 
@@ -154,20 +164,12 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
         tag: tag.clone(),
         containers: Vec::new(),
         network,
+        token: rayish_core::transport::tls::new_token(),
     };
-    let token = format!("docker-test-{:x}", rayish_suite::rand_u64());
     d.run(
         "head",
         &photos,
-        &[
-            "start",
-            "--head",
-            "--block",
-            "--num-cpus",
-            "1",
-            "--token",
-            &token,
-        ],
+        &["start", "--head", "--block", "--num-cpus", "1"],
     );
     for w in ["worker1", "worker2"] {
         d.run(
@@ -177,8 +179,6 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
                 "start",
                 "--address",
                 "head:6379",
-                "--token",
-                &token,
                 "--block",
                 "--num-cpus",
                 "1",
@@ -199,6 +199,15 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
             d.status()
         );
         std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The token reached every container without being on a command line.
+    for c in &d.containers {
+        let args = docker_ok(&["inspect", "-f", "{{json .Path}} {{json .Args}}", c]);
+        assert!(
+            !args.contains(&d.token),
+            "{c} has the token in its arguments: {args}"
+        );
     }
 
     // The job, driven from the head container; worker2 is stopped once tasks have run
