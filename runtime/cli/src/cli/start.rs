@@ -235,20 +235,22 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         .enable_all()
         .build()?;
 
+    // The head and a joining node differ in address, port and token only.
+    let options = |ip, port, token: &String| LaunchOptions {
+        ip,
+        port,
+        resources: resources.clone(),
+        token: token.clone(),
+        root: root.clone(),
+        log_dir: session.logs(),
+        node_timeout,
+        head_reconnect_timeout,
+        object_store_memory: args.object_store_memory,
+    };
     let (launched, token, head, opts) = if args.head {
         let token = given.unwrap_or_else(new_token);
         let ip = args.node_ip_address.unwrap_or_else(default_ip);
-        let opts = LaunchOptions {
-            ip,
-            port: args.port,
-            resources: resources.clone(),
-            token: token.clone(),
-            root: root.clone(),
-            log_dir: session.logs(),
-            node_timeout,
-            head_reconnect_timeout,
-            object_store_memory: args.object_store_memory,
-        };
+        let opts = options(ip, args.port, &token);
         let launched = rt
             .block_on(launch_head(&opts))
             .context("starting the head")?;
@@ -276,17 +278,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             .node_ip_address
             .or_else(|| route_ip(head))
             .unwrap_or_else(default_ip);
-        let opts = LaunchOptions {
-            ip,
-            port: 0,
-            resources: resources.clone(),
-            token: token.clone(),
-            root: root.clone(),
-            log_dir: session.logs(),
-            node_timeout,
-            head_reconnect_timeout,
-            object_store_memory: args.object_store_memory,
-        };
+        let opts = options(ip, 0, &token);
         let launched = rt
             .block_on(launch_node(&opts, head))
             .with_context(|| format!("joining the head at {address}"))?;

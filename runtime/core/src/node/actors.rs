@@ -23,7 +23,7 @@ pub(super) struct LocalActor {
 }
 
 /// An actor call sent to its worker (or refused before), waiting to be reported.
-pub(super) struct SentCall {
+struct SentCall {
     task_id: TaskId,
     attempt: u32,
     function: String,
@@ -32,7 +32,7 @@ pub(super) struct SentCall {
     run: SentRun,
 }
 
-pub(super) enum SentRun {
+enum SentRun {
     /// Its arguments could not be had: this is its outcome.
     Refused(TaskOutcome),
     /// On the worker: its result, when it comes.
@@ -105,7 +105,7 @@ impl NodeInner {
 
     /// Sends a call whose arguments are resolved (or could not be) to its actor's
     /// worker.
-    pub(super) fn send_call(
+    fn send_call(
         &self,
         worker: &Arc<Worker>,
         a: TaskAssignment,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// A worker taken for function calls of one job and shape, run back to back: the
 /// first call, then followers (see `task_queue`), until none is left.
-pub(super) struct Lease {
+struct Lease {
     worker: Arc<Worker>,
     /// The first call: followers must have its job, binary and shape.
     like: TaskAssignment,
@@ -24,7 +24,7 @@ pub(super) struct Lease {
 /// `task_queue`): for them the node's round trip between two tasks is a large part
 /// of the work. Longer ones would only make the follower wait. The same bound as
 /// the head's deepest `dispatch_factor`.
-pub(super) const FOLLOW_BELOW_MICROS: u64 = 2_000;
+const FOLLOW_BELOW_MICROS: u64 = 2_000;
 
 /// The arguments of `a` if every one came with it (nothing to fetch).
 pub(super) fn inline_args(a: &TaskAssignment) -> Option<Vec<WorkerValue>> {
@@ -53,11 +53,7 @@ impl NodeInner {
     /// A waiting task to send behind `running` (a call like `like`) on its worker,
     /// while tasks are short: a function call of the same job, binary and shape with
     /// nothing to fetch.
-    pub(super) fn follower_for(
-        &self,
-        running: TaskId,
-        like: &TaskAssignment,
-    ) -> Option<TaskAssignment> {
+    fn follower_for(&self, running: TaskId, like: &TaskAssignment) -> Option<TaskAssignment> {
         use std::sync::atomic::Ordering::Relaxed;
         let avg = self.avg_run_micros.load(Relaxed);
         if like.spec.kind != TaskKind::Function || avg == 0 || avg >= FOLLOW_BELOW_MICROS {
@@ -71,11 +67,7 @@ impl NodeInner {
             })
     }
 
-    pub(super) async fn execute(
-        self: Arc<Self>,
-        a: TaskAssignment,
-        follower: Option<TaskAssignment>,
-    ) {
+    async fn execute(self: Arc<Self>, a: TaskAssignment, follower: Option<TaskAssignment>) {
         let task_id = a.spec.task_id;
         let attempt = a.attempt;
         let mut run_time = Duration::ZERO;
@@ -104,7 +96,7 @@ impl NodeInner {
     /// A task ended here: frees its share (unless an actor now holds it) or passes it
     /// to its follower, which then gets a follower of its own; starts what fits;
     /// reports the task.
-    pub(super) fn finished(
+    fn finished(
         self: &Arc<Self>,
         task_id: TaskId,
         attempt: u32,
@@ -140,7 +132,7 @@ impl NodeInner {
     }
 
     /// A follower that will not run behind its leader waits in the queue again.
-    pub(super) fn give_back(self: &Arc<Self>, follower: Option<TaskAssignment>) {
+    fn give_back(self: &Arc<Self>, follower: Option<TaskAssignment>) {
         if let Some(f) = follower {
             let start = self.queue.give_back(f);
             self.start(start);
@@ -149,7 +141,7 @@ impl NodeInner {
 
     /// Sends follower `f` to the lease's worker, behind what it runs, and awaits its
     /// end on a task of its own: it may come back while the task before it still runs.
-    pub(super) fn send_follower(self: &Arc<Self>, lease: &Arc<Lease>, f: TaskAssignment) {
+    fn send_follower(self: &Arc<Self>, lease: &Arc<Lease>, f: TaskAssignment) {
         let Some(args) = inline_args(&f) else {
             return self.give_back(Some(f));
         };
@@ -184,7 +176,7 @@ impl NodeInner {
     /// Runs an assignment (a function call or an actor's creation); `run_time` gets
     /// the worker's share (start-up and argument fetching excluded: the head uses it
     /// to judge how short tasks are). The flag says an actor now lives here.
-    pub(super) async fn run(
+    async fn run(
         self: Arc<Self>,
         a: TaskAssignment,
         follower: Option<TaskAssignment>,

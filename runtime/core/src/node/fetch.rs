@@ -73,11 +73,7 @@ impl NodeInner {
     }
 
     /// Pulls `id` from `addr` straight into this node's store.
-    pub(super) async fn pull_from(
-        &self,
-        addr: SocketAddr,
-        id: ObjectId,
-    ) -> Result<Bytes, TransferError> {
+    async fn pull_from(&self, addr: SocketAddr, id: ObjectId) -> Result<Bytes, TransferError> {
         let conn = self
             .peers
             .get(addr)

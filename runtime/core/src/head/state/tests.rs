@@ -190,6 +190,16 @@ fn stored_inline(v: u8) -> TaskOutcome {
     TaskOutcome::Stored(StoredValue::Inline(vec![v]))
 }
 
+/// A large value left in the store of the node that made it.
+fn stored_on_node() -> TaskOutcome {
+    TaskOutcome::Stored(StoredValue::OnNode { size: 1 << 20 })
+}
+
+/// Whether `location` names `node` as the object's only holder.
+fn held_only_by(location: Option<ObjectLocation>, node: TestNode) -> bool {
+    matches!(location, Some(ObjectLocation::Nodes(n)) if n.len() == 1 && n[0].node == node.id)
+}
+
 #[test]
 fn a_task_whose_worker_dies_is_retried_then_fails_with_worker_died() {
     let mut b = Bench::new();
@@ -297,15 +307,8 @@ fn a_lost_object_is_made_again_from_lineage_and_a_lost_put_fails_with_object_los
         (None, Some(x)) => (c, a, x),
         got => panic!("expected one assignment, got {got:?}"),
     };
-    b.finish(
-        holder,
-        &made,
-        TaskOutcome::Stored(StoredValue::OnNode { size: 1 << 20 }),
-    );
-    assert!(matches!(
-        b.location(driver, make.return_id),
-        Some(ObjectLocation::Nodes(n)) if n.len() == 1 && n[0].node == holder.id
-    ));
+    b.finish(holder, &made, stored_on_node());
+    assert!(held_only_by(b.location(driver, make.return_id), holder));
     // The driver also put a large value on the same node.
     let put = ObjectId::random();
     b.send(
@@ -331,15 +334,8 @@ fn a_lost_object_is_made_again_from_lineage_and_a_lost_put_fails_with_object_los
         }
         other => panic!("expected ObjectLost, got {other:?}"),
     }
-    b.finish(
-        other,
-        &remade,
-        TaskOutcome::Stored(StoredValue::OnNode { size: 1 << 20 }),
-    );
-    assert!(matches!(
-        b.location(driver, make.return_id),
-        Some(ObjectLocation::Nodes(n)) if n.len() == 1 && n[0].node == other.id
-    ));
+    b.finish(other, &remade, stored_on_node());
+    assert!(held_only_by(b.location(driver, make.return_id), other));
 }
 
 fn actor_creation(job: JobId, max_restarts: i32) -> (ActorId, TaskSpec) {
