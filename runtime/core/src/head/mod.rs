@@ -5,7 +5,6 @@
 //! values; it moves bytes and ids only. It knows nothing of the user API.
 
 pub mod clock;
-pub mod directory;
 pub mod scheduler;
 mod service;
 mod state;

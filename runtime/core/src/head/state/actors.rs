@@ -2,7 +2,7 @@
 //!
 //! An actor is created by a task of kind `CreateActor`, placed like any task; its
 //! resources stay charged to its node while it lives. Its calls never enter the
-//! scheduling queue: each waits in the actor's [`ActorEntry::calls`] until its
+//! scheduling queue: each waits in its actor's line (in [`super::actor_table`]) until its
 //! arguments are ready and no earlier call of the same caller is still waiting, then
 //! goes to the actor's node, which runs its calls one at a time in arrival order.
 //!
@@ -14,95 +14,6 @@
 use super::*;
 use crate::ids::ActorId;
 use crate::protocol::{ActorCreation, ActorInfo, TaskKind};
-use std::collections::VecDeque;
-
-/// Where an actor is in its life.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum ActorState {
-    /// Its creation task is waiting, queued or running (first time or a restart).
-    Creating,
-    /// Its process lives on this node.
-    Alive(NodeId),
-    /// Dead for good, with the cause every call on it reports.
-    Dead(String),
-}
-
-/// A call not yet sent to the actor's node.
-#[derive(Debug, Clone, Copy)]
-struct PendingCall {
-    /// Order of submission; retried calls go back in at their place.
-    seq: u64,
-    task: TaskId,
-    caller: PeerId,
-    /// Its arguments are ready.
-    ready: bool,
-}
-
-/// One actor.
-pub(super) struct ActorEntry {
-    /// The creation task as submitted: re-run for each restart.
-    creation: Arc<TaskSpec>,
-    opts: ActorCreation,
-    pub(super) state: ActorState,
-    restarts: u32,
-    /// What it holds on its node while alive.
-    held: ResourceSet,
-    calls: VecDeque<PendingCall>,
-    /// Why it must not be restarted (killed, handles gone, job ended).
-    kill: Option<String>,
-}
-
-impl ActorEntry {
-    fn handle(&self) -> ObjectId {
-        self.creation.return_id
-    }
-
-    fn died_error(&self, cause: &str) -> TaskError {
-        TaskError::ActorDied {
-            actor: self.opts.actor,
-            class: self.opts.class.clone(),
-            cause: cause.to_string(),
-        }
-    }
-
-    fn may_restart(&self) -> bool {
-        self.opts.max_restarts < 0 || self.restarts < self.opts.max_restarts as u32
-    }
-
-    fn may_retry(&self, attempt: u32) -> bool {
-        self.opts.max_task_retries < 0 || attempt < self.opts.max_task_retries as u32
-    }
-}
-
-/// Every actor the head knows, by id, name and handle object.
-#[derive(Default)]
-pub(super) struct ActorTable {
-    actors: HashMap<ActorId, ActorEntry>,
-    names: HashMap<String, ActorId>,
-    by_handle: HashMap<ObjectId, ActorId>,
-    /// Submission counter for call order.
-    next_seq: u64,
-}
-
-impl ActorTable {
-    /// Actors not dead.
-    pub(super) fn live_count(&self) -> usize {
-        self.actors
-            .values()
-            .filter(|a| !matches!(a.state, ActorState::Dead(_)))
-            .count()
-    }
-
-    /// Detached actors of `job` that are not dead.
-    fn detached_of(&self, job: JobId) -> usize {
-        self.actors
-            .values()
-            .filter(|a| {
-                a.opts.detached && a.creation.job == job && !matches!(a.state, ActorState::Dead(_))
-            })
-            .count()
-    }
-}
 
 fn error_text(value: &ObjectValue) -> String {
     match value {
@@ -111,31 +22,24 @@ fn error_text(value: &ObjectValue) -> String {
     }
 }
 
+/// Whether `spec` is a detached actor's creation (which survives its job's end).
+pub(super) fn is_detached_creation(spec: &TaskSpec) -> bool {
+    matches!(&spec.kind, TaskKind::CreateActor(c) if c.detached)
+}
+
 impl HeadState {
     /// A `CreateActor` task was submitted: record the actor, then place its creation.
     pub(super) fn submit_actor(&mut self, spec: TaskSpec, opts: ActorCreation) {
         let spec = Arc::new(spec);
         let actor = opts.actor;
         let handle = spec.return_id;
-        let taken = opts.name.as_ref().and_then(|name| {
-            let holder = self.actors.names.get(name)?;
-            let alive = self
-                .actors
-                .actors
-                .get(holder)
-                .is_some_and(|a| !matches!(a.state, ActorState::Dead(_)));
-            alive.then(|| name.clone())
-        });
-        let entry = ActorEntry {
-            creation: spec.clone(),
-            opts: opts.clone(),
-            state: ActorState::Creating,
-            restarts: 0,
-            held: ResourceSet::new(),
-            calls: VecDeque::new(),
-            kill: None,
-        };
-        self.actors.by_handle.insert(handle, actor);
+        let taken = opts
+            .name
+            .as_ref()
+            .filter(|name| self.actors.name_taken(name))
+            .cloned();
+        self.actors
+            .add(Arc::clone(&spec), opts.clone(), taken.is_none());
         if opts.detached {
             // A detached actor holds its own handle: it outlives every other one.
             self.objects.retain(handle);
@@ -147,15 +51,10 @@ impl HeadState {
             for id in spec.arg_refs().chain(spec.nested_refs.iter().copied()) {
                 self.objects.retain(id);
             }
-            self.actors.actors.insert(actor, entry);
             let cause = format!("the name {name:?} is already taken by a live actor");
             self.actor_dead(actor, cause);
             return;
         }
-        if let Some(name) = &opts.name {
-            self.actors.names.insert(name.clone(), actor);
-        }
-        self.actors.actors.insert(actor, entry);
         tracing::info!(?actor, class = %opts.class, name = ?opts.name, "actor submitted");
         self.add_task(spec, 0);
     }
@@ -163,13 +62,13 @@ impl HeadState {
     /// An `ActorCall` task was submitted: queue it behind the caller's earlier calls.
     pub(super) fn submit_call(&mut self, caller: PeerId, spec: TaskSpec, actor: ActorId) {
         let return_id = spec.return_id;
-        let dead = match self.actors.actors.get(&actor) {
+        let dead = match self.actors.get(&actor) {
             None => Some(TaskError::ActorDied {
                 actor,
                 class: String::new(),
                 cause: "no such actor: it ended and every handle to it is gone".into(),
             }),
-            Some(a) => match &a.state {
+            Some(a) => match a.state() {
                 ActorState::Dead(cause) => Some(a.died_error(cause)),
                 _ => None,
             },
@@ -183,113 +82,60 @@ impl HeadState {
             self.apply_freed(freed);
             return;
         }
-        let seq = self.actors.next_seq;
-        self.actors.next_seq += 1;
-        if let Some(a) = self.actors.actors.get_mut(&actor) {
-            a.calls.push_back(PendingCall {
-                seq,
-                task: spec.task_id,
-                caller,
-                ready: false,
-            });
-        }
         let task_id = spec.task_id;
+        let seq = self.actors.enqueue_call(actor, task_id, caller);
         self.add_task(Arc::new(spec), 0);
-        if let Some(task) = self.tasks.get_mut(&task_id) {
-            task.call = Some((seq, caller));
-        }
+        self.tasks.set_call(task_id, seq, caller);
     }
 
     /// A call's arguments are ready.
     pub(super) fn call_ready(&mut self, actor: ActorId, task_id: TaskId) {
-        if let Some(task) = self.tasks.get_mut(&task_id) {
-            task.state = TaskState::Queued;
-        }
-        let Some(a) = self.actors.actors.get_mut(&actor) else {
-            return;
-        };
-        if let Some(c) = a.calls.iter_mut().find(|c| c.task == task_id) {
-            c.ready = true;
-        }
+        self.tasks.set_queued(task_id);
+        self.actors.call_ready(actor, task_id);
         self.dispatch_calls(actor);
     }
 
     /// Sends the actor's node every call that may go now: ready, and no earlier call
     /// of the same caller still waiting.
     pub(super) fn dispatch_calls(&mut self, actor: ActorId) {
-        let Some(a) = self.actors.actors.get_mut(&actor) else {
+        let Some(&ActorState::Alive(node)) = self.actors.get(&actor).map(|a| a.state()) else {
             return;
         };
-        let ActorState::Alive(node) = a.state else {
-            return;
-        };
-        if !self.nodes.get(&node).is_some_and(|n| n.alive) {
+        if !self.nodes.is_live(node) {
             // Its node died; `node_died` restarts it and the calls wait for that.
             return;
         }
-        let Some(a) = self.actors.actors.get_mut(&actor) else {
-            return;
-        };
-        let mut held_back: HashSet<PeerId> = HashSet::default();
-        let mut send = Vec::new();
-        a.calls.retain(|c| {
-            if held_back.contains(&c.caller) {
-                return true;
-            }
-            if c.ready {
-                send.push(c.task);
-                false
-            } else {
-                held_back.insert(c.caller);
-                true
-            }
-        });
-        for task in send {
+        for task in self.actors.take_dispatchable(actor) {
             tracing::debug!(?task, ?actor, ?node, "actor call dispatched");
             self.assign(task, node);
         }
     }
 
-    /// A call ended before it was sent: it leaves its actor's line.
-    pub(super) fn forget_call(&mut self, actor: ActorId, seq: u64) {
-        if let Some(a) = self.actors.actors.get_mut(&actor) {
-            a.calls.retain(|c| c.seq != seq);
-        }
-    }
-
     /// A creation task reported success: the actor lives on `node`.
     pub(super) fn actor_started(&mut self, task_id: TaskId, node_id: NodeId) {
-        let Some(task) = self.tasks.remove(&task_id) else {
+        let Some(task) = self.tasks.remove(task_id) else {
             return;
         };
-        let Some(actor) = task.spec.actor() else {
+        let Some(actor) = task.spec().actor() else {
             return;
         };
-        if let Some(node) = self.nodes.get_mut(&node_id) {
-            // The resources stay in `node.used`, now held by the actor, not the task.
-            node.running.remove(&task_id);
-        }
-        let node_peer = self.nodes.get(&node_id).map(|n| n.peer);
-        let Some(a) = self.actors.actors.get_mut(&actor) else {
+        // The resources stay charged to the node, now held by the actor, not the task.
+        self.nodes.task_became_actor(node_id, task_id);
+        self.actors.mark_alive(actor, node_id, task.held().clone());
+        let Some(a) = self.actors.get(&actor) else {
             return;
         };
-        a.held = task.held;
-        a.state = ActorState::Alive(node_id);
-        let kill = a.kill.is_some();
+        let kill = a.kill_reason().is_some();
         let handle = a.handle();
-        tracing::info!(?actor, node = ?node_id, restarts = a.restarts, "actor alive");
+        tracing::info!(?actor, node = ?node_id, restarts = a.restarts(), "actor alive");
         if kill {
             // Killed while it was being created: end it now that it exists.
-            if let Some(peer) = node_peer {
+            if let Some(peer) = self.nodes.live_peer(node_id) {
                 self.send(peer, FromHead::KillActor(actor));
             }
             return;
         }
-        if self
-            .objects
-            .get(&handle)
-            .is_some_and(|e| matches!(e.value, ObjectValue::Pending))
-        {
+        if matches!(self.objects.value(&handle), Some(ObjectValue::Pending)) {
             let mut freed = Freed::default();
             self.objects
                 .create(handle, ObjectValue::Inline(Vec::new()), None);
@@ -303,15 +149,12 @@ impl HeadState {
     /// A creation task ended for good without an actor (its constructor failed, an
     /// argument was an error, its job ended): `value` holds the error.
     pub(super) fn actor_creation_failed(&mut self, task: TaskEntry, value: &ObjectValue) {
-        if let TaskState::Running(node) = task.state {
-            if let Some(n) = self.nodes.get_mut(&node) {
-                n.running.remove(&task.spec.task_id);
-                n.used.subtract(&task.held);
-            }
+        if let TaskState::Running(node) = task.state() {
+            self.nodes.end_task(node, task.spec().task_id, task.held());
         }
-        if let Some(actor) = task.spec.actor() {
-            let cause = match self.actors.actors.get(&actor).and_then(|a| a.kill.clone()) {
-                Some(kill) => kill,
+        if let Some(actor) = task.spec().actor() {
+            let cause = match self.actors.get(&actor).and_then(|a| a.kill_reason()) {
+                Some(kill) => kill.to_string(),
                 None => format!("its creation failed: {}", error_text(value)),
             };
             self.actor_dead(actor, cause);
@@ -321,27 +164,20 @@ impl HeadState {
     /// The actor's process is gone (it died, was killed, or its node died), or its
     /// creation lost its worker: re-create it if allowed, else it is dead.
     pub(super) fn actor_lost(&mut self, actor: ActorId, reason: String) {
-        let Some(a) = self.actors.actors.get_mut(&actor) else {
+        if let Some((node, held)) = self.actors.process_gone(actor) {
+            self.nodes.release(node, &held);
+        }
+        let Some(a) = self.actors.get(&actor).filter(|a| !a.is_dead()) else {
             return;
         };
-        if let ActorState::Alive(node) = a.state {
-            let held = std::mem::take(&mut a.held);
-            if let Some(n) = self.nodes.get_mut(&node) {
-                n.used.subtract(&held);
-            }
-        }
-        if matches!(a.state, ActorState::Dead(_)) {
-            return;
-        }
-        let job_alive = self.jobs.get(&a.creation.job).is_some_and(|j| j.alive);
-        let cause = if let Some(kill) = a.kill.clone() {
-            Some(kill)
-        } else if !job_alive {
+        let cause = if let Some(kill) = a.kill_reason() {
+            Some(kill.to_string())
+        } else if !self.jobs.is_alive(a.creation().job) {
             Some(format!("its job ended ({reason})"))
         } else if !a.may_restart() {
             Some(format!(
                 "its process died and no restart is left (max_restarts={}): {reason}",
-                a.opts.max_restarts
+                a.opts().max_restarts
             ))
         } else {
             None
@@ -350,72 +186,49 @@ impl HeadState {
             self.actor_dead(actor, cause);
             return;
         }
-        a.restarts += 1;
-        a.state = ActorState::Creating;
-        let spec = a.creation.clone();
-        let attempt = a.restarts;
+        let max_restarts = a.opts().max_restarts;
+        let Some((spec, attempt)) = self.actors.begin_restart(actor) else {
+            return;
+        };
         tracing::warn!(
             ?actor,
             restarts = attempt,
-            max_restarts = a.opts.max_restarts,
+            max_restarts,
             "actor died ({reason}); re-creating it"
         );
         let task_id = spec.task_id;
         // The creation's arguments are still pinned (until the actor is dead for good).
-        self.tasks.insert(task_id, TaskEntry::new(spec, attempt, 0));
+        self.tasks.insert(spec, attempt);
         self.requeue(task_id);
     }
 
     /// The actor is dead for good: fail its waiting calls, release its name, its
     /// resources and the creation's argument pins.
     pub(super) fn actor_dead(&mut self, actor: ActorId, cause: String) {
-        let Some(a) = self.actors.actors.get_mut(&actor) else {
+        let Some(dead) = self.actors.mark_dead(actor, cause.clone()) else {
             return;
         };
-        if matches!(a.state, ActorState::Dead(_)) {
-            return;
+        let creation = dead.creation;
+        let handle = creation.return_id;
+        if let Some(a) = self.actors.get(&actor) {
+            tracing::info!(?actor, class = %a.opts().class, "actor dead: {cause}");
         }
-        tracing::info!(?actor, class = %a.opts.class, "actor dead: {cause}");
-        let was_alive = match a.state {
-            ActorState::Alive(node) => Some(node),
-            _ => None,
-        };
-        let held = std::mem::take(&mut a.held);
-        a.state = ActorState::Dead(cause.clone());
-        let err = a.died_error(&cause);
-        let calls: Vec<TaskId> = a.calls.drain(..).map(|c| c.task).collect();
-        let creation = a.creation.clone();
-        let name = a.opts.name.clone();
-        let detached = a.opts.detached;
-        let job = creation.job;
-        let handle = a.handle();
-        if let Some(node) = was_alive {
-            if let Some(n) = self.nodes.get_mut(&node) {
-                n.used.subtract(&held);
-                // Its process may still run (job ended, handles dropped): end it.
-                let peer = n.peer;
-                if n.alive {
-                    self.send(peer, FromHead::KillActor(actor));
-                }
+        if let Some(node) = dead.was_alive {
+            self.nodes.release(node, &dead.held);
+            // Its process may still run (job ended, handles dropped): end it.
+            if let Some(peer) = self.nodes.live_peer(node) {
+                self.send(peer, FromHead::KillActor(actor));
             }
         }
         // A restart in progress ends here.
-        if let Some(task) = self.tasks.remove(&creation.task_id) {
+        if let Some(task) = self.tasks.remove(creation.task_id) {
             self.queue.retain(|t| t != creation.task_id);
-            if let TaskState::Running(node) = task.state {
-                if let Some(n) = self.nodes.get_mut(&node) {
-                    n.running.remove(&creation.task_id);
-                    n.used.subtract(&task.held);
-                }
+            if let TaskState::Running(node) = task.state() {
+                self.nodes.end_task(node, creation.task_id, task.held());
             }
         }
-        for task in calls {
-            self.complete_task(task, ObjectValue::Error(Box::new(err.clone())));
-        }
-        if let Some(name) = name {
-            if self.actors.names.get(&name) == Some(&actor) {
-                self.actors.names.remove(&name);
-            }
+        for task in dead.calls {
+            self.complete_task(task, ObjectValue::Error(Box::new(dead.error.clone())));
         }
         let mut freed = Freed::default();
         for id in creation
@@ -424,44 +237,40 @@ impl HeadState {
         {
             self.objects.release(id, &mut freed);
         }
-        if self
-            .objects
-            .get(&handle)
-            .is_some_and(|e| matches!(e.value, ObjectValue::Pending))
-        {
+        if matches!(self.objects.value(&handle), Some(ObjectValue::Pending)) {
             self.objects
-                .create(handle, ObjectValue::Error(Box::new(err)), None);
+                .create(handle, ObjectValue::Error(Box::new(dead.error)), None);
             self.object_ready(handle);
             self.objects.free_if_unreferenced(handle, &mut freed);
         }
-        if detached {
+        if dead.detached {
             self.objects.release(handle, &mut freed);
         }
-        if self.objects.get(&handle).is_none() {
-            self.actors.by_handle.remove(&handle);
-            self.actors.actors.remove(&actor);
+        if !self.objects.contains(&handle) {
+            self.actors.remove(&handle);
         }
         self.apply_freed(freed);
-        if detached {
-            self.end_job_if_finished(job);
+        if dead.detached {
+            self.end_job_if_finished(creation.job);
         }
     }
 
     /// A call's worker died (or its actor was not on the node): retry it at its place
     /// in line while `max_task_retries` allows, else it fails with `ActorDied`.
     pub(super) fn call_failed(&mut self, task_id: TaskId, actor: ActorId, reason: String) {
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
-        let Some(a) = self.actors.actors.get_mut(&actor) else {
+        let Some(a) = self.actors.get(&actor) else {
             return;
         };
-        let err = match (&a.state, &a.kill) {
-            (ActorState::Dead(cause), _) | (_, Some(cause)) => Some(a.died_error(cause)),
-            _ if !a.may_retry(task.attempt) => Some(a.died_error(&format!(
+        let err = match (a.state(), a.kill_reason()) {
+            (ActorState::Dead(cause), _) => Some(a.died_error(cause)),
+            (_, Some(cause)) => Some(a.died_error(cause)),
+            _ if !a.may_retry(task.attempt()) => Some(a.died_error(&format!(
                 "its process died while this call ran or waited to run \
                  (max_task_retries={}): {reason}",
-                a.opts.max_task_retries
+                a.opts().max_task_retries
             ))),
             _ => None,
         };
@@ -469,28 +278,14 @@ impl HeadState {
             self.complete_task(task_id, ObjectValue::Error(Box::new(err)));
             return;
         }
-        task.attempt += 1;
-        task.state = TaskState::Queued;
-        let Some((seq, caller)) = task.call else {
+        let call = task.call();
+        let attempt = self.tasks.next_attempt(task_id);
+        self.tasks.set_queued(task_id);
+        let Some((seq, caller)) = call else {
             return;
         };
-        tracing::debug!(
-            ?task_id,
-            ?actor,
-            attempt = task.attempt,
-            "actor call re-queued: {reason}"
-        );
-        // Back at its place by submission order, so retried calls keep their order.
-        let at = a.calls.partition_point(|c| c.seq < seq);
-        a.calls.insert(
-            at,
-            PendingCall {
-                seq,
-                task: task_id,
-                caller,
-                ready: true,
-            },
-        );
+        tracing::debug!(?task_id, ?actor, attempt, "actor call re-queued: {reason}");
+        self.actors.requeue_call(actor, seq, task_id, caller);
         self.dispatch_calls(actor);
     }
 
@@ -498,9 +293,8 @@ impl HeadState {
     pub(super) fn actor_process_died(&mut self, node: NodeId, actor: ActorId, reason: String) {
         let here = self
             .actors
-            .actors
             .get(&actor)
-            .is_some_and(|a| a.state == ActorState::Alive(node));
+            .is_some_and(|a| *a.state() == ActorState::Alive(node));
         if here {
             self.actor_lost(actor, reason);
         }
@@ -508,24 +302,25 @@ impl HeadState {
 
     /// `kill(handle)`: end the actor; with `no_restart` it is never re-created.
     pub(super) fn kill_actor(&mut self, actor: ActorId, no_restart: bool) {
-        let Some(a) = self.actors.actors.get_mut(&actor) else {
+        if no_restart {
+            self.actors
+                .forbid_restart(actor, "it was killed with rayish::kill");
+        }
+        let Some(a) = self.actors.get(&actor) else {
             return;
         };
-        if no_restart && a.kill.is_none() {
-            a.kill = Some("it was killed with rayish::kill".into());
-        }
-        match a.state.clone() {
+        match a.state().clone() {
             ActorState::Alive(node) => {
-                if let Some(peer) = self.nodes.get(&node).map(|n| n.peer) {
+                if let Some(peer) = self.nodes.live_peer(node) {
                     self.send(peer, FromHead::KillActor(actor));
                 }
             }
             ActorState::Creating if no_restart => {
-                let task = a.creation.task_id;
+                let task = a.creation().task_id;
                 let running = self
                     .tasks
                     .get(&task)
-                    .is_some_and(|t| matches!(t.state, TaskState::Running(_)));
+                    .is_some_and(|t| matches!(t.state(), TaskState::Running(_)));
                 // A creation still running ends when it reports (`actor_started`).
                 if !running {
                     self.actor_dead(actor, "it was killed with rayish::kill".into());
@@ -539,44 +334,28 @@ impl HeadState {
     /// anywhere, and ends (a detached one holds its own, so never gets here).
     pub(super) fn handles_freed(&mut self, objects: &[ObjectId]) {
         for id in objects {
-            let Some(actor) = self.actors.by_handle.get(id).copied() else {
+            let Some(actor) = self.actors.of_handle(id) else {
                 continue;
             };
-            let dead = self
-                .actors
-                .actors
-                .get(&actor)
-                .is_none_or(|a| matches!(a.state, ActorState::Dead(_)));
-            if dead {
-                self.actors.by_handle.remove(id);
-                self.actors.actors.remove(&actor);
+            if self.actors.get(&actor).is_none_or(|a| a.is_dead()) {
+                self.actors.remove(id);
                 continue;
             }
-            if let Some(a) = self.actors.actors.get_mut(&actor) {
-                a.kill
-                    .get_or_insert_with(|| "every handle to it was dropped".into());
-            }
+            self.actors
+                .forbid_restart(actor, "every handle to it was dropped");
             self.kill_actor(actor, true);
         }
     }
 
     /// `get_actor(name)`: the live actor of that name; the asker now holds its handle.
     pub(super) fn find_actor(&mut self, peer: PeerId, name: &str) -> Result<ActorInfo, String> {
-        let actor = self
+        let (actor, a) = self
             .actors
-            .names
-            .get(name)
-            .copied()
-            .ok_or_else(|| format!("no live actor is named {name:?}"))?;
-        let a = self
-            .actors
-            .actors
-            .get(&actor)
-            .filter(|a| !matches!(a.state, ActorState::Dead(_)))
+            .live_named(name)
             .ok_or_else(|| format!("no live actor is named {name:?}"))?;
         let info = ActorInfo {
             actor,
-            class: a.opts.class.clone(),
+            class: a.opts().class.clone(),
             handle: a.handle(),
         };
         self.objects.add_holder(peer, info.handle);
@@ -585,35 +364,8 @@ impl HeadState {
 
     /// The job's driver exited: its actors end, except detached ones.
     pub(super) fn end_job_actors(&mut self, job: JobId) {
-        let ending: Vec<ActorId> = self
-            .actors
-            .actors
-            .iter()
-            .filter(|(_, a)| a.creation.job == job && !a.opts.detached)
-            .map(|(id, _)| *id)
-            .collect();
-        for actor in ending {
+        for actor in self.actors.attached_of(job) {
             self.actor_dead(actor, "the driver that created it exited".into());
         }
-    }
-
-    /// Whether `job` still has detached actors, which keep it alive after its driver.
-    pub(super) fn job_has_detached_actors(&self, job: JobId) -> bool {
-        self.actors.detached_of(job) > 0
-    }
-
-    /// Whether `task` is a detached actor's creation (which survives its job's end).
-    pub(super) fn is_detached_creation(&self, spec: &TaskSpec) -> bool {
-        matches!(&spec.kind, TaskKind::CreateActor(c) if c.detached)
-    }
-
-    /// Actors alive on `node`, for when the node dies.
-    pub(super) fn actors_on(&self, node: NodeId) -> Vec<ActorId> {
-        self.actors
-            .actors
-            .iter()
-            .filter(|(_, a)| a.state == ActorState::Alive(node))
-            .map(|(id, _)| *id)
-            .collect()
     }
 }

@@ -13,60 +13,30 @@ impl HeadState {
         let mut job = None;
         let kind = match role {
             PeerRole::Node(reg) => {
-                let id = reg.node_id;
-                if self.nodes.get(&id).is_some_and(|n| n.alive) {
-                    return Welcome::Rejected(format!(
-                        "a live node with id {id} is already registered"
-                    ));
+                let (id, address) = (reg.node_id, reg.address);
+                let resources = reg.resources.to_string();
+                if let Err(reason) = self.nodes.join(reg, peer, self.clock.now()) {
+                    return Welcome::Rejected(reason);
                 }
-                tracing::info!(node = ?id, address = %reg.address, resources = %reg.resources, "node joined");
-                // No queueing ahead until the node's tasks are known to be short.
-                let capacity = reg.resources.clone();
-                self.nodes.insert(
-                    id,
-                    NodeEntry {
-                        capacity,
-                        avg_run_secs: None,
-                        reg,
-                        peer,
-                        alive: true,
-                        used: ResourceSet::new(),
-                        running: HashSet::default(),
-                        finished: 0,
-                        last_heartbeat: self.clock.now(),
-                        load: NodeLoad::default(),
-                    },
-                );
+                tracing::info!(node = ?id, %address, %resources, "node joined");
                 PeerKind::Node(id)
             }
             PeerRole::Driver { binary, name } => {
                 if !binary.is_well_formed() {
                     return Welcome::Rejected("the driver's binary hash is not a SHA-256".into());
                 }
-                let id = JobId::random();
+                let id = self.jobs.start(binary, peer);
                 tracing::info!(job = ?id, %name, "driver connected");
-                self.jobs.insert(
-                    id,
-                    JobEntry {
-                        binary,
-                        driver: peer,
-                        alive: true,
-                        driver_gone: false,
-                    },
-                );
                 job = Some(id);
                 PeerKind::Driver(id)
             }
             PeerRole::Worker { node, job, proof } => {
-                if !self.jobs.get(&job).is_some_and(|j| j.alive) {
+                if !self.jobs.is_alive(job) {
                     return Welcome::Rejected(format!("job {job} has ended"));
                 }
                 // Only a process its (live) node started for this job knows the proof:
                 // holding the token is not enough to act as another job's worker.
-                let genuine = self.nodes.get(&node).is_some_and(|n| {
-                    n.alive && crate::protocol::worker_proof(&n.reg.worker_key, job) == proof
-                });
-                if !genuine {
+                if !self.nodes.started_worker(node, job, &proof) {
                     return Welcome::Rejected(format!(
                         "not a worker that node {node} started for job {job}"
                     ));
@@ -83,7 +53,7 @@ impl HeadState {
         };
         // The welcome goes first on the stream, before anything scheduled below.
         sender.send(FromHead::Welcome(welcome.clone()));
-        self.peers.insert(peer, Peer { kind, sender });
+        self.peers.insert(peer, kind, sender);
         // A new node may make queued or infeasible tasks runnable.
         self.retry_infeasible();
         self.schedule();
@@ -91,12 +61,12 @@ impl HeadState {
     }
 
     pub(super) fn disconnect(&mut self, peer: PeerId, reason: &str) {
-        let Some(p) = self.peers.remove(&peer) else {
+        let Some(kind) = self.peers.remove(peer) else {
             return;
         };
         let mut freed = Freed::default();
         self.objects.remove_peer(peer, &mut freed);
-        match p.kind {
+        match kind {
             PeerKind::Node(node) => self.node_died(node, &format!("connection lost: {reason}")),
             PeerKind::Driver(job) => self.job_ended(job),
             PeerKind::Worker { .. } | PeerKind::Client => {}
@@ -118,29 +88,15 @@ impl HeadState {
                 "the head was stalled for {gap:?}; every node gets a new {:?} to be heard from",
                 self.settings.node_timeout
             );
-            for node in self.nodes.values_mut().filter(|n| n.alive) {
-                node.last_heartbeat = node.last_heartbeat.max(now);
-            }
+            self.nodes.excuse_stall(now);
         }
-        let (due, later): (Vec<_>, Vec<_>) = self.delayed.drain(..).partition(|(at, _)| *at <= now);
-        self.delayed = later;
-        for (_, task_id) in due {
+        for task_id in self.tasks.due(now) {
             self.requeue(task_id);
         }
         let timeout = self.settings.node_timeout;
         // The head's own node runs in this process: if the head runs, so does it.
         let head_node = self.settings.head_node;
-        let silent: Vec<(NodeId, PeerId)> = self
-            .nodes
-            .values()
-            .filter(|n| {
-                n.alive
-                    && n.reg.node_id != head_node
-                    && now.saturating_duration_since(n.last_heartbeat) > timeout
-            })
-            .map(|n| (n.reg.node_id, n.peer))
-            .collect();
-        for (node, peer) in silent {
+        for (node, peer) in self.nodes.silent(now, timeout, head_node) {
             let reason = format!("no heartbeat for {timeout:?}");
             self.node_died(node, &reason);
             // If it was only paused, it must not go on as if nothing happened: tell
@@ -152,51 +108,23 @@ impl HeadState {
     }
 
     pub(super) fn node_died(&mut self, node_id: NodeId, reason: &str) {
-        let Some(node) = self.nodes.get_mut(&node_id) else {
+        let Some(dead) = self.nodes.mark_dead(node_id) else {
             return;
         };
-        if !node.alive {
-            return;
-        }
-        node.alive = false;
-        node.used = ResourceSet::new();
-        // Dead nodes stay listed for `rayish status`, the newest MAX_DEAD_NODES only
-        // (Ray's maximum_gcs_dead_node_cached_count): a node that rejoins after each
-        // pause must not grow the table forever.
-        self.dead_nodes.push_back(node_id);
-        while self.dead_nodes.len() > MAX_DEAD_NODES {
-            if let Some(old) = self.dead_nodes.pop_front() {
-                if self.nodes.get(&old).is_some_and(|n| !n.alive) {
-                    self.nodes.remove(&old);
-                }
-            }
-        }
-        let Some(node) = self.nodes.get_mut(&node_id) else {
-            return;
-        };
-        let running: Vec<TaskId> = node.running.drain().collect();
-        tracing::warn!(node = ?node_id, address = %node.reg.address, running = running.len(), "node died: {reason}");
+        let running = dead.running;
+        tracing::warn!(node = ?node_id, address = %dead.address, running = running.len(), "node died: {reason}");
         // Actors first: calls that were running there are then retried into a
         // restarting actor, not sent back to the dead node.
-        for actor in self.actors_on(node_id) {
+        for actor in self.actors.alive_on(node_id) {
             self.actor_lost(actor, format!("its node {node_id} died ({reason})"));
         }
         for task_id in running {
-            if let Some(task) = self.tasks.get_mut(&task_id) {
-                task.held = ResourceSet::new();
-                task.blocked = false;
-            }
+            // The dead node holds nothing any more: neither does the task.
+            self.tasks.take_held(task_id);
             self.attempt_failed(task_id, format!("node {node_id} died ({reason})"));
         }
         for id in self.objects.objects_on(node_id) {
-            let Some(entry) = self.objects.get_mut(&id) else {
-                continue;
-            };
-            let ObjectValue::OnNodes { nodes, .. } = &mut entry.value else {
-                continue;
-            };
-            nodes.remove(&node_id);
-            if nodes.is_empty() {
+            if self.objects.drop_copy(&id, node_id) {
                 self.object_lost(id);
             }
         }
@@ -204,23 +132,17 @@ impl HeadState {
     }
 
     pub(super) fn job_ended(&mut self, job_id: JobId) {
-        let Some(job) = self.jobs.get_mut(&job_id) else {
+        if self.jobs.driver(job_id).is_none() {
             return;
-        };
-        job.driver_gone = true;
+        }
         tracing::info!(job = ?job_id, "driver disconnected; job ended");
         self.end_job_actors(job_id);
-        let detached = self.job_has_detached_actors(job_id);
-        if let Some(job) = self.jobs.get_mut(&job_id) {
-            // Detached actors keep the job alive: they may be restarted and call tasks.
-            job.alive = detached;
-        }
-        let orphans: Vec<TaskId> = self
+        // Detached actors keep the job alive: they may be restarted and call tasks.
+        let detached = self.actors.has_detached(job_id);
+        self.jobs.driver_exited(job_id, detached);
+        let orphans = self
             .tasks
-            .iter()
-            .filter(|(_, t)| t.spec.job == job_id && !self.is_detached_creation(&t.spec))
-            .map(|(id, _)| *id)
-            .collect();
+            .of_job(job_id, |spec| !is_detached_creation(spec));
         let ended = TaskError::WorkerDied {
             function: String::new(),
             attempts: 0,
@@ -233,19 +155,13 @@ impl HeadState {
         }
         self.announce_job_end(job_id);
         if !detached {
-            self.jobs.remove(&job_id);
+            self.jobs.remove(job_id);
         }
     }
 
     /// Tells the nodes to stop the job's workers (they spare detached actors').
     fn announce_job_end(&self, job_id: JobId) {
-        let node_peers: Vec<PeerId> = self
-            .nodes
-            .values()
-            .filter(|n| n.alive)
-            .map(|n| n.peer)
-            .collect();
-        for peer in node_peers {
+        for peer in self.nodes.live_peers() {
             self.send(peer, FromHead::JobEnded(job_id));
         }
     }
@@ -253,10 +169,9 @@ impl HeadState {
     /// A detached actor died: if its job's driver is gone and it was the last, the
     /// job ends now.
     pub(super) fn end_job_if_finished(&mut self, job_id: JobId) {
-        let gone = self.jobs.get(&job_id).is_some_and(|j| j.driver_gone);
-        if gone && !self.job_has_detached_actors(job_id) {
+        if self.jobs.driver_gone(job_id) && !self.actors.has_detached(job_id) {
             tracing::info!(job = ?job_id, "last detached actor ended; job ended");
-            self.jobs.remove(&job_id);
+            self.jobs.remove(job_id);
             self.announce_job_end(job_id);
         }
     }

@@ -4,32 +4,48 @@
 //! need no locks and every change is ordered. Network handling lives in
 //! [`super::service`]; this module only reads events and queues messages to peers.
 //!
-//! The tables and the dispatch of messages are here; what the head does with them is
-//! split by concern: [`membership`], [`tasks`], [`objects`], [`placement`], [`status`].
+//! Each table owns its file and its fields, and keeps its own invariant through its
+//! methods: [`peer_table`], [`node_table`], [`job_table`], [`task_table`],
+//! [`actor_table`], with the objects in [`object_table`] and the
+//! scheduling queue in [`super::scheduler`]. What the head does across tables is
+//! split by concern into `impl HeadState` blocks: [`membership`], [`tasks`],
+//! [`objects`], [`placement`], [`actors`], [`status`]; they change a table only
+//! through its methods.
 
+mod actor_table;
 mod actors;
+mod job_table;
 mod membership;
+mod node_table;
+mod object_table;
 mod objects;
+mod peer_table;
 mod placement;
 mod status;
+mod task_table;
 mod tasks;
 #[cfg(test)]
 mod tests;
 
 use super::clock::{Clock, SystemClock};
-use super::directory::{Freed, ObjectDirectory, ObjectValue};
-use super::scheduler::{dispatch_factor, is_feasible, pick_node, NodeView, SchedulingQueue};
-use crate::ids::{BinaryHash, JobId, NodeId, ObjectId, PeerId, TaskId};
+use super::scheduler::{pick_node, SchedulingQueue};
+use crate::ids::{JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{
-    ArgSource, AutoscalerReport, ClusterStatus, FromHead, NodeAddress, NodeLoad, NodeRegistration,
-    NodeStatus, ObjectLocation, PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError,
-    TaskKind, TaskOutcome, TaskSpec, ToHead, Welcome,
+    ArgSource, AutoscalerReport, ClusterStatus, FromHead, ObjectLocation, PeerRole, StoredValue,
+    TaskArg, TaskAssignment, TaskError, TaskKind, TaskOutcome, TaskSpec, ToHead, Welcome,
 };
-use crate::resources::{ResourceSet, CPU};
+use crate::resources::ResourceSet;
 use crate::transport::MessageSender;
+use actor_table::{ActorState, ActorTable};
+use actors::is_detached_creation;
+use job_table::JobTable;
+use node_table::NodeTable;
+use object_table::{Freed, ObjectTable, ObjectValue};
+use peer_table::{PeerKind, PeerTable};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use task_table::{TaskEntry, TaskState, TaskTable};
 use tokio::sync::oneshot;
 
 /// Something that happened, for the head to act on.
@@ -55,94 +71,6 @@ pub enum HeadEvent {
     Tick,
 }
 
-enum PeerKind {
-    Node(NodeId),
-    Driver(JobId),
-    Worker { job: JobId },
-    Client,
-}
-
-struct Peer {
-    kind: PeerKind,
-    sender: MessageSender<FromHead>,
-}
-
-struct NodeEntry {
-    reg: NodeRegistration,
-    peer: PeerId,
-    alive: bool,
-    used: ResourceSet,
-    running: HashSet<TaskId>,
-    finished: u64,
-    last_heartbeat: Instant,
-    load: NodeLoad,
-    /// What the head may assign it: its resources times `dispatch_factor(...)`.
-    capacity: ResourceSet,
-    /// Moving average of its tasks' run times, in seconds; `None` before the first.
-    avg_run_secs: Option<f64>,
-}
-
-impl NodeEntry {
-    fn note_run_time(&mut self, micros: u64) {
-        let secs = micros as f64 / 1e6;
-        let avg = match self.avg_run_secs {
-            Some(avg) => 0.8 * avg + 0.2 * secs,
-            None => secs,
-        };
-        self.avg_run_secs = Some(avg);
-        self.capacity = self.reg.resources.scaled(dispatch_factor(avg));
-    }
-}
-
-struct JobEntry {
-    binary: BinaryHash,
-    driver: PeerId,
-    /// The job accepts tasks and workers: its driver is connected, or it has detached
-    /// actors left.
-    alive: bool,
-    /// Its driver has exited (the job lives on only through detached actors).
-    driver_gone: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TaskState {
-    WaitingForArgs,
-    Queued,
-    Infeasible,
-    Running(NodeId),
-}
-
-struct TaskEntry {
-    spec: Arc<TaskSpec>,
-    attempt: u32,
-    state: TaskState,
-    /// Arguments not yet ready.
-    missing_args: usize,
-    /// What the task holds on its node now (less its CPU while blocked in `get`).
-    held: ResourceSet,
-    blocked: bool,
-    /// Times a node could not fetch an argument of this task.
-    fetch_failures: u32,
-    /// For actor calls: submission order and caller, to keep each caller's order.
-    call: Option<(u64, PeerId)>,
-}
-
-impl TaskEntry {
-    /// A task waiting for `missing_args` arguments, holding nothing yet.
-    fn new(spec: Arc<TaskSpec>, attempt: u32, missing_args: usize) -> Self {
-        TaskEntry {
-            spec,
-            attempt,
-            state: TaskState::WaitingForArgs,
-            missing_args,
-            held: ResourceSet::new(),
-            blocked: false,
-            fetch_failures: 0,
-            call: None,
-        }
-    }
-}
-
 /// Settings of the head.
 #[derive(Debug, Clone)]
 pub struct HeadSettings {
@@ -156,29 +84,20 @@ pub struct HeadSettings {
 pub struct HeadState {
     settings: HeadSettings,
     clock: Arc<dyn Clock>,
-    peers: HashMap<PeerId, Peer>,
-    nodes: HashMap<NodeId, NodeEntry>,
-    jobs: HashMap<JobId, JobEntry>,
-    tasks: HashMap<TaskId, TaskEntry>,
-    objects: ObjectDirectory,
+    peers: PeerTable,
+    nodes: NodeTable,
+    jobs: JobTable,
+    tasks: TaskTable,
+    objects: ObjectTable,
     queue: SchedulingQueue,
-    /// Tasks waiting for each not-yet-ready object.
-    dependents: HashMap<ObjectId, Vec<TaskId>>,
-    finished_tasks: u64,
+    actors: ActorTable,
+    /// Turns taken among equally good nodes.
     turn: usize,
-    /// Tasks to re-queue at a given time (after an argument fetch failed).
-    delayed: Vec<(Instant, TaskId)>,
-    actors: actors::ActorTable,
     /// The autoscaler's last report, for `rayish status`.
     autoscaler: Option<AutoscalerReport>,
     /// When heartbeats were last checked (to tell the head's own stalls apart).
     last_tick: Instant,
-    /// Dead nodes still listed, oldest first (at most [`MAX_DEAD_NODES`]).
-    dead_nodes: std::collections::VecDeque<NodeId>,
 }
-
-/// Dead nodes the head keeps listing (Ray's `maximum_gcs_dead_node_cached_count`).
-const MAX_DEAD_NODES: usize = 1000;
 
 impl HeadState {
     /// Empty tables, on the real clock.
@@ -192,20 +111,16 @@ impl HeadState {
         Self {
             settings,
             clock,
-            peers: HashMap::default(),
-            nodes: HashMap::default(),
-            jobs: HashMap::default(),
-            tasks: HashMap::default(),
-            objects: ObjectDirectory::default(),
+            peers: PeerTable::default(),
+            nodes: NodeTable::default(),
+            jobs: JobTable::default(),
+            tasks: TaskTable::default(),
+            objects: ObjectTable::default(),
             queue: SchedulingQueue::default(),
-            dependents: HashMap::default(),
-            finished_tasks: 0,
+            actors: ActorTable::default(),
             turn: 0,
-            delayed: Vec::new(),
-            actors: actors::ActorTable::default(),
             autoscaler: None,
             last_tick: now,
-            dead_nodes: std::collections::VecDeque::new(),
         }
     }
 
@@ -238,34 +153,15 @@ impl HeadState {
     }
 
     fn send(&self, peer: PeerId, msg: FromHead) {
-        if let Some(p) = self.peers.get(&peer) {
-            p.sender.send(msg);
-        }
-    }
-
-    /// Whether some live node could ever run a task needing `shape`.
-    fn feasible(&self, shape: &ResourceSet) -> bool {
-        is_feasible(
-            self.nodes
-                .values()
-                .filter(|n| n.alive)
-                .map(|n| &n.reg.resources),
-            shape,
-        )
+        self.peers.send(peer, msg);
     }
 
     fn peer_job(&self, peer: PeerId) -> Option<JobId> {
-        match self.peers.get(&peer)?.kind {
-            PeerKind::Driver(job) | PeerKind::Worker { job } => Some(job),
-            _ => None,
-        }
+        self.peers.job(peer)
     }
 
     fn peer_node(&self, peer: PeerId) -> Option<NodeId> {
-        match self.peers.get(&peer)?.kind {
-            PeerKind::Node(node) => Some(node),
-            _ => None,
-        }
+        self.peers.node(peer)
     }
 
     /// A `put` from `peer`: objects are made by processes of a job, and written once.
@@ -285,7 +181,7 @@ impl HeadState {
     /// Whether `task` belongs to `peer`'s job (a worker reports its own task's blocks).
     fn runs_for_peer(&self, peer: PeerId, task: TaskId) -> bool {
         let job = self.peer_job(peer);
-        job.is_some() && self.tasks.get(&task).map(|t| t.spec.job) == job
+        job.is_some() && self.tasks.get(&task).map(|t| t.spec().job) == job
     }
 
     fn message(&mut self, peer: PeerId, msg: ToHead) {
@@ -343,9 +239,8 @@ impl HeadState {
             ToHead::TaskBlocked(task) => self.set_blocked(task, true),
             ToHead::TaskUnblocked(task) => self.set_blocked(task, false),
             ToHead::Heartbeat(load) => {
-                if let Some(node) = self.peer_node(peer).and_then(|n| self.nodes.get_mut(&n)) {
-                    node.last_heartbeat = self.clock.now();
-                    node.load = load;
+                if let Some(node) = self.peer_node(peer) {
+                    self.nodes.heartbeat(node, self.clock.now(), load);
                 }
             }
             ToHead::TaskFinished {
@@ -355,19 +250,13 @@ impl HeadState {
                 run_micros,
             } => {
                 if let Some(node) = self.peer_node(peer) {
-                    if let Some(entry) = self.nodes.get_mut(&node) {
-                        entry.note_run_time(run_micros);
-                    }
+                    self.nodes.note_run_time(node, run_micros);
                     self.task_finished(node, task_id, attempt, outcome);
                 }
             }
             ToHead::ObjectCopied(id) => {
                 if let Some(node) = self.peer_node(peer) {
-                    if let Some(ObjectValue::OnNodes { nodes, .. }) =
-                        self.objects.get_mut(&id).map(|e| &mut e.value)
-                    {
-                        nodes.insert(node);
-                    } else {
+                    if !self.objects.add_copy(&id, node) {
                         // Freed meanwhile: the copy is garbage.
                         self.send(peer, FromHead::DeleteObjects(vec![id]));
                     }

@@ -14,17 +14,8 @@ impl HeadState {
                     self.queue.pop(&shape);
                     continue;
                 };
-                let arg_bytes = self.arg_bytes(&task.spec);
-                let views: Vec<NodeView<'_>> = self
-                    .nodes
-                    .values()
-                    .filter(|n| n.alive)
-                    .map(|n| NodeView {
-                        id: n.reg.node_id,
-                        total: &n.capacity,
-                        used: &n.used,
-                    })
-                    .collect();
+                let arg_bytes = self.arg_bytes(task.spec());
+                let views = self.nodes.views();
                 let Some(node_id) = pick_node(&views, &shape, &arg_bytes, self.turn) else {
                     break;
                 };
@@ -38,9 +29,7 @@ impl HeadState {
     pub(super) fn arg_bytes(&self, spec: &TaskSpec) -> HashMap<NodeId, u64> {
         let mut bytes = HashMap::default();
         for id in spec.arg_refs() {
-            if let Some(ObjectValue::OnNodes { nodes, size }) =
-                self.objects.get(&id).map(|e| &e.value)
-            {
+            if let Some(ObjectValue::OnNodes { nodes, size }) = self.objects.value(&id) {
                 for n in nodes {
                     *bytes.entry(*n).or_insert(0) += size;
                 }
@@ -53,16 +42,16 @@ impl HeadState {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
-        let sources: Vec<ArgSource> = task
-            .spec
+        let spec = Arc::clone(task.spec());
+        let sources: Vec<ArgSource> = spec
             .args
             .iter()
             .map(|arg| match arg {
                 TaskArg::Value(_) => ArgSource::InSpec,
-                TaskArg::Ref(id) => match self.objects.get(id).map(|e| &e.value) {
+                TaskArg::Ref(id) => match self.objects.value(id) {
                     Some(ObjectValue::Inline(v)) => ArgSource::Inline(v.clone()),
                     Some(ObjectValue::OnNodes { nodes, .. }) => {
-                        ArgSource::At(self.addresses(nodes))
+                        ArgSource::At(self.nodes.addresses(nodes))
                     }
                     // Unreachable by construction: tasks are queued only when every
                     // argument is ready and not an error; an empty holder list makes
@@ -71,26 +60,20 @@ impl HeadState {
                 },
             })
             .collect();
-        let Some(binary) = self.jobs.get(&task.spec.job).map(|j| j.binary.clone()) else {
+        let Some(binary) = self.jobs.binary(spec.job).cloned() else {
             return;
         };
+        let demand = spec.resources.clone();
         let assignment = TaskAssignment {
-            spec: Arc::clone(&task.spec),
-            attempt: task.attempt,
+            spec,
+            attempt: task.attempt(),
             sources,
             binary,
         };
-        let demand = task.spec.resources.clone();
-        let Some(node) = self.nodes.get_mut(&node_id) else {
+        let Some(peer) = self.nodes.start_task(node_id, task_id, &demand) else {
             return;
         };
-        node.used.add(&demand);
-        node.running.insert(task_id);
-        let peer = node.peer;
-        if let Some(task) = self.tasks.get_mut(&task_id) {
-            task.state = TaskState::Running(node_id);
-            task.held = demand;
-        }
+        self.tasks.start(task_id, node_id, demand);
         self.send(peer, FromHead::Execute(Box::new(assignment)));
     }
 
@@ -98,7 +81,7 @@ impl HeadState {
     pub(super) fn retry_infeasible_after_loss(&mut self) {
         let mut stuck = Vec::new();
         for shape in self.queue.shapes() {
-            if !self.feasible(&shape) {
+            if !self.nodes.feasible(&shape) {
                 while let Some(t) = self.queue.pop(&shape) {
                     stuck.push((t, shape.clone()));
                 }

@@ -5,8 +5,8 @@
 use super::*;
 use crate::head::clock::ManualClock;
 use crate::ids::{ActorId, BinaryHash};
-use crate::protocol::{ActorCreation, TaskKind};
-use crate::resources::GPU;
+use crate::protocol::{ActorCreation, NodeLoad, NodeRegistration, TaskKind};
+use crate::resources::{CPU, GPU};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 const NODE_TIMEOUT: Duration = Duration::from_secs(2);

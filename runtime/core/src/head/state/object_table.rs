@@ -1,4 +1,5 @@
-//! The object directory: where every object is, whether it is ready, and who references it.
+//! The object table (Ray's object directory plus owner-side reference counting):
+//! where every object is, whether it is ready, and who references it.
 //!
 //! An object lives while its reference count is above zero. The count is the sum of:
 //! processes holding an `ObjectRef` to it (each counted once, released when the process
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 /// What the head knows of an object's value.
 #[derive(Debug, Clone)]
-pub enum ObjectValue {
+pub(super) enum ObjectValue {
     /// The task that makes it has not finished.
     Pending,
     /// Small value kept by the head itself.
@@ -32,18 +33,18 @@ pub enum ObjectValue {
 
 /// One object's entry.
 #[derive(Debug)]
-pub struct ObjectEntry {
+struct ObjectEntry {
     /// Its value or where it is.
-    pub value: ObjectValue,
+    value: ObjectValue,
     /// References: holders + pins + containers.
-    pub count: u64,
+    count: u64,
     /// References it contains, released when it is freed.
-    pub nested: Vec<ObjectId>,
+    nested: Vec<ObjectId>,
     /// The task that made it, kept while the object lives so that it can be re-made
     /// when its only copies are lost (lineage).
-    pub creator: Option<Arc<TaskSpec>>,
+    creator: Option<Arc<TaskSpec>>,
     /// Peers waiting to hear that it is ready.
-    pub subscribers: Vec<PeerId>,
+    subscribers: Vec<PeerId>,
 }
 
 impl ObjectEntry {
@@ -58,52 +59,109 @@ impl ObjectEntry {
     }
 
     /// Whether the value (or its error) is known.
-    pub fn is_ready(&self) -> bool {
+    fn is_ready(&self) -> bool {
         !matches!(self.value, ObjectValue::Pending)
     }
 }
 
-/// What [`ObjectDirectory::release`] freed, for the caller to act on.
+/// What [`ObjectTable::release`] freed, for the caller to act on.
 #[derive(Debug, Default)]
-pub struct Freed {
+pub(super) struct Freed {
     /// Objects removed from the directory.
-    pub objects: Vec<ObjectId>,
+    pub(super) objects: Vec<ObjectId>,
     /// Copies on nodes to delete.
-    pub node_copies: Vec<(NodeId, ObjectId)>,
+    pub(super) node_copies: Vec<(NodeId, ObjectId)>,
 }
 
 /// The directory itself.
 #[derive(Debug, Default)]
-pub struct ObjectDirectory {
+pub(super) struct ObjectTable {
     objects: HashMap<ObjectId, ObjectEntry>,
     /// Which objects each peer holds, to release them when it disconnects.
     held: HashMap<PeerId, HashSet<ObjectId>>,
 }
 
-impl ObjectDirectory {
+impl ObjectTable {
     /// Number of objects tracked.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.objects.len()
     }
 
-    /// Whether no object is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
+    /// Whether `id` is listed (not freed).
+    pub(super) fn contains(&self, id: &ObjectId) -> bool {
+        self.objects.contains_key(id)
     }
 
-    /// The entry for `id`.
-    pub fn get(&self, id: &ObjectId) -> Option<&ObjectEntry> {
-        self.objects.get(id)
+    /// What is known of `id`'s value.
+    pub(super) fn value(&self, id: &ObjectId) -> Option<&ObjectValue> {
+        self.objects.get(id).map(|e| &e.value)
     }
 
-    /// The entry for `id`, mutably.
-    pub fn get_mut(&mut self, id: &ObjectId) -> Option<&mut ObjectEntry> {
-        self.objects.get_mut(id)
+    /// `id`'s value is now `value` (lost, being re-made, or known again).
+    pub(super) fn set_value(&mut self, id: &ObjectId, value: ObjectValue) {
+        if let Some(entry) = self.objects.get_mut(id) {
+            entry.value = value;
+        }
+    }
+
+    /// `peer` waits to hear that `id` is ready: `Some(true)` if it already is (the
+    /// caller answers now), `Some(false)` if `peer` will be told, `None` if `id` is
+    /// unknown.
+    pub(super) fn subscribe(&mut self, id: &ObjectId, peer: PeerId) -> Option<bool> {
+        let entry = self.objects.get_mut(id)?;
+        if entry.is_ready() {
+            return Some(true);
+        }
+        entry.subscribers.push(peer);
+        Some(false)
+    }
+
+    /// `id` became ready: the peers waiting to hear it, now to be told.
+    pub(super) fn take_subscribers(&mut self, id: &ObjectId) -> Vec<PeerId> {
+        self.objects
+            .get_mut(id)
+            .map(|e| std::mem::take(&mut e.subscribers))
+            .unwrap_or_default()
+    }
+
+    /// `task` made `id`: kept so that `id` can be re-made if its copies are lost.
+    pub(super) fn set_creator(&mut self, id: &ObjectId, task: Arc<TaskSpec>) {
+        if let Some(entry) = self.objects.get_mut(id) {
+            entry.creator = Some(task);
+        }
+    }
+
+    /// The task that made `id`, taken (to re-make it once).
+    pub(super) fn take_creator(&mut self, id: &ObjectId) -> Option<Arc<TaskSpec>> {
+        self.objects.get_mut(id)?.creator.take()
+    }
+
+    /// `node` holds a copy of `id` now: false if `id` is not stored on nodes (it
+    /// was freed meanwhile, and the copy is garbage).
+    pub(super) fn add_copy(&mut self, id: &ObjectId, node: NodeId) -> bool {
+        match self.objects.get_mut(id).map(|e| &mut e.value) {
+            Some(ObjectValue::OnNodes { nodes, .. }) => {
+                nodes.insert(node);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `node`'s copy of `id` is gone: whether that was the last copy.
+    pub(super) fn drop_copy(&mut self, id: &ObjectId, node: NodeId) -> bool {
+        match self.objects.get_mut(id).map(|e| &mut e.value) {
+            Some(ObjectValue::OnNodes { nodes, .. }) => {
+                nodes.remove(&node);
+                nodes.is_empty()
+            }
+            _ => false,
+        }
     }
 
     /// A `put` of `id` by `holder`: as [`Self::create`], unless `id` already has a
     /// value (objects are written once), which is left alone: `false`.
-    pub fn put_once(&mut self, id: ObjectId, value: ObjectValue, holder: PeerId) -> bool {
+    pub(super) fn put_once(&mut self, id: ObjectId, value: ObjectValue, holder: PeerId) -> bool {
         let entry = self
             .objects
             .entry(id)
@@ -119,12 +177,7 @@ impl ObjectDirectory {
     }
 
     /// Creates `id` (if new) with `value`, held by `holder`.
-    pub fn create(
-        &mut self,
-        id: ObjectId,
-        value: ObjectValue,
-        holder: Option<PeerId>,
-    ) -> &mut ObjectEntry {
+    pub(super) fn create(&mut self, id: ObjectId, value: ObjectValue, holder: Option<PeerId>) {
         let entry = self
             .objects
             .entry(id)
@@ -137,12 +190,11 @@ impl ObjectDirectory {
                 entry.count += 1;
             }
         }
-        entry
     }
 
     /// `peer` holds `id` now. Unknown objects are ignored: a reference to an object the
     /// directory has already freed cannot be revived.
-    pub fn add_holder(&mut self, peer: PeerId, id: ObjectId) {
+    pub(super) fn add_holder(&mut self, peer: PeerId, id: ObjectId) {
         if let Some(entry) = self.objects.get_mut(&id) {
             if self.held.entry(peer).or_default().insert(id) {
                 entry.count += 1;
@@ -151,7 +203,7 @@ impl ObjectDirectory {
     }
 
     /// `peer` no longer holds `id`.
-    pub fn remove_holder(&mut self, peer: PeerId, id: ObjectId, freed: &mut Freed) {
+    pub(super) fn remove_holder(&mut self, peer: PeerId, id: ObjectId, freed: &mut Freed) {
         let dropped = self.held.get_mut(&peer).is_some_and(|set| set.remove(&id));
         if dropped {
             self.release(id, freed);
@@ -159,7 +211,7 @@ impl ObjectDirectory {
     }
 
     /// `peer` is gone: release everything it held.
-    pub fn remove_peer(&mut self, peer: PeerId, freed: &mut Freed) {
+    pub(super) fn remove_peer(&mut self, peer: PeerId, freed: &mut Freed) {
         if let Some(set) = self.held.remove(&peer) {
             for id in set {
                 self.release(id, freed);
@@ -168,14 +220,14 @@ impl ObjectDirectory {
     }
 
     /// Adds one reference (a pin by a pending task, or a container).
-    pub fn retain(&mut self, id: ObjectId) {
+    pub(super) fn retain(&mut self, id: ObjectId) {
         if let Some(entry) = self.objects.get_mut(&id) {
             entry.count += 1;
         }
     }
 
     /// `outer` contains references to `inner`.
-    pub fn nest(&mut self, outer: ObjectId, inner: Vec<ObjectId>) {
+    pub(super) fn nest(&mut self, outer: ObjectId, inner: Vec<ObjectId>) {
         for id in &inner {
             self.retain(*id);
         }
@@ -188,7 +240,7 @@ impl ObjectDirectory {
 
     /// Drops one reference; frees the object (and what it contains) at zero, unless
     /// its task is still running, in which case it is freed when the task reports.
-    pub fn release(&mut self, id: ObjectId, freed: &mut Freed) {
+    pub(super) fn release(&mut self, id: ObjectId, freed: &mut Freed) {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {
             let Some(entry) = self.objects.get_mut(&id) else {
@@ -202,7 +254,7 @@ impl ObjectDirectory {
     }
 
     /// Frees `id` if nothing references it (called when a task finishes).
-    pub fn free_if_unreferenced(&mut self, id: ObjectId, freed: &mut Freed) {
+    pub(super) fn free_if_unreferenced(&mut self, id: ObjectId, freed: &mut Freed) {
         if self
             .objects
             .get(&id)
@@ -227,7 +279,7 @@ impl ObjectDirectory {
     }
 
     /// Ids of objects with a copy on `node`.
-    pub fn objects_on(&self, node: NodeId) -> Vec<ObjectId> {
+    pub(super) fn objects_on(&self, node: NodeId) -> Vec<ObjectId> {
         self.objects
             .iter()
             .filter(|(_, e)| matches!(&e.value, ObjectValue::OnNodes { nodes, .. } if nodes.contains(&node)))
@@ -242,7 +294,7 @@ mod tests {
 
     #[test]
     fn objects_live_while_referenced_from_anywhere() {
-        let mut dir = ObjectDirectory::default();
+        let mut dir = ObjectTable::default();
         let (driver, worker) = (PeerId(1), PeerId(2));
         let (outer, inner) = (ObjectId(10), ObjectId(11));
         dir.create(inner, ObjectValue::Inline(vec![1]), Some(worker));
@@ -250,24 +302,24 @@ mod tests {
         dir.nest(outer, vec![inner]);
         let mut freed = Freed::default();
         dir.remove_holder(worker, inner, &mut freed);
-        assert!(dir.get(&inner).is_some(), "still held by outer");
+        assert!(dir.contains(&inner), "still held by outer");
         dir.retain(outer); // a pending task's pin
         dir.remove_holder(driver, outer, &mut freed);
-        assert!(dir.get(&outer).is_some(), "still pinned");
+        assert!(dir.contains(&outer), "still pinned");
         dir.release(outer, &mut freed);
-        assert!(dir.is_empty(), "outer and then inner freed");
+        assert_eq!(dir.len(), 0, "outer and then inner freed");
         assert_eq!(freed.objects.len(), 2);
     }
 
     #[test]
     fn pending_objects_are_freed_when_their_task_reports() {
-        let mut dir = ObjectDirectory::default();
+        let mut dir = ObjectTable::default();
         let peer = PeerId(1);
         let id = ObjectId(5);
         dir.create(id, ObjectValue::Pending, Some(peer));
         let mut freed = Freed::default();
         dir.remove_holder(peer, id, &mut freed);
-        assert!(dir.get(&id).is_some());
+        assert!(dir.contains(&id));
         dir.create(
             id,
             ObjectValue::OnNodes {
@@ -277,19 +329,19 @@ mod tests {
             None,
         );
         dir.free_if_unreferenced(id, &mut freed);
-        assert!(dir.is_empty());
+        assert_eq!(dir.len(), 0);
         assert_eq!(freed.node_copies, vec![(NodeId(3), id)]);
     }
 
     #[test]
     fn a_disconnected_peer_releases_what_it_held() {
-        let mut dir = ObjectDirectory::default();
+        let mut dir = ObjectTable::default();
         let peer = PeerId(1);
         for i in 0..3 {
             dir.create(ObjectId(i), ObjectValue::Inline(vec![]), Some(peer));
         }
         let mut freed = Freed::default();
         dir.remove_peer(peer, &mut freed);
-        assert!(dir.is_empty());
+        assert_eq!(dir.len(), 0);
     }
 }

@@ -1,0 +1,79 @@
+//! The job table: one entry per driver that connected, while its job lives.
+//!
+//! Invariant: a job is listed from its driver's handshake until its driver is gone
+//! and it has no detached actor left; it accepts tasks and workers (`alive`) exactly
+//! while its driver is connected or a detached actor of it lives.
+
+use crate::ids::{BinaryHash, JobId, PeerId};
+use rustc_hash::FxHashMap as HashMap;
+
+struct JobEntry {
+    binary: BinaryHash,
+    driver: PeerId,
+    /// The job accepts tasks and workers: its driver is connected, or it has detached
+    /// actors left.
+    alive: bool,
+    /// Its driver has exited (the job lives on only through detached actors).
+    driver_gone: bool,
+}
+
+/// Every job the head knows, by id.
+#[derive(Default)]
+pub(super) struct JobTable {
+    jobs: HashMap<JobId, JobEntry>,
+}
+
+impl JobTable {
+    /// A driver running `binary` connected on `driver`: its new job's id.
+    pub(super) fn start(&mut self, binary: BinaryHash, driver: PeerId) -> JobId {
+        let id = JobId::random();
+        self.jobs.insert(
+            id,
+            JobEntry {
+                binary,
+                driver,
+                alive: true,
+                driver_gone: false,
+            },
+        );
+        id
+    }
+
+    /// Whether `job` accepts tasks and workers.
+    pub(super) fn is_alive(&self, job: JobId) -> bool {
+        self.jobs.get(&job).is_some_and(|j| j.alive)
+    }
+
+    /// The connection of `job`'s driver (gone or not).
+    pub(super) fn driver(&self, job: JobId) -> Option<PeerId> {
+        self.jobs.get(&job).map(|j| j.driver)
+    }
+
+    /// The binary `job`'s workers run.
+    pub(super) fn binary(&self, job: JobId) -> Option<&BinaryHash> {
+        self.jobs.get(&job).map(|j| &j.binary)
+    }
+
+    /// Whether `job`'s driver has exited.
+    pub(super) fn driver_gone(&self, job: JobId) -> bool {
+        self.jobs.get(&job).is_some_and(|j| j.driver_gone)
+    }
+
+    /// `job`'s driver exited; it stays alive only if `detached_actors` remain.
+    pub(super) fn driver_exited(&mut self, job: JobId, detached_actors: bool) {
+        if let Some(entry) = self.jobs.get_mut(&job) {
+            entry.driver_gone = true;
+            entry.alive = detached_actors;
+        }
+    }
+
+    /// `job` is over: it leaves the table.
+    pub(super) fn remove(&mut self, job: JobId) {
+        self.jobs.remove(&job);
+    }
+
+    /// Jobs whose driver is still connected.
+    pub(super) fn connected_drivers(&self) -> usize {
+        self.jobs.values().filter(|j| !j.driver_gone).count()
+    }
+}
