@@ -1,6 +1,8 @@
-//! Turning the command line's input into an ordered list of image paths.
+//! Turning the command line's input into an ordered list of image paths, and reading
+//! one image's file without letting it hang or bloat the reader.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// File extensions taken from a directory (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 9] = [
@@ -56,6 +58,104 @@ pub fn list_images(input: &Path) -> Result<Vec<String>, InputError> {
         .collect())
 }
 
+/// Why an image's file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A FIFO, device, socket or directory: reading it could block forever or never end.
+    #[error("not a regular file (a {0}); only regular files are read")]
+    NotRegular(&'static str),
+    /// Over `--max-file-bytes`.
+    #[error("the file is {size} bytes, over the limit of {limit} (--max-file-bytes)")]
+    TooLarge {
+        /// Its size (at least, if it grew while being read).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The file system said no.
+    #[error("cannot read file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The read hung (a dead network mount, a failing disk).
+    #[error("{READ_TIMED_OUT} in {0} s")]
+    TimedOut(u64),
+}
+
+/// How a timed-out read's reason begins (a re-run tries such an image again).
+pub const READ_TIMED_OUT: &str = "read did not finish";
+
+fn kind_of(meta: &std::fs::Metadata) -> Result<(), ReadError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    };
+    Err(ReadError::NotRegular(kind))
+}
+
+/// Reads the regular file at `path`, refusing anything else and anything over
+/// `limit` bytes before reading it, and giving up after `timeout`.
+///
+/// A read that times out leaves its thread behind, blocked in the kernel (no
+/// portable way exists to interrupt it); it ends with the read, if ever.
+pub fn read_image_file(path: &Path, limit: u64, timeout: Duration) -> Result<Vec<u8>, ReadError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let owned = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("rayish-faces-read".into())
+        .spawn(move || {
+            let _ = tx.send(read_bounded(&owned, limit));
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(_) => Err(ReadError::TimedOut(timeout.as_secs())),
+    }
+}
+
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let check = |meta: &std::fs::Metadata| {
+        kind_of(meta)?;
+        if meta.len() > limit {
+            return Err(ReadError::TooLarge {
+                size: meta.len(),
+                limit,
+            });
+        }
+        Ok(())
+    };
+    // Looked at before opening: opening a FIFO waits for a writer.
+    check(&std::fs::metadata(path)?)?;
+    // Non-blocking, and checked again once open, in case the path changed meanwhile.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    check(&meta)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -80,6 +180,41 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_under_the_limit_are_read() {
+        let root = std::env::temp_dir().join(format!("rayish-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("dir");
+        let t = Duration::from_secs(5);
+        let file = root.join("a.jpg");
+        std::fs::write(&file, b"12345").expect("write");
+        assert_eq!(read_image_file(&file, 5, t).expect("read"), b"12345");
+        let err = read_image_file(&file, 4, t).expect_err("too large");
+        assert!(
+            matches!(err, ReadError::TooLarge { size: 5, limit: 4 }),
+            "{err}"
+        );
+
+        let fifo = root.join("fifo.jpg");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let err = read_image_file(&fifo, 1 << 20, t).expect_err("fifo");
+        assert_eq!(
+            err.to_string(),
+            "not a regular file (a FIFO); only regular files are read"
+        );
+        let err = read_image_file(Path::new("/dev/zero"), 1 << 20, t).expect_err("device");
+        assert!(err.to_string().contains("character device"), "{err}");
+        let sock = root.join("sock.jpg");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("socket");
+        let err = read_image_file(&sock, 1 << 20, t).expect_err("socket");
+        assert!(err.to_string().contains("a socket"), "{err}");
+        let err = read_image_file(&root.join("none.jpg"), 1 << 20, t).expect_err("missing");
+        assert!(err.to_string().starts_with("cannot read file: "), "{err}");
+        std::fs::remove_dir_all(&root).ok();
+    }
 
     #[test]
     fn directories_are_walked_in_path_order_and_lists_resolve_relative_paths() {

@@ -52,6 +52,22 @@ pub enum Status {
     Failed(String),
 }
 
+impl Status {
+    /// Whether this is a failure of the machinery rather than of the image (its task
+    /// died, its result was lost, its read timed out): another run may succeed, so a
+    /// journal does not keep it.
+    pub fn is_transient_failure(&self) -> bool {
+        match self {
+            Status::Failed(reason) => TRANSIENT_FAILURES.iter().any(|p| reason.starts_with(p)),
+            _ => false,
+        }
+    }
+}
+
+/// How the reasons of transient failures begin.
+pub const TRANSIENT_FAILURES: [&str; 3] =
+    ["task failed: ", "lost: ", crate::inputs::READ_TIMED_OUT];
+
 /// One image on its way down the chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FaceJob {

@@ -27,6 +27,14 @@ pub enum DetectorKind {
 /// (`DecompressionBombError`), and so does the decode stage, before allocating anything.
 pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
 
+/// Default of `--max-file-bytes`: larger than any photo a camera makes (a 200 MP
+/// raw-ish TIFF is ~600 MB), small enough that a stray disk image is refused unread.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Default of `--read-timeout`, in seconds: a read of one photo from a healthy disk or
+/// network mount takes well under a second.
+pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 60;
+
 /// The settings of one run; plain data, so that it travels with every remote task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -43,6 +51,20 @@ pub struct Settings {
     /// Where the model files are, if not the node's default (see [`crate::models`]).
     #[serde(default)]
     pub models_dir: Option<std::path::PathBuf>,
+    /// Files larger than this are refused before they are read.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// A read not finished in this many seconds fails its image.
+    #[serde(default = "default_read_timeout_secs")]
+    pub read_timeout_secs: u64,
+}
+
+fn default_max_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
+}
+
+fn default_read_timeout_secs() -> u64 {
+    DEFAULT_READ_TIMEOUT_SECS
 }
 
 impl Default for Settings {
@@ -54,6 +76,8 @@ impl Default for Settings {
             jitters: 1,
             max_pixels: DEFAULT_MAX_PIXELS,
             models_dir: None,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            read_timeout_secs: DEFAULT_READ_TIMEOUT_SECS,
         }
     }
 }

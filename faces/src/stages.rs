@@ -12,9 +12,13 @@ use dlib_face_recognition::{
 };
 use serde::Deserialize;
 
-/// Reads the file's bytes.
+/// Reads the file's bytes: regular files only, up to `max_file_bytes`, within
+/// `read_timeout_secs` ([`crate::inputs::read_image_file`]).
 #[derive(Deserialize)]
-pub struct Read {}
+pub struct Read {
+    #[serde(flatten)]
+    settings: Settings,
+}
 
 /// Decodes the bytes to RGB pixels as PIL would ([`crate::decode`]).
 #[derive(Deserialize)]
@@ -103,8 +107,12 @@ fn failed(e: impl std::fmt::Display) -> Stop {
 
 impl Handler for Read {
     fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
-        job.bytes =
-            std::fs::read(&job.path).map_err(|e| Stop::Failed(format!("cannot read file: {e}")))?;
+        job.bytes = crate::inputs::read_image_file(
+            std::path::Path::new(&job.path),
+            self.settings.max_file_bytes,
+            std::time::Duration::from_secs(self.settings.read_timeout_secs),
+        )
+        .map_err(failed)?;
         Ok(())
     }
 }
