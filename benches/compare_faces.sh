@@ -42,6 +42,7 @@ for round in $(seq "$ROUNDS"); do
     "$VENV/bin/python" benches/faces_ray.py "$LIST" "$OUT/python" --cpus "$CPUS" \
         --upsample "$UPSAMPLE" >"$OUT/python.json"
     t1=$(now)
+    rm -rf "$OUT/rayish" "$OUT/plain"  # no journal to resume from: every round computes
     "$faces" encode "$LIST" --out "$OUT/rayish" --cpus "$CPUS" --upsample "$UPSAMPLE" \
         --quiet >"$OUT/rayish.log"
     t2=$(now)

@@ -98,6 +98,8 @@ fn derive_photos(dir: &Path, count: usize) -> anyhow::Result<Vec<String>> {
 /// processes, hashing the binary) counts against it.
 fn run_cli(list: &Path, out: &Path, args: &[&str], upsample: u32) -> anyhow::Result<(f64, u64)> {
     let bin = target_dir().join("rayish-faces");
+    // A fresh output each time: a journal left by the last run would be resumed.
+    let _ = std::fs::remove_dir_all(out);
     let start = Instant::now();
     let res = Command::new(&bin)
         .arg("encode")

@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         task_per_stage: args.task_per_stage,
         ..Default::default()
     };
-    let run = rayish_faces::run_on_runtime(&chain, &paths, &options, |_| {})?;
+    let run = rayish_faces::run_on_runtime(&chain, &paths, &options, &mut ())?;
     let images: Vec<_> = run
         .jobs
         .iter()

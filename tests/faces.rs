@@ -641,3 +641,391 @@ fn openblas_fallback_kernels_are_replaced_by_the_cpus_own() {
 fn a_chosen_openblas_coretype_is_left_alone() {
     assert_eq!(openblas_cores(Some("Prescott")), ["Prescott"]);
 }
+
+/// `count` photos derived from the samples (each scaled and, every other one,
+/// mirrored), small so that a run of hundreds takes seconds.
+fn derived_photos(count: usize) -> PathBuf {
+    let photos = sample_photos();
+    let mut samples: Vec<PathBuf> = std::fs::read_dir(&photos)
+        .expect("photos")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    samples.sort();
+    let decoded: Vec<image::RgbImage> = samples
+        .iter()
+        .map(|p| image::open(p).expect("decode sample").to_rgb8())
+        .collect();
+    let dir = temp_dir("derived");
+    for i in 0..count {
+        let src = &decoded[i % decoded.len()];
+        let width = 240 + (i as u32 * 7) % 160;
+        let height = (src.height() as u64 * width as u64 / src.width() as u64) as u32;
+        let mut img =
+            image::imageops::resize(src, width, height, image::imageops::FilterType::Triangle);
+        if (i / decoded.len()) % 2 == 1 {
+            img = image::imageops::flip_horizontal(&img);
+        }
+        img.save(dir.join(format!("p{i:04}.jpg"))).expect("save");
+    }
+    dir
+}
+
+/// Lines of `out/journal.jsonl` (the header included).
+fn journal_lines(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("journal.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// The final files of a run, less what differs between runs by design: the seconds
+/// it took and the node that ran each image.
+fn output_bytes(out: &Path) -> (String, Value, Vec<u8>) {
+    let lines: Vec<String> = std::fs::read_to_string(out.join("encodings.jsonl"))
+        .expect("encodings.jsonl")
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("line");
+            v.as_object_mut().expect("object").remove("node");
+            v.to_string()
+        })
+        .collect();
+    let mut avg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("average.json")).expect("avg"))
+            .expect("average json");
+    avg.as_object_mut().expect("object").remove("seconds");
+    let npy = std::fs::read(out.join("encodings.npy")).expect("npy");
+    (lines.join("\n"), avg, npy)
+}
+
+/// Starts `rayish-faces encode` without waiting.
+fn spawn_encode(
+    input: &Path,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let mut cmd = Command::new(target_dir().join("rayish-faces"));
+    cmd.arg("encode")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start rayish-faces")
+}
+
+/// Waits until `out`'s journal has at least `lines` lines, or `child` exits.
+fn wait_for_journal(child: &mut std::process::Child, out: &Path, lines: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while journal_lines(out) < lines {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "rayish-faces ended before its journal had {lines} lines"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "journal stuck at {}",
+            journal_lines(out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Runs `rayish-faces encode` to success and returns its stdout.
+fn encode_stdout(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let res = spawn_encode(input, out, extra, env)
+        .wait_with_output()
+        .expect("rayish-faces");
+    assert!(
+        res.status.success(),
+        "rayish-faces failed:\n{}\n{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    String::from_utf8_lossy(&res.stdout).into_owned()
+}
+
+/// The number in "resumed: N images ..." of a run's stdout (0 without that line).
+fn resumed(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("resumed: "))
+        .and_then(|rest| rest.split(' ').next())
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+#[test]
+fn a_run_killed_midway_with_its_driver_or_its_head_resumes_to_the_same_output() {
+    const IMAGES: usize = 200;
+    let input = derived_photos(IMAGES);
+    let whole = temp_dir("whole");
+    encode_stdout(&input, &whole, &["--cpus", "2"], &[]);
+    assert_eq!(
+        journal_lines(&whole),
+        IMAGES + 1,
+        "a header and one line an image"
+    );
+    let reference = output_bytes(&whole);
+
+    // The driver killed with SIGKILL half way: the re-run encodes only the rest.
+    let out = temp_dir("driver-killed");
+    let mut child = spawn_encode(&input, &out, &["--cpus", "2"], &[]);
+    wait_for_journal(&mut child, &out, IMAGES / 2);
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let kept = journal_lines(&out) - 1;
+    assert!(kept < IMAGES, "killed too late: {kept} images already done");
+    assert!(!out.join("encodings.jsonl").exists(), "no final output yet");
+    let stdout = encode_stdout(&input, &out, &["--cpus", "2"], &[]);
+    assert_eq!(resumed(&stdout), kept, "{stdout}");
+    assert_eq!(
+        journal_lines(&out),
+        IMAGES + 1,
+        "each image encoded exactly once over the two runs"
+    );
+    assert!(
+        output_bytes(&out) == reference,
+        "the resumed output differs from an uninterrupted run's"
+    );
+    // A finished job resumes to the same output without computing anything.
+    let again = encode_stdout(&input, &out, &[], &[]);
+    assert_eq!(resumed(&again), IMAGES);
+    assert!(output_bytes(&out) == reference);
+
+    // The head killed with SIGKILL half way: the driver fails once its reconnect
+    // timeout passes, the journal keeps what finished, a new cluster resumes.
+    let out = temp_dir("head-killed");
+    let kept = {
+        let mut cluster = TestCluster::start(1, 1, 2000);
+        let env = [
+            ("RAYISH_TOKEN", cluster.token.as_str()),
+            ("RAYISH_HEAD_RECONNECT_TIMEOUT", "3"),
+        ];
+        let root = cluster.root.to_string_lossy().into_owned();
+        let mut env = env.to_vec();
+        env.push(("RAYISH_TEMP_DIR", &root));
+        let address = cluster.address.clone();
+        let mut child = spawn_encode(&input, &out, &["--address", &address], &env);
+        wait_for_journal(&mut child, &out, IMAGES / 3);
+        cluster.kill_node(0);
+        let res = child.wait_with_output().expect("rayish-faces");
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success(), "the driver went on without a head");
+        assert!(stderr.contains("journal.jsonl"), "{stderr}");
+        journal_lines(&out) - 1
+    };
+    assert!(kept < IMAGES);
+    let cluster = TestCluster::start(1, 2, 2000);
+    let root = cluster.root.to_string_lossy().into_owned();
+    let stdout = encode_stdout(
+        &input,
+        &out,
+        &["--address", &cluster.address],
+        &[("RAYISH_TOKEN", &cluster.token), ("RAYISH_TEMP_DIR", &root)],
+    );
+    assert_eq!(resumed(&stdout), kept, "{stdout}");
+    assert_eq!(journal_lines(&out), IMAGES + 1);
+    assert!(
+        output_bytes(&out) == reference,
+        "the resumed output differs from an uninterrupted run's"
+    );
+}
+
+/// Mounts a tmpfs with `options` on a new directory (the tests run as root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(tag: &str, options: &str) -> Tmpfs {
+        let dir = temp_dir(tag);
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(
+            ok.success(),
+            "mount -t tmpfs -o {options} (the tests need root)"
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn out_is_checked_before_any_compute_and_other_settings_are_refused() {
+    let photos = sample_photos();
+    // A read-only file system: refused before the runtime starts (no session made).
+    let ro = Tmpfs::mount("ro-out", "ro,size=1m");
+    let sessions = temp_dir("ro-sessions");
+    let res = spawn_encode(
+        &photos,
+        &ro.0.join("out"),
+        &["--cpus", "2"],
+        &[("RAYISH_TEMP_DIR", &sessions.to_string_lossy())],
+    )
+    .wait_with_output()
+    .expect("rayish-faces");
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&sessions).expect("sessions").count(),
+        0,
+        "the runtime started before --out was checked"
+    );
+    // Too little room for the run: refused, naming what it has and needs.
+    let small = Tmpfs::mount("small-out", "size=64k");
+    let res = spawn_encode(&photos, &small.0, &["--cpus", "2"], &[])
+        .wait_with_output()
+        .expect("rayish-faces");
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        stderr.contains("bytes free; 7 images need about"),
+        "{stderr}"
+    );
+
+    // Other settings against a journal: refused by name, unless --restart.
+    let out = temp_dir("settings-out");
+    encode_stdout(&photos, &out, &["--cpus", "2", "--upsample", "0"], &[]);
+    let res = spawn_encode(&photos, &out, &["--cpus", "2"], &[])
+        .wait_with_output()
+        .expect("rayish-faces");
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        stderr.contains("number_of_times_to_upsample: 0 → 1") && stderr.contains("--restart"),
+        "{stderr}"
+    );
+    let stdout = encode_stdout(&photos, &out, &["--cpus", "2", "--restart"], &[]);
+    assert_eq!(resumed(&stdout), 0);
+    let (lines, avg) = read_output(&out);
+    assert_matches_reference(&lines, &avg, &reference_run(1), 1e-5);
+}
+
+#[test]
+fn a_full_disk_during_the_final_write_leaves_the_previous_output_whole() {
+    let photos = sample_photos();
+    let three = temp_dir("three");
+    let two = temp_dir("two");
+    for (i, name) in ["biden.jpg", "obama.jpg", "obama2.jpg"].iter().enumerate() {
+        std::fs::copy(photos.join(name), three.join(name)).expect("copy");
+        if i < 2 {
+            std::fs::copy(photos.join(name), two.join(name)).expect("copy");
+        }
+    }
+    // Room for the bytes, but only 8 inodes: the root, the output directory, the
+    // journal and the three final files leave two, and a commit stages three files.
+    let fs = Tmpfs::mount("enospc", "size=8m,nr_inodes=8");
+    let out = fs.0.join("out");
+    encode_stdout(&three, &out, &["--cpus", "2"], &[]);
+    let before: Vec<Vec<u8>> = ["average.json", "encodings.jsonl", "encodings.npy"]
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).expect("first output"))
+        .collect();
+    let res = spawn_encode(&two, &out, &["--cpus", "2"], &[])
+        .wait_with_output()
+        .expect("rayish-faces");
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "the second run had room after all");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let after: Vec<Vec<u8>> = ["average.json", "encodings.jsonl", "encodings.npy"]
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).expect("output after ENOSPC"))
+        .collect();
+    assert!(before == after, "the previous output was touched");
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .expect("out")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "average.json",
+            "encodings.jsonl",
+            "encodings.npy",
+            "journal.jsonl"
+        ],
+        "staged files were left behind"
+    );
+}
+
+#[test]
+fn fifos_devices_sockets_and_oversized_files_fail_alone_with_their_reason() {
+    let photos = sample_photos();
+    let dir = temp_dir("special");
+    let fifo = dir.join("fifo.jpg");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let sock = dir.join("socket.jpg");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("socket");
+    let big = dir.join("big.jpg");
+    std::fs::write(&big, vec![0u8; 2_000_000]).expect("big");
+    let list = dir.join("list.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n{}\n/dev/zero\n{}\n{}\n{}\n",
+            photos.join("obama.jpg").display(),
+            fifo.display(),
+            sock.display(),
+            big.display(),
+            photos.join("biden.jpg").display(),
+        ),
+    )
+    .expect("list");
+    let out = temp_dir("special-out");
+    let (lines, avg) = encode(
+        &list,
+        &out,
+        &["--cpus", "2", "--max-file-bytes", "1000000"],
+        &[],
+    );
+    let reasons: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_str().expect("status").to_string(),
+                l["error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons[0].0, "ok");
+    assert!(
+        reasons[1].1.contains("not a regular file (a FIFO)"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2]
+            .1
+            .contains("not a regular file (a character device)"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].1.contains("not a regular file (a socket)"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[4]
+            .1
+            .contains("2000000 bytes, over the limit of 1000000"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[5].0, "ok");
+    assert_eq!(avg["failed_images"], 4);
+}

@@ -3,7 +3,7 @@
 //!
 //! The work is a Chain of Responsibility ([`chain`]): read → decode → detect →
 //! landmarks → encode, each stage a handler with one job that passes an image on or
-//! stops it with a reason; the aggregate ([`aggregate`]) reduces what comes out. The
+//! stops it with a reason; the aggregate ([`aggregate`]) sums what comes out. The
 //! chain runs in a plain loop or as rayish remote tasks ([`pipeline`]).
 //!
 //! Module map: [`settings`] (face_recognition's parameters), [`job`] (what flows),
@@ -11,7 +11,8 @@
 //! (PIL-identical pixels), [`models`] (model files, per-process cache), `dlib_shim`
 //! (the C++ calls the dlib crate lacks), [`blas`] (OpenBLAS threads and kernels),
 //! [`hog`] (dlib's HOG detector with a wider filter loop), [`pipeline`] (runtime and plain runs),
-//! [`inputs`] and [`output`] (files in and out).
+//! [`inputs`] and [`output`] (files in and out), [`journal`] (finished images kept as
+//! they come, for resuming).
 
 pub mod aggregate;
 pub mod blas;
@@ -21,6 +22,7 @@ mod dlib_shim;
 pub mod hog;
 pub mod inputs;
 pub mod job;
+pub mod journal;
 pub mod models;
 pub mod output;
 pub mod pipeline;
@@ -30,7 +32,7 @@ pub mod stages;
 pub use aggregate::Aggregate;
 pub use chain::{Chain, Handler, Stage, Stop};
 pub use job::{Face, FaceBox, FaceJob, RgbPixels, Status};
-pub use pipeline::{run_on_runtime, run_plain, Progress, RunOptions, RunOutput};
+pub use pipeline::{run_on_runtime, run_plain, Progress, RunObserver, RunOptions, RunOutput};
 pub use settings::{DetectorKind, LandmarkModel, Settings};
 
 /// What `register_handler!` expands to. Not a stable API.

@@ -3,9 +3,13 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use rayish_faces::journal::{InputKey, Journal};
+use rayish_faces::pipeline::RunError;
 use rayish_faces::{
-    inputs, output, Chain, DetectorKind, LandmarkModel, Progress, RunOptions, Settings,
+    inputs, output, Chain, DetectorKind, FaceJob, LandmarkModel, Progress, RunObserver, RunOptions,
+    Settings,
 };
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -35,9 +39,18 @@ struct EncodeArgs {
     /// The cluster token (or RAYISH_TOKEN).
     #[arg(long)]
     token: Option<String>,
-    /// Where to write average.json, encodings.jsonl and encodings.npy.
+    /// Where to write average.json, encodings.jsonl and encodings.npy, and the
+    /// journal of finished images a re-run resumes from.
     #[arg(long, default_value = "faces-out")]
     out: PathBuf,
+    /// Resume from --out's journal: skip every image it holds. That is the default
+    /// whenever a journal is there; with this flag, its absence is an error.
+    #[arg(long, conflicts_with = "restart")]
+    resume: bool,
+    /// Discard --out's journal and output (even if made with other settings) and
+    /// start over.
+    #[arg(long)]
+    restart: bool,
     /// face_recognition's number_of_times_to_upsample.
     #[arg(long, default_value_t = 1)]
     upsample: u32,
@@ -68,6 +81,12 @@ struct EncodeArgs {
     /// Refuse images with more pixels than this (PIL's decompression-bomb limit).
     #[arg(long, default_value_t = rayish_faces::settings::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
+    /// Refuse input files larger than this many bytes, before reading them.
+    #[arg(long, default_value_t = rayish_faces::settings::DEFAULT_MAX_FILE_BYTES)]
+    max_file_bytes: u64,
+    /// Fail an image whose file is not read within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = rayish_faces::settings::DEFAULT_READ_TIMEOUT_SECS)]
+    read_timeout: u64,
     /// CPUs of the local cluster (local mode only; default: all cores).
     #[arg(long)]
     cpus: Option<f64>,
@@ -101,6 +120,8 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         jitters: args.jitters,
         max_pixels: args.max_pixels,
         models_dir: args.models.clone(),
+        max_file_bytes: args.max_file_bytes,
+        read_timeout_secs: args.read_timeout,
     };
     if args.address.is_none() {
         // Local mode: the models must be here. On a cluster they must be on the nodes,
@@ -112,16 +133,16 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
     if paths.is_empty() {
         bail!("no images found in {}", args.input.display());
     }
+    // Everything about --out is checked before any compute starts.
+    let mut journal = prepare_out(&args, &settings, paths.len() as u64)?;
+    let mut observer = Observer::new(&paths, &mut journal, args.quiet);
     let chain = Chain::standard(&settings);
-    let bar = progress_bar(paths.len() as u64, args.quiet);
 
-    let run = if let Some(threads) = args.plain {
-        let faces = std::sync::atomic::AtomicU64::new(0);
-        rayish_faces::run_plain(&chain, &paths, threads, |job| {
-            let n = faces.fetch_add(job.faces.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            bar.set_message(format!("{} faces", n + job.faces.len() as u64));
-            bar.inc(1);
-        })?
+    let result = if observer.all_done() {
+        // Nothing left to compute: no runtime to start.
+        rayish_faces::run_plain(&chain, &paths, 1, &mut observer)
+    } else if let Some(threads) = args.plain {
+        rayish_faces::run_plain(&chain, &paths, threads, &mut observer)
     } else {
         let mut config = rayish::Config::default()
             .address(args.address.clone())
@@ -135,12 +156,26 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
             window: args.window,
             task_per_stage: args.task_per_stage,
         };
-        rayish_faces::run_on_runtime(&chain, &paths, &options, |p: &Progress| {
-            bar.set_position(p.done);
-            bar.set_message(format!("{} faces, {} failed", p.faces, p.failed));
-        })?
+        rayish_faces::run_on_runtime(&chain, &paths, &options, &mut observer)
     };
-    bar.finish_and_clear();
+    let resumed = observer.resumed;
+    observer.bar.finish_and_clear();
+    drop(observer);
+    // Whatever happened, what finished is on disk before this process goes.
+    let synced = journal.sync();
+    let run = result.with_context(|| {
+        format!(
+            "the run stopped; the images it finished are kept in {} and a re-run resumes from them",
+            args.out.join(rayish_faces::journal::FILE).display()
+        )
+    })?;
+    synced.context("keeping the journal")?;
+    if resumed > 0 {
+        println!(
+            "resumed: {resumed} images already finished in {}",
+            args.out.join(rayish_faces::journal::FILE).display()
+        );
+    }
 
     let seconds = run.elapsed.as_secs_f64();
     output::write_all(&args.out, &run.jobs, &run.aggregate, &settings, seconds)
@@ -173,6 +208,110 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Checks `--out` and opens its journal (`--resume` demands one, `--restart` empties
+/// it): it must be a writable directory on a file
+/// system with room for the run, not holding another run's output with other
+/// settings (unless `restart`); an interrupted commit of the final files is finished.
+fn prepare_out(args: &EncodeArgs, settings: &Settings, images: u64) -> anyhow::Result<Journal> {
+    let (out, restart) = (args.out.as_path(), args.restart);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    output::recover(out)
+        .with_context(|| format!("finishing the last commit in {}", out.display()))?;
+    let free = output::space_free(out)
+        .with_context(|| format!("checking free space in {}", out.display()))?;
+    let needed = output::space_needed(images);
+    if free < needed {
+        bail!(
+            "{} has {free} bytes free; {images} images need about {needed}",
+            out.display()
+        );
+    }
+    let journal_exists = out.join(rayish_faces::journal::FILE).exists();
+    if args.resume && !journal_exists {
+        bail!(
+            "--resume: {} has no {} to resume from",
+            out.display(),
+            rayish_faces::journal::FILE
+        );
+    }
+    if !restart && !journal_exists {
+        // A previous run's output without a journal (an older rayish-faces, or the
+        // journal removed): refuse to mix settings all the same.
+        if let Some(previous) = output::previous_settings(out) {
+            let wanted = rayish_faces::journal::settings_record(settings);
+            let differs = wanted
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| previous.get(k.as_str()).is_some_and(|p| p != *v))
+                .map(|(k, v)| format!("{k}: {} → {v}", previous[k.as_str()]))
+                .collect::<Vec<_>>();
+            if !differs.is_empty() {
+                bail!(
+                    "{} holds a run with other settings ({}); use another --out, or --restart to discard it",
+                    out.join("average.json").display(),
+                    differs.join(", ")
+                );
+            }
+        }
+    }
+    Journal::open(out, settings, restart).context("opening the journal")
+}
+
+/// Keeps each finished image in the journal and shows progress.
+struct Observer<'a> {
+    keys: Vec<Option<InputKey>>,
+    done: HashMap<InputKey, FaceJob>,
+    journal: &'a mut Journal,
+    bar: ProgressBar,
+    resumed: u64,
+}
+
+impl<'a> Observer<'a> {
+    fn new(paths: &[String], journal: &'a mut Journal, quiet: bool) -> Self {
+        let keys = paths.iter().map(|p| InputKey::of(p)).collect();
+        let done = journal.take_done();
+        Observer {
+            keys,
+            done,
+            journal,
+            bar: progress_bar(paths.len() as u64, quiet),
+            resumed: 0,
+        }
+    }
+
+    /// Whether the journal holds every image.
+    fn all_done(&self) -> bool {
+        self.keys
+            .iter()
+            .all(|k| k.as_ref().is_some_and(|k| self.done.contains_key(k)))
+    }
+}
+
+impl RunObserver for Observer<'_> {
+    fn already_done(&mut self, index: u64, _path: &str) -> Option<FaceJob> {
+        let key = self.keys.get(index as usize)?.as_ref()?;
+        let job = self.done.get(key).cloned()?;
+        self.resumed += 1;
+        Some(job)
+    }
+
+    fn finished(&mut self, job: &FaceJob) -> Result<(), RunError> {
+        // An image that cannot be stat'ed failed its read; nothing to resume it by.
+        if let Some(Some(key)) = self.keys.get(job.index as usize) {
+            self.journal.append(key, job)?;
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self, p: &Progress) -> Result<(), RunError> {
+        self.bar.set_position(p.done);
+        self.bar
+            .set_message(format!("{} faces, {} failed", p.faces, p.failed));
+        Ok(())
+    }
 }
 
 /// Fails early, with the fix, when a model this run needs is missing here.

@@ -2,9 +2,10 @@
 
 use crate::aggregate::{Aggregate, DIMS};
 use crate::job::{FaceJob, Status};
+use crate::journal::sync_dir;
 use crate::settings::Settings;
 use serde_json::json;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 /// One image's line in `encodings.jsonl`.
@@ -48,7 +49,26 @@ pub fn average_record(agg: &Aggregate, settings: &Settings, seconds: f64) -> ser
     })
 }
 
-/// Writes the three files into `dir` (created if missing).
+/// The final files, in the order they are renamed into place.
+pub const FILES: [&str; 3] = ["encodings.jsonl", "encodings.npy", "average.json"];
+
+/// Lists the files being renamed into place while a commit is under way.
+const COMMIT: &str = ".commit";
+
+fn staged(name: &str) -> String {
+    format!(".{name}.new")
+}
+
+/// Writes the three files into `dir` (created if missing) so that the directory
+/// holds either the previous complete output or the new one, never a mix:
+///
+/// 1. each file is written in full to `.NAME.new` and fsync'd (a full disk fails
+///    here, the staged files are removed, and the previous output is untouched);
+/// 2. `.commit` names them and is fsync'd with the directory;
+/// 3. each is renamed over its final name, the directory fsync'd, `.commit` removed.
+///
+/// A crash during step 3 leaves `.commit`: [`recover`] (run before anything else
+/// touches `dir`) finishes the renames, so the next run sees the new output whole.
 pub fn write_all(
     dir: &Path,
     jobs: &[FaceJob],
@@ -57,15 +77,32 @@ pub fn write_all(
     seconds: f64,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let avg = serde_json::to_string_pretty(&average_record(agg, settings, seconds))?;
-    std::fs::write(dir.join("average.json"), avg + "\n")?;
+    recover(dir)?;
+    let result = stage_all(dir, jobs, agg, settings, seconds);
+    if let Err(e) = result {
+        for name in FILES {
+            let _ = std::fs::remove_file(dir.join(staged(name)));
+        }
+        return Err(e);
+    }
+    write_synced(&dir.join(COMMIT), FILES.join("\n").as_bytes())?;
+    sync_dir(dir)?;
+    recover(dir)
+}
 
-    let mut lines = BufWriter::new(std::fs::File::create(dir.join("encodings.jsonl"))?);
+fn stage_all(
+    dir: &Path,
+    jobs: &[FaceJob],
+    agg: &Aggregate,
+    settings: &Settings,
+    seconds: f64,
+) -> std::io::Result<()> {
+    let mut lines = Vec::new();
     for job in jobs {
         serde_json::to_writer(&mut lines, &job_record(job))?;
-        lines.write_all(b"\n")?;
+        lines.push(b'\n');
     }
-    lines.flush()?;
+    write_synced(&dir.join(staged("encodings.jsonl")), &lines)?;
 
     let rows: Vec<f64> = jobs
         .iter()
@@ -75,6 +112,74 @@ pub fn write_all(
         .collect();
     let array = ndarray::Array2::from_shape_vec((rows.len() / DIMS, DIMS), rows)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    ndarray_npy::write_npy(dir.join("encodings.npy"), &array).map_err(std::io::Error::other)?;
-    Ok(())
+    let mut npy = Vec::new();
+    ndarray_npy::WriteNpyExt::write_npy(&array, &mut npy).map_err(std::io::Error::other)?;
+    write_synced(&dir.join(staged("encodings.npy")), &npy)?;
+
+    let avg = serde_json::to_string_pretty(&average_record(agg, settings, seconds))?;
+    write_synced(&dir.join(staged("average.json")), (avg + "\n").as_bytes())
+}
+
+/// Finishes a commit a crash interrupted (renames what `.commit` lists that is still
+/// staged), or drops staged files no commit names.
+pub fn recover(dir: &Path) -> std::io::Result<()> {
+    let commit = dir.join(COMMIT);
+    match std::fs::read_to_string(&commit) {
+        Ok(_) => {
+            for name in FILES {
+                match std::fs::rename(dir.join(staged(name)), dir.join(name)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // renamed already
+                    Err(e) => return Err(e),
+                }
+            }
+            sync_dir(dir)?;
+            std::fs::remove_file(&commit)?;
+            sync_dir(dir)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            for name in FILES {
+                let _ = std::fs::remove_file(dir.join(staged(name)));
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Bytes a run of `images` images may need in its output directory: its journal and
+/// final files (a face's encoding takes ~2.5 KB as JSON, 1 KB in the .npy), with room
+/// for several faces an image, and 1 MiB to spare.
+pub fn space_needed(images: u64) -> u64 {
+    images.saturating_mul(32 * 1024).saturating_add(1 << 20)
+}
+
+/// Bytes free to this user on the file system holding `dir`.
+pub fn space_free(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path alive for the call; `st` is written by
+    // statvfs before it is read, and only read when the call succeeded.
+    let st = unsafe {
+        if libc::statvfs(c.as_ptr(), st.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        st.assume_init()
+    };
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The settings recorded in `dir/average.json`, if a previous run left one.
+pub fn previous_settings(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("average.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("settings").cloned()
 }

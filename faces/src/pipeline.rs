@@ -1,6 +1,13 @@
 //! Running a chain over many images: on the rayish runtime (stages as remote tasks on
-//! batches, batches passed between tasks as object references, the aggregate reduced
-//! by tasks on the nodes) or in a plain loop on local threads.
+//! batches, batches passed between tasks as object references) or in a plain loop on
+//! local threads. A [`RunObserver`] hears of each image as it finishes (to journal
+//! it) and may hand back images already finished by an earlier run, which are not
+//! run again.
+//!
+//! The aggregate is summed in the driver over every image in input order, not
+//! reduced on the nodes: a sum of floats depends on its grouping, and the average of
+//! a resumed run must equal, bit for bit, an uninterrupted run's. It costs 128 adds
+//! a face.
 //!
 //! Stage fusion: by default the stages after read run as one task per batch
 //! ([`run_stages`] with the whole remote chain), as Ray Data fuses consecutive map
@@ -37,20 +44,30 @@ pub fn run_stages(stages: Vec<Stage>, mut batch: Vec<FaceJob>) -> Result<Vec<Fac
     Ok(batch)
 }
 
-/// The aggregate of one finished batch (runs where the batch is).
-#[rayish::remote]
-pub fn aggregate_batch(batch: Vec<FaceJob>) -> Aggregate {
-    let mut agg = Aggregate::default();
-    batch.iter().for_each(|j| agg.add(j));
-    agg
+/// What the caller of a run hears of it, and what it already has.
+pub trait RunObserver {
+    /// The image at `index` of the input (`path`), if an earlier run finished it: it
+    /// is not run again.
+    fn already_done(&mut self, index: u64, path: &str) -> Option<FaceJob> {
+        let _ = (index, path);
+        None
+    }
+
+    /// An image finished. An error stops the run: its result could not be kept.
+    fn finished(&mut self, job: &FaceJob) -> Result<(), RunError> {
+        let _ = job;
+        Ok(())
+    }
+
+    /// Where the run stands; called when that may have changed.
+    fn progress(&mut self, progress: &Progress) -> Result<(), RunError> {
+        let _ = progress;
+        Ok(())
+    }
 }
 
-/// Two partial aggregates merged into one.
-#[rayish::remote]
-pub fn merge_aggregates(mut a: Aggregate, b: Aggregate) -> Aggregate {
-    a.merge(&b);
-    a
-}
+/// An observer that wants nothing.
+impl RunObserver for () {}
 
 /// How a run goes.
 #[derive(Clone, Debug)]
@@ -79,8 +96,10 @@ impl Default for RunOptions {
 pub struct Progress {
     /// Images in the run.
     pub total: u64,
-    /// Images finished (whatever their outcome).
+    /// Images finished (whatever their outcome), resumed ones included.
     pub done: u64,
+    /// Images an earlier run had finished (taken from the observer, not run).
+    pub resumed: u64,
     /// Faces encoded so far.
     pub faces: u64,
     /// Images failed so far.
@@ -107,6 +126,9 @@ pub enum RunError {
     /// The runtime failed (cluster unreachable, ...).
     #[error("runtime: {0}")]
     Runtime(#[from] rayish::Error),
+    /// A finished image could not be kept.
+    #[error("keeping results: {0}")]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 struct InFlight {
@@ -114,12 +136,72 @@ struct InFlight {
     result: ObjectRef<Vec<FaceJob>>,
 }
 
-/// Runs `chain` over `paths` on the rayish runtime (initialised by the caller).
+/// Takes from `observer` the images an earlier run finished: the results so far,
+/// the progress they make, and the indices left to run.
+fn resume(
+    paths: &[String],
+    observer: &mut impl RunObserver,
+) -> (Vec<Option<FaceJob>>, Progress, Vec<u64>) {
+    let mut results: Vec<Option<FaceJob>> = vec![None; paths.len()];
+    let mut status = Progress {
+        total: paths.len() as u64,
+        ..Default::default()
+    };
+    let mut todo = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        match observer.already_done(i as u64, path) {
+            Some(mut job) => {
+                job.index = i as u64;
+                status.note(&job);
+                status.resumed += 1;
+                results[i] = Some(job);
+            }
+            None => todo.push(i as u64),
+        }
+    }
+    (results, status, todo)
+}
+
+impl Progress {
+    fn note(&mut self, job: &FaceJob) {
+        self.done += 1;
+        self.faces += job.faces.len() as u64;
+        if matches!(job.status, Status::Failed(_)) {
+            self.failed += 1;
+        }
+    }
+}
+
+/// The run's output: every image in input order (an image without a result, which
+/// cannot happen unless a bug drops one, is reported failed) and their aggregate.
+fn finish(paths: &[String], results: Vec<Option<FaceJob>>, start: Instant) -> RunOutput {
+    let jobs: Vec<FaceJob> = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| {
+            j.unwrap_or_else(|| {
+                let mut job = FaceJob::new(i as u64, paths[i].clone());
+                job.status = Status::Failed("lost: no result came back".into());
+                job
+            })
+        })
+        .collect();
+    let mut aggregate = Aggregate::default();
+    jobs.iter().for_each(|j| aggregate.add(j));
+    RunOutput {
+        jobs,
+        aggregate,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Runs `chain` over `paths` on the rayish runtime (initialised by the caller),
+/// skipping what `observer` already has and telling it of each image as it finishes.
 pub fn run_on_runtime(
     chain: &Chain,
     paths: &[String],
     options: &RunOptions,
-    mut progress: impl FnMut(&Progress),
+    observer: &mut impl RunObserver,
 ) -> Result<RunOutput, RunError> {
     let start = Instant::now();
     // Stages up to and including "read" run here, where the files are.
@@ -128,24 +210,17 @@ pub fn run_on_runtime(
     // Fail fast on an unknown handler rather than on every image.
     remote.build()?;
 
+    let (mut results, mut status, todo) = resume(paths, observer);
     let batch = options.batch.max(1);
-    let mut queue: VecDeque<Vec<(u64, String)>> = paths
+    let mut queue: VecDeque<Vec<(u64, String)>> = todo
         .iter()
-        .enumerate()
-        .map(|(i, p)| (i as u64, p.clone()))
+        .map(|&i| (i, paths[i as usize].clone()))
         .collect::<Vec<_>>()
         .chunks(batch)
         .map(|c| c.to_vec())
         .collect();
-    let mut results: Vec<Option<FaceJob>> = vec![None; paths.len()];
     let mut in_flight: Vec<InFlight> = Vec::new();
-    let mut partials: Vec<ObjectRef<Aggregate>> = Vec::new();
-    let mut here = Aggregate::default(); // images whose tasks failed outright
-    let mut status = Progress {
-        total: paths.len() as u64,
-        ..Default::default()
-    };
-    progress(&status);
+    observer.progress(&status)?;
 
     while !queue.is_empty() || !in_flight.is_empty() {
         while in_flight.len() < options.window.max(1) {
@@ -174,25 +249,8 @@ pub fn run_on_runtime(
                 continue;
             };
             let done = in_flight.swap_remove(pos);
-            match rayish::get(&done.result) {
-                Ok(jobs) => {
-                    partials.push(aggregate_batch::remote(&done.result));
-                    if partials.len() >= 64 {
-                        // Keep the driver's list short on long runs: fold it now.
-                        let folded = merge_tree(std::mem::take(&mut partials));
-                        partials.extend(folded);
-                    }
-                    for job in jobs {
-                        status.done += 1;
-                        status.faces += job.faces.len() as u64;
-                        if matches!(job.status, Status::Failed(_)) {
-                            status.failed += 1;
-                        }
-                        if let Some(slot) = results.get_mut(job.index as usize) {
-                            *slot = Some(job);
-                        }
-                    }
-                }
+            let finished = match rayish::get(&done.result) {
+                Ok(jobs) => jobs,
                 Err(rayish::Error::Task(e)) if done.jobs.len() > 1 => {
                     // One image may be the culprit (a worker dying inside dlib): retry
                     // the batch's images one by one, so only that one fails.
@@ -203,84 +261,48 @@ pub fn run_on_runtime(
                     for j in done.jobs.into_iter().rev() {
                         queue.push_front(vec![j]);
                     }
+                    continue;
                 }
-                Err(rayish::Error::Task(e)) => {
-                    for (index, path) in done.jobs {
+                Err(rayish::Error::Task(e)) => done
+                    .jobs
+                    .into_iter()
+                    .map(|(index, path)| {
                         let mut job = FaceJob::new(index, path);
                         job.status = Status::Failed(format!("task failed: {e}"));
-                        here.add(&job);
-                        status.done += 1;
-                        status.failed += 1;
-                        if let Some(slot) = results.get_mut(index as usize) {
-                            *slot = Some(job);
-                        }
-                    }
-                }
+                        job
+                    })
+                    .collect(),
                 Err(other) => return Err(other.into()),
+            };
+            for job in finished {
+                observer.finished(&job)?;
+                status.note(&job);
+                if let Some(slot) = results.get_mut(job.index as usize) {
+                    *slot = Some(job);
+                }
             }
         }
-        progress(&status);
+        observer.progress(&status)?;
     }
-
-    let mut aggregate = reduce(partials)?;
-    aggregate.merge(&here);
-    let jobs = results
-        .into_iter()
-        .enumerate()
-        .map(|(i, j)| {
-            j.unwrap_or_else(|| {
-                let mut job = FaceJob::new(i as u64, paths[i].clone());
-                job.status = Status::Failed("lost: no result came back".into());
-                job
-            })
-        })
-        .collect();
-    Ok(RunOutput {
-        jobs,
-        aggregate,
-        elapsed: start.elapsed(),
-    })
-}
-
-/// Pairwise tree reduction of partial aggregates, then the result.
-fn reduce(level: Vec<ObjectRef<Aggregate>>) -> Result<Aggregate, RunError> {
-    match merge_tree(level) {
-        Some(root) => Ok(rayish::get(&root)?),
-        None => Ok(Aggregate::default()),
-    }
-}
-
-/// Submits the merges of a pairwise tree over `level`, each a task on the nodes;
-/// returns the root's reference at once (`None` for an empty level).
-fn merge_tree(mut level: Vec<ObjectRef<Aggregate>>) -> Option<ObjectRef<Aggregate>> {
-    while level.len() > 1 {
-        let mut next = Vec::with_capacity(level.len().div_ceil(2));
-        let mut it = level.chunks(2);
-        for pair in &mut it {
-            match pair {
-                [a, b] => next.push(merge_aggregates::remote(a, b)),
-                [a] => next.push(a.clone()),
-                _ => {}
-            }
-        }
-        level = next;
-    }
-    level.pop()
+    Ok(finish(paths, results, start))
 }
 
 /// Runs `chain` over `paths` without any runtime: `threads` OS threads, each taking
 /// the next image. The baseline the runtime is measured against.
-pub fn run_plain(
+pub fn run_plain<O: RunObserver + Send>(
     chain: &Chain,
     paths: &[String],
     threads: usize,
-    progress: impl Fn(&FaceJob) + Sync,
+    observer: &mut O,
 ) -> Result<RunOutput, RunError> {
     let start = Instant::now();
     chain.build()?;
+    let (mut results, status, todo) = resume(paths, observer);
+    observer.progress(&status)?;
+    let shared = std::sync::Mutex::new((observer, status, None::<RunError>));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = threads.max(1);
-    let mut results: Vec<FaceJob> = std::thread::scope(|s| {
+    let finished: Vec<FaceJob> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
@@ -290,9 +312,9 @@ pub fn run_plain(
                         Err(_) => return out, // checked above
                     };
                     loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(path) = paths.get(i) else { break };
-                        let mut job = FaceJob::new(i as u64, path.clone());
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = todo.get(n) else { break };
+                        let mut job = FaceJob::new(i, paths[i as usize].clone());
                         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             let mut j = job.clone();
                             handlers.iter().for_each(|h| apply(h.as_ref(), &mut j));
@@ -305,7 +327,20 @@ pub fn run_plain(
                                     Status::Failed(format!("handler panicked: {}", panic_text(&p)))
                             }
                         }
-                        progress(&job);
+                        let Ok(mut guard) = shared.lock() else { break };
+                        let (observer, status, error) = &mut *guard;
+                        if error.is_some() {
+                            break;
+                        }
+                        status.note(&job);
+                        let kept = observer
+                            .finished(&job)
+                            .and_then(|()| observer.progress(status));
+                        if let Err(e) = kept {
+                            *error = Some(e);
+                            break;
+                        }
+                        drop(guard);
                         out.push(job);
                     }
                     out
@@ -317,14 +352,17 @@ pub fn run_plain(
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     });
-    results.sort_by_key(|j| j.index);
-    let mut aggregate = Aggregate::default();
-    results.iter().for_each(|j| aggregate.add(j));
-    Ok(RunOutput {
-        jobs: results,
-        aggregate,
-        elapsed: start.elapsed(),
-    })
+    let (_, _, error) = shared
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(e) = error {
+        return Err(e);
+    }
+    for job in finished {
+        let i = job.index as usize;
+        results[i] = Some(job);
+    }
+    Ok(finish(paths, results, start))
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
