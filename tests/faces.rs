@@ -1029,3 +1029,29 @@ fn fifos_devices_sockets_and_oversized_files_fail_alone_with_their_reason() {
     assert_eq!(reasons[5].0, "ok");
     assert_eq!(avg["failed_images"], 4);
 }
+
+#[test]
+fn reading_on_the_nodes_gives_the_driver_read_output() {
+    let photos = sample_photos();
+    let local = temp_dir("read-local");
+    encode_stdout(&photos, &local, &["--cpus", "2"], &[]);
+    let cluster = TestCluster::start(2, 1, 2000);
+    let root = cluster.root.to_string_lossy().into_owned();
+    let out = temp_dir("read-on-nodes");
+    encode_stdout(
+        &photos,
+        &out,
+        &[
+            "--address",
+            &cluster.address,
+            "--read-on-nodes",
+            "--batch",
+            "2",
+        ],
+        &[("RAYISH_TOKEN", &cluster.token), ("RAYISH_TEMP_DIR", &root)],
+    );
+    assert!(
+        output_bytes(&out) == output_bytes(&local),
+        "reading on the nodes changed the output"
+    );
+}

@@ -74,6 +74,10 @@ struct EncodeArgs {
     /// between stages).
     #[arg(long)]
     task_per_stage: bool,
+    /// Read each image on the node that processes it (every node must see the input
+    /// at the same path: a shared mount), so the driver sends paths, not bytes.
+    #[arg(long, conflicts_with = "plain")]
+    read_on_nodes: bool,
     /// The model directory on every node (default: $RAYISH_FACE_MODELS, else
     /// ~/.cache/rayish/face_models, where scripts/setup-faces.sh puts them).
     #[arg(long)]
@@ -155,6 +159,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
             batch: args.batch,
             window: args.window,
             task_per_stage: args.task_per_stage,
+            read_on_nodes: args.read_on_nodes,
         };
         rayish_faces::run_on_runtime(&chain, &paths, &options, &mut observer)
     };

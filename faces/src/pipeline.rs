@@ -18,7 +18,9 @@
 //!
 //! The read stage runs in the driver, where the files are (nodes need not share a
 //! filesystem); its bytes are `put` and everything after it runs wherever the head
-//! schedules it. At most `window` batches are in flight, so memory stays bounded
+//! schedules it. With [`RunOptions::read_on_nodes`] (every node mounts the photos at
+//! the same path) the read runs in each batch's task instead, so the driver sends
+//! paths, not bytes, and its disk and link no longer bound the cluster. At most `window` batches are in flight, so memory stays bounded
 //! however many images there are.
 
 use crate::aggregate::Aggregate;
@@ -79,6 +81,9 @@ pub struct RunOptions {
     /// One task per stage instead of one task for all stages after read (default
     /// false: fused, see the module docs).
     pub task_per_stage: bool,
+    /// Read each image in the task that processes it, on its node, rather than in
+    /// the driver (default false: nodes need not see the driver's files).
+    pub read_on_nodes: bool,
 }
 
 impl Default for RunOptions {
@@ -87,6 +92,7 @@ impl Default for RunOptions {
             batch: 1,
             window: 64,
             task_per_stage: false,
+            read_on_nodes: false,
         }
     }
 }
@@ -204,8 +210,13 @@ pub fn run_on_runtime(
     observer: &mut impl RunObserver,
 ) -> Result<RunOutput, RunError> {
     let start = Instant::now();
-    // Stages up to and including "read" run here, where the files are.
-    let (local, remote) = chain.split_after("read");
+    // Stages up to and including "read" run here, where the files are, unless the
+    // nodes read them.
+    let (local, remote) = if options.read_on_nodes {
+        (Chain { stages: Vec::new() }, chain.clone())
+    } else {
+        chain.split_after("read")
+    };
     let local_handlers = local.build()?;
     // Fail fast on an unknown handler rather than on every image.
     remote.build()?;
