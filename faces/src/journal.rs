@@ -98,6 +98,16 @@ pub enum JournalError {
         /// Each differing setting, `name: journal's → this run's`.
         differences: String,
     },
+    /// Another run holds the journal.
+    #[error(
+        "{} is in use by another rayish-faces run on the same --out; \
+         wait for it or use another --out",
+        path.display()
+    )]
+    Busy {
+        /// The journal.
+        path: PathBuf,
+    },
     /// A line before the last is not a journal entry.
     #[error(
         "{} is damaged at line {line} ({reason}); use --restart to discard it",
@@ -219,19 +229,6 @@ impl Journal {
             source,
         };
         let wanted = settings_record(settings);
-        let mut done = HashMap::new();
-        let mut keep_bytes = 0u64;
-        if !restart {
-            match File::open(&path) {
-                Ok(f) => {
-                    let (entries, good) = read_entries(&path, f, &wanted)?;
-                    done = entries;
-                    keep_bytes = good;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(e)),
-            }
-        }
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -239,6 +236,21 @@ impl Journal {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
+        // One run at a time per --out: a second would interleave its lines and its
+        // final files with this one's. Taken before reading, so that no other run
+        // appends while this one decides what to keep.
+        lock(&file).map_err(|e| match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => JournalError::Busy { path: path.clone() },
+            _ => io(e),
+        })?;
+        let mut done = HashMap::new();
+        let mut keep_bytes = 0u64;
+        if !restart {
+            let reader = file.try_clone().map_err(io)?;
+            let (entries, good) = read_entries(&path, reader, &wanted)?;
+            done = entries;
+            keep_bytes = good;
+        }
         // Drop a torn last line (or, with `restart`, everything).
         file.set_len(keep_bytes).map_err(io)?;
         file.seek(SeekFrom::End(0)).map_err(io)?;
@@ -318,6 +330,17 @@ impl Journal {
 /// rather than of the image (those are retried by a re-run).
 pub fn is_final(job: &FaceJob) -> bool {
     !job.status.is_transient_failure()
+}
+
+/// Takes an exclusive advisory lock on `file`, without waiting; it lasts while the
+/// file is open in this process.
+fn lock(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `file` owns and keeps open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reads a journal: its entries, and how many bytes of it are whole lines to keep.
@@ -462,6 +485,20 @@ mod tests {
         );
         let mut j = Journal::open(&dir, &other, true).expect("restart");
         assert!(j.take_done().is_empty());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_second_run_on_the_same_out_is_refused_while_the_first_holds_it() {
+        let dir = temp("busy");
+        let settings = Settings::default();
+        let first = Journal::open(&dir, &settings, false).expect("open");
+        let err = Journal::open(&dir, &settings, false)
+            .err()
+            .expect("refused while held");
+        assert!(matches!(err, JournalError::Busy { .. }), "{err}");
+        drop(first);
+        drop(Journal::open(&dir, &settings, false).expect("free again"));
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -10,7 +10,7 @@ use rayish_faces::{
     Settings,
 };
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -222,8 +222,15 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
 fn prepare_out(args: &EncodeArgs, settings: &Settings, images: u64) -> anyhow::Result<Journal> {
     let (out, restart) = (args.out.as_path(), args.restart);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    output::recover(out)
-        .with_context(|| format!("finishing the last commit in {}", out.display()))?;
+    let journal_path = out.join(rayish_faces::journal::FILE);
+    let journal_existed = journal_path.exists();
+    if args.resume && !journal_existed {
+        bail!(
+            "--resume: {} has no {} to resume from",
+            out.display(),
+            rayish_faces::journal::FILE
+        );
+    }
     let free = output::space_free(out)
         .with_context(|| format!("checking free space in {}", out.display()))?;
     let needed = output::space_needed(images);
@@ -233,36 +240,43 @@ fn prepare_out(args: &EncodeArgs, settings: &Settings, images: u64) -> anyhow::R
             out.display()
         );
     }
-    let journal_exists = out.join(rayish_faces::journal::FILE).exists();
-    if args.resume && !journal_exists {
-        bail!(
-            "--resume: {} has no {} to resume from",
-            out.display(),
-            rayish_faces::journal::FILE
-        );
-    }
-    if !restart && !journal_exists {
-        // A previous run's output without a journal (an older rayish-faces, or the
-        // journal removed): refuse to mix settings all the same.
-        if let Some(previous) = output::previous_settings(out) {
-            let wanted = rayish_faces::journal::settings_record(settings);
-            let differs = wanted
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(k, v)| previous.get(k.as_str()).is_some_and(|p| p != *v))
-                .map(|(k, v)| format!("{k}: {} → {v}", previous[k.as_str()]))
-                .collect::<Vec<_>>();
-            if !differs.is_empty() {
-                bail!(
-                    "{} holds a run with other settings ({}); use another --out, or --restart to discard it",
-                    out.join("average.json").display(),
-                    differs.join(", ")
-                );
-            }
+    // Opening the journal locks --out against other runs: what follows is this run's.
+    let journal = Journal::open(out, settings, restart).context("opening the journal")?;
+    output::recover(out)
+        .with_context(|| format!("finishing the last commit in {}", out.display()))?;
+    if !restart && !journal_existed {
+        if let Err(e) = same_settings_as_previous_output(out, settings) {
+            // The journal just made must not vouch for this --out next time.
+            drop(journal);
+            let _ = std::fs::remove_file(&journal_path);
+            return Err(e);
         }
     }
-    Journal::open(out, settings, restart).context("opening the journal")
+    Ok(journal)
+}
+
+/// A previous run's output without a journal (an older rayish-faces, or the journal
+/// removed) is not mixed with this run's if their settings differ.
+fn same_settings_as_previous_output(out: &Path, settings: &Settings) -> anyhow::Result<()> {
+    let Some(previous) = output::previous_settings(out) else {
+        return Ok(());
+    };
+    let wanted = rayish_faces::journal::settings_record(settings);
+    let differs = wanted
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| previous.get(k.as_str()).is_some_and(|p| p != *v))
+        .map(|(k, v)| format!("{k}: {} → {v}", previous[k.as_str()]))
+        .collect::<Vec<_>>();
+    if !differs.is_empty() {
+        bail!(
+            "{} holds a run with other settings ({}); use another --out, or --restart to discard it",
+            out.join("average.json").display(),
+            differs.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Keeps each finished image in the journal and shows progress.
