@@ -1055,3 +1055,45 @@ fn reading_on_the_nodes_gives_the_driver_read_output() {
         "reading on the nodes changed the output"
     );
 }
+
+#[test]
+fn the_cnn_fallback_finds_a_face_hog_misses_and_says_so() {
+    // tests/fixtures/biden_rotated_55.jpg: the sample biden.jpg scaled to 160 px wide
+    // and turned 55° (PIL, JPEG quality 92): HOG finds no face in it, dlib's CNN does.
+    let photos = sample_photos();
+    let dir = temp_dir("fallback");
+    std::fs::copy(photos.join("obama.jpg"), dir.join("a_obama.jpg")).expect("copy");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/biden_rotated_55.jpg"),
+        dir.join("b_rotated.jpg"),
+    )
+    .expect("copy fixture");
+    let (plain, _) = encode(&dir, &temp_dir("fallback-off"), &["--cpus", "2"], &[]);
+    assert_eq!(
+        plain[1]["status"], "no_face",
+        "HOG alone finds the turned face"
+    );
+    assert!(
+        plain.iter().all(|l| l.get("detectors").is_none()),
+        "{plain:?}"
+    );
+
+    let out = temp_dir("fallback-on");
+    let stdout = encode_stdout(&dir, &out, &["--cpus", "2", "--fallback", "cnn"], &[]);
+    assert!(
+        stdout.contains("cnn fallback: 1 faces in 1 images where HOG found none"),
+        "{stdout}"
+    );
+    let (lines, avg) = read_output(&out);
+    assert_eq!(lines[0]["status"], "ok");
+    assert_eq!(lines[0]["detectors"], serde_json::json!(["hog"]));
+    assert_eq!(
+        lines[0]["encodings"], plain[0]["encodings"],
+        "HOG's faces are unchanged"
+    );
+    assert_eq!(lines[1]["status"], "ok");
+    assert_eq!(lines[1]["boxes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(lines[1]["detectors"], serde_json::json!(["cnn"]));
+    assert_eq!(avg["settings"]["fallback_detector"], "cnn");
+    assert_eq!(avg["face_count"], 2);
+}

@@ -98,6 +98,7 @@ mod tests {
         j.faces = encodings
             .iter()
             .map(|&v| Face {
+                detector: None,
                 bbox: FaceBox {
                     top: 0,
                     right: 1,

@@ -102,10 +102,16 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// face_recognition's pipeline: read → decode → detect → landmarks → encode.
+    /// face_recognition's pipeline: read → decode → detect → landmarks → encode, with
+    /// `cnn_fallback` after detect when `settings.fallback_cnn`.
     pub fn standard(settings: &Settings) -> Self {
-        Chain {
+        let chain = Chain {
             stages: BUILT_IN.iter().map(|n| Stage::new(n, settings)).collect(),
+        };
+        if settings.fallback_cnn {
+            chain.insert_before("landmarks", Stage::new("cnn_fallback", settings))
+        } else {
+            chain
         }
     }
 

@@ -37,6 +37,10 @@ pub struct Face {
     pub landmarks: Vec<[i64; 2]>,
     /// The 128-D encoding (dlib's float32 values widened to f64); empty until encoded.
     pub encoding: Vec<f64>,
+    /// Which detector found it, recorded only when a fallback detector is configured
+    /// (so that the default output stays face_recognition's).
+    #[serde(default)]
+    pub detector: Option<crate::settings::DetectorKind>,
 }
 
 /// Where an image stands.

@@ -132,6 +132,7 @@ pub fn settings_record(settings: &Settings) -> serde_json::Value {
         "num_jitters": settings.jitters,
         "max_pixels": settings.max_pixels,
         "max_file_bytes": settings.max_file_bytes,
+        "fallback_cnn": settings.fallback_cnn,
     })
 }
 

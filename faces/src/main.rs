@@ -60,6 +60,11 @@ struct EncodeArgs {
     /// Face detector: hog or cnn.
     #[arg(long, value_enum, default_value = "hog")]
     detector: DetectorKind,
+    /// A second detector for the images where the first found no face: cnn (dlib's
+    /// CNN detector, after HOG). Off by default, so that the output stays
+    /// face_recognition's; each face then says which detector found it.
+    #[arg(long, value_enum)]
+    fallback: Option<Fallback>,
     /// face_recognition's num_jitters.
     #[arg(long, default_value_t = 1)]
     jitters: u32,
@@ -102,6 +107,13 @@ struct EncodeArgs {
     quiet: bool,
 }
 
+/// A fallback detector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Fallback {
+    /// dlib's CNN (MMOD) detector.
+    Cnn,
+}
+
 fn main() -> anyhow::Result<()> {
     if let Err(e) = rayish_faces::blas::use_native_kernels() {
         eprintln!("rayish-faces: could not restart with OpenBLAS's faster kernels: {e}");
@@ -126,7 +138,11 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         models_dir: args.models.clone(),
         max_file_bytes: args.max_file_bytes,
         read_timeout_secs: args.read_timeout,
+        fallback_cnn: args.fallback == Some(Fallback::Cnn),
     };
+    if settings.fallback_cnn && settings.detector == DetectorKind::Cnn {
+        bail!("--fallback cnn runs after the HOG detector; it cannot follow --detector cnn");
+    }
     if args.address.is_none() {
         // Local mode: the models must be here. On a cluster they must be on the nodes,
         // and a node without them fails each image with this same message.
@@ -208,6 +224,21 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         seconds,
         agg.images as f64 / seconds.max(1e-9)
     );
+    if settings.fallback_cnn {
+        let cnn = |j: &&FaceJob| {
+            j.faces
+                .iter()
+                .any(|f| f.detector == Some(DetectorKind::Cnn))
+        };
+        let images = run.jobs.iter().filter(cnn).count();
+        let faces: usize = run
+            .jobs
+            .iter()
+            .flat_map(|j| &j.faces)
+            .filter(|f| f.detector == Some(DetectorKind::Cnn))
+            .count();
+        println!("cnn fallback: {faces} faces in {images} images where HOG found none");
+    }
     println!(
         "wrote {}/{{average.json,encodings.jsonl,encodings.npy}}",
         args.out.display()
@@ -339,7 +370,7 @@ fn check_models(settings: &Settings) -> anyhow::Result<()> {
     let dir = models_dir(settings.models_dir.as_deref());
     model_path(&dir, ENCODER_FILE)?;
     model_path(&dir, landmarks_file(settings.landmarks))?;
-    if settings.detector == DetectorKind::Cnn {
+    if settings.detector == DetectorKind::Cnn || settings.fallback_cnn {
         model_path(&dir, CNN_DETECTOR_FILE)?;
     }
     Ok(())

@@ -3,7 +3,7 @@
 use crate::aggregate::{Aggregate, DIMS};
 use crate::job::{FaceJob, Status};
 use crate::journal::sync_dir;
-use crate::settings::Settings;
+use crate::settings::{DetectorKind, Settings};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -26,12 +26,15 @@ pub fn job_record(job: &FaceJob) -> serde_json::Value {
     if let Some(r) = reason {
         v["error"] = json!(r);
     }
+    if job.faces.iter().any(|f| f.detector.is_some()) {
+        v["detectors"] = json!(job.faces.iter().map(|f| f.detector).collect::<Vec<_>>());
+    }
     v
 }
 
 /// The contents of `average.json`.
 pub fn average_record(agg: &Aggregate, settings: &Settings, seconds: f64) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "average": agg.mean(),
         "face_count": agg.faces,
         "image_count": agg.images,
@@ -46,7 +49,11 @@ pub fn average_record(agg: &Aggregate, settings: &Settings, seconds: f64) -> ser
             "num_jitters": settings.jitters,
         },
         "seconds": seconds,
-    })
+    });
+    if settings.fallback_cnn {
+        v["settings"]["fallback_detector"] = json!(DetectorKind::Cnn);
+    }
+    v
 }
 
 /// The final files, in the order they are renamed into place.

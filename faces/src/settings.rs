@@ -57,6 +57,10 @@ pub struct Settings {
     /// A read not finished in this many seconds fails its image.
     #[serde(default = "default_read_timeout_secs")]
     pub read_timeout_secs: u64,
+    /// Run dlib's CNN detector on the images where HOG found no face (`--fallback
+    /// cnn`); each face then records which detector found it.
+    #[serde(default)]
+    pub fallback_cnn: bool,
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -78,6 +82,7 @@ impl Default for Settings {
             models_dir: None,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             read_timeout_secs: DEFAULT_READ_TIMEOUT_SECS,
+            fallback_cnn: false,
         }
     }
 }

@@ -35,6 +35,16 @@ pub struct Detect {
     settings: Settings,
 }
 
+/// The CNN fallback: on an image where the detector before it (HOG) found no face,
+/// runs dlib's CNN (MMOD) detector, upsampled the same way; stops the image if that
+/// finds none either. Inserted after `detect` by `--fallback cnn`
+/// ([`crate::Chain::standard`]); `detect` then passes on faceless images.
+#[derive(Deserialize)]
+pub struct CnnFallback {
+    #[serde(flatten)]
+    settings: Settings,
+}
+
 /// Predicts each face's 5 or 68 landmark points.
 #[derive(Deserialize)]
 pub struct Landmarks {
@@ -52,6 +62,7 @@ pub struct Encode {
 crate::register_handler!("read", Read);
 crate::register_handler!("decode", Decode);
 crate::register_handler!("detect", Detect);
+crate::register_handler!("cnn_fallback", CnnFallback);
 crate::register_handler!("landmarks", Landmarks);
 crate::register_handler!("encode", Encode);
 
@@ -128,54 +139,76 @@ impl Handler for Decode {
 
 impl Handler for Detect {
     fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
-        let original = image_matrix(job)?;
-        let levels = self.settings.upsample;
-        // As dlib's Python binding: detect on the upsampled image, map boxes back.
-        let upsampled;
-        let searched = if levels > 0 {
-            upsampled = dlib_shim::pyramid_up(&original, levels);
-            &upsampled
-        } else {
-            &original
-        };
-        let rects: Vec<Rectangle> = match self.settings.detector {
-            DetectorKind::Hog => models::hog_detector().face_locations(searched),
-            DetectorKind::Cnn => models::cnn_detector(&model_dir(&self.settings))
-                .map_err(failed)?
-                .face_locations(searched)
-                .to_vec(),
-        };
-        let (w, h) = job
-            .image
-            .as_ref()
-            .map_or((0, 0), |i| (i64::from(i.width), i64::from(i.height)));
-        let faces: Vec<Face> = rects
-            .into_iter()
-            .map(|r| {
-                if levels > 0 {
-                    dlib_shim::rect_down(r, levels)
-                } else {
-                    r
-                }
-            })
-            .map(|r| Face {
-                // face_recognition's _trim_css_to_bounds.
-                bbox: FaceBox {
-                    top: long(r.top).max(0),
-                    right: long(r.right).min(w),
-                    bottom: long(r.bottom).min(h),
-                    left: long(r.left).max(0),
-                },
-                landmarks: Vec::new(),
-                encoding: Vec::new(),
-            })
-            .collect();
+        let faces = detect(job, &self.settings, self.settings.detector)?;
+        if faces.is_empty() && !self.settings.fallback_cnn {
+            return Err(Stop::NoFace);
+        }
+        job.faces = faces;
+        Ok(())
+    }
+}
+
+impl Handler for CnnFallback {
+    fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
+        if !job.faces.is_empty() {
+            return Ok(());
+        }
+        let faces = detect(job, &self.settings, DetectorKind::Cnn)?;
         if faces.is_empty() {
             return Err(Stop::NoFace);
         }
         job.faces = faces;
         Ok(())
     }
+}
+
+/// The faces `detector` finds in the job's image, as face_recognition's
+/// `face_locations` would return them.
+fn detect(job: &FaceJob, settings: &Settings, detector: DetectorKind) -> Result<Vec<Face>, Stop> {
+    let original = image_matrix(job)?;
+    let levels = settings.upsample;
+    // As dlib's Python binding: detect on the upsampled image, map boxes back.
+    let upsampled;
+    let searched = if levels > 0 {
+        upsampled = dlib_shim::pyramid_up(&original, levels);
+        &upsampled
+    } else {
+        &original
+    };
+    let rects: Vec<Rectangle> = match detector {
+        DetectorKind::Hog => models::hog_detector().face_locations(searched),
+        DetectorKind::Cnn => models::cnn_detector(&model_dir(settings))
+            .map_err(failed)?
+            .face_locations(searched)
+            .to_vec(),
+    };
+    let (w, h) = job
+        .image
+        .as_ref()
+        .map_or((0, 0), |i| (i64::from(i.width), i64::from(i.height)));
+    let faces: Vec<Face> = rects
+        .into_iter()
+        .map(|r| {
+            if levels > 0 {
+                dlib_shim::rect_down(r, levels)
+            } else {
+                r
+            }
+        })
+        .map(|r| Face {
+            // face_recognition's _trim_css_to_bounds.
+            bbox: FaceBox {
+                top: long(r.top).max(0),
+                right: long(r.right).min(w),
+                bottom: long(r.bottom).min(h),
+                left: long(r.left).max(0),
+            },
+            landmarks: Vec::new(),
+            encoding: Vec::new(),
+            detector: settings.fallback_cnn.then_some(detector),
+        })
+        .collect();
+    Ok(faces)
 }
 
 impl Handler for Landmarks {
