@@ -896,6 +896,18 @@ fn out_is_checked_before_any_compute_and_other_settings_are_refused() {
         "{stderr}"
     );
 
+    // --resume with nothing to resume from: refused, naming what is missing.
+    let empty = temp_dir("resume-nothing");
+    let res = spawn_encode(&photos, &empty, &["--cpus", "2", "--resume"], &[])
+        .wait_with_output()
+        .expect("rayish-faces");
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        stderr.contains("has no journal.jsonl to resume from"),
+        "{stderr}"
+    );
+
     // Other settings against a journal: refused by name, unless --restart.
     let out = temp_dir("settings-out");
     encode_stdout(&photos, &out, &["--cpus", "2", "--upsample", "0"], &[]);
@@ -910,6 +922,9 @@ fn out_is_checked_before_any_compute_and_other_settings_are_refused() {
     );
     let stdout = encode_stdout(&photos, &out, &["--cpus", "2", "--restart"], &[]);
     assert_eq!(resumed(&stdout), 0);
+    // Now --resume finds the journal and takes every image from it.
+    let stdout = encode_stdout(&photos, &out, &["--resume"], &[]);
+    assert_eq!(resumed(&stdout), 7);
     let (lines, avg) = read_output(&out);
     assert_matches_reference(&lines, &avg, &reference_run(1), 1e-5);
 }
