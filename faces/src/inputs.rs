@@ -83,7 +83,8 @@ pub enum ReadError {
 /// How a timed-out read's reason begins (a re-run tries such an image again).
 pub const READ_TIMED_OUT: &str = "read did not finish";
 
-fn kind_of(meta: &std::fs::Metadata) -> Result<(), ReadError> {
+/// Refuses anything but a regular file, naming its kind.
+fn regular_only(meta: &std::fs::Metadata) -> Result<(), ReadError> {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     let kind = if t.is_file() {
@@ -127,7 +128,7 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let check = |meta: &std::fs::Metadata| {
-        kind_of(meta)?;
+        regular_only(meta)?;
         if meta.len() > limit {
             return Err(ReadError::TooLarge {
                 size: meta.len(),

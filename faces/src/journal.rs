@@ -124,20 +124,16 @@ pub enum JournalError {
 }
 
 /// The settings a journal's images were computed with, as compared between runs.
+/// Those of `average.json`, and the input limits that decide which images fail.
 pub fn settings_record(settings: &Settings) -> serde_json::Value {
-    serde_json::json!({
-        "detector": settings.detector,
-        "number_of_times_to_upsample": settings.upsample,
-        "landmarks": settings.landmarks,
-        "num_jitters": settings.jitters,
-        "max_pixels": settings.max_pixels,
-        "max_file_bytes": settings.max_file_bytes,
-        "fallback_cnn": settings.fallback_cnn,
-    })
+    let mut v = settings.output_record();
+    v["max_pixels"] = serde_json::json!(settings.max_pixels);
+    v["max_file_bytes"] = serde_json::json!(settings.max_file_bytes);
+    v
 }
 
 /// Each setting that differs between `old` and `new`, as `name: old → new`.
-fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+pub fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
     let empty = serde_json::Map::new();
     let (o, n) = (
         old.as_object().unwrap_or(&empty),
@@ -428,6 +424,13 @@ mod tests {
         d
     }
 
+    /// A finished image in which no face was found.
+    fn no_face(index: u64, path: &str) -> FaceJob {
+        let mut job = FaceJob::new(index, path);
+        job.status = Status::NoFace;
+        job
+    }
+
     fn key(path: &str) -> InputKey {
         InputKey {
             path: path.into(),
@@ -441,8 +444,7 @@ mod tests {
         let dir = temp("torn");
         let settings = Settings::default();
         let mut j = Journal::open(&dir, &settings, false).expect("open");
-        let mut a = FaceJob::new(0, "a.jpg");
-        a.status = Status::NoFace;
+        let a = no_face(0, "a.jpg");
         j.append(&key("a.jpg"), &a).expect("append");
         let mut lost = FaceJob::new(1, "b.jpg");
         lost.status = Status::Failed("task failed: the worker died".into());
@@ -459,8 +461,7 @@ mod tests {
         let done = j.take_done();
         assert_eq!(done.len(), 1, "the transient failure is not kept");
         assert_eq!(done[&key("a.jpg")].status, Status::NoFace);
-        let mut c = FaceJob::new(2, "c.jpg");
-        c.status = Status::NoFace;
+        let c = no_face(2, "c.jpg");
         j.append(&key("c.jpg"), &c).expect("append");
         j.sync().expect("sync");
         drop(j);
@@ -508,8 +509,7 @@ mod tests {
         let dir = temp("damaged");
         let settings = Settings::default();
         let mut j = Journal::open(&dir, &settings, false).expect("open");
-        let mut a = FaceJob::new(0, "a.jpg");
-        a.status = Status::NoFace;
+        let a = no_face(0, "a.jpg");
         j.append(&key("a.jpg"), &a).expect("append");
         j.append(&key("b.jpg"), &a).expect("append");
         j.sync().expect("sync");

@@ -292,14 +292,7 @@ fn same_settings_as_previous_output(out: &Path, settings: &Settings) -> anyhow::
     let Some(previous) = output::previous_settings(out) else {
         return Ok(());
     };
-    let wanted = rayish_faces::journal::settings_record(settings);
-    let differs = wanted
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, v)| previous.get(k.as_str()).is_some_and(|p| p != *v))
-        .map(|(k, v)| format!("{k}: {} → {v}", previous[k.as_str()]))
-        .collect::<Vec<_>>();
+    let differs = rayish_faces::journal::differences(&previous, &settings.output_record());
     if !differs.is_empty() {
         bail!(
             "{} holds a run with other settings ({}); use another --out, or --restart to discard it",

@@ -3,7 +3,7 @@
 use crate::aggregate::{Aggregate, DIMS};
 use crate::job::{FaceJob, Status};
 use crate::journal::sync_dir;
-use crate::settings::{DetectorKind, Settings};
+use crate::settings::Settings;
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -34,7 +34,7 @@ pub fn job_record(job: &FaceJob) -> serde_json::Value {
 
 /// The contents of `average.json`.
 pub fn average_record(agg: &Aggregate, settings: &Settings, seconds: f64) -> serde_json::Value {
-    let mut v = json!({
+    json!({
         "average": agg.mean(),
         "face_count": agg.faces,
         "image_count": agg.images,
@@ -42,18 +42,9 @@ pub fn average_record(agg: &Aggregate, settings: &Settings, seconds: f64) -> ser
         "images_without_faces": agg.no_face,
         "skipped_images": agg.skipped,
         "failed_images": agg.failed,
-        "settings": {
-            "detector": settings.detector,
-            "number_of_times_to_upsample": settings.upsample,
-            "landmarks": settings.landmarks,
-            "num_jitters": settings.jitters,
-        },
+        "settings": settings.output_record(),
         "seconds": seconds,
-    });
-    if settings.fallback_cnn {
-        v["settings"]["fallback_detector"] = json!(DetectorKind::Cnn);
-    }
-    v
+    })
 }
 
 /// The final files, in the order they are renamed into place.
@@ -85,11 +76,8 @@ pub fn write_all(
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     recover(dir)?;
-    let result = stage_all(dir, jobs, agg, settings, seconds);
-    if let Err(e) = result {
-        for name in FILES {
-            let _ = std::fs::remove_file(dir.join(staged(name)));
-        }
+    if let Err(e) = stage_all(dir, jobs, agg, settings, seconds) {
+        remove_staged(dir);
         return Err(e);
     }
     write_synced(&dir.join(COMMIT), FILES.join("\n").as_bytes())?;
@@ -145,12 +133,17 @@ pub fn recover(dir: &Path) -> std::io::Result<()> {
             sync_dir(dir)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            for name in FILES {
-                let _ = std::fs::remove_file(dir.join(staged(name)));
-            }
+            remove_staged(dir);
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Removes whatever is staged (a failed or abandoned commit's files).
+fn remove_staged(dir: &Path) {
+    for name in FILES {
+        let _ = std::fs::remove_file(dir.join(staged(name)));
     }
 }
 

@@ -71,6 +71,23 @@ fn default_read_timeout_secs() -> u64 {
     DEFAULT_READ_TIMEOUT_SECS
 }
 
+impl Settings {
+    /// The settings as `average.json` records them: face_recognition's parameters,
+    /// and the fallback detector when there is one.
+    pub fn output_record(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "detector": self.detector,
+            "number_of_times_to_upsample": self.upsample,
+            "landmarks": self.landmarks,
+            "num_jitters": self.jitters,
+        });
+        if self.fallback_cnn {
+            v["fallback_detector"] = serde_json::json!(DetectorKind::Cnn);
+        }
+        v
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
