@@ -5,7 +5,10 @@
 //!
 //! Needs Docker and root (debootstrap); tests/run.sh runs it.
 
-use rayish_suite::{assert_same_faces, faces_by_file, rayish_bin, target_dir, Machines};
+use rayish_suite::{
+    assert_same_faces, cluster_cli, faces_by_file, local_faces_job, submit_faces_job, target_dir,
+    Machines,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -391,13 +394,7 @@ worker_start_ray_commands:
     )
     .expect("cluster.yaml");
     let cfg = config.to_str().expect("path");
-    let rayish = |args: &[&str]| {
-        Command::new(rayish_bin())
-            .args(args)
-            .env("RAYISH_CLUSTERS_DIR", &state)
-            .output()
-            .expect("rayish")
-    };
+    let rayish = |args: &[&str]| cluster_cli(args, &state);
     let out = rayish(&["up", cfg]);
     assert!(out.status.success(), "up: {}", text(&out));
     assert!(
@@ -556,13 +553,7 @@ fn cluster_setup_yaml_passes_rays_check_and_runs_the_faces_job_in_the_image() {
     std::fs::write(&cfg, text_yaml).expect("write");
     let cfg = cfg.to_str().expect("path");
     let state = dir.join("state");
-    let rayish = |args: &[&str]| {
-        Command::new(rayish_bin())
-            .args(args)
-            .env("RAYISH_CLUSTERS_DIR", &state)
-            .output()
-            .expect("rayish")
-    };
+    let rayish = |args: &[&str]| cluster_cli(args, &state);
     let out = rayish(&["up", cfg]);
     assert!(out.status.success(), "up: {}", text(&out));
     assert!(
@@ -570,41 +561,9 @@ fn cluster_setup_yaml_passes_rays_check_and_runs_the_faces_job_in_the_image() {
         "{}",
         text(&out)
     );
-    let faces = target_dir().join("rayish-faces");
-    let out = rayish(&[
-        "submit",
-        cfg,
-        faces.to_str().expect("path"),
-        "encode",
-        "/srv/faces/photos",
-        "--models",
-        "/srv/faces/models",
-        "--out",
-        "/srv/faces/out",
-        "--quiet",
-    ]);
-    assert!(out.status.success(), "submit: {}", text(&out));
-    let fetched = rayish(&["exec", cfg, "cat /srv/faces/out/encodings.jsonl"]);
-    assert!(fetched.status.success(), "{}", text(&fetched));
-    let remote = faces_by_file(&String::from_utf8_lossy(&fetched.stdout));
+    let remote = submit_faces_job(cfg, &state);
     assert_eq!(remote.len(), 7, "{remote:?}");
-
-    let local_out = dir.join("local");
-    let out = Command::new(&faces)
-        .arg("encode")
-        .arg(&photos)
-        .arg("--models")
-        .arg(&models)
-        .arg("--out")
-        .arg(&local_out)
-        .arg("--quiet")
-        .env_remove("RAYISH_ADDRESS")
-        .output()
-        .expect("local faces");
-    assert!(out.status.success(), "local faces: {}", text(&out));
-    let local = faces_by_file(
-        &std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"),
-    );
+    let local = local_faces_job(&photos, &models, &dir.join("local"));
     assert_same_faces(&local, &remote, 1e-9);
 
     let out = rayish(&["down", cfg]);

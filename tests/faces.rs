@@ -56,24 +56,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 /// Runs `rayish-faces encode` and returns (encodings.jsonl lines, average.json).
 fn encode(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, Value) {
-    let mut cmd = Command::new(target_dir().join("rayish-faces"));
-    cmd.arg("encode")
-        .arg(input)
-        .arg("--out")
-        .arg(out)
-        .arg("--quiet")
-        .args(extra);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let res = cmd.output().expect("run rayish-faces");
-    assert!(
-        res.status.success(),
-        "rayish-faces {extra:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&res.stdout);
+    let stdout = encode_stdout(input, out, extra, env);
     assert!(
         stdout.contains("images: ") && stdout.contains("images/s: "),
         "no summary line: {stdout}"
@@ -559,18 +542,13 @@ fn a_node_killed_mid_job_loses_no_image() {
     // encodes. Its task is re-run elsewhere and the output is unchanged.
     let mut cluster = TestCluster::start(2, 1, 2000);
     let out = temp_dir("kill-out");
-    let child = Command::new(target_dir().join("rayish-faces"))
-        .arg("encode")
-        .arg(&dir)
-        .arg("--out")
-        .arg(&out)
-        .args(["--quiet", "--address", &cluster.address])
-        .env("RAYISH_TOKEN", &cluster.token)
-        .env("RAYISH_TEMP_DIR", &cluster.root)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start rayish-faces");
+    let root = cluster.root.to_string_lossy().into_owned();
+    let child = spawn_encode(
+        &dir,
+        &out,
+        &["--address", &cluster.address],
+        &[("RAYISH_TOKEN", &cluster.token), ("RAYISH_TEMP_DIR", &root)],
+    );
     // Kill it once it has finished a task and is running another.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -743,11 +721,24 @@ fn encode_stdout(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)])
         .expect("rayish-faces");
     assert!(
         res.status.success(),
-        "rayish-faces failed:\n{}\n{}",
+        "rayish-faces {extra:?} failed:\n{}\n{}",
         String::from_utf8_lossy(&res.stdout),
         String::from_utf8_lossy(&res.stderr)
     );
     String::from_utf8_lossy(&res.stdout).into_owned()
+}
+
+/// Runs `rayish-faces encode`, which must fail, and returns its stderr.
+fn encode_refused(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let res = spawn_encode(input, out, extra, env)
+        .wait_with_output()
+        .expect("rayish-faces");
+    assert!(
+        !res.status.success(),
+        "rayish-faces {extra:?} succeeded:\n{}",
+        String::from_utf8_lossy(&res.stdout)
+    );
+    String::from_utf8_lossy(&res.stderr).into_owned()
 }
 
 /// The number in "resumed: N images ..." of a run's stdout (0 without that line).
@@ -802,15 +793,13 @@ fn a_run_killed_midway_with_its_driver_or_its_head_resumes_to_the_same_output() 
     let out = temp_dir("head-killed");
     let kept = {
         let mut cluster = TestCluster::start(1, 1, 2000);
+        let root = cluster.root.to_string_lossy().into_owned();
         let env = [
             ("RAYISH_TOKEN", cluster.token.as_str()),
             ("RAYISH_HEAD_RECONNECT_TIMEOUT", "3"),
+            ("RAYISH_TEMP_DIR", root.as_str()),
         ];
-        let root = cluster.root.to_string_lossy().into_owned();
-        let mut env = env.to_vec();
-        env.push(("RAYISH_TEMP_DIR", &root));
-        let address = cluster.address.clone();
-        let mut child = spawn_encode(&input, &out, &["--address", &address], &env);
+        let mut child = spawn_encode(&input, &out, &["--address", &cluster.address], &env);
         wait_for_journal(&mut child, &out, IMAGES / 3);
         cluster.kill_node(0);
         let res = child.wait_with_output().expect("rayish-faces");
@@ -868,16 +857,12 @@ fn out_is_checked_before_any_compute_and_other_settings_are_refused() {
     // A read-only file system: refused before the runtime starts (no session made).
     let ro = Tmpfs::mount("ro-out", "ro,size=1m");
     let sessions = temp_dir("ro-sessions");
-    let res = spawn_encode(
+    let stderr = encode_refused(
         &photos,
         &ro.0.join("out"),
         &["--cpus", "2"],
         &[("RAYISH_TEMP_DIR", &sessions.to_string_lossy())],
-    )
-    .wait_with_output()
-    .expect("rayish-faces");
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success());
+    );
     assert!(stderr.contains("Read-only file system"), "{stderr}");
     assert_eq!(
         std::fs::read_dir(&sessions).expect("sessions").count(),
@@ -886,11 +871,7 @@ fn out_is_checked_before_any_compute_and_other_settings_are_refused() {
     );
     // Too little room for the run: refused, naming what it has and needs.
     let small = Tmpfs::mount("small-out", "size=64k");
-    let res = spawn_encode(&photos, &small.0, &["--cpus", "2"], &[])
-        .wait_with_output()
-        .expect("rayish-faces");
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success());
+    let stderr = encode_refused(&photos, &small.0, &["--cpus", "2"], &[]);
     assert!(
         stderr.contains("bytes free; 7 images need about"),
         "{stderr}"
@@ -898,11 +879,7 @@ fn out_is_checked_before_any_compute_and_other_settings_are_refused() {
 
     // --resume with nothing to resume from: refused, naming what is missing.
     let empty = temp_dir("resume-nothing");
-    let res = spawn_encode(&photos, &empty, &["--cpus", "2", "--resume"], &[])
-        .wait_with_output()
-        .expect("rayish-faces");
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success());
+    let stderr = encode_refused(&photos, &empty, &["--cpus", "2", "--resume"], &[]);
     assert!(
         stderr.contains("has no journal.jsonl to resume from"),
         "{stderr}"
@@ -911,11 +888,7 @@ fn out_is_checked_before_any_compute_and_other_settings_are_refused() {
     // Other settings against a journal: refused by name, unless --restart.
     let out = temp_dir("settings-out");
     encode_stdout(&photos, &out, &["--cpus", "2", "--upsample", "0"], &[]);
-    let res = spawn_encode(&photos, &out, &["--cpus", "2"], &[])
-        .wait_with_output()
-        .expect("rayish-faces");
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success());
+    let stderr = encode_refused(&photos, &out, &["--cpus", "2"], &[]);
     assert!(
         stderr.contains("number_of_times_to_upsample: 0 → 1") && stderr.contains("--restart"),
         "{stderr}"
@@ -949,11 +922,8 @@ fn a_full_disk_during_the_final_write_leaves_the_previous_output_whole() {
         .iter()
         .map(|f| std::fs::read(out.join(f)).expect("first output"))
         .collect();
-    let res = spawn_encode(&two, &out, &["--cpus", "2"], &[])
-        .wait_with_output()
-        .expect("rayish-faces");
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success(), "the second run had room after all");
+    // The second run has no room for its staged files.
+    let stderr = encode_refused(&two, &out, &["--cpus", "2"], &[]);
     assert!(stderr.contains("No space left on device"), "{stderr}");
     let after: Vec<Vec<u8>> = ["average.json", "encodings.jsonl", "encodings.npy"]
         .iter()

@@ -6,7 +6,8 @@
 //! Needs root (network namespaces) and scripts/setup-cluster-tests.sh (sshd, rsync);
 //! tests/run.sh runs it.
 
-use rayish_suite::{assert_same_faces, faces_by_file, rayish_bin, target_dir, Machines};
+use rayish_suite::cluster_cli as rayish;
+use rayish_suite::{assert_same_faces, local_faces_job, submit_faces_job, target_dir, Machines};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,14 +17,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/cluster")
         .join(name)
-}
-
-fn rayish(args: &[&str], state_dir: &Path) -> Output {
-    Command::new(rayish_bin())
-        .args(args)
-        .env("RAYISH_CLUSTERS_DIR", state_dir)
-        .output()
-        .expect("run rayish")
 }
 
 fn text(out: &Output) -> String {
@@ -228,46 +221,12 @@ worker_start_ray_commands:
     assert_eq!(head_pids(&machines), before);
 
     // The faces job, submitted to the head, spread over the machines.
-    let faces = target_dir().join("rayish-faces");
-    let out = rayish(
-        &[
-            "submit",
-            cfg,
-            faces.to_str().expect("path"),
-            "encode",
-            "/srv/faces/photos",
-            "--models",
-            "/srv/faces/models",
-            "--out",
-            "/srv/faces/out",
-            "--quiet",
-        ],
-        &state,
-    );
-    assert!(out.status.success(), "submit: {}", text(&out));
-    let remote = rayish(&["exec", cfg, "cat /srv/faces/out/encodings.jsonl"], &state);
-    assert!(remote.status.success(), "{}", text(&remote));
-    let remote = faces_by_file(&String::from_utf8_lossy(&remote.stdout));
+    let remote = submit_faces_job(cfg, &state);
     let nodes: BTreeSet<String> = remote.values().map(|r| r["node"].to_string()).collect();
     assert!(nodes.len() >= 2, "all images ran on one node: {nodes:?}");
 
     // The same job in local mode here gives the same boxes and encodings.
-    let local_out = dir.join("local");
-    let out = Command::new(&faces)
-        .args([
-            "encode",
-            photos.to_str().expect("path"),
-            "--models",
-            models.to_str().expect("path"),
-        ])
-        .args(["--out", local_out.to_str().expect("path"), "--quiet"])
-        .env_remove("RAYISH_ADDRESS")
-        .output()
-        .expect("local faces");
-    assert!(out.status.success(), "local faces: {}", text(&out));
-    let local = faces_by_file(
-        &std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"),
-    );
+    let local = local_faces_job(&photos, &models, &dir.join("local"));
     assert_same_faces(&local, &remote, 1e-9);
 
     // Down: no rayish process left on any machine, and no ssh connection left here.

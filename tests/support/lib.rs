@@ -555,6 +555,75 @@ impl Drop for Machines {
     }
 }
 
+/// `rayish ARGS` with the cluster launcher's local state in `state`
+/// (`RAYISH_CLUSTERS_DIR`), as the `up/submit/exec/down` tests run it.
+pub fn cluster_cli(args: &[&str], state: &Path) -> Output {
+    Command::new(rayish_bin())
+        .args(args)
+        .env("RAYISH_CLUSTERS_DIR", state)
+        .output()
+        .expect("run rayish")
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Submits the faces job over the cluster file's mounts (`/srv/faces/photos`,
+/// `/srv/faces/models`) to the cluster of `cfg`, and fetches its encodings.jsonl from
+/// the head, by image file name.
+pub fn submit_faces_job(
+    cfg: &str,
+    state: &Path,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let faces = target_dir().join("rayish-faces");
+    let out = cluster_cli(
+        &[
+            "submit",
+            cfg,
+            faces.to_str().expect("path"),
+            "encode",
+            "/srv/faces/photos",
+            "--models",
+            "/srv/faces/models",
+            "--out",
+            "/srv/faces/out",
+            "--quiet",
+        ],
+        state,
+    );
+    assert!(out.status.success(), "submit: {}", output_text(&out));
+    let fetched = cluster_cli(&["exec", cfg, "cat /srv/faces/out/encodings.jsonl"], state);
+    assert!(fetched.status.success(), "{}", output_text(&fetched));
+    faces_by_file(&String::from_utf8_lossy(&fetched.stdout))
+}
+
+/// The faces job in local mode on this machine, writing to `out`: its encodings.jsonl
+/// by image file name.
+pub fn local_faces_job(
+    photos: &Path,
+    models: &Path,
+    out: &Path,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let res = Command::new(target_dir().join("rayish-faces"))
+        .arg("encode")
+        .arg(photos)
+        .arg("--models")
+        .arg(models)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .env_remove("RAYISH_ADDRESS")
+        .output()
+        .expect("local faces");
+    assert!(res.status.success(), "local faces: {}", output_text(&res));
+    faces_by_file(&std::fs::read_to_string(out.join("encodings.jsonl")).expect("local jsonl"))
+}
+
 /// `rayish-faces` output (encodings.jsonl) by image file name, one record each.
 pub fn faces_by_file(jsonl: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
     jsonl
