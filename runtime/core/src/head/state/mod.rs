@@ -156,17 +156,9 @@ impl HeadState {
         self.peers.send(peer, msg);
     }
 
-    fn peer_job(&self, peer: PeerId) -> Option<JobId> {
-        self.peers.job(peer)
-    }
-
-    fn peer_node(&self, peer: PeerId) -> Option<NodeId> {
-        self.peers.node(peer)
-    }
-
     /// A `put` from `peer`: objects are made by processes of a job, and written once.
     fn put(&mut self, peer: PeerId, id: ObjectId, value: ObjectValue) {
-        if self.peer_job(peer).is_none() {
+        if self.peers.job(peer).is_none() {
             tracing::warn!(
                 ?peer,
                 "a put from a peer that is not a driver or worker; ignored"
@@ -180,7 +172,7 @@ impl HeadState {
 
     /// Whether `task` belongs to `peer`'s job (a worker reports its own task's blocks).
     fn runs_for_peer(&self, peer: PeerId, task: TaskId) -> bool {
-        let job = self.peer_job(peer);
+        let job = self.peers.job(peer);
         job.is_some() && self.tasks.get(&task).map(|t| t.spec().job) == job
     }
 
@@ -188,7 +180,7 @@ impl HeadState {
         let mut freed = Freed::default();
         match msg {
             ToHead::SubmitTasks(specs) => {
-                let Some(job) = self.peer_job(peer) else {
+                let Some(job) = self.peers.job(peer) else {
                     tracing::warn!(
                         ?peer,
                         "task submission from a peer that is not a driver or worker; ignored"
@@ -239,7 +231,7 @@ impl HeadState {
             ToHead::TaskBlocked(task) => self.set_blocked(task, true),
             ToHead::TaskUnblocked(task) => self.set_blocked(task, false),
             ToHead::Heartbeat(load) => {
-                if let Some(node) = self.peer_node(peer) {
+                if let Some(node) = self.peers.node(peer) {
                     self.nodes.heartbeat(node, self.clock.now(), load);
                 }
             }
@@ -249,13 +241,13 @@ impl HeadState {
                 outcome,
                 run_micros,
             } => {
-                if let Some(node) = self.peer_node(peer) {
+                if let Some(node) = self.peers.node(peer) {
                     self.nodes.note_run_time(node, run_micros);
                     self.task_finished(node, task_id, attempt, outcome);
                 }
             }
             ToHead::ObjectCopied(id) => {
-                if let Some(node) = self.peer_node(peer) {
+                if let Some(node) = self.peers.node(peer) {
                     if !self.objects.add_copy(&id, node) {
                         // Freed meanwhile: the copy is garbage.
                         self.send(peer, FromHead::DeleteObjects(vec![id]));
@@ -279,12 +271,12 @@ impl HeadState {
                 self.send(peer, FromHead::ActorFound { request, result });
             }
             ToHead::KillActor { actor, no_restart } => {
-                if self.peer_job(peer).is_some() {
+                if self.peers.job(peer).is_some() {
                     self.kill_actor(actor, no_restart);
                 }
             }
             ToHead::ActorDied { actor, reason } => {
-                if let Some(node) = self.peer_node(peer) {
+                if let Some(node) = self.peers.node(peer) {
                     self.actor_process_died(node, actor, reason);
                 }
             }
