@@ -17,8 +17,8 @@ use std::path::PathBuf;
 
 #[derive(Parser)]
 struct Args {
-    /// Directory of photos.
-    input: PathBuf,
+    /// Directory of photos, list file or s3:// prefix.
+    input: String,
     /// The head, HOST:PORT; omit for local mode.
     #[arg(long)]
     address: Option<String>,
@@ -121,13 +121,14 @@ fn main() -> anyhow::Result<()> {
         };
         chain = chain.insert_before("detect", Stage::new("abort_on", &handler));
     }
-    let paths = rayish_faces::inputs::list_images(&args.input)?;
+    let read_timeout = std::time::Duration::from_secs(60);
+    let inputs = rayish_faces::inputs::list_inputs(&args.input, read_timeout)?;
     let options = RunOptions {
         batch: args.batch,
         task_per_stage: args.task_per_stage,
         ..Default::default()
     };
-    let run = rayish_faces::run_on_runtime(&chain, &paths, &options, &mut ())?;
+    let run = rayish_faces::run_on_runtime(&chain, &inputs, &options, &mut ())?;
     let images: Vec<_> = run
         .jobs
         .iter()

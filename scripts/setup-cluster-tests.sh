@@ -2,7 +2,8 @@
 # Installs what the cluster tests need, idempotently: an ssh server and client (the
 # launcher tests' machines are network namespaces each running its own sshd), rsync
 # (how `rayish up` copies file mounts, as Ray's launcher does), iproute2 (`ip netns`)
-# and debootstrap (the Docker test's base image, made without a registry). Docker
+# and debootstrap (the Docker test's base image, made without a registry); and, in
+# virtual environments, helm, Ray's CLI and a local S3 server (see below). Docker
 # itself must already run (`docker info`).
 set -euo pipefail
 need_pkgs=()
@@ -39,4 +40,13 @@ if [ ! -x "$ray_cli/bin/ray" ]; then
     echo "setup-cluster-tests: installing ray 2.60.0 (its CLI) into $ray_cli" >&2
     python3 -m venv "$ray_cli"
     "$ray_cli/bin/pip" install -q --disable-pip-version-check ray==2.60.0
+fi
+# A local S3-compatible server for the faces tests' s3:// inputs: moto's server mode
+# (a real HTTP server speaking the S3 REST API, objects in memory), with boto3, AWS's
+# own Python client, to put the test photos in it.
+s3_server=${RAYISH_DATA_DIR:-$HOME/.cache/rayish}/s3-server
+if [ ! -x "$s3_server/bin/moto_server" ]; then
+    echo "setup-cluster-tests: installing moto's S3 server into $s3_server" >&2
+    python3 -m venv "$s3_server"
+    "$s3_server/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5'
 fi

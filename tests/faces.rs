@@ -1019,7 +1019,12 @@ fn fifos_devices_sockets_and_oversized_files_fail_alone_with_their_reason() {
 fn reading_on_the_nodes_gives_the_driver_read_output() {
     let photos = sample_photos();
     let local = temp_dir("read-local");
-    encode_stdout(&photos, &local, &["--cpus", "2"], &[]);
+    encode_stdout(
+        &photos,
+        &local,
+        &["--cpus", "2", "--read-on", "driver"],
+        &[],
+    );
     let cluster = TestCluster::start(2, 1, 2000);
     let root = cluster.root.to_string_lossy().into_owned();
     let out = temp_dir("read-on-nodes");
@@ -1081,4 +1086,365 @@ fn the_cnn_fallback_finds_a_face_hog_misses_and_says_so() {
     assert_eq!(lines[1]["detectors"], serde_json::json!(["cnn"]));
     assert_eq!(avg["settings"]["fallback_detector"], "cnn");
     assert_eq!(avg["face_count"], 2);
+}
+
+// ---------------------------------------------------------------------------------
+// Inputs in an S3-compatible store, and where images are read.
+
+/// A local S3-compatible server (moto's, installed by scripts/setup-cluster-tests.sh)
+/// on a free port, stopped on drop.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+    venv: PathBuf,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let venv = rayish_faces::models::data_dir().join("s3-server");
+        let server = venv.join("bin/moto_server");
+        assert!(
+            server.is_file(),
+            "{} is missing: run scripts/setup-cluster-tests.sh",
+            server.display()
+        );
+        let port = rayish_suite::free_port("127.0.0.1");
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            venv,
+        }
+    }
+
+    /// The environment a client of this server needs (moto takes any credentials).
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "rayish-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "rayish-test-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+        ]
+    }
+
+    /// Creates `bucket` and puts each (key, file) in it, through boto3 (AWS's client).
+    fn put(&self, bucket: &str, objects: &[(String, PathBuf)]) {
+        let script = "import boto3, sys\n\
+                      s3 = boto3.client('s3')\n\
+                      s3.create_bucket(Bucket=sys.argv[1])\n\
+                      for key, path in zip(sys.argv[2::2], sys.argv[3::2]):\n\
+                      \x20   s3.upload_file(path, sys.argv[1], key)\n";
+        let mut cmd = Command::new(self.venv.join("bin/python"));
+        cmd.arg("-c").arg(script).arg(bucket);
+        for (key, path) in objects {
+            cmd.arg(key).arg(path);
+        }
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("boto3");
+        assert!(
+            out.status.success(),
+            "putting objects: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// [`output_bytes`] with each path cut to its file name, to compare runs over the
+/// same photos at different places.
+fn output_by_name(out: &Path) -> (String, Value, Vec<u8>) {
+    let (lines, avg, npy) = output_bytes(out);
+    let lines: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("line");
+            let name = file_name(&v);
+            v["path"] = Value::String(name);
+            v.to_string()
+        })
+        .collect();
+    (lines.join("\n"), avg, npy)
+}
+
+/// (images read on the nodes, by the driver) from a run's "read: " line.
+fn read_counts(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("read: "))
+        .unwrap_or_else(|| panic!("no read: line in {stdout}"));
+    let numbers: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(numbers.len(), 2, "{line}");
+    (numbers[0], numbers[1])
+}
+
+fn sample_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(sample_photos())
+        .expect("photos")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn s3_inputs_give_the_local_output_wherever_they_are_read_and_resume() {
+    let local = temp_dir("s3-local");
+    encode_stdout(
+        &sample_photos(),
+        &local,
+        &["--cpus", "2", "--read-on", "driver"],
+        &[],
+    );
+
+    let s3 = S3Server::start();
+    let mut objects: Vec<(String, PathBuf)> = sample_files()
+        .into_iter()
+        .map(|p| {
+            (
+                format!("photos/{}", p.file_name().expect("name").to_string_lossy()),
+                p,
+            )
+        })
+        .collect();
+    let notes = temp_dir("s3-notes").join("notes.txt");
+    std::fs::write(&notes, "not a photo").expect("notes");
+    // Neither is listed: one is not an image, the other hidden.
+    objects.push(("photos/notes.txt".into(), notes));
+    objects.push((
+        "photos/.thumbs/obama.jpg".into(),
+        sample_photos().join("obama.jpg"),
+    ));
+    s3.put("faces", &objects);
+    let env_owned = s3.env();
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let input = Path::new("s3://faces/photos");
+
+    for (read_on, on_nodes) in [("nodes", true), ("driver", false), ("auto", true)] {
+        let out = temp_dir("s3-out");
+        let stdout = encode_stdout(input, &out, &["--cpus", "2", "--read-on", read_on], &env);
+        let (nodes, driver) = read_counts(&stdout);
+        assert_eq!(nodes + driver, 7, "{read_on}: {stdout}");
+        assert_eq!(nodes > 0, on_nodes, "{read_on}: {stdout}");
+        assert!(
+            output_by_name(&out) == output_by_name(&local),
+            "reading from S3 on the {read_on} changed the output"
+        );
+        let (lines, _) = read_output(&out);
+        assert!(lines[0]["path"]
+            .as_str()
+            .expect("path")
+            .starts_with("s3://faces/photos/"));
+        if read_on == "auto" {
+            // The stamps come with the listing: a re-run resumes every image.
+            let again = encode_stdout(input, &out, &["--cpus", "2"], &env);
+            assert_eq!(resumed(&again), 7, "{again}");
+            assert!(output_by_name(&out) == output_by_name(&local));
+        }
+    }
+
+    // A list naming objects: a missing one and an oversized one fail alone.
+    let dir = temp_dir("s3-list");
+    let list = dir.join("list.txt");
+    std::fs::write(
+        &list,
+        "s3://faces/photos/obama.jpg\ns3://faces/photos/none.jpg\ns3://faces/photos/biden.jpg\n",
+    )
+    .expect("list");
+    let out = temp_dir("s3-list-out");
+    let biden_size = std::fs::metadata(sample_photos().join("biden.jpg"))
+        .expect("biden")
+        .len();
+    let obama_size = std::fs::metadata(sample_photos().join("obama.jpg"))
+        .expect("obama")
+        .len();
+    let limit = (biden_size.min(obama_size) + biden_size.max(obama_size)) / 2;
+    let (lines, avg) = encode(
+        &list,
+        &out,
+        &["--cpus", "2", "--max-file-bytes", &limit.to_string()],
+        &env,
+    );
+    let statuses: Vec<&str> = lines
+        .iter()
+        .map(|l| l["status"].as_str().expect("status"))
+        .collect();
+    let small_ok = if obama_size < biden_size {
+        [0, 2]
+    } else {
+        [2, 0]
+    };
+    assert_eq!(statuses[small_ok[0]], "ok", "{lines:?}");
+    assert_eq!(statuses[small_ok[1]], "error", "{lines:?}");
+    assert!(
+        lines[small_ok[1]]["error"]
+            .as_str()
+            .expect("error")
+            .contains(&format!("over the limit of {limit}")),
+        "{lines:?}"
+    );
+    assert_eq!(statuses[1], "error");
+    let missing = lines[1]["error"].as_str().expect("error");
+    assert!(
+        missing.contains("s3://faces/photos/none.jpg") && missing.contains("cannot read object"),
+        "{missing}"
+    );
+    assert_eq!(avg["failed_images"], 2);
+}
+
+#[test]
+fn a_stalled_object_store_fails_its_images_after_the_read_timeout() {
+    // A server that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let _held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for s in listener.incoming().flatten() {
+            open.push(s);
+        }
+    });
+    let dir = temp_dir("s3-stalled");
+    let list = dir.join("list.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\ns3://stalled/a.jpg\n",
+            sample_photos().join("obama.jpg").display()
+        ),
+    )
+    .expect("list");
+    let out = temp_dir("s3-stalled-out");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "k"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    let started = std::time::Instant::now();
+    let (lines, avg) = encode(&list, &out, &["--cpus", "2", "--read-timeout", "2"], &env);
+    assert_eq!(lines[0]["status"], "ok");
+    assert_eq!(lines[1]["status"], "error");
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("read did not finish in 2 s"),
+        "{lines:?}"
+    );
+    assert_eq!(avg["failed_images"], 1);
+    // Not a wall-clock check of speed: only that the run did not wait out the
+    // client's own retries (minutes) on the stalled server.
+    assert!(started.elapsed() < std::time::Duration::from_secs(90));
+}
+
+/// Runs `rayish-faces encode` in a mount namespace of its own where `dir` is a tmpfs
+/// holding copies of `photos` (mtimes kept): the driver sees them at `dir`, the
+/// cluster's nodes see whatever `dir` holds outside.
+fn encode_in_private_mount(
+    dir: &Path,
+    photos: &[PathBuf],
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "set -e; dir=$1; shift; mount -t tmpfs tmpfs \"$dir\"; \
+             while [ \"$1\" != -- ]; do cp -p \"$1\" \"$dir\"/; shift; done; shift; exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(dir)
+        .args(photos)
+        .arg("--")
+        .arg(target_dir().join("rayish-faces"))
+        .arg("encode")
+        .arg(dir)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let res = cmd.output().expect("unshare");
+    assert!(
+        res.status.success(),
+        "rayish-faces in its own mount namespace failed:\n{}\n{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    String::from_utf8_lossy(&res.stdout).into_owned()
+}
+
+#[test]
+fn images_are_read_on_the_nodes_that_see_them_and_by_the_driver_elsewhere() {
+    let photos = sample_files();
+    let local = temp_dir("where-local");
+    encode_stdout(
+        &sample_photos(),
+        &local,
+        &["--cpus", "2", "--read-on", "driver"],
+        &[],
+    );
+    let cluster = TestCluster::start(2, 1, 2000);
+    let root = cluster.root.to_string_lossy().into_owned();
+    let env = [
+        ("RAYISH_TOKEN", cluster.token.as_str()),
+        ("RAYISH_TEMP_DIR", root.as_str()),
+    ];
+    let address = cluster.address.as_str();
+
+    // The nodes see the driver's photos: they read them.
+    let out = temp_dir("where-shared");
+    let stdout = encode_stdout(
+        &sample_photos(),
+        &out,
+        &["--address", address, "--batch", "2"],
+        &env,
+    );
+    let (nodes, driver) = read_counts(&stdout);
+    assert!(nodes > 0 && nodes + driver == 7, "{stdout}");
+    assert!(output_by_name(&out) == output_by_name(&local));
+
+    // The nodes see other files at the driver's paths (each name another photo, one
+    // missing): they hand every image back and the driver reads them all.
+    let dir = temp_dir("where-private");
+    for (i, p) in photos.iter().enumerate().skip(1) {
+        let name = photos[(i + 1) % photos.len()].file_name().expect("name");
+        std::fs::copy(p, dir.join(name)).expect("copy");
+    }
+    let out = temp_dir("where-private-out");
+    let stdout = encode_in_private_mount(
+        &dir,
+        &photos,
+        &out,
+        &["--address", address, "--batch", "2"],
+        &env,
+    );
+    assert_eq!(read_counts(&stdout), (0, 7), "{stdout}");
+    assert!(
+        output_by_name(&out) == output_by_name(&local),
+        "images the nodes could not read changed the output"
+    );
 }

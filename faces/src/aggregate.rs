@@ -65,7 +65,7 @@ impl Aggregate {
             }
             Status::NoFace => self.no_face += 1,
             Status::Skipped(_) => self.skipped += 1,
-            Status::Failed(_) => self.failed += 1,
+            Status::Failed(_) | Status::NotRead(_) => self.failed += 1,
         }
     }
 

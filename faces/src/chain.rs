@@ -20,6 +20,9 @@ pub enum Stop {
     Skipped(String),
     /// An error, with its reason.
     Failed(String),
+    /// Not read here: the input is not this node's to read (see
+    /// [`FaceJob::listed`]); the driver reads it instead.
+    NotRead(String),
 }
 
 /// One link of the chain.
@@ -169,6 +172,7 @@ pub fn apply(handler: &dyn Handler, job: &mut FaceJob) {
             Stop::NoFace => Status::NoFace,
             Stop::Skipped(r) => Status::Skipped(r),
             Stop::Failed(r) => Status::Failed(r),
+            Stop::NotRead(r) => Status::NotRead(r),
         };
         // A stopped image carries no pixels further.
         job.bytes = Vec::new();

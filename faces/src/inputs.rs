@@ -1,8 +1,50 @@
-//! Turning the command line's input into an ordered list of image paths, and reading
-//! one image's file without letting it hang or bloat the reader.
+//! Turning the command line's input into an ordered list of images, and reading one
+//! image without letting it hang or bloat the reader. An input is a local path or an
+//! `s3://` URL ([`crate::s3`]).
 
+use crate::s3::{self, S3Url};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// What identifies an input's contents without reading it: its size and modification
+/// time (a file's mtime, an object's last-modified time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, in nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl Stamp {
+    /// The stamp of a local file's metadata.
+    pub fn of_metadata(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+
+    /// The stamp of the input at `path` now (a local file's `stat`, an object's `HEAD`
+    /// within `timeout`); `None` if it cannot be had (its read then fails with the
+    /// reason).
+    pub fn of(path: &str, timeout: Duration) -> Option<Stamp> {
+        match S3Url::parse(path) {
+            Some(url) => s3::head(&url.ok()?, timeout).ok(),
+            None => std::fs::metadata(path).ok().map(|m| Stamp::of_metadata(&m)),
+        }
+    }
+}
+
+/// One listed input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    /// A local path or an `s3://` URL.
+    pub path: String,
+    /// Its stamp when listed; `None` if it could not be had here.
+    pub stamp: Option<Stamp>,
+}
 
 /// File extensions taken from a directory (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 9] = [
@@ -20,11 +62,37 @@ pub enum InputError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// The object store could not be listed.
+    #[error(transparent)]
+    S3(#[from] s3::S3Error),
+}
+
+/// The inputs `input` names, each with its stamp: an `s3://bucket/prefix` (every
+/// image object under it, sorted by key), a directory or a list file, as
+/// [`list_images`] (a list may name `s3://` objects too, each asked for its stamp
+/// within `timeout`).
+pub fn list_inputs(input: &str, timeout: Duration) -> Result<Vec<Input>, InputError> {
+    if let Some(url) = S3Url::parse(input) {
+        return Ok(s3::list(&url?)?
+            .into_iter()
+            .map(|(path, stamp)| Input {
+                path,
+                stamp: Some(stamp),
+            })
+            .collect());
+    }
+    Ok(list_images(Path::new(input))?
+        .into_iter()
+        .map(|path| Input {
+            stamp: Stamp::of(&path, timeout),
+            path,
+        })
+        .collect())
 }
 
 /// A directory (walked recursively, files with an image extension, sorted by path) or
-/// a list file (one path per line; relative paths are relative to the list's
-/// directory; blank lines and lines starting with `#` ignored).
+/// a list file (one path or `s3://` URL per line; relative paths are relative to the
+/// list's directory; blank lines and lines starting with `#` ignored).
 pub fn list_images(input: &Path) -> Result<Vec<String>, InputError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -48,13 +116,12 @@ pub fn list_images(input: &Path) -> Result<Vec<String>, InputError> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let p = Path::new(l);
-            if p.is_absolute() {
-                p.to_path_buf()
+            if s3::is_s3(l) || p.is_absolute() {
+                l.to_string()
             } else {
-                base.join(p)
+                base.join(p).to_string_lossy().into_owned()
             }
         })
-        .map(|p| p.to_string_lossy().into_owned())
         .collect())
 }
 
@@ -75,9 +142,12 @@ pub enum ReadError {
     /// The file system said no.
     #[error("cannot read file: {0}")]
     Io(#[from] std::io::Error),
-    /// The read hung (a dead network mount, a failing disk).
+    /// The read hung (a dead network mount, a failing disk, a stalled server).
     #[error("{READ_TIMED_OUT} in {0} s")]
     TimedOut(u64),
+    /// The object store said no.
+    #[error("cannot read object: {0}")]
+    S3(#[from] s3::S3Error),
 }
 
 /// How a timed-out read's reason begins (a re-run tries such an image again).
@@ -105,12 +175,35 @@ fn regular_only(meta: &std::fs::Metadata) -> Result<(), ReadError> {
     Err(ReadError::NotRegular(kind))
 }
 
+/// Reads the input at `path` (a local file as [`read_image_file`], or an `s3://`
+/// object), refusing anything over `limit` bytes before reading it and giving up after
+/// `timeout`; gives its bytes and the stamp of what was read.
+pub fn read_input(
+    path: &str,
+    limit: u64,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Stamp), ReadError> {
+    let Some(url) = S3Url::parse(path) else {
+        return read_image_file(Path::new(path), limit, timeout);
+    };
+    match s3::read(&url?, limit, timeout)? {
+        s3::Fetched::Bytes(bytes, stamp) => Ok((bytes, stamp)),
+        s3::Fetched::TooLarge(size) => Err(ReadError::TooLarge { size, limit }),
+        s3::Fetched::TimedOut => Err(ReadError::TimedOut(timeout.as_secs())),
+    }
+}
+
 /// Reads the regular file at `path`, refusing anything else and anything over
-/// `limit` bytes before reading it, and giving up after `timeout`.
+/// `limit` bytes before reading it, and giving up after `timeout`; gives its bytes
+/// and the stamp of the file that was read.
 ///
 /// A read that times out leaves its thread behind, blocked in the kernel (no
 /// portable way exists to interrupt it); it ends with the read, if ever.
-pub fn read_image_file(path: &Path, limit: u64, timeout: Duration) -> Result<Vec<u8>, ReadError> {
+pub fn read_image_file(
+    path: &Path,
+    limit: u64,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Stamp), ReadError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let owned = path.to_path_buf();
     std::thread::Builder::new()
@@ -124,7 +217,7 @@ pub fn read_image_file(path: &Path, limit: u64, timeout: Duration) -> Result<Vec
     }
 }
 
-fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+fn read_bounded(path: &Path, limit: u64) -> Result<(Vec<u8>, Stamp), ReadError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let check = |meta: &std::fs::Metadata| {
@@ -154,7 +247,7 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
             limit,
         });
     }
-    Ok(bytes)
+    Ok((bytes, Stamp::of_metadata(&meta)))
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -190,7 +283,10 @@ mod tests {
         let t = Duration::from_secs(5);
         let file = root.join("a.jpg");
         std::fs::write(&file, b"12345").expect("write");
-        assert_eq!(read_image_file(&file, 5, t).expect("read"), b"12345");
+        let (bytes, stamp) = read_image_file(&file, 5, t).expect("read");
+        assert_eq!(bytes, b"12345");
+        assert_eq!(Some(stamp), Stamp::of(&file.to_string_lossy(), t));
+        assert_eq!(stamp.size, 5);
         let err = read_image_file(&file, 4, t).expect_err("too large");
         assert!(
             matches!(err, ReadError::TooLarge { size: 5, limit: 4 }),
@@ -243,8 +339,11 @@ mod tests {
         assert_eq!(rel, ["/b/a.png", "/b/nested/z.JPG", "/c.jpeg"]);
 
         let list = root.join("b/list.txt");
-        std::fs::write(&list, "# photos\na.png\n\n/abs/x.jpg\nnested/missing.jpg\n")
-            .expect("write");
+        std::fs::write(
+            &list,
+            "# photos\na.png\n\n/abs/x.jpg\nnested/missing.jpg\ns3://bucket/k/y.jpg\n",
+        )
+        .expect("write");
         let from_list = list_images(&list).expect("list file");
         assert_eq!(
             from_list,
@@ -254,6 +353,7 @@ mod tests {
                 root.join("b/nested/missing.jpg")
                     .to_string_lossy()
                     .to_string(),
+                "s3://bucket/k/y.jpg".to_string(),
             ]
         );
         assert!(matches!(

@@ -54,6 +54,10 @@ pub enum Status {
     Skipped(String),
     /// Stopped by an error, with its reason.
     Failed(String),
+    /// Handed back unread by a node that could not read the input as the driver
+    /// listed it (see [`FaceJob::listed`]), with the reason: the driver reads it and
+    /// runs it again. Never an image's final status.
+    NotRead(String),
 }
 
 impl Status {
@@ -90,6 +94,12 @@ pub struct FaceJob {
     pub status: Status,
     /// The node that ran its last stage (`None` in a plain loop).
     pub node: Option<String>,
+    /// Set when a node reads the input in the driver's place without being sure to
+    /// see it (automatic read-on-nodes): the input's stamp as the driver listed it. A
+    /// node that cannot read the input, or finds another one there (another stamp),
+    /// hands the image back unread ([`Status::NotRead`]) rather than failing it.
+    #[serde(default)]
+    pub listed: Option<crate::inputs::Stamp>,
 }
 
 impl FaceJob {
@@ -103,6 +113,7 @@ impl FaceJob {
             faces: Vec::new(),
             status: Status::Active,
             node: None,
+            listed: None,
         }
     }
 

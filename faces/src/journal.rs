@@ -16,7 +16,8 @@
 //! An image is identified by its path, size and modification time, not a content
 //! hash: resuming then needs one `stat` per image rather than reading every photo
 //! again (a 504-photo resume takes milliseconds, and photos may sit on slow storage),
-//! and a file rewritten in place gets a new mtime.
+//! and a file rewritten in place gets a new mtime. An `s3://` object's size and
+//! last-modified time come with the listing, so resuming one costs no extra request.
 
 use crate::job::FaceJob;
 use crate::settings::Settings;
@@ -50,16 +51,13 @@ pub struct InputKey {
 }
 
 impl InputKey {
-    /// The key of `path` now; `None` if it cannot be stat'ed (it is then never
-    /// taken from the journal, and its read fails with the reason).
-    pub fn of(path: &str) -> Option<InputKey> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).ok()?;
-        Some(InputKey {
+    /// The key of the input at `path` with `stamp` (see [`crate::inputs::Stamp`]).
+    pub fn new(path: &str, stamp: crate::inputs::Stamp) -> InputKey {
+        InputKey {
             path: path.to_string(),
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        })
+            size: stamp.size,
+            mtime_ns: stamp.mtime_ns,
+        }
     }
 }
 

@@ -11,7 +11,8 @@
 //! (PIL-identical pixels), [`models`] (model files, per-process cache), `dlib_shim`
 //! (the C++ calls the dlib crate lacks), [`blas`] (OpenBLAS threads and kernels),
 //! [`hog`] (dlib's HOG detector with a wider filter loop), [`pipeline`] (runtime and plain runs),
-//! [`inputs`] and [`output`] (files in and out), [`journal`] (finished images kept as
+//! [`inputs`] and [`output`] (files in and out), [`s3`] (inputs in an S3-compatible
+//! object store), [`journal`] (finished images kept as
 //! they come, for resuming).
 
 pub mod aggregate;
@@ -26,6 +27,7 @@ pub mod journal;
 pub mod models;
 pub mod output;
 pub mod pipeline;
+pub mod s3;
 pub mod settings;
 pub mod stages;
 

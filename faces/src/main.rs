@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayish_faces::journal::{InputKey, Journal};
-use rayish_faces::pipeline::RunError;
+use rayish_faces::pipeline::{ReadOn, RunError};
 use rayish_faces::{
     inputs, output, Chain, DetectorKind, FaceJob, LandmarkModel, Progress, RunObserver, RunOptions,
     Settings,
@@ -31,8 +31,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct EncodeArgs {
-    /// A directory (searched recursively for image files) or a file with one path a line.
-    input: PathBuf,
+    /// A directory (searched recursively for image files), a file with one path or
+    /// s3:// URL a line, or s3://BUCKET/PREFIX (every image object under it; AWS
+    /// credentials, region and AWS_ENDPOINT_URL from the environment).
+    input: String,
     /// The cluster's head, HOST:PORT, or "auto"; omit for a local cluster in this process.
     #[arg(long, env = "RAYISH_ADDRESS")]
     address: Option<String>,
@@ -79,9 +81,13 @@ struct EncodeArgs {
     /// between stages).
     #[arg(long)]
     task_per_stage: bool,
-    /// Read each image on the node that processes it (every node must see the input
-    /// at the same path: a shared mount), so the driver sends paths, not bytes.
-    #[arg(long, conflicts_with = "plain")]
+    /// Where images are read: auto (on the node that processes each one when it sees
+    /// the same file the driver listed, same size and mtime; else in the driver),
+    /// nodes (always, unchecked: a shared mount) or driver (which sends the bytes).
+    #[arg(long, value_enum, value_name = "WHERE", default_value = "auto")]
+    read_on: ReadOn,
+    /// Short for --read-on nodes.
+    #[arg(long, conflicts_with_all = ["plain", "read_on"])]
     read_on_nodes: bool,
     /// The model directory on every node (default: $RAYISH_FACE_MODELS, else
     /// ~/.cache/rayish/face_models, where scripts/setup-faces.sh puts them).
@@ -148,21 +154,22 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         // and a node without them fails each image with this same message.
         check_models(&settings)?;
     }
-    let paths = inputs::list_images(&args.input)
-        .with_context(|| format!("listing {}", args.input.display()))?;
-    if paths.is_empty() {
-        bail!("no images found in {}", args.input.display());
+    let timeout = std::time::Duration::from_secs(settings.read_timeout_secs);
+    let inputs = inputs::list_inputs(&args.input, timeout)
+        .with_context(|| format!("listing {}", args.input))?;
+    if inputs.is_empty() {
+        bail!("no images found in {}", args.input);
     }
     // Everything about --out is checked before any compute starts.
-    let mut journal = prepare_out(&args, &settings, paths.len() as u64)?;
-    let mut observer = Observer::new(&paths, &mut journal, args.quiet);
+    let mut journal = prepare_out(&args, &settings, inputs.len() as u64)?;
+    let mut observer = Observer::new(&inputs, &mut journal, args.quiet);
     let chain = Chain::standard(&settings);
 
     let result = if observer.all_done() {
         // Nothing left to compute: no runtime to start.
-        rayish_faces::run_plain(&chain, &paths, 1, &mut observer)
+        rayish_faces::run_plain(&chain, &inputs, 1, &mut observer)
     } else if let Some(threads) = args.plain {
-        rayish_faces::run_plain(&chain, &paths, threads, &mut observer)
+        rayish_faces::run_plain(&chain, &inputs, threads, &mut observer)
     } else {
         let mut config = rayish::Config::default()
             .address(args.address.clone())
@@ -175,9 +182,13 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
             batch: args.batch,
             window: args.window,
             task_per_stage: args.task_per_stage,
-            read_on_nodes: args.read_on_nodes,
+            read_on: if args.read_on_nodes {
+                ReadOn::Nodes
+            } else {
+                args.read_on
+            },
         };
-        rayish_faces::run_on_runtime(&chain, &paths, &options, &mut observer)
+        rayish_faces::run_on_runtime(&chain, &inputs, &options, &mut observer)
     };
     let resumed = observer.resumed;
     observer.bar.finish_and_clear();
@@ -195,6 +206,13 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         println!(
             "resumed: {resumed} images already finished in {}",
             args.out.join(rayish_faces::journal::FILE).display()
+        );
+    }
+    let read = &run.progress;
+    if read.read_on_nodes + read.read_by_driver > 0 {
+        println!(
+            "read: {} images on the nodes, {} by the driver",
+            read.read_on_nodes, read.read_by_driver
         );
     }
 
@@ -313,14 +331,17 @@ struct Observer<'a> {
 }
 
 impl<'a> Observer<'a> {
-    fn new(paths: &[String], journal: &'a mut Journal, quiet: bool) -> Self {
-        let keys = paths.iter().map(|p| InputKey::of(p)).collect();
+    fn new(inputs: &[inputs::Input], journal: &'a mut Journal, quiet: bool) -> Self {
+        let keys = inputs
+            .iter()
+            .map(|i| i.stamp.map(|s| InputKey::new(&i.path, s)))
+            .collect();
         let done = journal.take_done();
         Observer {
             keys,
             done,
             journal,
-            bar: progress_bar(paths.len() as u64, quiet),
+            bar: progress_bar(inputs.len() as u64, quiet),
             resumed: 0,
         }
     }
@@ -342,7 +363,7 @@ impl RunObserver for Observer<'_> {
     }
 
     fn finished(&mut self, job: &FaceJob) -> Result<(), RunError> {
-        // An image that cannot be stat'ed failed its read; nothing to resume it by.
+        // An image without a stamp (not stat'ed here) has nothing to resume it by.
         if let Some(Some(key)) = self.keys.get(job.index as usize) {
             self.journal.append(key, job)?;
         }

@@ -14,7 +14,8 @@ pub fn job_record(job: &FaceJob) -> serde_json::Value {
         Status::Active => ("ok", None),
         Status::NoFace => ("no_face", None),
         Status::Skipped(r) => ("skipped", Some(r.as_str())),
-        Status::Failed(r) => ("error", Some(r.as_str())),
+        // NotRead never reaches the output (the driver reads such an image itself).
+        Status::Failed(r) | Status::NotRead(r) => ("error", Some(r.as_str())),
     };
     let mut v = json!({
         "path": job.path,

@@ -16,15 +16,24 @@
 //! (benches/faces.rs). [`RunOptions::task_per_stage`] runs each stage as its own task
 //! instead; the output is the same either way.
 //!
-//! The read stage runs in the driver, where the files are (nodes need not share a
-//! filesystem); its bytes are `put` and everything after it runs wherever the head
-//! schedules it. With [`RunOptions::read_on_nodes`] (every node mounts the photos at
-//! the same path) the read runs in each batch's task instead, so the driver sends
-//! paths, not bytes, and its disk and link no longer bound the cluster. At most `window` batches are in flight, so memory stays bounded
-//! however many images there are.
+//! Where the read stage runs ([`ReadOn`]): in the driver, which then `put`s the bytes
+//! (nodes need not see its files), or in each batch's task on its node, so that the
+//! driver sends paths, not bytes, and its disk and link no longer bound the cluster.
+//! By default ([`ReadOn::Auto`]) the nodes read, checking that what they find is what
+//! the driver listed (the same size and modification time, [`FaceJob::listed`]); an
+//! image a node cannot read that way comes back unread and the driver reads it and
+//! sends it again, and once more images come back unread than read, the driver reads
+//! the rest itself. Until a node has read one, a single batch at a time goes out
+//! unread (a probe) and the driver reads the others, so a cluster whose nodes see
+//! nothing loses no time waiting for them. The output is the same wherever the images
+//! are read.
+//!
+//! At most `window` batches are in flight, so memory stays bounded however many
+//! images there are.
 
 use crate::aggregate::Aggregate;
 use crate::chain::{apply, Chain, ChainError, Stage};
+use crate::inputs::Input;
 use crate::job::{FaceJob, Status};
 use rayish::ObjectRef;
 use std::collections::VecDeque;
@@ -81,9 +90,8 @@ pub struct RunOptions {
     /// One task per stage instead of one task for all stages after read (default
     /// false: fused, see the module docs).
     pub task_per_stage: bool,
-    /// Read each image in the task that processes it, on its node, rather than in
-    /// the driver (default false: nodes need not see the driver's files).
-    pub read_on_nodes: bool,
+    /// Where the images are read (default [`ReadOn::Auto`]).
+    pub read_on: ReadOn,
 }
 
 impl Default for RunOptions {
@@ -92,9 +100,21 @@ impl Default for RunOptions {
             batch: 1,
             window: 64,
             task_per_stage: false,
-            read_on_nodes: false,
+            read_on: ReadOn::Auto,
         }
     }
+}
+
+/// Where a run reads its images (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadOn {
+    /// On the nodes where they see what the driver listed, else in the driver.
+    #[default]
+    Auto,
+    /// On the nodes, unchecked: every node sees the inputs at the same paths.
+    Nodes,
+    /// In the driver, which sends the bytes.
+    Driver,
 }
 
 /// Where a run stands, for a progress display.
@@ -110,6 +130,10 @@ pub struct Progress {
     pub faces: u64,
     /// Images failed so far.
     pub failed: u64,
+    /// Images read on the nodes (in this run).
+    pub read_on_nodes: u64,
+    /// Images read by the driver (in this run).
+    pub read_by_driver: u64,
 }
 
 /// What a run produced.
@@ -121,6 +145,8 @@ pub struct RunOutput {
     pub aggregate: Aggregate,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
+    /// Where things stood at the end (counts, and where the images were read).
+    pub progress: Progress,
 }
 
 /// Errors that stop a whole run (per-image errors never do).
@@ -138,24 +164,25 @@ pub enum RunError {
 }
 
 struct InFlight {
-    jobs: Vec<(u64, String)>,
+    jobs: Vec<u64>,
     result: ObjectRef<Vec<FaceJob>>,
+    read_on_nodes: bool,
 }
 
 /// Takes from `observer` the images an earlier run finished: the results so far,
 /// the progress they make, and the indices left to run.
 fn resume(
-    paths: &[String],
+    inputs: &[Input],
     observer: &mut impl RunObserver,
 ) -> (Vec<Option<FaceJob>>, Progress, Vec<u64>) {
-    let mut results: Vec<Option<FaceJob>> = vec![None; paths.len()];
+    let mut results: Vec<Option<FaceJob>> = vec![None; inputs.len()];
     let mut status = Progress {
-        total: paths.len() as u64,
+        total: inputs.len() as u64,
         ..Default::default()
     };
     let mut todo = Vec::new();
-    for (i, path) in paths.iter().enumerate() {
-        match observer.already_done(i as u64, path) {
+    for (i, input) in inputs.iter().enumerate() {
+        match observer.already_done(i as u64, &input.path) {
             Some(mut job) => {
                 job.index = i as u64;
                 status.note(&job);
@@ -180,13 +207,18 @@ impl Progress {
 
 /// The run's output: every image in input order (an image without a result, which
 /// cannot happen unless a bug drops one, is reported failed) and their aggregate.
-fn finish(paths: &[String], results: Vec<Option<FaceJob>>, start: Instant) -> RunOutput {
+fn finish(
+    inputs: &[Input],
+    results: Vec<Option<FaceJob>>,
+    start: Instant,
+    progress: Progress,
+) -> RunOutput {
     let jobs: Vec<FaceJob> = results
         .into_iter()
         .enumerate()
         .map(|(i, j)| {
             j.unwrap_or_else(|| {
-                let mut job = FaceJob::new(i as u64, paths[i].clone());
+                let mut job = FaceJob::new(i as u64, inputs[i].path.clone());
                 job.status = Status::Failed("lost: no result came back".into());
                 job
             })
@@ -198,60 +230,88 @@ fn finish(paths: &[String], results: Vec<Option<FaceJob>>, start: Instant) -> Ru
         jobs,
         aggregate,
         elapsed: start.elapsed(),
+        progress,
     }
 }
 
-/// Runs `chain` over `paths` on the rayish runtime (initialised by the caller),
+/// Runs `chain` over `inputs` on the rayish runtime (initialised by the caller),
 /// skipping what `observer` already has and telling it of each image as it finishes.
 pub fn run_on_runtime(
     chain: &Chain,
-    paths: &[String],
+    inputs: &[Input],
     options: &RunOptions,
     observer: &mut impl RunObserver,
 ) -> Result<RunOutput, RunError> {
     let start = Instant::now();
-    // Stages up to and including "read" run here, where the files are, unless the
-    // nodes read them.
-    let (local, remote) = if options.read_on_nodes {
-        (Chain { stages: Vec::new() }, chain.clone())
-    } else {
-        chain.split_after("read")
-    };
-    let local_handlers = local.build()?;
+    // Read in the driver: the stages up to and including "read" run here.
+    let (driver_stages, after_read) = chain.split_after("read");
+    let driver_handlers = driver_stages.build()?;
     // Fail fast on an unknown handler rather than on every image.
-    remote.build()?;
+    chain.build()?;
 
-    let (mut results, mut status, todo) = resume(paths, observer);
+    let (mut results, mut status, todo) = resume(inputs, observer);
     let batch = options.batch.max(1);
-    let mut queue: VecDeque<Vec<(u64, String)>> = todo
-        .iter()
-        .map(|&i| (i, paths[i as usize].clone()))
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(|c| c.to_vec())
-        .collect();
+    let mut queue: VecDeque<Vec<u64>> = todo.chunks(batch).map(<[u64]>::to_vec).collect();
+    // Images the nodes handed back unread, for the driver to read.
+    let mut driver_queue: VecDeque<Vec<u64>> = VecDeque::new();
     let mut in_flight: Vec<InFlight> = Vec::new();
+    let mut handed_back = 0u64;
     observer.progress(&status)?;
 
-    while !queue.is_empty() || !in_flight.is_empty() {
+    while !queue.is_empty() || !driver_queue.is_empty() || !in_flight.is_empty() {
         while in_flight.len() < options.window.max(1) {
-            let Some(jobs) = queue.pop_front() else { break };
-            let mut batch_jobs: Vec<FaceJob> = jobs
+            let (indices, on_nodes) = if let Some(b) = driver_queue.pop_front() {
+                (b, false)
+            } else if let Some(b) = queue.pop_front() {
+                let on_nodes = match options.read_on {
+                    ReadOn::Nodes => true,
+                    ReadOn::Driver => false,
+                    // One batch probes whether the nodes can read (the driver reads
+                    // the others meanwhile: a node that cannot may take the read
+                    // timeout to say so); once one has, every batch, until the
+                    // nodes have handed back more images than they read.
+                    ReadOn::Auto => {
+                        let probing = in_flight.iter().any(|f| f.read_on_nodes);
+                        handed_back <= status.read_on_nodes
+                            && (status.read_on_nodes > 0 || !probing)
+                    }
+                };
+                (b, on_nodes)
+            } else {
+                break;
+            };
+            let mut jobs: Vec<FaceJob> = indices
                 .iter()
-                .map(|(i, p)| FaceJob::new(*i, p.clone()))
+                .map(|&i| {
+                    let input = &inputs[i as usize];
+                    let mut job = FaceJob::new(i, input.path.clone());
+                    if on_nodes && options.read_on == ReadOn::Auto {
+                        job.listed = input.stamp;
+                    }
+                    job
+                })
                 .collect();
-            for h in &local_handlers {
-                batch_jobs.iter_mut().for_each(|j| apply(h.as_ref(), j));
-            }
-            let mut r: ObjectRef<Vec<FaceJob>> = rayish::put(&batch_jobs)?;
+            let stages = if on_nodes {
+                &chain.stages
+            } else {
+                for h in &driver_handlers {
+                    jobs.iter_mut().for_each(|j| apply(h.as_ref(), j));
+                }
+                &after_read.stages
+            };
+            let mut r: ObjectRef<Vec<FaceJob>> = rayish::put(&jobs)?;
             if options.task_per_stage {
-                for stage in &remote.stages {
+                for stage in stages {
                     r = run_stages::remote(vec![stage.clone()], &r);
                 }
-            } else if !remote.stages.is_empty() {
-                r = run_stages::remote(remote.stages.clone(), &r);
+            } else if !stages.is_empty() {
+                r = run_stages::remote(stages.clone(), &r);
             }
-            in_flight.push(InFlight { jobs, result: r });
+            in_flight.push(InFlight {
+                jobs: indices,
+                result: r,
+                read_on_nodes: on_nodes,
+            });
         }
         let refs: Vec<_> = in_flight.iter().map(|f| f.result.clone()).collect();
         let (ready, _) = rayish::wait(&refs, 1, Some(Duration::from_millis(500)))?;
@@ -277,38 +337,57 @@ pub fn run_on_runtime(
                 Err(rayish::Error::Task(e)) => done
                     .jobs
                     .into_iter()
-                    .map(|(index, path)| {
-                        let mut job = FaceJob::new(index, path);
+                    .map(|index| {
+                        let mut job = FaceJob::new(index, inputs[index as usize].path.clone());
                         job.status = Status::Failed(format!("task failed: {e}"));
                         job
                     })
                     .collect(),
                 Err(other) => return Err(other.into()),
             };
-            for job in finished {
+            let mut unread = Vec::new();
+            for mut job in finished {
+                if let Status::NotRead(reason) = &job.status {
+                    tracing::debug!(
+                        "{} not read on its node ({reason}); the driver reads it",
+                        job.path
+                    );
+                    unread.push(job.index);
+                    continue;
+                }
+                job.listed = None;
+                if done.read_on_nodes {
+                    status.read_on_nodes += 1;
+                } else {
+                    status.read_by_driver += 1;
+                }
                 observer.finished(&job)?;
                 status.note(&job);
                 if let Some(slot) = results.get_mut(job.index as usize) {
                     *slot = Some(job);
                 }
             }
+            if !unread.is_empty() {
+                handed_back += unread.len() as u64;
+                driver_queue.push_back(unread);
+            }
         }
         observer.progress(&status)?;
     }
-    Ok(finish(paths, results, start))
+    Ok(finish(inputs, results, start, status))
 }
 
-/// Runs `chain` over `paths` without any runtime: `threads` OS threads, each taking
+/// Runs `chain` over `inputs` without any runtime: `threads` OS threads, each taking
 /// the next image. The baseline the runtime is measured against.
 pub fn run_plain<O: RunObserver + Send>(
     chain: &Chain,
-    paths: &[String],
+    inputs: &[Input],
     threads: usize,
     observer: &mut O,
 ) -> Result<RunOutput, RunError> {
     let start = Instant::now();
     chain.build()?;
-    let (mut results, status, todo) = resume(paths, observer);
+    let (mut results, status, todo) = resume(inputs, observer);
     observer.progress(&status)?;
     let shared = std::sync::Mutex::new((observer, status, None::<RunError>));
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -325,7 +404,7 @@ pub fn run_plain<O: RunObserver + Send>(
                     loop {
                         let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(&i) = todo.get(n) else { break };
-                        let mut job = FaceJob::new(i, paths[i as usize].clone());
+                        let mut job = FaceJob::new(i, inputs[i as usize].path.clone());
                         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             let mut j = job.clone();
                             handlers.iter().for_each(|h| apply(h.as_ref(), &mut j));
@@ -344,6 +423,7 @@ pub fn run_plain<O: RunObserver + Send>(
                             break;
                         }
                         status.note(&job);
+                        status.read_by_driver += 1;
                         let kept = observer
                             .finished(&job)
                             .and_then(|()| observer.progress(status));
@@ -363,7 +443,7 @@ pub fn run_plain<O: RunObserver + Send>(
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     });
-    let (_, _, error) = shared
+    let (_, status, error) = shared
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(e) = error {
@@ -373,7 +453,7 @@ pub fn run_plain<O: RunObserver + Send>(
         let i = job.index as usize;
         results[i] = Some(job);
     }
-    Ok(finish(paths, results, start))
+    Ok(finish(inputs, results, start, status))
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {

@@ -12,8 +12,10 @@ use dlib_face_recognition::{
 };
 use serde::Deserialize;
 
-/// Reads the file's bytes: regular files only, up to `max_file_bytes`, within
-/// `read_timeout_secs` ([`crate::inputs::read_image_file`]).
+/// Reads the input's bytes (a local file or an `s3://` object): regular files only,
+/// up to `max_file_bytes`, within `read_timeout_secs` ([`crate::inputs::read_input`]).
+/// A job with a [`FaceJob::listed`] stamp is handed back unread, not failed, if the
+/// input here cannot be read or is another one.
 #[derive(Deserialize)]
 pub struct Read {
     #[serde(flatten)]
@@ -118,12 +120,22 @@ fn failed(e: impl std::fmt::Display) -> Stop {
 
 impl Handler for Read {
     fn handle(&self, job: &mut FaceJob) -> Result<(), Stop> {
-        job.bytes = crate::inputs::read_image_file(
-            std::path::Path::new(&job.path),
+        let read = crate::inputs::read_input(
+            &job.path,
             self.settings.max_file_bytes,
             std::time::Duration::from_secs(self.settings.read_timeout_secs),
-        )
-        .map_err(failed)?;
+        );
+        job.bytes = match (job.listed, read) {
+            (None, read) => read.map_err(failed)?.0,
+            (Some(_), Err(e)) => return Err(Stop::NotRead(e.to_string())),
+            (Some(listed), Ok((_, found))) if found != listed => {
+                return Err(Stop::NotRead(format!(
+                    "another file: {} bytes modified at {} ns, where the driver listed {} bytes modified at {} ns",
+                    found.size, found.mtime_ns, listed.size, listed.mtime_ns
+                )))
+            }
+            (Some(_), Ok((bytes, _))) => bytes,
+        };
         Ok(())
     }
 }
