@@ -4,6 +4,7 @@
 use crate::binaries::BinaryCache;
 use crate::head::{start_head, HeadHandle, HeadSettings};
 use crate::ids::NodeId;
+use crate::metrics;
 use crate::node::{start_node, NodeConfig, NodeError, RunningNode};
 use crate::object_store::{ObjectStore, StoreConfig};
 use crate::resources::ResourceSet;
@@ -29,6 +30,14 @@ pub enum LaunchError {
     /// TLS material could not be made.
     #[error(transparent)]
     Tls(#[from] crate::transport::tls::TlsError),
+    /// The metrics endpoint could not listen.
+    #[error("the metrics endpoint cannot listen on {addr}: {source}")]
+    Metrics {
+        /// Where it tried.
+        addr: SocketAddr,
+        /// Why not.
+        source: std::io::Error,
+    },
 }
 
 /// Settings shared by head and node processes.
@@ -53,6 +62,9 @@ pub struct LaunchOptions {
     pub head_reconnect_timeout: Duration,
     /// The object store's memory cap in bytes (`None`: 30% of this machine's RAM).
     pub object_store_memory: Option<u64>,
+    /// Serve Prometheus metrics on this port of `ip` (0: any free port; `None`: no
+    /// metrics endpoint).
+    pub metrics_export_port: Option<u16>,
 }
 
 /// Ray's default object store size: 30% of the machine's memory (2 GiB if unknown).
@@ -99,6 +111,8 @@ pub struct Launched {
     pub head: Option<HeadHandle>,
     /// The cluster key derived from the token.
     pub cluster_key: ClusterKey,
+    /// Where the metrics endpoint listens, if there is one.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 fn endpoint(opts: &LaunchOptions, key: &ClusterKey) -> Result<(Endpoint, SocketAddr), LaunchError> {
@@ -122,6 +136,7 @@ fn node_config(
     head: SocketAddr,
     address: SocketAddr,
     binaries: BinaryCache,
+    metrics_address: Option<SocketAddr>,
 ) -> NodeConfig {
     NodeConfig {
         node_id,
@@ -134,7 +149,77 @@ fn node_config(
         connect_timeout: Duration::from_secs(10),
         node_timeout: opts.node_timeout,
         head_reconnect_timeout: opts.head_reconnect_timeout,
+        metrics_address,
     }
+}
+
+/// The session directory (the log directory's parent).
+fn session_dir(opts: &LaunchOptions) -> &std::path::Path {
+    opts.log_dir.parent().unwrap_or(&opts.root)
+}
+
+/// Binds the metrics endpoint if there is to be one.
+async fn metrics_listener(
+    opts: &LaunchOptions,
+) -> Result<Option<(tokio::net::TcpListener, SocketAddr)>, LaunchError> {
+    let Some(port) = opts.metrics_export_port else {
+        return Ok(None);
+    };
+    let addr = SocketAddr::new(opts.ip, port);
+    let failed = |source| LaunchError::Metrics { addr, source };
+    let listener = metrics::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok(Some((listener, bound)))
+}
+
+/// Serves the node's metrics (and the head's, in the head process) on `listener`.
+fn serve_metrics(
+    opts: &LaunchOptions,
+    listener: tokio::net::TcpListener,
+    node: &RunningNode,
+    head: Option<HeadHandle>,
+) {
+    let session = session_dir(opts)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let common = vec![
+        ("SessionName".to_string(), session),
+        ("NodeAddress".to_string(), opts.ip.to_string()),
+        (
+            "RayNodeType".to_string(),
+            if head.is_some() { "head" } else { "worker" }.to_string(),
+        ),
+    ];
+    let host = match metrics::HostSampler::new(session_dir(opts)) {
+        Ok(h) => Some(Arc::new(std::sync::Mutex::new(h))),
+        Err(e) => {
+            tracing::warn!("no host figures in the metrics: {e}");
+            None
+        }
+    };
+    let node = node.metrics();
+    let gather: metrics::Gather = Arc::new(move || {
+        let (node, head, host, common) = (node.clone(), head.clone(), host.clone(), common.clone());
+        Box::pin(async move {
+            let labels: Vec<(&str, &str)> = common
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let mut set = metrics::MetricSet::new(&labels);
+            node.sample(&mut set);
+            if let Some(host) = &host {
+                let workers = node.worker_pids();
+                let mut host = host.lock().unwrap_or_else(|p| p.into_inner());
+                host.sample(&mut set, std::process::id(), &workers);
+            }
+            match head {
+                Some(head) => head.metrics(set).await,
+                None => set,
+            }
+        })
+    });
+    metrics::serve(listener, metrics::BearerToken::new(&opts.token), gather);
 }
 
 /// Starts a head process's services: the head and its own node.
@@ -142,9 +227,13 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
     let key = ClusterKey::derive(&opts.token)?;
     let (endpoint, address) = endpoint(opts, &key)?;
     let node_id = NodeId::random();
+    let listener = metrics_listener(opts).await?;
     let settings = HeadSettings {
         head_node: node_id,
         node_timeout: opts.node_timeout,
+        metrics_targets_file: listener
+            .as_ref()
+            .map(|_| session_dir(opts).join(metrics::SERVICE_DISCOVERY_FILE)),
     };
     // One cache for the head and its node: what a local-mode driver registers in
     // place (its own executable) is found by both.
@@ -158,13 +247,25 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
             store: Some(store.clone()),
         },
     );
+    let metrics_address = listener.as_ref().map(|(_, a)| *a);
     let node = start_node(
-        node_config(opts, &key, node_id, address, address, binaries),
+        node_config(
+            opts,
+            &key,
+            node_id,
+            address,
+            address,
+            binaries,
+            metrics_address,
+        ),
         endpoint.clone(),
         store,
         Some(Arc::new(head.clone())),
     )
     .await?;
+    if let Some((listener, _)) = listener {
+        serve_metrics(opts, listener, &node, Some(head.clone()));
+    }
     Ok(Launched {
         endpoint,
         address,
@@ -172,6 +273,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         node_id,
         head: Some(head),
         cluster_key: key,
+        metrics_address,
     })
 }
 
@@ -181,6 +283,7 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
     let (endpoint, address) = endpoint(opts, &key)?;
     let node_id = NodeId::random();
     let store = object_store(opts, node_id);
+    let listener = metrics_listener(opts).await?;
     spawn_listener(
         endpoint.clone(),
         Services {
@@ -196,12 +299,17 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
             head,
             address,
             BinaryCache::new(binary_cache_dir(&opts.root)),
+            listener.as_ref().map(|(_, a)| *a),
         ),
         endpoint.clone(),
         store,
         None,
     )
     .await?;
+    let metrics_address = listener.as_ref().map(|(_, a)| *a);
+    if let Some((listener, _)) = listener {
+        serve_metrics(opts, listener, &node, None);
+    }
     Ok(Launched {
         endpoint,
         address,
@@ -209,6 +317,7 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
         node_id,
         head: None,
         cluster_key: key,
+        metrics_address,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod core_worker;
 pub mod head;
 pub mod ids;
 pub mod launch;
+pub mod metrics;
 pub mod node;
 pub mod object_store;
 pub mod protocol;

@@ -169,6 +169,8 @@ pub fn init(config: Config) -> Result<()> {
                 node_timeout: config.node_timeout,
                 head_reconnect_timeout: config.head_reconnect_timeout,
                 object_store_memory: None,
+                // An embedded cluster lives and dies with its driver: nothing to scrape.
+                metrics_export_port: None,
             };
             let launched = handle
                 .block_on(launch_head(&opts))

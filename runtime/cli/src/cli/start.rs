@@ -65,6 +65,11 @@ pub struct StartArgs {
     /// `<session>/spill/` (default: 30% of the machine's memory, as Ray).
     #[arg(long)]
     object_store_memory: Option<u64>,
+    /// The port this node serves Prometheus metrics on, at its IP (as Ray's; default:
+    /// any free port). Scrapes need the cluster token as a bearer token; the head
+    /// lists every node's endpoint in <session>/prom_metrics_service_discovery.json.
+    #[arg(long, value_name = "PORT")]
+    metrics_export_port: Option<u16>,
     /// Ray's flag on the head: the cluster file `rayish up` copied there
     /// (`~/ray_bootstrap_config.yaml`). Checked when given.
     #[arg(long, requires = "head")]
@@ -246,6 +251,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         node_timeout,
         head_reconnect_timeout,
         object_store_memory: args.object_store_memory,
+        metrics_export_port: Some(args.metrics_export_port.unwrap_or(0)),
     };
     let (launched, token, head, opts) = if args.head {
         let token = given.unwrap_or_else(new_token);
@@ -329,6 +335,18 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             args.address.clone().unwrap_or_default()
         );
         println!("To stop: rayish stop");
+    }
+    if let Some(metrics) = launched.metrics_address {
+        println!("Metrics: http://{metrics}/metrics (the cluster token as a bearer token)");
+        if args.head {
+            println!(
+                "Prometheus targets: {}",
+                session
+                    .dir
+                    .join(rayish_core::metrics::SERVICE_DISCOVERY_FILE)
+                    .display()
+            );
+        }
     }
     println!("Logs: {}", session.logs().display());
     use std::io::Write;

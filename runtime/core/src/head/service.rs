@@ -62,11 +62,23 @@ impl Drop for HeadInbox {
 pub fn start_head(settings: HeadSettings, binaries: BinaryCache) -> HeadHandle {
     let (events, mut rx) = mpsc::unbounded_channel();
     let tick_every = (settings.node_timeout / 10).max(Duration::from_millis(50));
+    let targets = settings
+        .metrics_targets_file
+        .clone()
+        .map(spawn_targets_writer);
     let mut state = HeadState::new(settings);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut membership = None;
         while rx.recv_many(&mut batch, BATCH).await > 0 {
             state.handle_batch(batch.drain(..));
+            if let Some(targets) = &targets {
+                let version = state.membership_version();
+                if membership != Some(version) {
+                    membership = Some(version);
+                    let _ = targets.send(state.metrics_targets());
+                }
+            }
         }
     });
     let ticks = events.clone();
@@ -82,7 +94,39 @@ pub fn start_head(settings: HeadSettings, binaries: BinaryCache) -> HeadHandle {
     HeadHandle { events, binaries }
 }
 
+/// Keeps `path` listing the latest metrics targets sent; writes happen off the
+/// head's loop, and a burst of changes writes only the last.
+fn spawn_targets_writer(
+    path: std::path::PathBuf,
+) -> tokio::sync::watch::Sender<Vec<std::net::SocketAddr>> {
+    let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let targets = rx.borrow_and_update().clone();
+            let path = path.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                crate::metrics::write_service_discovery(&path, &targets)
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!("could not write the metrics targets file: {e}");
+            }
+        }
+    });
+    tx
+}
+
 impl HeadHandle {
+    /// Adds the head's samples to `set` (for a metrics scrape); an empty set if the
+    /// head has stopped.
+    pub async fn metrics(&self, set: crate::metrics::MetricSet) -> crate::metrics::MetricSet {
+        let (reply, answer) = oneshot::channel();
+        if self.events.send(HeadEvent::Metrics(set, reply)).is_err() {
+            return crate::metrics::MetricSet::default();
+        }
+        answer.await.unwrap_or_default()
+    }
+
     /// Joins a peer of this same process (see [`InProcessHead`]).
     async fn open_in_process(&self, hello: Hello) -> Result<ControlStream, HandshakeError> {
         let stopped = || HandshakeError::Protocol("the head has stopped".into());

@@ -15,6 +15,7 @@
 mod actors;
 mod execution;
 mod fetch;
+mod metrics;
 mod task_queue;
 pub mod worker_pool;
 mod worker_requests;
@@ -36,6 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use worker_pool::{WorkerEnv, WorkerPool, WorkerRequest};
+
+pub use metrics::NodeMetrics;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -61,6 +64,8 @@ pub struct NodeConfig {
     pub node_timeout: Duration,
     /// How long this node (and its workers) wait for a silent head.
     pub head_reconnect_timeout: Duration,
+    /// Where it serves Prometheus metrics, told to the head for its targets file.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// Why a node could not join.
@@ -113,6 +118,11 @@ impl RunningNode {
             .unwrap_or_else(|_| "node stopped".into())
     }
 
+    /// What a metrics scrape asks of this node.
+    pub fn metrics(&self) -> NodeMetrics {
+        NodeMetrics::new(self.inner.clone())
+    }
+
     /// Kills the node's workers (on shutdown).
     pub fn kill_workers(&self) {
         self.inner.pool.kill_all();
@@ -155,6 +165,7 @@ pub async fn start_node(
         hostname: crate::session::hostname(),
         pid: std::process::id(),
         worker_key: rand::random(),
+        metrics_address: cfg.metrics_address,
     };
     let worker_key = reg.worker_key;
     let hello = Hello {

@@ -205,6 +205,17 @@ impl LocalTaskQueue {
         }
     }
 
+    /// What the running tasks (and live actors) hold now, and how many are running.
+    pub fn used(&self) -> (ResourceSet, usize) {
+        let s = self.lock();
+        (s.used.clone(), s.running.len())
+    }
+
+    /// What the node offers.
+    pub fn total(&self) -> &ResourceSet {
+        &self.total
+    }
+
     /// Tasks assigned and not finished (running or waiting here).
     #[cfg(test)]
     pub fn len(&self) -> usize {

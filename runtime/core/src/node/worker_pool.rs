@@ -221,6 +221,11 @@ impl WorkerPool {
         }
     }
 
+    /// The process ids of the live workers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.live.iter().map(|w| *w.key()).collect()
+    }
+
     /// Worker processes alive now.
     pub fn len(&self) -> usize {
         self.live.len()

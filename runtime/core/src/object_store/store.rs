@@ -202,6 +202,11 @@ impl ObjectStore {
         }
     }
 
+    /// Bytes of values it keeps in memory at most.
+    pub fn capacity(&self) -> u64 {
+        self.config.capacity
+    }
+
     /// The shared-memory directory workers of this node write their values into.
     pub fn shm_dir(&self) -> Option<&Path> {
         self.config.shm_dir.as_deref()

@@ -48,6 +48,8 @@ pub struct NodeRegistration {
     /// encrypted stream): the head accepts a worker of a job on this node only with
     /// the [`worker_proof`] of it, which the node gives the workers it starts.
     pub worker_key: [u8; 32],
+    /// Where it serves Prometheus metrics (`--metrics-export-port`), if it does.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// What a worker of `job` started by a node with `worker_key` presents to the head.

@@ -132,6 +132,11 @@ pub(super) struct ActorTable {
 }
 
 impl ActorTable {
+    /// Every listed actor.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &ActorEntry> {
+        self.actors.values()
+    }
+
     /// The actor, if listed.
     pub(super) fn get(&self, actor: &ActorId) -> Option<&ActorEntry> {
         self.actors.get(actor)

@@ -16,6 +16,7 @@ mod actor_table;
 mod actors;
 mod job_table;
 mod membership;
+mod metrics;
 mod node_table;
 mod object_table;
 mod objects;
@@ -69,6 +70,11 @@ pub enum HeadEvent {
     Disconnected(PeerId, String),
     /// Time passed: check for nodes that stopped sending heartbeats.
     Tick,
+    /// A metrics scrape asks the head to add its samples to a set.
+    Metrics(
+        crate::metrics::MetricSet,
+        oneshot::Sender<crate::metrics::MetricSet>,
+    ),
 }
 
 /// Settings of the head.
@@ -78,6 +84,9 @@ pub struct HeadSettings {
     pub head_node: NodeId,
     /// A node silent for this long is declared dead.
     pub node_timeout: Duration,
+    /// Where to keep the live nodes' metrics endpoints for Prometheus (see
+    /// [`crate::metrics::SERVICE_DISCOVERY_FILE`]), if anywhere.
+    pub metrics_targets_file: Option<std::path::PathBuf>,
 }
 
 /// The head's tables and the logic that changes them.
@@ -90,6 +99,10 @@ pub struct HeadState {
     tasks: TaskTable,
     objects: ObjectTable,
     queue: SchedulingQueue,
+    /// The live-state `ray_tasks` series exported so far (state, function, retry):
+    /// kept at 0 once their tasks are gone, as Ray's are, so graphs fall to zero
+    /// rather than stop. Bounded by the functions the cluster ever ran.
+    task_series: HashSet<(&'static str, String, bool)>,
     actors: ActorTable,
     /// Turns taken among equally good nodes.
     turn: usize,
@@ -117,6 +130,7 @@ impl HeadState {
             tasks: TaskTable::default(),
             objects: ObjectTable::default(),
             queue: SchedulingQueue::default(),
+            task_series: HashSet::default(),
             actors: ActorTable::default(),
             turn: 0,
             autoscaler: None,
@@ -149,7 +163,23 @@ impl HeadState {
             HeadEvent::Message(peer, msg) => self.message(peer, msg),
             HeadEvent::Disconnected(peer, reason) => self.disconnect(peer, &reason),
             HeadEvent::Tick => self.check_heartbeats(),
+            HeadEvent::Metrics(mut set, reply) => {
+                // `metrics` remembers the series it exported.
+                self.metrics(&mut set);
+                let _ = reply.send(set);
+            }
         }
+    }
+
+    /// Changes whenever a node joins or dies (so callers redo what depends on the
+    /// membership, such as the metrics targets file, only then).
+    pub fn membership_version(&self) -> u64 {
+        self.nodes.version()
+    }
+
+    /// Where every live node serves its metrics.
+    pub fn metrics_targets(&self) -> Vec<std::net::SocketAddr> {
+        self.nodes.metrics_targets()
     }
 
     fn send(&self, peer: PeerId, msg: FromHead) {

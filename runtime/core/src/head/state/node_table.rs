@@ -46,6 +46,8 @@ pub(super) struct NodeTable {
     nodes: HashMap<NodeId, NodeEntry>,
     /// Dead nodes still listed, oldest first (at most [`MAX_DEAD_NODES`]).
     dead: VecDeque<NodeId>,
+    /// Bumped by every join and death.
+    version: u64,
 }
 
 impl NodeTable {
@@ -62,6 +64,7 @@ impl NodeTable {
         }
         // No queueing ahead until the node's tasks are known to be short.
         let capacity = reg.resources.clone();
+        self.version += 1;
         self.nodes.insert(
             id,
             NodeEntry {
@@ -78,6 +81,18 @@ impl NodeTable {
             },
         );
         Ok(())
+    }
+
+    /// Bumped by every join and death.
+    pub(super) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The metrics endpoints of the live nodes that serve one, in address order.
+    pub(super) fn metrics_targets(&self) -> Vec<std::net::SocketAddr> {
+        let mut targets: Vec<_> = self.live().filter_map(|n| n.reg.metrics_address).collect();
+        targets.sort();
+        targets
     }
 
     /// Whether `id` is a live node.
@@ -141,6 +156,7 @@ impl NodeTable {
     pub(super) fn mark_dead(&mut self, id: NodeId) -> Option<DeadNode> {
         let node = self.nodes.get_mut(&id).filter(|n| n.alive)?;
         node.alive = false;
+        self.version += 1;
         node.used = ResourceSet::new();
         let dead = DeadNode {
             address: node.reg.address,

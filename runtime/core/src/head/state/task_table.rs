@@ -80,6 +80,22 @@ pub(super) struct TaskTable {
     delayed: Vec<(Instant, TaskId)>,
     /// Tasks over for good since the head started.
     finished: u64,
+    /// Tasks over for good by function name: what the `ray_tasks` metric counts as
+    /// FINISHED and FAILED (the tasks themselves leave the table).
+    ended: HashMap<String, EndedCounts>,
+}
+
+/// Tasks of one function that are over for good.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct EndedCounts {
+    /// Succeeded on their first attempt.
+    pub(super) finished: u64,
+    /// Failed on their first attempt.
+    pub(super) failed: u64,
+    /// Succeeded on a retry.
+    pub(super) finished_retry: u64,
+    /// Failed on a retry.
+    pub(super) failed_retry: u64,
 }
 
 impl TaskTable {
@@ -108,9 +124,32 @@ impl TaskTable {
         self.tasks.remove(&id)
     }
 
-    /// A task is over for good (counted for `rayish status`).
-    pub(super) fn count_finished(&mut self) {
+    /// A task of `function` is over for good after `attempt`s (counted for `rayish
+    /// status` and the metrics).
+    pub(super) fn count_finished(&mut self, function: &str, attempt: u32, failed: bool) {
         self.finished += 1;
+        // Looked up by `&str` first: no allocation but for a function's first end.
+        let counts = match self.ended.get_mut(function) {
+            Some(c) => c,
+            None => self.ended.entry(function.to_string()).or_default(),
+        };
+        let slot = match (attempt > 0, failed) {
+            (false, false) => &mut counts.finished,
+            (false, true) => &mut counts.failed,
+            (true, false) => &mut counts.finished_retry,
+            (true, true) => &mut counts.failed_retry,
+        };
+        *slot += 1;
+    }
+
+    /// Tasks over for good, by function name.
+    pub(super) fn ended(&self) -> impl Iterator<Item = (&str, &EndedCounts)> {
+        self.ended.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Every live task.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.tasks.values()
     }
 
     /// Tasks over for good since the head started.

@@ -258,7 +258,9 @@ impl HeadState {
         if let TaskState::Running(node) = task.state() {
             self.nodes.end_task(node, task_id, task.held());
         }
-        self.tasks.count_finished();
+        let failed = matches!(value, ObjectValue::Error(_));
+        self.tasks
+            .count_finished(&task.spec().function, task.attempt(), failed);
         let spec = Arc::clone(task.spec());
         let return_id = spec.return_id;
         let keep_lineage = matches!(value, ObjectValue::OnNodes { .. });

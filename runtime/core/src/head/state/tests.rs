@@ -40,6 +40,7 @@ impl Bench {
             // The head process's own node is not among the test's nodes.
             head_node: NodeId(u128::MAX),
             node_timeout: NODE_TIMEOUT,
+            metrics_targets_file: None,
         };
         Self {
             head: HeadState::with_clock(settings, clock.clone()),
@@ -81,6 +82,7 @@ impl Bench {
             hostname: "test".into(),
             pid: 1,
             worker_key: [7; 32],
+            metrics_address: None,
         };
         let (peer, welcome) = self.connect(PeerRole::Node(reg));
         assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
@@ -426,4 +428,87 @@ fn an_infeasible_task_is_reported_and_runs_when_a_node_that_fits_joins() {
     let a = b.only_assignment(gpu);
     assert_eq!(a.spec.task_id, spec.task_id);
     assert!(b.assigned(cpu_only).is_empty());
+}
+
+/// The head's `ray_tasks` samples: (State, Name, IsRetry) → count.
+/// Series at 0 (states a function's tasks were in before) are left out.
+fn task_counts(b: &mut Bench) -> Vec<(String, String, String, f64)> {
+    let mut set = crate::metrics::MetricSet::new(&[]);
+    b.head.metrics(&mut set);
+    let text = set.encode();
+    let mut counts: Vec<(String, String, String, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ray_tasks{"))
+        .map(|l| {
+            let (labels, value) = l.split_once("} ").expect("a sample");
+            let label = |k: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_string())
+                    .expect("label")
+            };
+            (
+                label("State"),
+                label("Name"),
+                label("IsRetry"),
+                value.parse().expect("value"),
+            )
+        })
+        .filter(|c: &(String, String, String, f64)| c.3 != 0.0)
+        .collect();
+    counts.sort_by(|a, b| a.partial_cmp(b).expect("ordered"));
+    counts
+}
+
+#[test]
+fn ray_tasks_counts_each_task_once_in_its_state_and_keeps_the_ended() {
+    let mut b = Bench::new();
+    let node = b.cpu_node(1.0);
+    let driver = b.driver();
+    let ok = task(driver.job, "app::ok", Vec::new(), 1);
+    let flaky = task(driver.job, "app::flaky", Vec::new(), 1);
+    b.submit(driver, &ok);
+    b.submit(driver, &flaky);
+    let s = |v: &str| v.to_string();
+    // One runs on the 1-CPU node, the other waits for room.
+    let running = b.only_assignment(node);
+    assert_eq!(
+        task_counts(&mut b),
+        vec![
+            (s("PENDING_NODE_ASSIGNMENT"), s("app::flaky"), s("0"), 1.0),
+            (s("RUNNING"), s("app::ok"), s("0"), 1.0),
+        ]
+    );
+    b.finish(node, &running, stored_inline(1));
+    let second = b.only_assignment(node);
+    b.finish(node, &second, TaskOutcome::WorkerDied("SIGKILL".into()));
+    let retry = b.only_assignment(node);
+    assert_eq!(retry.attempt, 1);
+    assert_eq!(
+        task_counts(&mut b),
+        vec![
+            (s("FINISHED"), s("app::ok"), s("0"), 1.0),
+            (s("RUNNING"), s("app::flaky"), s("1"), 1.0),
+        ]
+    );
+    b.finish(node, &retry, TaskOutcome::WorkerDied("SIGKILL".into()));
+    assert_eq!(
+        task_counts(&mut b),
+        vec![
+            (s("FAILED"), s("app::flaky"), s("1"), 1.0),
+            (s("FINISHED"), s("app::ok"), s("0"), 1.0),
+        ]
+    );
+    // The states they passed through stay exported, at 0.
+    let mut set = crate::metrics::MetricSet::new(&[]);
+    b.head.metrics(&mut set);
+    let running = [("State", "RUNNING"), ("Name", "app::ok")];
+    let running = [
+        running[0],
+        running[1],
+        ("IsRetry", "0"),
+        ("Source", "owner"),
+    ];
+    assert_eq!(set.value("ray_tasks", &running), Some(0.0));
 }

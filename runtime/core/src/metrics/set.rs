@@ -1,0 +1,180 @@
+//! A set of metric samples gathered for one scrape, and its text exposition.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Label names and values of one sample.
+pub type Labels = Vec<(String, String)>;
+
+/// What a family's samples measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A value now (may go down).
+    Gauge,
+    /// A total since the process started (never goes down); exposed with `_total`.
+    Counter,
+}
+
+#[derive(Debug)]
+struct FamilyData {
+    name: String,
+    help: String,
+    kind: Kind,
+    samples: Vec<(Labels, f64)>,
+}
+
+/// Samples of many families, each sample with the set's common labels added.
+#[derive(Debug, Default)]
+pub struct MetricSet {
+    common: Labels,
+    families: Vec<FamilyData>,
+}
+
+impl MetricSet {
+    /// An empty set whose every sample carries `common` labels too.
+    pub fn new(common: &[(&str, &str)]) -> Self {
+        MetricSet {
+            common: to_labels(common),
+            families: Vec::new(),
+        }
+    }
+
+    /// Adds a gauge sample.
+    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.add(name, help, Kind::Gauge, labels, value);
+    }
+
+    /// Adds a counter sample (`name` without `_total`).
+    pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.add(name, help, Kind::Counter, labels, value);
+    }
+
+    fn family(&mut self, name: &str, help: &str, kind: Kind) -> &mut FamilyData {
+        let at = match self.families.iter().position(|f| f.name == name) {
+            Some(at) => at,
+            None => {
+                self.families.push(FamilyData {
+                    name: name.to_string(),
+                    help: help.to_string(),
+                    kind,
+                    samples: Vec::new(),
+                });
+                self.families.len() - 1
+            }
+        };
+        &mut self.families[at]
+    }
+
+    fn add(&mut self, name: &str, help: &str, kind: Kind, labels: &[(&str, &str)], value: f64) {
+        let mut all = self.common.clone();
+        all.extend(to_labels(labels));
+        self.family(name, help, kind).samples.push((all, value));
+    }
+
+    /// The sum of the samples of `name` with exactly these labels (besides the
+    /// common ones), as exposed; `None` if there is none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut want = self.common.clone();
+        want.extend(to_labels(labels));
+        want.sort();
+        let family = self.families.iter().find(|f| f.name == name)?;
+        let matching: Vec<f64> = family
+            .samples
+            .iter()
+            .filter(|(l, _)| {
+                let mut have = l.clone();
+                have.sort();
+                have == want
+            })
+            .map(|(_, v)| *v)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
+    }
+
+    /// The OpenMetrics text exposition (which Prometheus scrapes), with samples of
+    /// the same family and labels summed.
+    pub fn encode(&self) -> String {
+        let mut registry = Registry::default();
+        for f in &self.families {
+            match f.kind {
+                Kind::Gauge => {
+                    let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+                    for (labels, v) in &f.samples {
+                        family.get_or_create(labels).inc_by(*v);
+                    }
+                    registry.register(&f.name, f.help.trim_end_matches('.'), family);
+                }
+                Kind::Counter => {
+                    let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
+                    for (labels, v) in &f.samples {
+                        family.get_or_create(labels).inc_by(v.max(0.0));
+                    }
+                    registry.register(&f.name, f.help.trim_end_matches('.'), family);
+                }
+            }
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+fn to_labels(labels: &[(&str, &str)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_exposed_with_their_type_labels_and_common_labels() {
+        let mut m = MetricSet::new(&[("SessionName", "s1")]);
+        m.gauge(
+            "ray_tasks",
+            "Tasks by state.",
+            &[("State", "RUNNING"), ("Name", "f")],
+            2.0,
+        );
+        m.gauge(
+            "ray_tasks",
+            "Tasks by state.",
+            &[("State", "RUNNING"), ("Name", "f")],
+            1.0,
+        );
+        m.counter("rayish_transfer_bytes", "Bytes moved.", &[], 10.0);
+        let text = m.encode();
+        assert!(text.contains("# TYPE ray_tasks gauge"), "{text}");
+        assert!(
+            text.contains(r#"ray_tasks{SessionName="s1",State="RUNNING",Name="f"} 3.0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE rayish_transfer_bytes counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rayish_transfer_bytes_total{SessionName="s1"} 10.0"#),
+            "{text}"
+        );
+        assert_eq!(
+            m.value("ray_tasks", &[("Name", "f"), ("State", "RUNNING")]),
+            Some(3.0)
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut m = MetricSet::new(&[]);
+        m.gauge("g", "h", &[("Name", "a\"b\\c\nd")], 1.0);
+        let text = m.encode();
+        assert!(text.contains(r#"g{Name="a\"b\\c\nd"} 1.0"#), "{text}");
+    }
+}
