@@ -329,6 +329,12 @@ fn prometheus_scrapes_every_node_and_rays_dashboard_queries_answer() {
             .any(|s| s["metric"]["Component"] == "raylet" && value(s) > 0.0),
         "{rss:?}"
     );
+    // rayish's own: every task's run time, and the bytes moved (the job's binary,
+    // at least, went from the head to the other nodes).
+    let runs = prometheus.query("sum(rayish_task_run_seconds_count)");
+    assert!(total(&runs) >= images as f64, "{runs:?}");
+    let moved = prometheus.query(r#"sum(rayish_object_transfer_bytes_total{Direction="sent"})"#);
+    assert!(total(&moved) > 0.0, "{moved:?}");
     let groups = prometheus.query("sum(ray_placement_groups) by (State)");
     assert_eq!(groups.len(), 4, "{groups:?}");
     let nodes = prometheus.query("sum(autoscaler_active_nodes) by (NodeType)");

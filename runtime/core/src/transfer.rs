@@ -13,6 +13,7 @@ use crate::protocol::{
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
 
@@ -99,6 +100,7 @@ async fn read_body_into(
         }
         got += n;
     }
+    BYTES_RECEIVED.fetch_add(got as u64, Ordering::Relaxed);
     Ok(())
 }
 
@@ -131,7 +133,21 @@ async fn write_body(send: &mut quinn::SendStream, data: &[u8]) -> Result<(), Tra
     for chunk in data.chunks(CHUNK_LEN) {
         send.write_all(chunk).await.map_err(stream_err)?;
     }
+    BYTES_SENT.fetch_add(data.len() as u64, Ordering::Relaxed);
     Ok(())
+}
+
+/// Object and binary bytes this process sent and received over transfer streams.
+static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
+static BYTES_RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// (sent, received): the object and binary bytes this process moved to and from
+/// other processes since it started (for the metrics).
+pub fn bytes_moved() -> (u64, u64) {
+    (
+        BYTES_SENT.load(Ordering::Relaxed),
+        BYTES_RECEIVED.load(Ordering::Relaxed),
+    )
 }
 
 /// Pulls object `id` from the node at the other end of `conn`.
@@ -267,6 +283,7 @@ pub async fn serve(
                             break;
                         }
                         send.write_all(&chunk[..n]).await.map_err(stream_err)?;
+                        BYTES_SENT.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
                 None => write_frame(&mut send, &TransferReply::NotFound).await?,

@@ -3,6 +3,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -31,6 +32,8 @@ struct FamilyData {
 pub struct MetricSet {
     common: Labels,
     families: Vec<FamilyData>,
+    /// Histograms kept by their owner (observed as things happen), shared here.
+    histograms: Vec<(String, String, Histogram)>,
 }
 
 impl MetricSet {
@@ -38,7 +41,7 @@ impl MetricSet {
     pub fn new(common: &[(&str, &str)]) -> Self {
         MetricSet {
             common: to_labels(common),
-            families: Vec::new(),
+            ..MetricSet::default()
         }
     }
 
@@ -50,6 +53,12 @@ impl MetricSet {
     /// Adds a counter sample (`name` without `_total`).
     pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
         self.add(name, help, Kind::Counter, labels, value);
+    }
+
+    /// Adds a histogram its owner keeps (a clone shares its buckets).
+    pub fn histogram(&mut self, name: &str, help: &str, histogram: &Histogram) {
+        self.histograms
+            .push((name.to_string(), help.to_string(), histogram.clone()));
     }
 
     fn family(&mut self, name: &str, help: &str, kind: Kind) -> &mut FamilyData {
@@ -116,6 +125,16 @@ impl MetricSet {
                 }
             }
         }
+        if !self.histograms.is_empty() {
+            let common = self
+                .common
+                .iter()
+                .map(|(k, v)| (k.clone().into(), v.clone().into()));
+            let with_common = registry.sub_registry_with_labels(common);
+            for (name, help, h) in &self.histograms {
+                with_common.register(name, help.trim_end_matches('.'), h.clone());
+            }
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -167,6 +186,25 @@ mod tests {
         assert_eq!(
             m.value("ray_tasks", &[("Name", "f"), ("State", "RUNNING")]),
             Some(3.0)
+        );
+    }
+
+    #[test]
+    fn a_kept_histogram_is_exposed_with_the_common_labels() {
+        let h = Histogram::new([0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        let mut m = MetricSet::new(&[("SessionName", "s1")]);
+        m.histogram("rayish_task_run_seconds", "Run times.", &h);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"rayish_task_run_seconds_bucket{le="0.1",SessionName="s1"} 1"#)
+                || text.contains(r#"rayish_task_run_seconds_bucket{SessionName="s1",le="0.1"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rayish_task_run_seconds_count{SessionName="s1"} 2"#),
+            "{text}"
         );
     }
 

@@ -88,6 +88,15 @@ impl NodeMetrics {
             &[],
             store.spilled_bytes() as f64,
         );
+        let (sent, received) = crate::transfer::bytes_moved();
+        for (direction, bytes) in [("sent", sent), ("received", received)] {
+            out.counter(
+                "rayish_object_transfer_bytes",
+                "Bytes of objects and binaries this node's process moved to and from others.",
+                &[("Direction", direction)],
+                bytes as f64,
+            );
+        }
         out.gauge(
             "rayish_node_running_tasks",
             "Tasks (and actors) running on the node.",

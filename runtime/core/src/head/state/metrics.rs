@@ -43,6 +43,11 @@ impl HeadState {
             &[],
             self.queue.len() as f64,
         );
+        out.histogram(
+            "rayish_task_run_seconds",
+            "Time tasks ran on their workers, as their nodes report it.",
+            &self.task_run_seconds,
+        );
         out.gauge(
             "rayish_objects",
             "Objects the head's directory lists.",

@@ -103,6 +103,8 @@ pub struct HeadState {
     /// kept at 0 once their tasks are gone, as Ray's are, so graphs fall to zero
     /// rather than stop. Bounded by the functions the cluster ever ran.
     task_series: HashSet<(&'static str, String, bool)>,
+    /// How long tasks ran on their workers, as their nodes report.
+    task_run_seconds: prometheus_client::metrics::histogram::Histogram,
     actors: ActorTable,
     /// Turns taken among equally good nodes.
     turn: usize,
@@ -131,6 +133,9 @@ impl HeadState {
             objects: ObjectTable::default(),
             queue: SchedulingQueue::default(),
             task_series: HashSet::default(),
+            task_run_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1e-4, 4.0, 12),
+            ),
             actors: ActorTable::default(),
             turn: 0,
             autoscaler: None,
@@ -272,6 +277,7 @@ impl HeadState {
                 run_micros,
             } => {
                 if let Some(node) = self.peers.node(peer) {
+                    self.task_run_seconds.observe(run_micros as f64 / 1e6);
                     self.nodes.note_run_time(node, run_micros);
                     self.task_finished(node, task_id, attempt, outcome);
                 }
