@@ -335,6 +335,24 @@ fn prometheus_scrapes_every_node_and_rays_dashboard_queries_answer() {
     assert!(total(&runs) >= images as f64, "{runs:?}");
     let moved = prometheus.query(r#"sum(rayish_object_transfer_bytes_total{Direction="sent"})"#);
     assert!(total(&moved) > 0.0, "{moved:?}");
+    // The driver's own metrics (rayish::metrics, as ray.util.metrics): rayish-faces
+    // counts the images it finished and the faces it found.
+    let counted = prometheus.wait_for(r#"sum(ray_faces_images_total) by (status)"#, |r| {
+        total(r) == images as f64
+    });
+    assert!(
+        counted.iter().all(|s| s["metric"]["status"] == "ok"),
+        "{counted:?}"
+    );
+    prometheus.wait_for("sum(ray_faces_found_total)", |r| total(r) >= images as f64);
+    // Metrics recorded in tasks, on the workers, and a driver's gauge sent as it exits.
+    let calls = cluster.scenario(["metrics", "--n", "20"]);
+    assert_eq!(calls["n"], 20);
+    let parity = prometheus.wait_for("sum(ray_test_task_calls_total) by (parity)", |r| {
+        total(r) == 20.0
+    });
+    assert_eq!(parity.len(), 2, "{parity:?}");
+    prometheus.wait_for("ray_test_driver_gauge", |r| total(r) == 20.0);
     let groups = prometheus.query("sum(ray_placement_groups) by (State)");
     assert_eq!(groups.len(), 4, "{groups:?}");
     let nodes = prometheus.query("sum(autoscaler_active_nodes) by (NodeType)");

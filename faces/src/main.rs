@@ -321,13 +321,18 @@ fn same_settings_as_previous_output(out: &Path, settings: &Settings) -> anyhow::
     Ok(())
 }
 
-/// Keeps each finished image in the journal and shows progress.
+/// Keeps each finished image in the journal, counts it in the cluster's metrics and
+/// shows progress.
 struct Observer<'a> {
     keys: Vec<Option<InputKey>>,
     done: HashMap<InputKey, FaceJob>,
     journal: &'a mut Journal,
     bar: ProgressBar,
     resumed: u64,
+    /// `ray_faces_images_total{status}`: images this run finished, by outcome.
+    images: rayish::metrics::Counter,
+    /// `ray_faces_found_total`: faces this run encoded.
+    faces: rayish::metrics::Counter,
 }
 
 impl<'a> Observer<'a> {
@@ -343,6 +348,12 @@ impl<'a> Observer<'a> {
             journal,
             bar: progress_bar(inputs.len() as u64, quiet),
             resumed: 0,
+            images: rayish::metrics::Counter::new(
+                "faces_images",
+                "Images rayish-faces finished, by outcome (ok, no_face, skipped, error).",
+                &["status"],
+            ),
+            faces: rayish::metrics::Counter::new("faces_found", "Faces rayish-faces encoded.", &[]),
         }
     }
 
@@ -367,6 +378,11 @@ impl RunObserver for Observer<'_> {
         if let Some(Some(key)) = self.keys.get(job.index as usize) {
             self.journal.append(key, job)?;
         }
+        // The tags are declared above: these cannot fail.
+        let record = rayish_faces::output::job_record(job);
+        let status = record["status"].as_str().unwrap_or("error");
+        let _ = self.images.inc(1.0, &[("status", status)]);
+        let _ = self.faces.inc(job.faces.len() as f64, &[]);
         Ok(())
     }
 

@@ -32,6 +32,7 @@ struct ReadmeSnippets;
 
 #[doc(hidden)]
 pub use api::__private;
+pub use api::metrics;
 pub use api::{
     current_node_id, get, get_actor, get_all, get_timeout, init, kill, put, serve_if_worker,
     shutdown, wait, ActorClass, ActorHandle, ActorOptions, Arg, Blob, Config, Error, ObjectRef,

@@ -17,6 +17,11 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Tasks that count their calls in a metric of their own, and a driver gauge.
+    Metrics {
+        #[arg(long, default_value_t = 20)]
+        n: u64,
+    },
     /// Many small tasks; where did they run?
     Many {
         #[arg(long, default_value_t = 10_000)]
@@ -158,6 +163,20 @@ impl Board {
     pub fn take(&self) -> Option<ObjectRef<u64>> {
         self.posted.clone()
     }
+}
+
+/// Counts its calls in `ray_test_task_calls_total{parity}`, from the worker.
+#[rayish::remote]
+fn counted(i: u64) -> u64 {
+    static CALLS: std::sync::OnceLock<rayish::metrics::Counter> = std::sync::OnceLock::new();
+    let calls = CALLS.get_or_init(|| {
+        rayish::metrics::Counter::new("test_task_calls", "Calls of counted.", &["parity"])
+    });
+    let parity = if i.is_multiple_of(2) { "even" } else { "odd" };
+    calls
+        .inc(1.0, &[("parity", parity)])
+        .expect("the declared tag");
+    i
 }
 
 #[rayish::remote]
@@ -418,6 +437,13 @@ fn main() -> anyhow::Result<()> {
     rayish::init(rayish::Config::default())?;
     let args = Args::parse();
     match args.scenario {
+        Scenario::Metrics { n } => {
+            let refs: Vec<_> = (0..n).map(counted::remote).collect();
+            rayish::get_all(&refs)?;
+            let gauge = rayish::metrics::Gauge::new("test_driver_gauge", "Set by the driver.", &[]);
+            gauge.set(n as f64, &[])?;
+            result(json!({"n": n}));
+        }
         Scenario::Many { n } => {
             // Warm up: start workers on every node (a node's first worker must fetch
             // the binary and connect, and a fast node would take all the work meanwhile).

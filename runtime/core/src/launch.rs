@@ -213,10 +213,12 @@ fn serve_metrics(
                 let mut host = host.lock().unwrap_or_else(|p| p.into_inner());
                 host.sample(&mut set, std::process::id(), &workers);
             }
-            match head {
+            let mut set = match head {
                 Some(head) => head.metrics(set).await,
                 None => set,
-            }
+            };
+            node.add_user_metrics(&mut set);
+            set
         })
     });
     metrics::serve(listener, metrics::BearerToken::new(&opts.token), gather);

@@ -300,6 +300,8 @@ pub fn init(config: Config) -> Result<()> {
 
 extern "C" fn close_at_exit() {
     if let Some(cw) = context::try_current() {
+        // The last values go before the goodbye, on the same ordered stream.
+        super::metrics::report();
         cw.close_at_exit();
     }
 }

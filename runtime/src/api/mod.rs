@@ -8,6 +8,7 @@ mod actor;
 mod blob;
 mod codec;
 pub(crate) mod context;
+pub mod metrics;
 mod object_ref;
 mod worker;
 

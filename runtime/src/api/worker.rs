@@ -124,6 +124,7 @@ fn worker_main() -> Result<(), String> {
         })
     })?;
     let cw = CoreWorker::start(handle, conn, Some((link, node)));
+    crate::api::metrics::running_in_worker();
     crate::api::context::install(cw.clone());
     crate::api::register_exit_hook();
     let link = cw.node_link().ok_or("no node link")?;
@@ -140,6 +141,10 @@ fn worker_main() -> Result<(), String> {
         let sent_before = cw.messages_sent();
         let result = execute(&run, &node_label, &mut actor);
         set_current_task(None);
+        // The task's metrics reach the node before its end does.
+        if let Some(metrics) = crate::api::metrics::take_if_recorded() {
+            link.send(FromWorker::Metrics(metrics));
+        }
         // What the task told the head (objects it made, tasks it submitted, references
         // inside its result) must be known there before the node reports the task
         // done on its own stream, or a reader of the result could ask too early.

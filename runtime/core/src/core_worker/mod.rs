@@ -283,6 +283,11 @@ impl CoreWorker {
         let _ = answered.wait_timeout_while(said, Duration::from_secs(2), |said| !*said);
     }
 
+    /// Reports this process's own metrics (their values now) to the head.
+    pub fn report_metrics(&self, metrics: Vec<crate::protocol::UserMetric>) -> bool {
+        self.is_connected() && self.to_head(ToHead::UserMetrics(metrics))
+    }
+
     /// Sends one message on the ordered control stream. Reference-count updates wait
     /// in `ref_outbox` (merged with the ones before) until another message goes, the
     /// outbox is full, or [`REF_FLUSH_DELAY`] passes; the order of all messages is kept.

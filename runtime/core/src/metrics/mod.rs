@@ -16,9 +16,11 @@
 
 mod host;
 mod set;
+mod user;
 
 pub use host::HostSampler;
 pub use set::{Kind, Labels, MetricSet};
+pub use user::{Refused, UserMetricTable, MAX_SERIES};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};

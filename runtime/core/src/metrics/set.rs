@@ -24,6 +24,8 @@ struct FamilyData {
     name: String,
     help: String,
     kind: Kind,
+    /// A process's own metric (`rayish::metrics`), not rayish's.
+    user: bool,
     samples: Vec<(Labels, f64)>,
 }
 
@@ -47,12 +49,28 @@ impl MetricSet {
 
     /// Adds a gauge sample.
     pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
-        self.add(name, help, Kind::Gauge, labels, value);
+        self.add(name, help, Kind::Gauge, false, labels, value);
     }
 
     /// Adds a counter sample (`name` without `_total`).
     pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
-        self.add(name, help, Kind::Counter, labels, value);
+        self.add(name, help, Kind::Counter, false, labels, value);
+    }
+
+    /// Adds a sample of a process's own metric, unless `name` is a family of
+    /// rayish's (a user metric never shadows a system one).
+    pub fn user_sample(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let system = self.families.iter().any(|f| f.name == name && !f.user);
+        if !system {
+            self.add(name, help, kind, true, labels, value);
+        }
     }
 
     /// Adds a histogram its owner keeps (a clone shares its buckets).
@@ -61,7 +79,7 @@ impl MetricSet {
             .push((name.to_string(), help.to_string(), histogram.clone()));
     }
 
-    fn family(&mut self, name: &str, help: &str, kind: Kind) -> &mut FamilyData {
+    fn family(&mut self, name: &str, help: &str, kind: Kind, user: bool) -> &mut FamilyData {
         let at = match self.families.iter().position(|f| f.name == name) {
             Some(at) => at,
             None => {
@@ -69,6 +87,7 @@ impl MetricSet {
                     name: name.to_string(),
                     help: help.to_string(),
                     kind,
+                    user,
                     samples: Vec::new(),
                 });
                 self.families.len() - 1
@@ -77,10 +96,20 @@ impl MetricSet {
         &mut self.families[at]
     }
 
-    fn add(&mut self, name: &str, help: &str, kind: Kind, labels: &[(&str, &str)], value: f64) {
+    fn add(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        user: bool,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
         let mut all = self.common.clone();
         all.extend(to_labels(labels));
-        self.family(name, help, kind).samples.push((all, value));
+        self.family(name, help, kind, user)
+            .samples
+            .push((all, value));
     }
 
     /// The sum of the samples of `name` with exactly these labels (besides the

@@ -16,6 +16,12 @@ impl NodeMetrics {
         NodeMetrics { inner }
     }
 
+    /// Adds the workers' own metrics (`rayish::metrics`) to `out`; after the system
+    /// ones, which they may not shadow.
+    pub fn add_user_metrics(&self, out: &mut MetricSet) {
+        self.inner.pool.add_user_metrics(out);
+    }
+
     /// Worker process ids, for their memory figures.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.inner.pool.pids()

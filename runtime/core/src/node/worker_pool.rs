@@ -205,6 +205,9 @@ pub struct WorkerPool {
     idle: Mutex<Vec<Arc<Worker>>>,
     live: DashMap<u32, Arc<Worker>>,
     requests: tokio::sync::mpsc::UnboundedSender<(Arc<Worker>, WorkerRequest)>,
+    /// The workers' own metrics (`rayish::metrics`), by pid; an ended worker's
+    /// counters stay.
+    user_metrics: Mutex<crate::metrics::UserMetricTable<u32>>,
 }
 
 impl WorkerPool {
@@ -218,7 +221,16 @@ impl WorkerPool {
             idle: Mutex::new(Vec::new()),
             live: DashMap::new(),
             requests,
+            user_metrics: Mutex::new(Default::default()),
         }
+    }
+
+    /// Adds the workers' own metrics to `out`.
+    pub fn add_user_metrics(&self, out: &mut crate::metrics::MetricSet) {
+        self.user_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_to(out);
     }
 
     /// The process ids of the live workers.
@@ -512,6 +524,10 @@ impl WorkerPool {
             }
         };
         self.live.remove(&w.pid);
+        self.user_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ended(&w.pid);
         if let Ok(mut idle) = self.idle.lock() {
             idle.retain(|x| x.pid != w.pid);
         }
@@ -570,6 +586,13 @@ impl WorkerPool {
                 return;
             }
             FromWorker::Ready { .. } => return,
+            FromWorker::Metrics(metrics) => {
+                let mut table = self.user_metrics.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(why) = table.report(w.pid, metrics) {
+                    tracing::warn!(pid = w.pid, "refused a worker's metrics report: {why:?}");
+                }
+                return;
+            }
             FromWorker::GetObject {
                 request,
                 id,

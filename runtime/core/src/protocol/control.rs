@@ -99,6 +99,32 @@ pub enum ToHead {
     /// The sender is exiting: treat it as disconnected now (its job ends, what it
     /// holds is released) rather than when its connection times out.
     Goodbye,
+    /// From drivers and workers: the values of their own metrics (`rayish::metrics`)
+    /// now, replacing what they reported before.
+    UserMetrics(Vec<UserMetric>),
+}
+
+/// One metric of a process's own (`rayish::metrics`), as it reports it to the head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserMetric {
+    /// Its name (exported with Ray's `ray_` prefix).
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Counter or gauge.
+    pub kind: UserMetricKind,
+    /// Each tag set's value: a counter's total since the process started, a gauge's
+    /// last value.
+    pub series: Vec<(Vec<(String, String)>, f64)>,
+}
+
+/// What a [`UserMetric`] measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserMetricKind {
+    /// Only goes up; summed over processes, and kept when a process ends.
+    Counter,
+    /// A value now; the latest report wins.
+    Gauge,
 }
 
 /// First frame of every stream a client opens: says what the stream is for.

@@ -85,6 +85,9 @@ pub enum RunKind {
 /// Worker process to node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FromWorker {
+    /// The worker's own metrics (`rayish::metrics`) now, replacing its last report;
+    /// sent before a task's end when the task recorded any.
+    Metrics(Vec<crate::protocol::UserMetric>),
     /// First message: the worker is up and connected to the head.
     Ready {
         /// The worker's process id.

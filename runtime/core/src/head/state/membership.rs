@@ -66,6 +66,7 @@ impl HeadState {
         };
         let mut freed = Freed::default();
         self.objects.remove_peer(peer, &mut freed);
+        self.user_metrics.ended(&peer);
         match kind {
             PeerKind::Node(node) => self.node_died(node, &format!("connection lost: {reason}")),
             PeerKind::Driver(job) => self.job_ended(job),

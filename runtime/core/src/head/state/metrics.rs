@@ -4,11 +4,37 @@
 
 use super::*;
 use crate::metrics::MetricSet;
+use crate::protocol::UserMetric;
+use crate::transport::log_limit::LogLimiter;
+
+/// Refused metric reports: one line a minute, whoever sends them.
+static REFUSED_REPORTS: LogLimiter = LogLimiter::new(Duration::from_secs(60));
 
 /// Ray's placement group states (none exist yet; the family is there, at zero).
 const PLACEMENT_GROUP_STATES: [&str; 4] = ["PENDING", "CREATED", "REMOVED", "RESCHEDULING"];
 
 impl HeadState {
+    /// A driver's or worker's own metrics, replacing its last report (from a peer
+    /// that is not one, or breaking the table's rules, refused with a warning).
+    pub(super) fn user_metrics_reported(&mut self, peer: PeerId, metrics: Vec<UserMetric>) {
+        if self.peers.job(peer).is_none() {
+            tracing::warn!(
+                ?peer,
+                "metrics from a peer that is not a driver or worker; ignored"
+            );
+            return;
+        }
+        if let Err(why) = self.user_metrics.report(peer, metrics) {
+            let everyone = std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED);
+            crate::warn_limited!(
+                REFUSED_REPORTS,
+                everyone,
+                "user-metrics",
+                "refused a metrics report of {peer:?}: {why:?}"
+            );
+        }
+    }
+
     /// Adds the head's samples to `out`.
     pub fn metrics(&mut self, out: &mut MetricSet) {
         self.task_metrics(out);
@@ -54,6 +80,8 @@ impl HeadState {
             &[],
             self.objects.len() as f64,
         );
+        // Last: a user metric may not take the name of any system one above.
+        self.user_metrics.add_to(out);
     }
 
     /// `ray_tasks{State, Name, IsRetry, Source="owner"}`: live tasks by their state

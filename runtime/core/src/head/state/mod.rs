@@ -103,6 +103,8 @@ pub struct HeadState {
     /// kept at 0 once their tasks are gone, as Ray's are, so graphs fall to zero
     /// rather than stop. Bounded by the functions the cluster ever ran.
     task_series: HashSet<(&'static str, String, bool)>,
+    /// The metrics drivers and workers keep of their own.
+    user_metrics: crate::metrics::UserMetricTable<PeerId>,
     /// How long tasks ran on their workers, as their nodes report.
     task_run_seconds: prometheus_client::metrics::histogram::Histogram,
     actors: ActorTable,
@@ -133,6 +135,7 @@ impl HeadState {
             objects: ObjectTable::default(),
             queue: SchedulingQueue::default(),
             task_series: HashSet::default(),
+            user_metrics: Default::default(),
             task_run_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1e-4, 4.0, 12),
             ),
@@ -302,6 +305,7 @@ impl HeadState {
             }
             ToHead::AutoscalerReport(report) => self.autoscaler = Some(*report),
             ToHead::Sync(n) => self.send(peer, FromHead::Synced(n)),
+            ToHead::UserMetrics(metrics) => self.user_metrics_reported(peer, metrics),
             ToHead::GetActor { request, name } => {
                 let result = self.find_actor(peer, &name);
                 self.send(peer, FromHead::ActorFound { request, result });
