@@ -353,6 +353,14 @@ fn prometheus_scrapes_every_node_and_rays_dashboard_queries_answer() {
     });
     assert_eq!(parity.len(), 2, "{parity:?}");
     prometheus.wait_for("ray_test_driver_gauge", |r| total(r) == 20.0);
+    // Arguments 0..19 in buckets up to 5, up to 10, and above: 6, 5 and 9 of them.
+    prometheus.wait_for("sum(ray_test_task_values_count)", |r| total(r) == 20.0);
+    let upto5 = prometheus.query(r#"sum(ray_test_task_values_bucket{le="5.0"})"#);
+    assert_eq!(total(&upto5), 6.0, "{upto5:?}");
+    let upto10 = prometheus.query(r#"sum(ray_test_task_values_bucket{le="10.0"})"#);
+    assert_eq!(total(&upto10), 11.0, "{upto10:?}");
+    let sum = prometheus.query("sum(ray_test_task_values_sum)");
+    assert_eq!(total(&sum), 190.0, "{sum:?}");
     let groups = prometheus.query("sum(ray_placement_groups) by (State)");
     assert_eq!(groups.len(), 4, "{groups:?}");
     let nodes = prometheus.query("sum(autoscaler_active_nodes) by (NodeType)");

@@ -165,7 +165,8 @@ impl Board {
     }
 }
 
-/// Counts its calls in `ray_test_task_calls_total{parity}`, from the worker.
+/// Counts its calls in `ray_test_task_calls_total{parity}` and its argument in the
+/// histogram `ray_test_task_values`, from the worker.
 #[rayish::remote]
 fn counted(i: u64) -> u64 {
     static CALLS: std::sync::OnceLock<rayish::metrics::Counter> = std::sync::OnceLock::new();
@@ -176,6 +177,16 @@ fn counted(i: u64) -> u64 {
     calls
         .inc(1.0, &[("parity", parity)])
         .expect("the declared tag");
+    static VALUES: std::sync::OnceLock<rayish::metrics::Histogram> = std::sync::OnceLock::new();
+    let values = VALUES.get_or_init(|| {
+        rayish::metrics::Histogram::new(
+            "test_task_values",
+            "Arguments of counted.",
+            &[5.0, 10.0],
+            &[],
+        )
+    });
+    values.observe(i as f64, &[]).expect("no tags");
     i
 }
 

@@ -1,5 +1,6 @@
-//! A process's own metrics, as Ray's `ray.util.metrics`: [`Counter`] and [`Gauge`],
-//! each with declared tag keys, recorded in drivers and in tasks and actors alike.
+//! A process's own metrics, as Ray's `ray.util.metrics`: [`Counter`], [`Gauge`] and
+//! [`Histogram`], each with declared tag keys, recorded in drivers and in tasks and
+//! actors alike.
 //!
 //! Values are kept in the process and reported, as Ray's metrics agents collect them
 //! per node: a worker sends its values to its node with the end of each task that
@@ -7,9 +8,9 @@
 //! the worker with it), a driver sends them to the head every [`REPORT_EVERY`] and
 //! once more as it exits. Every node exports them on its metrics endpoint with Ray's
 //! `ray_` prefix (a counter also gets `_total`), so a counter `faces_images` is
-//! scraped as `ray_faces_images_total`. Counters are summed over the processes that
-//! record them and outlive them; a gauge shows the latest value a process set. A
-//! name a rayish metric has is not exported.
+//! scraped as `ray_faces_images_total`. Counters and histograms are summed over the
+//! processes that record them and outlive them; a gauge shows the latest value a
+//! process set. A name a rayish metric has is not exported.
 //!
 //! ```
 //! use rayish::metrics::Counter;
@@ -50,7 +51,16 @@ pub enum MetricError {
         /// The keys given.
         given: Vec<String>,
     },
-    /// A counter only goes up, by a finite amount.
+    /// Histogram bucket bounds must be finite and increasing.
+    #[error("metric {metric}: bucket bounds {bounds:?} are not finite and increasing")]
+    BadBounds {
+        /// The metric.
+        metric: String,
+        /// The bounds given.
+        bounds: Vec<f64>,
+    },
+    /// A counter only goes up, by a finite amount; a gauge or histogram takes finite
+    /// values.
     #[error("metric {metric}: {value} is not a valid amount")]
     BadValue {
         /// The metric.
@@ -62,13 +72,23 @@ pub enum MetricError {
 
 type Tags = Vec<(String, String)>;
 
+/// One tag set's value.
+#[derive(Clone, Default)]
+struct Series {
+    /// A counter's total, a gauge's last value, a histogram's sum.
+    value: f64,
+    /// A histogram's count per bucket (one more than its bounds); empty otherwise.
+    counts: Vec<u64>,
+}
+
 struct Definition {
     name: String,
     description: String,
     kind: UserMetricKind,
     tag_keys: Vec<String>,
-    /// Value of each tag set (a counter's total, a gauge's last value).
-    series: Mutex<BTreeMap<Tags, f64>>,
+    /// A histogram's bucket upper bounds.
+    bounds: Vec<f64>,
+    series: Mutex<BTreeMap<Tags, Series>>,
 }
 
 impl Definition {
@@ -77,17 +97,20 @@ impl Definition {
         description: &str,
         kind: UserMetricKind,
         tag_keys: &[&str],
+        bounds: &[f64],
     ) -> Arc<Definition> {
         let def = Arc::new(Definition {
             name: name.to_string(),
             description: description.to_string(),
             kind,
             tag_keys: tag_keys.iter().map(|k| k.to_string()).collect(),
+            bounds: bounds.to_vec(),
             series: Mutex::new(BTreeMap::new()),
         });
         let valid = std::iter::once(name)
             .chain(tag_keys.iter().copied())
-            .all(is_prometheus_name);
+            .all(is_prometheus_name)
+            && def.bounds_ok();
         // An invalid metric records nothing and is never reported; its calls say why.
         if valid {
             registry()
@@ -99,16 +122,29 @@ impl Definition {
         def
     }
 
+    fn bounds_ok(&self) -> bool {
+        self.kind != UserMetricKind::Histogram
+            || (!self.bounds.is_empty()
+                && self.bounds.iter().all(|b| b.is_finite())
+                && self.bounds.windows(2).all(|w| w[0] < w[1]))
+    }
+
     fn record(
         &self,
         tags: &[(&str, &str)],
-        apply: impl FnOnce(&mut f64),
+        apply: impl FnOnce(&mut Series),
     ) -> Result<(), MetricError> {
         if let Some(bad) = std::iter::once(self.name.as_str())
             .chain(self.tag_keys.iter().map(String::as_str))
             .find(|n| !is_prometheus_name(n))
         {
             return Err(MetricError::BadName(bad.to_string()));
+        }
+        if !self.bounds_ok() {
+            return Err(MetricError::BadBounds {
+                metric: self.name.clone(),
+                bounds: self.bounds.clone(),
+            });
         }
         let mut given: Tags = tags
             .iter()
@@ -127,18 +163,44 @@ impl Definition {
             });
         }
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        apply(series.entry(given).or_insert(0.0));
+        let buckets = if self.kind == UserMetricKind::Histogram {
+            self.bounds.len() + 1
+        } else {
+            0
+        };
+        apply(series.entry(given).or_insert_with(|| Series {
+            value: 0.0,
+            counts: vec![0; buckets],
+        }));
         RECORDED.store(true, Ordering::Release);
         Ok(())
     }
 
     fn snapshot(&self) -> UserMetric {
         let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let histogram = self.kind == UserMetricKind::Histogram;
         UserMetric {
             name: self.name.clone(),
             description: self.description.clone(),
             kind: self.kind,
-            series: series.iter().map(|(t, v)| (t.clone(), *v)).collect(),
+            series: if histogram {
+                Vec::new()
+            } else {
+                series.iter().map(|(t, s)| (t.clone(), s.value)).collect()
+            },
+            boundaries: if histogram {
+                self.bounds.clone()
+            } else {
+                Vec::new()
+            },
+            histograms: if histogram {
+                series
+                    .iter()
+                    .map(|(t, s)| (t.clone(), s.counts.clone(), s.value))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -164,6 +226,7 @@ impl Counter {
             description,
             UserMetricKind::Counter,
             tag_keys,
+            &[],
         ))
     }
 
@@ -175,7 +238,7 @@ impl Counter {
                 value,
             });
         }
-        self.0.record(tags, |v| *v += value)
+        self.0.record(tags, |s| s.value += value)
     }
 }
 
@@ -191,6 +254,7 @@ impl Gauge {
             description,
             UserMetricKind::Gauge,
             tag_keys,
+            &[],
         ))
     }
 
@@ -202,7 +266,43 @@ impl Gauge {
                 value,
             });
         }
-        self.0.record(tags, |v| *v = value)
+        self.0.record(tags, |s| s.value = value)
+    }
+}
+
+/// Observations counted in buckets (Ray's `Histogram`): each bucket counts the
+/// values up to its bound, the last one everything above.
+#[derive(Clone)]
+pub struct Histogram(Arc<Definition>);
+
+impl Histogram {
+    /// A histogram `name` with these bucket upper bounds (finite, increasing) and tag
+    /// keys; every `observe` gives a value for each.
+    pub fn new(name: &str, description: &str, boundaries: &[f64], tag_keys: &[&str]) -> Histogram {
+        Histogram(Definition::new(
+            name,
+            description,
+            UserMetricKind::Histogram,
+            tag_keys,
+            boundaries,
+        ))
+    }
+
+    /// Counts `value` (finite) in its bucket of the series of `tags`.
+    pub fn observe(&self, value: f64, tags: &[(&str, &str)]) -> Result<(), MetricError> {
+        if !value.is_finite() {
+            return Err(MetricError::BadValue {
+                metric: self.0.name.clone(),
+                value,
+            });
+        }
+        let bucket = self.0.bounds.iter().take_while(|b| value > **b).count();
+        self.0.record(tags, |s| {
+            s.value += value;
+            if let Some(c) = s.counts.get_mut(bucket) {
+                *c += 1;
+            }
+        })
     }
 }
 
@@ -286,6 +386,24 @@ mod tests {
         let snap = c.0.snapshot();
         assert_eq!(snap.series.len(), 1);
         assert_eq!(snap.series[0].1, 3.0);
+
+        let h = Histogram::new("t_hist", "d", &[1.0, 10.0], &["k"]);
+        for v in [0.5, 1.0, 5.0, 50.0] {
+            h.observe(v, &[("k", "x")]).expect("observe");
+        }
+        let snap = h.0.snapshot();
+        assert_eq!(snap.boundaries, vec![1.0, 10.0]);
+        assert_eq!(
+            snap.histograms[0].1,
+            vec![2, 1, 1],
+            "a value equal to a bound is in its bucket"
+        );
+        assert_eq!(snap.histograms[0].2, 56.5);
+        let unordered = Histogram::new("t_hist_bad", "d", &[10.0, 1.0], &[]);
+        assert!(matches!(
+            unordered.observe(1.0, &[]),
+            Err(MetricError::BadBounds { .. })
+        ));
 
         let g = Gauge::new("t_gauge", "d", &[]);
         g.set(5.0, &[]).expect("set");

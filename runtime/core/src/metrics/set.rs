@@ -36,6 +36,21 @@ pub struct MetricSet {
     families: Vec<FamilyData>,
     /// Histograms kept by their owner (observed as things happen), shared here.
     histograms: Vec<(String, String, Histogram)>,
+    /// Processes' own histograms, as counted buckets.
+    user_histograms: Vec<CountedHistogram>,
+}
+
+/// A histogram given as its bucket counts (prometheus-client's histograms can only
+/// be observed, not set), exposed by [`MetricSet::encode`] in the same format.
+#[derive(Debug)]
+struct CountedHistogram {
+    name: String,
+    help: String,
+    labels: Labels,
+    bounds: Vec<f64>,
+    /// Per bucket, not cumulative; one more than `bounds` (the last is +Inf).
+    counts: Vec<u64>,
+    sum: f64,
 }
 
 impl MetricSet {
@@ -71,6 +86,34 @@ impl MetricSet {
         if !system {
             self.add(name, help, kind, true, labels, value);
         }
+    }
+
+    /// Adds a process's own histogram series, given as the count in each bucket (one
+    /// more than `bounds`), unless `name` is a family of rayish's.
+    pub fn user_histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+    ) {
+        let taken = self.families.iter().any(|f| f.name == name)
+            || self.histograms.iter().any(|(n, _, _)| n == name);
+        if taken || counts.len() != bounds.len() + 1 {
+            return;
+        }
+        let mut all = self.common.clone();
+        all.extend(to_labels(labels));
+        self.user_histograms.push(CountedHistogram {
+            name: name.to_string(),
+            help: help.to_string(),
+            labels: all,
+            bounds: bounds.to_vec(),
+            counts: counts.to_vec(),
+            sum,
+        });
     }
 
     /// Adds a histogram its owner keeps (a clone shares its buckets).
@@ -167,8 +210,80 @@ impl MetricSet {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        if !self.user_histograms.is_empty() {
+            let end = text.rfind("# EOF").unwrap_or(text.len());
+            text.truncate(end);
+            self.encode_user_histograms(&mut text);
+            text.push_str("# EOF\n");
+        }
         text
     }
+
+    /// The counted histograms, in the exposition format prometheus-client gives its
+    /// own: `_sum`, `_count`, then cumulative `_bucket{le}` lines.
+    fn encode_user_histograms(&self, text: &mut String) {
+        use std::fmt::Write;
+        let mut names: Vec<&str> = self
+            .user_histograms
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        names.dedup();
+        for name in names {
+            let mut series = self
+                .user_histograms
+                .iter()
+                .filter(|h| h.name == name)
+                .peekable();
+            let Some(first) = series.peek() else { continue };
+            let help = first.help.trim_end_matches('.');
+            let _ = writeln!(text, "# HELP {name} {}.", escape_help(help));
+            let _ = writeln!(text, "# TYPE {name} histogram");
+            for h in series {
+                let labels = |extra: Option<String>| {
+                    let mut parts: Vec<String> = h
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}=\"{}\"", escape_value(v)))
+                        .collect();
+                    parts.extend(extra);
+                    if parts.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{{{}}}", parts.join(","))
+                    }
+                };
+                let count: u64 = h.counts.iter().sum();
+                let _ = writeln!(text, "{name}_sum{} {:?}", labels(None), h.sum);
+                let _ = writeln!(text, "{name}_count{} {count}", labels(None));
+                let mut cumulative = 0;
+                for (i, c) in h.counts.iter().enumerate() {
+                    cumulative += c;
+                    let le = h
+                        .bounds
+                        .get(i)
+                        .map_or("+Inf".to_string(), |b| format!("{b:?}"));
+                    let _ = writeln!(
+                        text,
+                        "{name}_bucket{} {cumulative}",
+                        labels(Some(format!("le=\"{le}\"")))
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A label value as the exposition format writes it.
+fn escape_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A help text as the exposition format writes it.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
 fn to_labels(labels: &[(&str, &str)]) -> Labels {

@@ -24,19 +24,50 @@ type SeriesKey = (String, Vec<(String, String)>);
 pub enum Refused {
     /// A name or tag key Prometheus would not take.
     BadName(String),
-    /// A value that is not a finite number (or a counter below zero).
+    /// A value that is not a finite number (or a counter below zero), or histogram
+    /// buckets that do not fit their bounds.
     BadValue(String),
     /// The table would hold more than [`MAX_SERIES`].
     TooMany,
 }
 
+/// A series that only grows: a counter's total, or a histogram's sum and buckets.
+#[derive(Debug, Clone, PartialEq)]
+struct Cumulative {
+    description: String,
+    /// The counter's total; the histogram's sum of observations.
+    total: f64,
+    /// A histogram's bucket upper bounds and the count in each bucket (one more
+    /// than the bounds: the last is +Inf).
+    buckets: Option<(Vec<f64>, Vec<u64>)>,
+}
+
+impl Cumulative {
+    /// Adds `other` in; a histogram with other bounds is left out.
+    fn add(&mut self, other: &Cumulative) {
+        match (&mut self.buckets, &other.buckets) {
+            (None, None) => self.total += other.total,
+            (Some((bounds, counts)), Some((other_bounds, other_counts)))
+                if bounds == other_bounds =>
+            {
+                self.total += other.total;
+                counts
+                    .iter_mut()
+                    .zip(other_counts)
+                    .for_each(|(c, o)| *c += o);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Every process's own metrics, by process (`P`: the head's peer id, a node's
 /// worker pid).
 pub struct UserMetricTable<P> {
-    /// Each live process's latest counter totals.
-    live: HashMap<P, HashMap<SeriesKey, (String, f64)>>,
-    /// The final counter totals of processes that ended, summed.
-    ended: HashMap<SeriesKey, (String, f64)>,
+    /// Each live process's latest counters and histograms.
+    live: HashMap<P, HashMap<SeriesKey, Cumulative>>,
+    /// The final counters and histograms of processes that ended, summed.
+    ended: HashMap<SeriesKey, Cumulative>,
     /// Each gauge's latest value.
     gauges: HashMap<SeriesKey, (String, f64)>,
 }
@@ -59,29 +90,37 @@ impl<P: Hash + Eq> UserMetricTable<P> {
     /// `peer`'s report replaces its last one.
     pub fn report(&mut self, peer: P, metrics: Vec<UserMetric>) -> Result<(), Refused> {
         for m in &metrics {
-            check_name(&m.name)?;
-            for (tags, value) in &m.series {
-                for (key, _) in tags {
-                    check_name(key)?;
-                }
-                let bad = !value.is_finite() || (m.kind == UserMetricKind::Counter && *value < 0.0);
-                if bad {
-                    return Err(Refused::BadValue(format!("{} = {value}", m.name)));
-                }
-            }
+            check(m)?;
         }
-        let mut counters = HashMap::default();
+        let mut cumulative = HashMap::default();
         let mut gauges = Vec::new();
         for m in metrics {
-            for (mut tags, value) in m.series {
+            let key = |mut tags: Vec<(String, String)>| {
                 tags.sort();
-                let key = (m.name.clone(), tags);
+                (m.name.clone(), tags)
+            };
+            for (tags, value) in m.series {
                 match m.kind {
                     UserMetricKind::Counter => {
-                        counters.insert(key, (m.description.clone(), value));
+                        let c = Cumulative {
+                            description: m.description.clone(),
+                            total: value,
+                            buckets: None,
+                        };
+                        cumulative.insert(key(tags), c);
                     }
-                    UserMetricKind::Gauge => gauges.push((key, (m.description.clone(), value))),
+                    UserMetricKind::Gauge | UserMetricKind::Histogram => {
+                        gauges.push((key(tags), (m.description.clone(), value)))
+                    }
                 }
+            }
+            for (tags, counts, sum) in m.histograms {
+                let h = Cumulative {
+                    description: m.description.clone(),
+                    total: sum,
+                    buckets: Some((m.boundaries.clone(), counts)),
+                };
+                cumulative.insert(key(tags), h);
             }
         }
         let before = self.live.get(&peer).map_or(0, HashMap::len);
@@ -89,34 +128,72 @@ impl<P: Hash + Eq> UserMetricTable<P> {
             .iter()
             .filter(|(k, _)| !self.gauges.contains_key(k))
             .count();
-        if self.series() - before + counters.len() + new_gauges > MAX_SERIES {
+        if self.series() - before + cumulative.len() + new_gauges > MAX_SERIES {
             return Err(Refused::TooMany);
         }
-        self.live.insert(peer, counters);
+        self.live.insert(peer, cumulative);
         self.gauges.extend(gauges);
         Ok(())
     }
 
-    /// `peer` ended: its counters' totals are kept.
+    /// `peer` ended: its counters' and histograms' totals are kept.
     pub fn ended(&mut self, peer: &P) {
-        for (key, (description, value)) in self.live.remove(peer).unwrap_or_default() {
-            self.ended.entry(key).or_insert((description, 0.0)).1 += value;
+        for (key, c) in self.live.remove(peer).unwrap_or_default() {
+            match self.ended.get_mut(&key) {
+                Some(kept) => kept.add(&c),
+                None => {
+                    self.ended.insert(key, c);
+                }
+            }
         }
     }
 
-    /// Every counter series, summed over processes: (name, tags, description, total).
-    fn counters(&self) -> HashMap<&SeriesKey, (&str, f64)> {
-        let mut out: HashMap<&SeriesKey, (&str, f64)> = HashMap::default();
-        for (key, (description, value)) in self.live.values().flatten().chain(&self.ended) {
-            out.entry(key).or_insert((description.as_str(), 0.0)).1 += value;
+    /// Every counter and histogram series, summed over processes.
+    fn cumulative(&self) -> HashMap<&SeriesKey, Cumulative> {
+        let mut out: HashMap<&SeriesKey, Cumulative> = HashMap::default();
+        for (key, c) in self.live.values().flatten().chain(&self.ended) {
+            match out.get_mut(key) {
+                Some(sum) => sum.add(c),
+                None => {
+                    out.insert(key, c.clone());
+                }
+            }
         }
         out
     }
+}
 
-    /// Every gauge series and its latest value.
-    fn gauges(&self) -> impl Iterator<Item = (&SeriesKey, &(String, f64))> {
-        self.gauges.iter()
+/// A report's names, values and histogram buckets are all well-formed.
+fn check(m: &UserMetric) -> Result<(), Refused> {
+    check_name(&m.name)?;
+    let bad = |what: String| Err(Refused::BadValue(format!("{}: {what}", m.name)));
+    let tags = m
+        .series
+        .iter()
+        .map(|(t, _)| t)
+        .chain(m.histograms.iter().map(|(t, _, _)| t));
+    for tag_set in tags {
+        for (key, _) in tag_set {
+            check_name(key)?;
+        }
     }
+    for (_, value) in &m.series {
+        if !value.is_finite() || (m.kind == UserMetricKind::Counter && *value < 0.0) {
+            return bad(value.to_string());
+        }
+    }
+    if !m.histograms.is_empty() {
+        let increasing = m.boundaries.windows(2).all(|w| w[0] < w[1]);
+        if m.boundaries.is_empty() || !increasing || m.boundaries.iter().any(|b| !b.is_finite()) {
+            return bad(format!("bucket bounds {:?}", m.boundaries));
+        }
+        for (_, counts, sum) in &m.histograms {
+            if counts.len() != m.boundaries.len() + 1 || !sum.is_finite() {
+                return bad(format!("{} buckets, sum {sum}", counts.len()));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl<P: Hash + Eq> UserMetricTable<P> {
@@ -124,13 +201,29 @@ impl<P: Hash + Eq> UserMetricTable<P> {
     /// the name of a system metric already in `out` is left out (so add the system
     /// ones first).
     pub fn add_to(&self, out: &mut MetricSet) {
-        let mut counters: Vec<_> = self.counters().into_iter().collect();
-        counters.sort_by(|a, b| a.0.cmp(b.0));
-        for ((name, tags), (description, total)) in counters {
+        let mut cumulative: Vec<_> = self.cumulative().into_iter().collect();
+        cumulative.sort_by(|a, b| a.0.cmp(b.0));
+        for ((name, tags), c) in cumulative {
             let name = format!("ray_{name}");
-            out.user_sample(Kind::Counter, &name, description, &borrowed(tags), total);
+            match &c.buckets {
+                None => out.user_sample(
+                    Kind::Counter,
+                    &name,
+                    &c.description,
+                    &borrowed(tags),
+                    c.total,
+                ),
+                Some((bounds, counts)) => out.user_histogram(
+                    &name,
+                    &c.description,
+                    &borrowed(tags),
+                    bounds,
+                    counts,
+                    c.total,
+                ),
+            }
         }
-        for ((name, tags), (description, value)) in self.gauges() {
+        for ((name, tags), (description, value)) in &self.gauges {
             let name = format!("ray_{name}");
             out.user_sample(Kind::Gauge, &name, description, &borrowed(tags), *value);
         }
@@ -165,6 +258,8 @@ mod tests {
             description: "d".into(),
             kind: UserMetricKind::Counter,
             series: vec![(vec![("status".into(), tag.into())], value)],
+            boundaries: Vec::new(),
+            histograms: Vec::new(),
         }
     }
 
@@ -176,7 +271,8 @@ mod tests {
         t.report(b, vec![counter("images", "ok", 2.0)]).expect("ok");
         // A later report replaces the process's earlier totals.
         t.report(a, vec![counter("images", "ok", 4.0)]).expect("ok");
-        let total = |t: &UserMetricTable<u32>| t.counters().values().map(|(_, v)| *v).sum::<f64>();
+        let total =
+            |t: &UserMetricTable<u32>| t.cumulative().values().map(|c| c.total).sum::<f64>();
         assert_eq!(total(&t), 6.0);
         t.ended(&a);
         assert_eq!(total(&t), 6.0, "an ended process's total stays");
@@ -207,9 +303,53 @@ mod tests {
             series: (0..=MAX_SERIES)
                 .map(|i| (vec![("i".into(), i.to_string())], 1.0))
                 .collect(),
+            boundaries: Vec::new(),
+            histograms: Vec::new(),
         };
         assert_eq!(t.report(p, vec![flood]), Err(Refused::TooMany));
         assert_eq!(t.series(), 0);
+    }
+
+    fn histogram(counts: Vec<u64>, sum: f64) -> UserMetric {
+        UserMetric {
+            name: "latency".into(),
+            description: "d".into(),
+            kind: UserMetricKind::Histogram,
+            series: Vec::new(),
+            boundaries: vec![0.1, 1.0],
+            histograms: vec![(Vec::new(), counts, sum)],
+        }
+    }
+
+    #[test]
+    fn histograms_sum_over_processes_and_bad_buckets_are_refused() {
+        let mut t = UserMetricTable::default();
+        t.report(1u32, vec![histogram(vec![1, 2, 0], 1.5)])
+            .expect("ok");
+        t.report(2u32, vec![histogram(vec![0, 1, 1], 2.5)])
+            .expect("ok");
+        t.ended(&1);
+        let mut out = MetricSet::new(&[]);
+        t.add_to(&mut out);
+        let text = out.encode();
+        assert!(text.contains(r#"ray_latency_bucket{le="0.1"} 1"#), "{text}");
+        assert!(text.contains(r#"ray_latency_bucket{le="1.0"} 4"#), "{text}");
+        assert!(
+            text.contains(r#"ray_latency_bucket{le="+Inf"} 5"#),
+            "{text}"
+        );
+        assert!(text.contains("ray_latency_sum 4.0"), "{text}");
+        assert!(text.contains("ray_latency_count 5"), "{text}");
+        assert!(matches!(
+            t.report(3u32, vec![histogram(vec![1, 1], 1.0)]),
+            Err(Refused::BadValue(_))
+        ));
+        let mut unordered = histogram(vec![1, 1, 1], 1.0);
+        unordered.boundaries = vec![1.0, 0.1];
+        assert!(matches!(
+            t.report(3u32, vec![unordered]),
+            Err(Refused::BadValue(_))
+        ));
     }
 
     #[test]

@@ -114,9 +114,18 @@ pub struct UserMetric {
     /// Counter or gauge.
     pub kind: UserMetricKind,
     /// Each tag set's value: a counter's total since the process started, a gauge's
-    /// last value.
+    /// last value (empty for a histogram).
     pub series: Vec<(Vec<(String, String)>, f64)>,
+    /// A histogram's bucket upper bounds, increasing (empty otherwise).
+    pub boundaries: Vec<f64>,
+    /// A histogram's series.
+    pub histograms: Vec<HistogramSeries>,
 }
+
+/// One tag set of a user histogram: its tags, the count of observations in each
+/// bucket since the process started (one more than the bounds: the last is +Inf),
+/// and their sum.
+pub type HistogramSeries = (Vec<(String, String)>, Vec<u64>, f64);
 
 /// What a [`UserMetric`] measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +134,8 @@ pub enum UserMetricKind {
     Counter,
     /// A value now; the latest report wins.
     Gauge,
+    /// Observations counted in buckets; summed over processes like a counter.
+    Histogram,
 }
 
 /// First frame of every stream a client opens: says what the stream is for.
