@@ -83,7 +83,8 @@ impl MetricSet {
         value: f64,
     ) {
         let system = self.families.iter().any(|f| f.name == name && !f.user);
-        if !system {
+        let histogram = self.user_histograms.iter().any(|h| h.name == name);
+        if !system && !histogram {
             self.add(name, help, kind, true, labels, value);
         }
     }
@@ -106,6 +107,16 @@ impl MetricSet {
         }
         let mut all = self.common.clone();
         all.extend(to_labels(labels));
+        // The same series from another table (a node's workers and the head's
+        // drivers, in the head process) is one series: summed, if its bounds agree.
+        let same = |h: &&mut CountedHistogram| h.name == name && h.labels == all;
+        if let Some(h) = self.user_histograms.iter_mut().find(same) {
+            if h.bounds == bounds {
+                h.counts.iter_mut().zip(counts).for_each(|(c, n)| *c += n);
+                h.sum += sum;
+            }
+            return;
+        }
         self.user_histograms.push(CountedHistogram {
             name: name.to_string(),
             help: help.to_string(),
@@ -223,12 +234,13 @@ impl MetricSet {
     /// own: `_sum`, `_count`, then cumulative `_bucket{le}` lines.
     fn encode_user_histograms(&self, text: &mut String) {
         use std::fmt::Write;
-        let mut names: Vec<&str> = self
-            .user_histograms
-            .iter()
-            .map(|h| h.name.as_str())
-            .collect();
-        names.dedup();
+        // Each family once, in the order first seen.
+        let mut names: Vec<&str> = Vec::new();
+        for h in &self.user_histograms {
+            if !names.contains(&h.name.as_str()) {
+                names.push(&h.name);
+            }
+        }
         for name in names {
             let mut series = self
                 .user_histograms
@@ -350,6 +362,26 @@ mod tests {
             text.contains(r#"rayish_task_run_seconds_count{SessionName="s1"} 2"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_user_histogram_from_two_tables_is_one_family_and_one_series() {
+        let mut m = MetricSet::new(&[]);
+        m.user_histogram("ray_h", "d", &[("k", "a")], &[1.0], &[1, 2], 3.0);
+        m.user_histogram("ray_other", "d", &[], &[1.0], &[1, 0], 0.5);
+        m.user_histogram("ray_h", "d", &[("k", "a")], &[1.0], &[2, 0], 1.0);
+        m.user_histogram("ray_h", "d", &[("k", "b")], &[1.0], &[0, 1], 2.0);
+        // Other bounds for the same series, and a counter of the same name: left out.
+        m.user_histogram("ray_h", "d", &[("k", "a")], &[2.0], &[5, 5], 9.0);
+        m.user_sample(Kind::Counter, "ray_h", "d", &[], 1.0);
+        let text = m.encode();
+        assert_eq!(text.matches("# TYPE ray_h histogram").count(), 1, "{text}");
+        assert!(text.contains(r#"ray_h_bucket{k="a",le="1.0"} 3"#), "{text}");
+        assert!(text.contains(r#"ray_h_count{k="a"} 5"#), "{text}");
+        assert!(text.contains(r#"ray_h_sum{k="a"} 4.0"#), "{text}");
+        assert!(text.contains(r#"ray_h_count{k="b"} 1"#), "{text}");
+        assert!(!text.contains("ray_h_total"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]
