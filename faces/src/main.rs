@@ -379,8 +379,7 @@ impl RunObserver for Observer<'_> {
             self.journal.append(key, job)?;
         }
         // The tags are declared above: these cannot fail.
-        let record = rayish_faces::output::job_record(job);
-        let status = record["status"].as_str().unwrap_or("error");
+        let (status, _) = output::status_name(&job.status);
         let _ = self.images.inc(1.0, &[("status", status)]);
         let _ = self.faces.inc(job.faces.len() as f64, &[]);
         Ok(())

@@ -8,15 +8,21 @@ use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 
-/// One image's line in `encodings.jsonl`.
-pub fn job_record(job: &FaceJob) -> serde_json::Value {
-    let (status, reason) = match &job.status {
+/// A status as `encodings.jsonl` names it (`ok`, `no_face`, `skipped`, `error`), and
+/// its reason.
+pub fn status_name(status: &Status) -> (&'static str, Option<&str>) {
+    match status {
         Status::Active => ("ok", None),
         Status::NoFace => ("no_face", None),
         Status::Skipped(r) => ("skipped", Some(r.as_str())),
         // NotRead never reaches the output (the driver reads such an image itself).
         Status::Failed(r) | Status::NotRead(r) => ("error", Some(r.as_str())),
-    };
+    }
+}
+
+/// One image's line in `encodings.jsonl`.
+pub fn job_record(job: &FaceJob) -> serde_json::Value {
+    let (status, reason) = status_name(&job.status);
     let mut v = json!({
         "path": job.path,
         "status": status,
