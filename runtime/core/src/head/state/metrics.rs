@@ -107,20 +107,18 @@ impl HeadState {
         for key in &self.task_series {
             live.entry(key.clone()).or_default();
         }
-        let retry = |r: bool| if r { "1" } else { "0" };
+        let mut sample = |state: &str, name: &str, is_retry: bool, n: u64| {
+            let retry = if is_retry { "1" } else { "0" };
+            let labels = [
+                ("State", state),
+                ("Name", name),
+                ("IsRetry", retry),
+                ("Source", "owner"),
+            ];
+            out.gauge("ray_tasks", HELP, &labels, n as f64);
+        };
         for ((state, name, is_retry), n) in live {
-            let name = name.as_str();
-            out.gauge(
-                "ray_tasks",
-                HELP,
-                &[
-                    ("State", state),
-                    ("Name", name),
-                    ("IsRetry", retry(is_retry)),
-                    ("Source", "owner"),
-                ],
-                n as f64,
-            );
+            sample(state, &name, is_retry, n);
         }
         for (name, c) in self.tasks.ended() {
             for (state, is_retry, n) in [
@@ -130,17 +128,7 @@ impl HeadState {
                 ("FAILED", true, c.failed_retry),
             ] {
                 if n > 0 {
-                    out.gauge(
-                        "ray_tasks",
-                        HELP,
-                        &[
-                            ("State", state),
-                            ("Name", name),
-                            ("IsRetry", retry(is_retry)),
-                            ("Source", "owner"),
-                        ],
-                        n as f64,
-                    );
+                    sample(state, name, is_retry, n);
                 }
             }
         }
