@@ -682,19 +682,37 @@ fn spawn_encode(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> std::process::Child {
+    encode_command(input, out, extra, env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rayish-faces")
+}
+
+/// The `rayish-faces encode` command line every test runs (quiet, into `out`).
+fn encode_command(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(target_dir().join("rayish-faces"));
     cmd.arg("encode")
         .arg(input)
         .arg("--out")
         .arg(out)
         .arg("--quiet")
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .args(extra);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("start rayish-faces")
+    cmd
+}
+
+/// The stdout of a run that must have succeeded (`what` names it if not).
+fn stdout_of_success(res: &std::process::Output, what: &str) -> String {
+    assert!(
+        res.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    String::from_utf8_lossy(&res.stdout).into_owned()
 }
 
 /// Waits until `out`'s journal has at least `lines` lines, or `child` exits.
@@ -719,13 +737,7 @@ fn encode_stdout(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)])
     let res = spawn_encode(input, out, extra, env)
         .wait_with_output()
         .expect("rayish-faces");
-    assert!(
-        res.status.success(),
-        "rayish-faces {extra:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    String::from_utf8_lossy(&res.stdout).into_owned()
+    stdout_of_success(&res, &format!("rayish-faces {extra:?}"))
 }
 
 /// Runs `rayish-faces encode`, which must fail, and returns its stderr.
@@ -1367,6 +1379,7 @@ fn encode_in_private_mount(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> String {
+    let encode = encode_command(dir, out, extra, env);
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(
@@ -1377,24 +1390,15 @@ fn encode_in_private_mount(
         .arg(dir)
         .args(photos)
         .arg("--")
-        .arg(target_dir().join("rayish-faces"))
-        .arg("encode")
-        .arg(dir)
-        .arg("--out")
-        .arg(out)
-        .arg("--quiet")
-        .args(extra);
-    for (k, v) in env {
-        cmd.env(k, v);
+        .arg(encode.get_program())
+        .args(encode.get_args());
+    for (k, v) in encode.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
     }
     let res = cmd.output().expect("unshare");
-    assert!(
-        res.status.success(),
-        "rayish-faces in its own mount namespace failed:\n{}\n{}",
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    String::from_utf8_lossy(&res.stdout).into_owned()
+    stdout_of_success(&res, "rayish-faces in its own mount namespace")
 }
 
 #[test]
