@@ -130,6 +130,7 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
             PeerRole::Driver {
                 binary,
                 name: "intruder".into(),
+                pid: std::process::id(),
             },
         )
         .await
@@ -150,6 +151,7 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
                 node: head_node,
                 job,
                 proof: [7; 32],
+                pid: std::process::id(),
             },
         )
         .await;
@@ -170,6 +172,7 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
             resources: rayish_core::resources::ResourceSet::new(),
             max_retries: 0,
             kind: TaskKind::Function,
+            parent: None,
         };
         driver.sender.send(ToHead::SubmitTasks(vec![spec]));
         driver.sender.send(ToHead::TaskFinished {
@@ -177,6 +180,7 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
             attempt: 0,
             outcome: TaskOutcome::WorkerDied("forged".into()),
             run_micros: 1,
+            worker_pid: 1,
         });
         driver.sender.send(ToHead::TaskBlocked(TaskId(42)));
         driver.sender.send(ToHead::ObjectCopied(ObjectId(43)));

@@ -171,6 +171,8 @@ pub fn init(config: Config) -> Result<()> {
                 object_store_memory: None,
                 // An embedded cluster lives and dies with its driver: nothing to scrape.
                 metrics_export_port: None,
+                dashboard: None,
+                task_events_capacity: rayish_core::head::DEFAULT_TASK_EVENTS,
             };
             let launched = handle
                 .block_on(launch_head(&opts))
@@ -248,6 +250,7 @@ pub fn init(config: Config) -> Result<()> {
             role: PeerRole::Driver {
                 binary: binary.clone(),
                 name,
+                pid: std::process::id(),
             },
             software_version: env!("CARGO_PKG_VERSION").into(),
         };

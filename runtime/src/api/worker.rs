@@ -100,7 +100,12 @@ fn worker_main() -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let hello = Hello {
-            role: PeerRole::Worker { node, job, proof },
+            role: PeerRole::Worker {
+                node,
+                job,
+                proof,
+                pid: std::process::id(),
+            },
             software_version: env!("CARGO_PKG_VERSION").into(),
         };
         let control = open_control(&head_conn, hello)

@@ -83,6 +83,11 @@ pub fn set_current_task(task: Option<(TaskId, ObjectId)>) {
     CURRENT_TASK.with(|c| c.set(task));
 }
 
+/// The task this thread is running, if any (the parent of the tasks it submits).
+pub fn current_task_id() -> Option<TaskId> {
+    CURRENT_TASK.with(|c| c.get()).map(|(t, _)| t)
+}
+
 /// The return object of the task this thread is running, if any.
 pub fn current_return_id() -> Option<ObjectId> {
     CURRENT_TASK.with(|c| c.get()).map(|(_, r)| r)

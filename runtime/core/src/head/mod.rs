@@ -8,6 +8,7 @@ pub mod clock;
 pub mod scheduler;
 mod service;
 mod state;
+pub mod view;
 
 pub use service::{start_head, HeadHandle};
-pub use state::{HeadEvent, HeadSettings, HeadState};
+pub use state::{HeadEvent, HeadSettings, HeadState, DEFAULT_TASK_EVENTS};

@@ -127,6 +127,13 @@ impl HeadHandle {
         answer.await.unwrap_or_default()
     }
 
+    /// A copy of the rows `query` asks for; `None` if the head has stopped.
+    pub async fn state(&self, query: super::view::StateQuery) -> Option<super::view::StateRows> {
+        let (reply, answer) = oneshot::channel();
+        self.events.send(HeadEvent::State(query, reply)).ok()?;
+        answer.await.ok()
+    }
+
     /// Joins a peer of this same process (see [`InProcessHead`]).
     async fn open_in_process(&self, hello: Hello) -> Result<ControlStream, HandshakeError> {
         let stopped = || HandshakeError::Protocol("the head has stopped".into());

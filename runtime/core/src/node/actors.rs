@@ -66,6 +66,7 @@ impl NodeInner {
             },
         );
         let node = self.clone();
+        let worker_pid = worker.pid();
         tokio::spawn(async move {
             let mut last_end = std::time::Instant::now();
             while let Some(call) = sent_rx.recv().await {
@@ -85,6 +86,7 @@ impl NodeInner {
                     attempt: call.attempt,
                     outcome,
                     run_micros: end.duration_since(started).as_micros() as u64,
+                    worker_pid,
                 });
             }
         });
@@ -172,6 +174,7 @@ impl NodeInner {
                     self.cfg.node_id
                 )),
                 run_micros: 0,
+                worker_pid: 0,
             });
         }
     }

@@ -20,6 +20,14 @@ struct Lease {
     like: TaskAssignment,
 }
 
+/// Which try of which task ended, how long its worker ran it, and which worker.
+struct Ended {
+    task_id: TaskId,
+    attempt: u32,
+    run_time: Duration,
+    worker_pid: u32,
+}
+
 /// Tasks shorter than this on average get a follower on their worker (see
 /// `task_queue`): for them the node's round trip between two tasks is a large part
 /// of the work. Longer ones would only make the follower wait. The same bound as
@@ -72,9 +80,10 @@ impl NodeInner {
         let attempt = a.attempt;
         let mut run_time = Duration::ZERO;
         let mut lease = None;
+        let mut actor_pid = 0;
         let (outcome, actor_started) = self
             .clone()
-            .run(a, follower, &mut run_time, &mut lease)
+            .run(a, follower, &mut run_time, &mut lease, &mut actor_pid)
             .await;
         // The worker goes back to the pool before `finished` starts the next tasks, or
         // they would find none idle and start a process (and load its models) for
@@ -83,14 +92,13 @@ impl NodeInner {
             self.pool.release(&lease.worker);
         }
         // A live actor keeps its creation's resources until it dies (`actor_died`).
-        self.finished(
+        let ended = Ended {
             task_id,
             attempt,
-            outcome,
             run_time,
-            !actor_started,
-            lease.as_ref(),
-        );
+            worker_pid: lease.as_ref().map_or(actor_pid, |l| l.worker.pid()),
+        };
+        self.finished(ended, outcome, !actor_started, lease.as_ref());
     }
 
     /// A task ended here: frees its share (unless an actor now holds it) or passes it
@@ -98,13 +106,17 @@ impl NodeInner {
     /// reports the task.
     fn finished(
         self: &Arc<Self>,
-        task_id: TaskId,
-        attempt: u32,
+        ended: Ended,
         outcome: TaskOutcome,
-        run_time: Duration,
         free: bool,
         lease: Option<&Arc<Lease>>,
     ) {
+        let Ended {
+            task_id,
+            attempt,
+            run_time,
+            worker_pid,
+        } = ended;
         let run_micros = run_time.as_micros() as u64;
         if free {
             use std::sync::atomic::Ordering::Relaxed;
@@ -128,6 +140,7 @@ impl NodeInner {
             attempt,
             outcome,
             run_micros,
+            worker_pid,
         });
     }
 
@@ -162,7 +175,13 @@ impl NodeInner {
                     let function = f.spec.function.clone();
                     let outcome = node.outcome_of(result, f.spec.return_id, function);
                     node.pool.release(&lease.worker);
-                    node.finished(f.spec.task_id, f.attempt, outcome, took, true, Some(&lease));
+                    let ended = Ended {
+                        task_id: f.spec.task_id,
+                        attempt: f.attempt,
+                        run_time: took,
+                        worker_pid: lease.worker.pid(),
+                    };
+                    node.finished(ended, outcome, true, Some(&lease));
                 }
                 RunEnd::Declined => {
                     tracing::info!(task = ?f.spec.task_id, "a follower came back unrun (the task before it blocked, or its worker died); queued again");
@@ -182,6 +201,7 @@ impl NodeInner {
         follower: Option<TaskAssignment>,
         run_time: &mut Duration,
         lease: &mut Option<Arc<Lease>>,
+        actor_pid: &mut u32,
     ) -> (TaskOutcome, bool) {
         let binary = match self.binary(&a.binary).await {
             Ok(path) => {
@@ -256,6 +276,7 @@ impl NodeInner {
         *run_time = took;
         let started = actor.is_some();
         if let Some((actor, worker)) = actor {
+            *actor_pid = worker.pid();
             self.clone().host_actor(actor, worker, a.spec.task_id);
         }
         (self.outcome_of(result, return_id, function), started)

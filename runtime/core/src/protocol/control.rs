@@ -61,6 +61,8 @@ pub enum ToHead {
         /// How long its worker took, in microseconds (start-up and argument fetch not
         /// included).
         run_micros: u64,
+        /// The process that ran it (0: none did, e.g. an actor whose process was gone).
+        worker_pid: u32,
     },
     /// From nodes: a copy of this object now lives here (after a pull).
     ObjectCopied(ObjectId),

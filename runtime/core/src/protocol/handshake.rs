@@ -16,6 +16,8 @@ pub enum PeerRole {
         binary: BinaryHash,
         /// A name for logs and status (the program's file name).
         name: String,
+        /// Its process id, for the state API (`rayish list workers`).
+        pid: u32,
     },
     /// A worker process started by a node for a job.
     Worker {
@@ -26,6 +28,8 @@ pub enum PeerRole {
         /// [`worker_proof`] of the node's [`NodeRegistration::worker_key`] and the
         /// job: only a process the node started can present it.
         proof: [u8; 32],
+        /// Its process id, for the state API (`rayish list workers`).
+        pid: u32,
     },
     /// A short-lived client such as `rayish status`.
     Client,

@@ -40,6 +40,8 @@ pub struct TaskSpec {
     pub max_retries: u32,
     /// A plain function call, an actor's creation, or a call of an actor's method.
     pub kind: TaskKind,
+    /// The task that submitted it (`None`: the driver did), for the state API.
+    pub parent: Option<TaskId>,
 }
 
 /// What a task does.

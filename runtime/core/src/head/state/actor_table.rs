@@ -47,6 +47,8 @@ pub(super) struct ActorEntry {
     calls: VecDeque<PendingCall>,
     /// Why it must not be restarted (killed, handles gone, job ended).
     kill: Option<String>,
+    /// The node and worker process of its last successful creation.
+    last_home: Option<(NodeId, u32)>,
 }
 
 impl ActorEntry {
@@ -78,6 +80,11 @@ impl ActorEntry {
     /// Times it was re-created.
     pub(super) fn restarts(&self) -> u32 {
         self.restarts
+    }
+
+    /// The node and worker process of its last successful creation.
+    pub(super) fn last_home(&self) -> Option<(NodeId, u32)> {
+        self.last_home
     }
 
     /// Why it must not be restarted, if it must not.
@@ -165,6 +172,7 @@ impl ActorTable {
             held: ResourceSet::new(),
             calls: VecDeque::new(),
             kill: None,
+            last_home: None,
         };
         self.actors.insert(actor, entry);
     }
@@ -243,9 +251,10 @@ impl ActorTable {
     }
 
     /// Its creation succeeded: it lives on `node`, holding `held`.
-    pub(super) fn mark_alive(&mut self, actor: ActorId, node: NodeId, held: ResourceSet) {
+    pub(super) fn mark_alive(&mut self, actor: ActorId, node: NodeId, held: ResourceSet, pid: u32) {
         if let Some(a) = self.actors.get_mut(&actor) {
             a.held = held;
+            a.last_home = Some((node, pid));
             a.state = ActorState::Alive(node);
         }
     }

@@ -116,12 +116,14 @@ impl HeadState {
         let Some(task) = self.tasks.remove(task_id) else {
             return;
         };
+        self.record_task_end(&task, None);
         let Some(actor) = task.spec().actor() else {
             return;
         };
         // The resources stay charged to the node, now held by the actor, not the task.
         self.nodes.task_became_actor(node_id, task_id);
-        self.actors.mark_alive(actor, node_id, task.held().clone());
+        self.actors
+            .mark_alive(actor, node_id, task.held().clone(), task.worker_pid());
         let Some(a) = self.actors.get(&actor) else {
             return;
         };
@@ -198,7 +200,7 @@ impl HeadState {
         );
         let task_id = spec.task_id;
         // The creation's arguments are still pinned (until the actor is dead for good).
-        self.tasks.insert(spec, attempt);
+        self.tasks.insert(spec, attempt, self.clock.now());
         self.requeue(task_id);
     }
 

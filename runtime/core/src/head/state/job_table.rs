@@ -2,12 +2,34 @@
 //!
 //! Invariant: a job is listed from its driver's handshake until its driver is gone
 //! and it has no detached actor left; it accepts tasks and workers (`alive`) exactly
-//! while its driver is connected or a detached actor of it lives.
+//! while its driver is connected or a detached actor of it lives. Ended jobs are
+//! kept for the state API, the newest [`MAX_ENDED_JOBS`] only.
 
 use crate::ids::{BinaryHash, JobId, PeerId};
 use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Ended jobs the head keeps listing (as it keeps dead nodes).
+const MAX_ENDED_JOBS: usize = 1000;
+
+/// What the state API shows of a job.
+#[derive(Debug, Clone)]
+pub(super) struct JobInfo {
+    /// The job.
+    pub(super) id: JobId,
+    /// Its driver program's name.
+    pub(super) name: String,
+    /// Its driver's process id.
+    pub(super) driver_pid: u32,
+    /// When its driver connected.
+    pub(super) started: Instant,
+    /// When it ended, if it has.
+    pub(super) ended: Option<Instant>,
+}
 
 struct JobEntry {
+    info: JobInfo,
     binary: BinaryHash,
     driver: PeerId,
     /// The job accepts tasks and workers: its driver is connected, or it has detached
@@ -21,15 +43,31 @@ struct JobEntry {
 #[derive(Default)]
 pub(super) struct JobTable {
     jobs: HashMap<JobId, JobEntry>,
+    /// Ended jobs, oldest first.
+    ended: VecDeque<JobInfo>,
 }
 
 impl JobTable {
     /// A driver running `binary` connected on `driver`: its new job's id.
-    pub(super) fn start(&mut self, binary: BinaryHash, driver: PeerId) -> JobId {
+    pub(super) fn start(
+        &mut self,
+        binary: BinaryHash,
+        driver: PeerId,
+        name: &str,
+        driver_pid: u32,
+        now: Instant,
+    ) -> JobId {
         let id = JobId::random();
         self.jobs.insert(
             id,
             JobEntry {
+                info: JobInfo {
+                    id,
+                    name: name.to_string(),
+                    driver_pid,
+                    started: now,
+                    ended: None,
+                },
                 binary,
                 driver,
                 alive: true,
@@ -67,9 +105,22 @@ impl JobTable {
         }
     }
 
-    /// `job` is over: it leaves the table.
-    pub(super) fn remove(&mut self, job: JobId) {
-        self.jobs.remove(&job);
+    /// `job` is over: it leaves the table for the list of ended jobs.
+    pub(super) fn remove(&mut self, job: JobId, now: Instant) {
+        if let Some(entry) = self.jobs.remove(&job) {
+            let mut info = entry.info;
+            info.ended = Some(now);
+            self.ended.push_back(info);
+            while self.ended.len() > MAX_ENDED_JOBS {
+                self.ended.pop_front();
+            }
+        }
+    }
+
+    /// Every job listed, live or ended, with whether its driver is still connected.
+    pub(super) fn infos(&self) -> impl Iterator<Item = (&JobInfo, bool)> {
+        let live = self.jobs.values().map(|j| (&j.info, !j.driver_gone));
+        live.chain(self.ended.iter().map(|i| (i, false)))
     }
 
     /// Jobs whose driver is still connected.

@@ -11,6 +11,8 @@ impl HeadState {
         needs_binary: bool,
     ) -> Welcome {
         let mut job = None;
+        let now = self.clock.now();
+        let mut pid = 0;
         let kind = match role {
             PeerRole::Node(reg) => {
                 let (id, address) = (reg.node_id, reg.address);
@@ -21,16 +23,26 @@ impl HeadState {
                 tracing::info!(node = ?id, %address, %resources, "node joined");
                 PeerKind::Node(id)
             }
-            PeerRole::Driver { binary, name } => {
+            PeerRole::Driver {
+                binary,
+                name,
+                pid: driver_pid,
+            } => {
                 if !binary.is_well_formed() {
                     return Welcome::Rejected("the driver's binary hash is not a SHA-256".into());
                 }
-                let id = self.jobs.start(binary, peer);
+                pid = driver_pid;
+                let id = self.jobs.start(binary, peer, &name, driver_pid, now);
                 tracing::info!(job = ?id, %name, "driver connected");
                 job = Some(id);
                 PeerKind::Driver(id)
             }
-            PeerRole::Worker { node, job, proof } => {
+            PeerRole::Worker {
+                node,
+                job,
+                proof,
+                pid: worker_pid,
+            } => {
                 if !self.jobs.is_alive(job) {
                     return Welcome::Rejected(format!("job {job} has ended"));
                 }
@@ -41,7 +53,8 @@ impl HeadState {
                         "not a worker that node {node} started for job {job}"
                     ));
                 }
-                PeerKind::Worker { job }
+                pid = worker_pid;
+                PeerKind::Worker { job, node }
             }
             PeerRole::Client => PeerKind::Client,
         };
@@ -53,7 +66,8 @@ impl HeadState {
         };
         // The welcome goes first on the stream, before anything scheduled below.
         sender.send(FromHead::Welcome(welcome.clone()));
-        self.peers.insert(peer, kind, sender);
+        self.peers
+            .insert(peer, kind, sender, PeerProcess { pid, since: now });
         // A new node may make queued or infeasible tasks runnable.
         self.retry_infeasible();
         self.schedule();
@@ -109,7 +123,7 @@ impl HeadState {
     }
 
     pub(super) fn node_died(&mut self, node_id: NodeId, reason: &str) {
-        let Some(dead) = self.nodes.mark_dead(node_id) else {
+        let Some(dead) = self.nodes.mark_dead(node_id, self.clock.now(), reason) else {
             return;
         };
         let running = dead.running;
@@ -156,7 +170,7 @@ impl HeadState {
         }
         self.announce_job_end(job_id);
         if !detached {
-            self.jobs.remove(job_id);
+            self.jobs.remove(job_id, self.clock.now());
         }
     }
 
@@ -172,7 +186,7 @@ impl HeadState {
     pub(super) fn end_job_if_finished(&mut self, job_id: JobId) {
         if self.jobs.driver_gone(job_id) && !self.actors.has_detached(job_id) {
             tracing::info!(job = ?job_id, "last detached actor ended; job ended");
-            self.jobs.remove(job_id);
+            self.jobs.remove(job_id, self.clock.now());
             self.announce_job_end(job_id);
         }
     }

@@ -23,10 +23,14 @@ mod objects;
 mod peer_table;
 mod placement;
 mod status;
+mod task_events;
 mod task_table;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod views;
+
+pub use task_events::DEFAULT_CAPACITY as DEFAULT_TASK_EVENTS;
 
 use super::clock::{Clock, SystemClock};
 use super::scheduler::{pick_node, SchedulingQueue};
@@ -42,7 +46,7 @@ use actors::is_detached_creation;
 use job_table::JobTable;
 use node_table::NodeTable;
 use object_table::{Freed, ObjectTable, ObjectValue};
-use peer_table::{PeerKind, PeerTable};
+use peer_table::{PeerKind, PeerProcess, PeerTable};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +79,11 @@ pub enum HeadEvent {
         crate::metrics::MetricSet,
         oneshot::Sender<crate::metrics::MetricSet>,
     ),
+    /// The state API asks for a copy of a table's rows.
+    State(
+        super::view::StateQuery,
+        oneshot::Sender<super::view::StateRows>,
+    ),
 }
 
 /// Settings of the head.
@@ -87,6 +96,9 @@ pub struct HeadSettings {
     /// Where to keep the live nodes' metrics endpoints for Prometheus (see
     /// [`crate::metrics::SERVICE_DISCOVERY_FILE`]), if anywhere.
     pub metrics_targets_file: Option<std::path::PathBuf>,
+    /// How many ended tasks the state API can list (Ray's
+    /// `RAY_task_events_max_num_task_in_gcs`; the oldest are dropped first).
+    pub task_events_capacity: usize,
 }
 
 /// The head's tables and the logic that changes them.
@@ -114,6 +126,11 @@ pub struct HeadState {
     autoscaler: Option<AutoscalerReport>,
     /// When heartbeats were last checked (to tell the head's own stalls apart).
     last_tick: Instant,
+    /// Ended tasks, for the state API.
+    task_events: task_events::TaskEventLog,
+    /// A moment of the clock and the wall time then, in milliseconds since the Unix
+    /// epoch: how the state API's times are told.
+    wall_anchor: (Instant, u64),
 }
 
 impl HeadState {
@@ -125,7 +142,12 @@ impl HeadState {
     /// Empty tables, reading the time from `clock`.
     pub fn with_clock(settings: HeadSettings, clock: Arc<dyn Clock>) -> Self {
         let now = clock.now();
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Self {
+            task_events: task_events::TaskEventLog::new(settings.task_events_capacity),
+            wall_anchor: (now, wall_ms),
             settings,
             clock,
             peers: PeerTable::default(),
@@ -175,6 +197,9 @@ impl HeadState {
                 // `metrics` remembers the series it exported.
                 self.metrics(&mut set);
                 let _ = reply.send(set);
+            }
+            HeadEvent::State(query, reply) => {
+                let _ = reply.send(self.view(query));
             }
         }
     }
@@ -278,11 +303,12 @@ impl HeadState {
                 attempt,
                 outcome,
                 run_micros,
+                worker_pid,
             } => {
                 if let Some(node) = self.peers.node(peer) {
                     self.task_run_seconds.observe(run_micros as f64 / 1e6);
                     self.nodes.note_run_time(node, run_micros);
-                    self.task_finished(node, task_id, attempt, outcome);
+                    self.task_finished(node, task_id, attempt, outcome, worker_pid);
                 }
             }
             ToHead::ObjectCopied(id) => {

@@ -30,6 +30,19 @@ struct NodeEntry {
     capacity: ResourceSet,
     /// Moving average of its tasks' run times, in seconds; `None` before the first.
     avg_run_secs: Option<f64>,
+    /// When it joined.
+    joined: Instant,
+    /// When it was declared dead, and why.
+    died: Option<(Instant, String)>,
+}
+
+/// When a node joined and when and why it died, for the state API.
+#[derive(Debug, Clone)]
+pub(super) struct NodeLife {
+    /// When it joined.
+    pub(super) joined: Instant,
+    /// When it was declared dead, and why.
+    pub(super) died: Option<(Instant, String)>,
 }
 
 /// A node that just died: what it was running, for the head to re-run elsewhere.
@@ -77,6 +90,8 @@ impl NodeTable {
                 running: HashSet::default(),
                 finished: 0,
                 last_heartbeat: now,
+                joined: now,
+                died: None,
                 load: NodeLoad::default(),
             },
         );
@@ -153,9 +168,10 @@ impl NodeTable {
 
     /// Node `id` died: it holds nothing now and is listed as dead; `None` if it was
     /// not alive.
-    pub(super) fn mark_dead(&mut self, id: NodeId) -> Option<DeadNode> {
+    pub(super) fn mark_dead(&mut self, id: NodeId, now: Instant, reason: &str) -> Option<DeadNode> {
         let node = self.nodes.get_mut(&id).filter(|n| n.alive)?;
         node.alive = false;
+        node.died = Some((now, reason.to_string()));
         self.version += 1;
         node.used = ResourceSet::new();
         let dead = DeadNode {
@@ -297,5 +313,13 @@ impl NodeTable {
             .collect();
         nodes.sort_by_key(|n| (!n.alive, n.address));
         nodes
+    }
+
+    /// When node `id` joined and died.
+    pub(super) fn life(&self, id: &NodeId) -> Option<NodeLife> {
+        self.nodes.get(id).map(|n| NodeLife {
+            joined: n.joined,
+            died: n.died.clone(),
+        })
     }
 }

@@ -82,6 +82,20 @@ pub(super) struct ObjectTable {
 }
 
 impl ObjectTable {
+    /// Every object with its value and reference count, and who holds which (for the
+    /// state API).
+    pub(super) fn listing(
+        &self,
+    ) -> (
+        impl Iterator<Item = (&ObjectId, &ObjectValue, u64)>,
+        &HashMap<PeerId, HashSet<ObjectId>>,
+    ) {
+        (
+            self.objects.iter().map(|(id, e)| (id, &e.value, e.count)),
+            &self.held,
+        )
+    }
+
     /// Number of objects tracked.
     pub(super) fn len(&self) -> usize {
         self.objects.len()

@@ -9,6 +9,7 @@ use crate::ids::{JobId, NodeId, PeerId};
 use crate::protocol::FromHead;
 use crate::transport::MessageSender;
 use rustc_hash::FxHashMap as HashMap;
+use std::time::Instant;
 
 /// What a connected peer is.
 pub(super) enum PeerKind {
@@ -20,6 +21,8 @@ pub(super) enum PeerKind {
     Worker {
         /// Its job.
         job: JobId,
+        /// The node that started it.
+        node: NodeId,
     },
     /// `rayish status` or the autoscaler.
     Client,
@@ -28,6 +31,16 @@ pub(super) enum PeerKind {
 struct Peer {
     kind: PeerKind,
     sender: MessageSender<FromHead>,
+    process: PeerProcess,
+}
+
+/// The process behind a driver's or worker's connection, for the state API.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerProcess {
+    /// Its process id, as it said (0 for nodes and clients).
+    pub(super) pid: u32,
+    /// When its handshake was accepted.
+    pub(super) since: Instant,
 }
 
 /// Every connected peer, by id.
@@ -38,8 +51,26 @@ pub(super) struct PeerTable {
 
 impl PeerTable {
     /// `peer` is connected as `kind`, reached through `sender`.
-    pub(super) fn insert(&mut self, peer: PeerId, kind: PeerKind, sender: MessageSender<FromHead>) {
-        self.peers.insert(peer, Peer { kind, sender });
+    pub(super) fn insert(
+        &mut self,
+        peer: PeerId,
+        kind: PeerKind,
+        sender: MessageSender<FromHead>,
+        process: PeerProcess,
+    ) {
+        self.peers.insert(
+            peer,
+            Peer {
+                kind,
+                sender,
+                process,
+            },
+        );
+    }
+
+    /// Every connected peer with its process.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (PeerId, &PeerKind, PeerProcess)> {
+        self.peers.iter().map(|(id, p)| (*id, &p.kind, p.process))
     }
 
     /// `peer`'s connection ended: what it was, if it was listed.
@@ -57,7 +88,7 @@ impl PeerTable {
     /// The job of a driver or worker.
     pub(super) fn job(&self, peer: PeerId) -> Option<JobId> {
         match self.peers.get(&peer)?.kind {
-            PeerKind::Driver(job) | PeerKind::Worker { job } => Some(job),
+            PeerKind::Driver(job) | PeerKind::Worker { job, .. } => Some(job),
             _ => None,
         }
     }

@@ -41,6 +41,12 @@ pub(super) struct TaskEntry {
     fetch_failures: u32,
     /// For actor calls: submission order and caller, to keep each caller's order.
     call: Option<(u64, PeerId)>,
+    /// When it was submitted (or re-made, or its actor restarted).
+    created: Instant,
+    /// When its current attempt was sent to a node.
+    started: Option<Instant>,
+    /// The worker process that ran its last attempt, as its node reported (0: unknown).
+    worker_pid: u32,
 }
 
 impl TaskEntry {
@@ -67,6 +73,26 @@ impl TaskEntry {
     /// An actor call's submission order and caller.
     pub(super) fn call(&self) -> Option<(u64, PeerId)> {
         self.call
+    }
+
+    /// Whether it waits in `get` (lending its CPU).
+    pub(super) fn blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// When it was submitted.
+    pub(super) fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// When its current attempt was sent to a node.
+    pub(super) fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
+    /// The worker process that ran its last attempt (0: unknown).
+    pub(super) fn worker_pid(&self) -> u32 {
+        self.worker_pid
     }
 }
 
@@ -105,8 +131,11 @@ impl TaskTable {
     }
 
     /// Lists a task at `attempt`, waiting for its arguments, holding nothing.
-    pub(super) fn insert(&mut self, spec: Arc<TaskSpec>, attempt: u32) {
+    pub(super) fn insert(&mut self, spec: Arc<TaskSpec>, attempt: u32, now: Instant) {
         let entry = TaskEntry {
+            created: now,
+            started: None,
+            worker_pid: 0,
             spec,
             attempt,
             state: TaskState::WaitingForArgs,
@@ -204,10 +233,18 @@ impl TaskTable {
     }
 
     /// Task `id` was sent to `node`, holding `demand` there.
-    pub(super) fn start(&mut self, id: TaskId, node: NodeId, demand: ResourceSet) {
+    pub(super) fn start(&mut self, id: TaskId, node: NodeId, demand: ResourceSet, now: Instant) {
         if let Some(task) = self.tasks.get_mut(&id) {
             task.state = TaskState::Running(node);
             task.held = demand;
+            task.started = Some(now);
+        }
+    }
+
+    /// Task `id`'s last attempt ran in process `pid`.
+    pub(super) fn set_worker_pid(&mut self, id: TaskId, pid: u32) {
+        if let Some(task) = self.tasks.get_mut(&id) {
+            task.worker_pid = pid;
         }
     }
 

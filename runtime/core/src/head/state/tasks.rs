@@ -38,7 +38,7 @@ impl HeadState {
             }
         }
         let resources = spec.resources.clone();
-        self.tasks.insert(spec, attempt);
+        self.tasks.insert(spec, attempt, self.clock.now());
         self.tasks.wait_for(task_id, &pending);
         if let Some(err) = failed {
             self.complete_task(task_id, ObjectValue::Error(Box::new(err)));
@@ -99,6 +99,7 @@ impl HeadState {
         task_id: TaskId,
         attempt: u32,
         outcome: TaskOutcome,
+        worker_pid: u32,
     ) {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
@@ -107,9 +108,10 @@ impl HeadState {
             tracing::debug!(?task_id, "stale report of a task that was already re-run");
             return;
         }
-        if matches!(task.spec().kind, TaskKind::CreateActor(_))
-            && matches!(outcome, TaskOutcome::Stored(_))
-        {
+        let created_actor = matches!(task.spec().kind, TaskKind::CreateActor(_))
+            && matches!(outcome, TaskOutcome::Stored(_));
+        self.tasks.set_worker_pid(task_id, worker_pid);
+        if created_actor {
             // The actor keeps the creation's resources while it lives.
             self.nodes.count_finished(node_id);
             self.actor_started(task_id, node_id);
@@ -248,6 +250,11 @@ impl HeadState {
         let Some(task) = self.tasks.remove(task_id) else {
             return;
         };
+        let error = match &value {
+            ObjectValue::Error(e) => Some(&**e),
+            _ => None,
+        };
+        self.record_task_end(&task, error);
         if matches!(task.spec().kind, TaskKind::CreateActor(_)) {
             // Its return object is the actor's handle object: the actor decides it.
             return self.actor_creation_failed(task, &value);

@@ -41,6 +41,7 @@ impl Bench {
             head_node: NodeId(u128::MAX),
             node_timeout: NODE_TIMEOUT,
             metrics_targets_file: None,
+            task_events_capacity: 4,
         };
         Self {
             head: HeadState::with_clock(settings, clock.clone()),
@@ -97,6 +98,7 @@ impl Bench {
         let role = PeerRole::Driver {
             binary: BinaryHash("ab".repeat(32)),
             name: "test".into(),
+            pid: 4242,
         };
         match self.connect(role) {
             (peer, Welcome::Accepted { job: Some(job), .. }) => TestDriver { peer, job },
@@ -169,6 +171,7 @@ impl Bench {
                 attempt: a.attempt,
                 outcome,
                 run_micros: 1000,
+                worker_pid: 777,
             },
         );
     }
@@ -185,6 +188,7 @@ fn task(job: JobId, function: &str, args: Vec<TaskArg>, max_retries: u32) -> Tas
         resources: ResourceSet::new().with(CPU, 1.0),
         max_retries,
         kind: TaskKind::Function,
+        parent: None,
     }
 }
 
@@ -511,4 +515,66 @@ fn ray_tasks_counts_each_task_once_in_its_state_and_keeps_the_ended() {
         ("Source", "owner"),
     ];
     assert_eq!(set.value("ray_tasks", &running), Some(0.0));
+}
+
+fn task_rows(b: &Bench) -> crate::head::view::TaskRows {
+    match b.head.view(crate::head::view::StateQuery::Tasks) {
+        crate::head::view::StateRows::Tasks(t) => t,
+        other => panic!("asked for tasks, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_state_api_lists_live_and_ended_tasks_and_counts_what_the_log_dropped() {
+    use crate::head::view::TaskStatus;
+    let mut b = Bench::new();
+    let node = b.cpu_node(1.0);
+    let driver = b.driver();
+    // The bench's log keeps 4 ended tasks: 6 end, the 2 oldest are dropped.
+    let specs: Vec<TaskSpec> = (0..6)
+        .map(|i| task(driver.job, &format!("f{i}"), Vec::new(), 0))
+        .collect();
+    for (i, spec) in specs.iter().enumerate() {
+        b.submit(driver, spec);
+        let a = b.only_assignment(node);
+        b.clock.advance(Duration::from_millis(5));
+        let outcome = if i == 5 {
+            TaskOutcome::Failed(TaskError::Failed {
+                function: "f5".into(),
+                message: "bad input".into(),
+                node: "n".into(),
+            })
+        } else {
+            stored_inline(1)
+        };
+        b.finish(node, &a, outcome);
+    }
+    // One more, running now.
+    let running = task(driver.job, "slow", Vec::new(), 0);
+    b.submit(driver, &running);
+    let _ = b.only_assignment(node);
+
+    let rows = task_rows(&b);
+    assert_eq!((rows.dropped, rows.capacity), (2, 4));
+    let names: Vec<&str> = rows.rows.iter().map(|r| &*r.name).collect();
+    // Live first, then the ended ones newest first.
+    assert_eq!(names, ["slow", "f5", "f4", "f3", "f2"]);
+    assert_eq!(rows.rows[0].state, TaskStatus::Running);
+    assert_eq!(rows.rows[0].node, Some(node.id));
+    let failed = &rows.rows[1];
+    assert_eq!(failed.state, TaskStatus::Failed);
+    let failure = failed.failure.as_ref().expect("the failure");
+    assert_eq!(failure.error_type, "TASK_EXECUTION_EXCEPTION");
+    assert!(failure.message.contains("bad input"), "{}", failure.message);
+    assert_eq!(failed.worker_pid, Some(777));
+    assert!(rows.rows[2..]
+        .iter()
+        .all(|r| r.state == TaskStatus::Finished));
+    // Times: submitted, started and ended in order, on the wall clock.
+    let end = failed.end_time_ms.expect("end");
+    let start = failed.start_time_ms.expect("start");
+    assert!(
+        failed.creation_time_ms <= start && start + 5 <= end,
+        "{failed:?}"
+    );
 }
