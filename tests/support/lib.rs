@@ -83,6 +83,8 @@ pub struct TestCluster {
     pub address: String,
     /// The token.
     pub token: String,
+    /// The head's dashboard, `http://HOST:PORT`.
+    pub dashboard: String,
     /// Node processes: index 0 is the head.
     pub nodes: Vec<Child>,
     _lock: MutexGuard<'static, ()>,
@@ -91,6 +93,12 @@ pub struct TestCluster {
 /// A UDP port free on `ip` now.
 pub fn free_port(ip: &str) -> u16 {
     let sock = std::net::UdpSocket::bind((ip, 0)).expect("bind for a free port");
+    sock.local_addr().expect("local addr").port()
+}
+
+/// A TCP port free on `ip` now.
+pub fn free_tcp_port(ip: &str) -> u16 {
+    let sock = std::net::TcpListener::bind((ip, 0)).expect("bind for a free port");
     sock.local_addr().expect("local addr").port()
 }
 
@@ -125,14 +133,18 @@ impl TestCluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         };
+        let dashboard_port = free_tcp_port("127.0.0.2");
         let mut head = Command::new(rayish_bin());
-        head.args(["start", "--head", "--port", &port.to_string()]);
+        head.args(["start", "--head", "--port", &port.to_string()])
+            .args(["--dashboard-host", "127.0.0.2"])
+            .args(["--dashboard-port", &dashboard_port.to_string()]);
         common(&mut head, "127.0.0.2");
         let mut nodes = vec![head.spawn().expect("start head")];
         let mut cluster = Self {
             root: root.clone(),
             address,
             token: token.clone(),
+            dashboard: format!("http://127.0.0.2:{dashboard_port}"),
             nodes: Vec::new(),
             _lock: lock,
         };
@@ -172,6 +184,8 @@ impl TestCluster {
         let needle = format!(" {ip}:");
         status
             .lines()
+            // Node lines only (the title names the head's address too).
+            .filter(|l| !l.starts_with('='))
             .find(|l| l.contains(&needle))
             .and_then(|l| l.split_whitespace().next())
             .map(str::to_string)

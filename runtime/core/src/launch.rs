@@ -38,6 +38,26 @@ pub enum LaunchError {
         /// Why not.
         source: std::io::Error,
     },
+    /// The dashboard could not listen.
+    #[error("the dashboard cannot listen on {addr}: {source}")]
+    Dashboard {
+        /// Where it tried.
+        addr: SocketAddr,
+        /// Why not.
+        source: std::io::Error,
+    },
+}
+
+/// Where the head serves the dashboard and Ray's state API.
+#[derive(Debug, Clone, Copy)]
+pub struct DashboardOptions {
+    /// The address to bind (`--dashboard-host`, Ray's default 127.0.0.1).
+    pub host: IpAddr,
+    /// The port (`--dashboard-port`, Ray's default 8265; 0: any free port).
+    pub port: u16,
+    /// If the port is taken, take any free one (the default port only: a port the
+    /// user named must be the one).
+    pub any_port_if_taken: bool,
 }
 
 /// Settings shared by head and node processes.
@@ -65,6 +85,11 @@ pub struct LaunchOptions {
     /// Serve Prometheus metrics on this port of `ip` (0: any free port; `None`: no
     /// metrics endpoint).
     pub metrics_export_port: Option<u16>,
+    /// The head's dashboard, if it serves one.
+    pub dashboard: Option<DashboardOptions>,
+    /// How many ended tasks the head keeps for the state API (Ray's
+    /// `RAY_task_events_max_num_task_in_gcs`).
+    pub task_events_capacity: usize,
 }
 
 /// Ray's default object store size: 30% of the machine's memory (2 GiB if unknown).
@@ -113,6 +138,8 @@ pub struct Launched {
     pub cluster_key: ClusterKey,
     /// Where the metrics endpoint listens, if there is one.
     pub metrics_address: Option<SocketAddr>,
+    /// Where the dashboard listens, if this process serves one.
+    pub dashboard_address: Option<SocketAddr>,
 }
 
 fn endpoint(opts: &LaunchOptions, key: &ClusterKey) -> Result<(Endpoint, SocketAddr), LaunchError> {
@@ -169,6 +196,31 @@ async fn metrics_listener(
     let failed = |source| LaunchError::Metrics { addr, source };
     let listener = metrics::bind(addr).await.map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
+    Ok(Some((listener, bound)))
+}
+
+/// Binds the dashboard's socket if there is to be one.
+async fn dashboard_listener(
+    opts: &LaunchOptions,
+) -> Result<Option<(tokio::net::TcpListener, SocketAddr)>, LaunchError> {
+    let Some(d) = opts.dashboard else {
+        return Ok(None);
+    };
+    let addr = SocketAddr::new(d.host, d.port);
+    let listener = match crate::dashboard::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if d.any_port_if_taken && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!("port {} is taken; the dashboard takes a free port", d.port);
+            let any = SocketAddr::new(d.host, 0);
+            crate::dashboard::bind(any)
+                .await
+                .map_err(|source| LaunchError::Dashboard { addr: any, source })?
+        }
+        Err(source) => return Err(LaunchError::Dashboard { addr, source }),
+    };
+    let bound = listener
+        .local_addr()
+        .map_err(|source| LaunchError::Dashboard { addr, source })?;
     Ok(Some((listener, bound)))
 }
 
@@ -230,12 +282,14 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
     let (endpoint, address) = endpoint(opts, &key)?;
     let node_id = NodeId::random();
     let listener = metrics_listener(opts).await?;
+    let dashboard = dashboard_listener(opts).await?;
     let settings = HeadSettings {
         head_node: node_id,
         node_timeout: opts.node_timeout,
         metrics_targets_file: listener
             .as_ref()
             .map(|_| session_dir(opts).join(metrics::SERVICE_DISCOVERY_FILE)),
+        task_events_capacity: opts.task_events_capacity,
     };
     // One cache for the head and its node: what a local-mode driver registers in
     // place (its own executable) is found by both.
@@ -268,6 +322,14 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
     if let Some((listener, _)) = listener {
         serve_metrics(opts, listener, &node, Some(head.clone()));
     }
+    let dashboard_address = dashboard.as_ref().map(|(_, a)| *a);
+    if let Some((listener, _)) = dashboard {
+        let session = session_dir(opts)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        crate::dashboard::serve(listener, &opts.token, head.clone(), session);
+    }
     Ok(Launched {
         endpoint,
         address,
@@ -276,6 +338,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         head: Some(head),
         cluster_key: key,
         metrics_address,
+        dashboard_address,
     })
 }
 
@@ -320,6 +383,7 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
         head: None,
         cluster_key: key,
         metrics_address,
+        dashboard_address: None,
     })
 }
 

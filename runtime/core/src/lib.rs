@@ -11,6 +11,7 @@
 
 pub mod binaries;
 pub mod core_worker;
+pub mod dashboard;
 pub mod head;
 pub mod ids;
 pub mod launch;

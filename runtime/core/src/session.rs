@@ -248,6 +248,9 @@ pub struct ClusterRecord {
     pub address: String,
     /// The cluster token.
     pub token: String,
+    /// The dashboard's address (`http://HOST:PORT`), if the head serves one.
+    #[serde(default)]
+    pub dashboard: Option<String>,
 }
 
 /// Writes the cluster record (readable by this user only: it holds the token).

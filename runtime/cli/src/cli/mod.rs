@@ -3,6 +3,7 @@
 mod cluster;
 mod microbenchmark;
 mod start;
+mod state;
 mod status;
 mod stop;
 
@@ -38,6 +39,12 @@ enum Command {
     GetHeadIp(cluster::HeadIpArgs),
     /// Run Ray's microbenchmarks against rayish, like `ray microbenchmark`.
     Microbenchmark(microbenchmark::MicrobenchmarkArgs),
+    /// List nodes, jobs, tasks, actors, objects or workers, like `ray list`.
+    List(state::ListArgs),
+    /// Show one node, task, actor, object or worker by id, like `ray get`.
+    Get(state::GetArgs),
+    /// Summarize tasks, actors or objects, like `ray summary`.
+    Summary(state::SummaryArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -54,5 +61,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Attach(args) => cluster::attach(args),
         Command::GetHeadIp(args) => cluster::get_head_ip(args),
         Command::Microbenchmark(args) => microbenchmark::run(args),
+        Command::List(args) => state::list(args),
+        Command::Get(args) => state::get(args),
+        Command::Summary(args) => state::summary(args),
     }
 }

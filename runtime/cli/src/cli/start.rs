@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rayish_core::launch::{default_ip, launch_head, launch_node, resolve, route_ip, LaunchOptions};
+use rayish_core::launch::{
+    default_ip, launch_head, launch_node, resolve, route_ip, DashboardOptions, LaunchOptions,
+};
 use rayish_core::resources::{ResourceSet, CPU, GPU};
 use rayish_core::session::{
     read_cluster_record, register_process, temp_root, unregister_process, write_cluster_record,
@@ -74,6 +76,33 @@ pub struct StartArgs {
     /// (`~/ray_bootstrap_config.yaml`). Checked when given.
     #[arg(long, requires = "head")]
     autoscaling_config: Option<PathBuf>,
+    /// Whether the head serves the dashboard and Ray's state API over HTTP (Ray's
+    /// flag: `--include-dashboard false` turns it off).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    include_dashboard: bool,
+    /// The address the dashboard binds (Ray's default: loopback only). Every request
+    /// needs the cluster token.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    dashboard_host: IpAddr,
+    /// The dashboard's port (Ray's default 8265; if that is taken, any free port;
+    /// 0: any free port). A port given here must be free.
+    #[arg(long, value_name = "PORT")]
+    dashboard_port: Option<u16>,
+}
+
+/// Ray's dashboard port.
+const DEFAULT_DASHBOARD_PORT: u16 = 8265;
+
+/// How many ended tasks the head keeps for the state API: Ray's
+/// `RAY_task_events_max_num_task_in_gcs`, else Ray's default.
+fn task_events_capacity() -> Result<usize> {
+    match std::env::var("RAY_task_events_max_num_task_in_gcs") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("RAY_task_events_max_num_task_in_gcs={v:?} is not a count")),
+        Err(_) => Ok(rayish_core::head::DEFAULT_TASK_EVENTS),
+    }
 }
 
 fn default_cpus() -> f64 {
@@ -240,6 +269,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         .enable_all()
         .build()?;
 
+    let task_events_capacity = task_events_capacity()?;
     // The head and a joining node differ in address, port and token only.
     let options = |ip, port, token: &String| LaunchOptions {
         ip,
@@ -252,6 +282,12 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         head_reconnect_timeout,
         object_store_memory: args.object_store_memory,
         metrics_export_port: Some(args.metrics_export_port.unwrap_or(0)),
+        dashboard: (args.head && args.include_dashboard).then_some(DashboardOptions {
+            host: args.dashboard_host,
+            port: args.dashboard_port.unwrap_or(DEFAULT_DASHBOARD_PORT),
+            any_port_if_taken: args.dashboard_port.is_none(),
+        }),
+        task_events_capacity,
     };
     let (launched, token, head, opts) = if args.head {
         let token = given.unwrap_or_else(new_token);
@@ -265,6 +301,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             &ClusterRecord {
                 address: launched.address.to_string(),
                 token: token.clone(),
+                dashboard: launched.dashboard_address.map(|a| format!("http://{a}")),
             },
         )
         .context("recording the cluster")?;
@@ -335,6 +372,12 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             args.address.clone().unwrap_or_default()
         );
         println!("To stop: rayish stop");
+    }
+    if let Some(dashboard) = launched.dashboard_address {
+        println!("Dashboard and state API: http://{dashboard} (sign in with the token, or open");
+        println!(
+            "    http://{dashboard}/?token=<token> once; `rayish list`, `ray list --address`)"
+        );
     }
     if let Some(metrics) = launched.metrics_address {
         println!("Metrics: http://{metrics}/metrics (the cluster token as a bearer token)");

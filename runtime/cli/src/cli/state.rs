@@ -1,0 +1,398 @@
+//! `rayish list`, `rayish get` and `rayish summary`: Ray's state CLI, as a client of
+//! the head's state API (`/api/v0/...` on the dashboard port), so they print what
+//! Ray's own `ray list` would.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use rayish_core::dashboard::state_api::{Resource, DEFAULT_LIMIT};
+use rayish_core::session::{read_cluster_record, temp_root};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where and how to reach the dashboard.
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// The dashboard, http://HOST:PORT (default: $RAY_ADDRESS if it is one, else the
+    /// cluster started on this machine).
+    #[arg(long)]
+    address: Option<String>,
+    /// The cluster token (default: $RAYISH_TOKEN, else the one recorded on this machine).
+    #[arg(long, env = "RAYISH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Root for sessions (default /tmp/rayish or $RAYISH_TEMP_DIR).
+    #[arg(long)]
+    temp_dir: Option<PathBuf>,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+/// Output formats, as Ray's.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// Ray's default, a table.
+    Default,
+    /// A table.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Arguments of `rayish list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// nodes, jobs, tasks, actors, objects, workers or placement-groups.
+    resource: String,
+    /// KEY=VALUE or KEY!=VALUE; repeat for more (all must hold).
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Rows to print at most.
+    #[arg(long, default_value_t = DEFAULT_LIMIT)]
+    limit: usize,
+    /// Every column, not only the main ones.
+    #[arg(long)]
+    detail: bool,
+    /// How to print.
+    #[arg(long, value_enum, default_value = "default")]
+    format: Format,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Arguments of `rayish get`.
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// nodes, tasks, actors, objects, workers or placement-groups.
+    resource: String,
+    /// The id.
+    id: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Arguments of `rayish summary`.
+#[derive(Args, Debug)]
+pub struct SummaryArgs {
+    /// tasks, actors or objects.
+    resource: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// The resource as the API path names it (`placement-groups` on the command line).
+fn resource_path(name: &str) -> Result<(Resource, String)> {
+    let path = name.replace('-', "_");
+    let resource = Resource::from_path(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((resource, path))
+}
+
+/// A client of one dashboard.
+struct Api {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(args: &ApiArgs) -> Result<Self> {
+        let root = args.temp_dir.clone().unwrap_or_else(temp_root);
+        let record = read_cluster_record(&root);
+        let from_env = std::env::var("RAY_ADDRESS")
+            .ok()
+            .filter(|a| a.starts_with("http://") || a.starts_with("https://"));
+        let base = match args
+            .address
+            .clone()
+            .or(from_env)
+            .or_else(|| record.as_ref().and_then(|r| r.dashboard.clone()))
+        {
+            Some(a) if a.contains("://") => a,
+            Some(a) => format!("http://{a}"),
+            None => bail!(
+                "no dashboard found on this machine; pass --address http://HEAD:8265 \
+                 (the head prints it when it starts)"
+            ),
+        };
+        let base = base.trim_end_matches('/').to_string();
+        if base.starts_with("https://") {
+            bail!("https dashboards are not supported; use http://");
+        }
+        let token = args
+            .token
+            .clone()
+            .or_else(|| {
+                record
+                    .filter(|r| r.dashboard.as_deref() == Some(base.as_str()))
+                    .map(|r| r.token)
+            })
+            .context("no token: pass --token or set RAYISH_TOKEN")?;
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(args.timeout))
+            .build();
+        Ok(Api { base, token, agent })
+    }
+
+    /// GETs `path` with `query`; the `data.result` of Ray's envelope.
+    fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .agent
+            .get(&url)
+            .set("Authorization", &format!("Bearer {}", self.token));
+        for (k, v) in query {
+            req = req.query(k, v);
+        }
+        let body: Value = match req.call() {
+            Ok(resp) => {
+                let text = resp.into_string().context("reading the answer")?;
+                serde_json::from_str(&text).context("the answer is not JSON")?
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                let msg = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["msg"].as_str().map(str::to_string))
+                    .unwrap_or(text);
+                bail!("{url}: {code}: {}", msg.trim());
+            }
+            Err(e) => bail!("{url}: {e}"),
+        };
+        if body["result"] != Value::Bool(true) {
+            bail!("{url}: {}", body["msg"]);
+        }
+        Ok(body["data"]["result"].clone())
+    }
+}
+
+/// `key=value` or `key!=value` (Ray's `--filter`).
+fn parse_filter(f: &str) -> Result<(String, &'static str, String)> {
+    if let Some((k, v)) = f.split_once("!=") {
+        return Ok((k.trim().to_string(), "!=", v.trim().to_string()));
+    }
+    if let Some((k, v)) = f.split_once('=') {
+        return Ok((k.trim().to_string(), "=", v.trim().to_string()));
+    }
+    bail!("filter {f:?} is neither KEY=VALUE nor KEY!=VALUE")
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", cell(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// Rows as a table, columns in Ray's order.
+fn table(resource: Resource, rows: &[Value], detail: bool) -> String {
+    let columns: Vec<&str> = resource
+        .columns()
+        .iter()
+        .filter(|(_, d, _)| detail || !d)
+        .map(|(name, _, _)| *name)
+        .filter(|name| rows.iter().any(|r| r.get(*name).is_some()))
+        .collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|row| row[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<String>| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = String::new();
+    out.push_str(&line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    out.push('\n');
+    for row in cells {
+        out.push_str(&line(row));
+        out.push('\n');
+    }
+    out
+}
+
+/// Runs `rayish list`.
+pub fn list(args: ListArgs) -> Result<()> {
+    let (resource, path) = resource_path(&args.resource)?;
+    let api = Api::new(&args.api)?;
+    let mut query = vec![
+        ("limit", args.limit.to_string()),
+        ("detail", args.detail.to_string()),
+        ("timeout", args.api.timeout.to_string()),
+    ];
+    for f in &args.filter {
+        let (k, p, v) = parse_filter(f)?;
+        query.push(("filter_keys", k));
+        query.push(("filter_predicates", p.to_string()));
+        query.push(("filter_values", v));
+    }
+    let answer = api.get(&format!("/api/v0/{path}"), &query)?;
+    let rows = answer["result"].as_array().cloned().unwrap_or_default();
+    if let Some(warnings) = answer["warnings"].as_array() {
+        for w in warnings.iter().filter_map(Value::as_str) {
+            eprintln!("warning: {w}");
+        }
+    }
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(&rows)?),
+        Format::Default | Format::Table => {
+            let matched = answer["num_filtered"].as_u64().unwrap_or(0);
+            println!("Total: {} (of {matched} matching)", rows.len());
+            println!();
+            print!("{}", table(resource, &rows, args.detail));
+        }
+    }
+    Ok(())
+}
+
+/// The id column of a resource, as Ray's `ray get` filters on it.
+fn id_column(resource: Resource) -> Result<&'static str> {
+    Ok(match resource {
+        Resource::Nodes => "node_id",
+        Resource::Tasks => "task_id",
+        Resource::Actors => "actor_id",
+        Resource::Objects => "object_id",
+        Resource::Workers => "worker_id",
+        Resource::PlacementGroups => "placement_group_id",
+        Resource::Jobs => "job_id",
+    })
+}
+
+/// Runs `rayish get`.
+pub fn get(args: GetArgs) -> Result<()> {
+    let (resource, path) = resource_path(&args.resource)?;
+    let api = Api::new(&args.api)?;
+    let query = vec![
+        ("detail", "true".to_string()),
+        (
+            "limit",
+            rayish_core::dashboard::state_api::MAX_LIMIT.to_string(),
+        ),
+        ("filter_keys", id_column(resource)?.to_string()),
+        ("filter_predicates", "=".to_string()),
+        ("filter_values", args.id.clone()),
+    ];
+    let answer = api.get(&format!("/api/v0/{path}"), &query)?;
+    let rows = answer["result"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        bail!("no {} with id {}", args.resource, args.id);
+    }
+    print!("{}", serde_yaml_ng::to_string(&rows)?);
+    Ok(())
+}
+
+/// Runs `rayish summary`.
+pub fn summary(args: SummaryArgs) -> Result<()> {
+    let path = match args.resource.as_str() {
+        r @ ("tasks" | "actors" | "objects") => r,
+        other => bail!("no summary of {other:?}: one of tasks, actors, objects"),
+    };
+    let api = Api::new(&args.api)?;
+    let answer = api.get(
+        &format!("/api/v0/{path}/summarize"),
+        &[("timeout", args.api.timeout.to_string())],
+    )?;
+    let cluster = &answer["result"]["node_id_to_summary"]["cluster"];
+    let summary = cluster["summary"].as_object().cloned().unwrap_or_default();
+    for (key, value) in cluster.as_object().into_iter().flatten() {
+        if key != "summary" && key != "summary_by" {
+            println!("{key}: {}", cell(value));
+        }
+    }
+    println!();
+    let rows: Vec<Vec<String>> = summary
+        .iter()
+        .map(|(name, s)| {
+            let mut row = vec![name.clone()];
+            match path {
+                "tasks" => {
+                    row.push(cell(&s["type"]));
+                    row.push(cell(&s["state_counts"]));
+                }
+                "actors" => row.push(cell(&s["state_counts"])),
+                _ => {
+                    row.push(cell(&s["total_objects"]));
+                    row.push(format!("{:.3}", s["total_size_mb"].as_f64().unwrap_or(0.0)));
+                    row.push(cell(&s["ref_type_counts"]));
+                }
+            }
+            row
+        })
+        .collect();
+    let header: &[&str] = match path {
+        "tasks" => &["FUNC_OR_CLASS_NAME", "TYPE", "STATE_COUNTS"],
+        "actors" => &["CLASS_NAME", "STATE_COUNTS"],
+        _ => &[
+            "CALLSITE",
+            "TOTAL_OBJECTS",
+            "TOTAL_SIZE_MB",
+            "REF_TYPE_COUNTS",
+        ],
+    };
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let print_row = |cells: Vec<String>| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    };
+    print_row(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        print_row(row);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_as_rays() {
+        assert_eq!(
+            parse_filter("state=FAILED").expect("filter"),
+            ("state".into(), "=", "FAILED".into())
+        );
+        assert_eq!(
+            parse_filter("name != f").expect("filter"),
+            ("name".into(), "!=", "f".into())
+        );
+        assert!(parse_filter("state").is_err());
+    }
+}
