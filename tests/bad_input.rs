@@ -172,7 +172,7 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
             resources: rayish_core::resources::ResourceSet::new(),
             max_retries: 0,
             kind: TaskKind::Function,
-            parent: None,
+            parent: TaskId::DRIVER,
         };
         driver.sender.send(ToHead::SubmitTasks(vec![spec]));
         driver.sender.send(ToHead::TaskFinished {

@@ -41,6 +41,11 @@ id_type!(
     TaskId,
     "task"
 );
+impl TaskId {
+    /// Stands for the driver as the parent of the tasks it submits (no task is 0).
+    pub const DRIVER: TaskId = TaskId(0);
+}
+
 id_type!(
     /// A node process (raylet in Ray's terms): runs workers and holds objects.
     NodeId,

@@ -376,7 +376,7 @@ pub mod __private {
                 resources,
                 max_retries,
                 kind,
-                parent: rayish_core::core_worker::current_task_id(),
+                parent: rayish_core::core_worker::current_task_id().unwrap_or(TaskId::DRIVER),
             };
             cw.submit(spec);
             // The argument handles may drop now: the head pinned them on submission.

@@ -5,7 +5,7 @@
 //! Pure: rows in, JSON out; the HTTP server (`super`) fetches the rows from the head.
 
 use crate::head::view::{ActorRow, JobRow, NodeRow, ObjectRow, StateRows, TaskRow, WorkerRow};
-use crate::ids::{NodeId, PeerId};
+use crate::ids::{NodeId, PeerId, TaskId};
 use crate::resources::ResourceSet;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -322,13 +322,17 @@ fn task_json(t: &TaskRow) -> Map<String, Value> {
         "type": t.kind.ray_name(),
         "func_or_class_name": &*t.name,
         // Ray's nil task id stands for the driver, as in Ray.
-        "parent_task_id": t.parent.map_or_else(|| "f".repeat(32), |p| p.to_string()),
+        "parent_task_id": if t.parent == TaskId::DRIVER {
+            "f".repeat(32)
+        } else {
+            t.parent.to_string()
+        },
         "node_id": t.node.map(|n| n.to_string()),
         "worker_id": Value::Null,
         "worker_pid": t.worker_pid,
         "error_type": t.failure.as_ref().map(|f| f.error_type),
         "language": "RUST",
-        "required_resources": t.resources.as_ref().map(resources_json),
+        "required_resources": t.resources.as_deref().map(resources_json),
         "placement_group_id": Value::Null,
         "creation_time_ms": t.creation_time_ms,
         "start_time_ms": ms(t.start_time_ms),

@@ -153,8 +153,8 @@ pub struct TaskRow {
     pub kind: TaskType,
     /// The actor it creates or calls.
     pub actor: Option<ActorId>,
-    /// The task that submitted it (`None`: the driver).
-    pub parent: Option<TaskId>,
+    /// The task that submitted it ([`TaskId::DRIVER`]: the driver).
+    pub parent: TaskId,
     /// Where it is in its life.
     pub state: TaskStatus,
     /// Where it runs or ran.
@@ -163,8 +163,8 @@ pub struct TaskRow {
     pub worker_pid: Option<u32>,
     /// Why it failed.
     pub failure: Option<Box<TaskFailure>>,
-    /// What it asks for (kept for live tasks only).
-    pub resources: Option<ResourceSet>,
+    /// What it asks for (kept for live tasks only; boxed, as the log keeps none).
+    pub resources: Option<Box<ResourceSet>>,
     /// Submitted, in milliseconds since the Unix epoch.
     pub creation_time_ms: u64,
     /// Sent to its node.

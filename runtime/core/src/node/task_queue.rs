@@ -261,7 +261,7 @@ mod tests {
                 resources: ResourceSet::new().with(CPU, cpus),
                 max_retries: 0,
                 kind: crate::protocol::TaskKind::Function,
-                parent: None,
+                parent: TaskId::DRIVER,
             }),
             attempt: 0,
             sources: vec![],

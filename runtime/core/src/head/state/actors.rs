@@ -200,7 +200,7 @@ impl HeadState {
         );
         let task_id = spec.task_id;
         // The creation's arguments are still pinned (until the actor is dead for good).
-        self.tasks.insert(spec, attempt, self.clock.now());
+        self.tasks.insert(spec, attempt, self.clock_ms());
         self.requeue(task_id);
     }
 

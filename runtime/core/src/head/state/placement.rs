@@ -73,7 +73,7 @@ impl HeadState {
         let Some(peer) = self.nodes.start_task(node_id, task_id, &demand) else {
             return;
         };
-        self.tasks.start(task_id, node_id, demand, self.clock.now());
+        self.tasks.start(task_id, node_id, demand, self.clock_ms());
         self.send(peer, FromHead::Execute(Box::new(assignment)));
     }
 

@@ -92,7 +92,7 @@ mod tests {
             job: JobId(1),
             kind: TaskType::Normal,
             actor: None,
-            parent: None,
+            parent: TaskId::DRIVER,
             state: TaskStatus::Finished,
             node: None,
             worker_pid: None,

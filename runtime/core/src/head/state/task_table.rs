@@ -33,18 +33,22 @@ pub(super) struct TaskEntry {
     attempt: u32,
     state: TaskState,
     /// Arguments not yet ready.
-    missing_args: usize,
+    missing_args: u32,
     /// What the task holds on its node now (less its CPU while blocked in `get`).
     held: ResourceSet,
     blocked: bool,
     /// Times a node could not fetch an argument of this task.
-    fetch_failures: u32,
+    fetch_failures: u16,
     /// For actor calls: submission order and caller, to keep each caller's order.
     call: Option<(u64, PeerId)>,
-    /// When it was submitted (or re-made, or its actor restarted).
-    created: Instant,
-    /// When its current attempt was sent to a node.
-    started: Option<Instant>,
+    /// When it was submitted (or re-made, or its actor restarted), on the head's
+    /// millisecond clock ([`TaskTable::insert`]). 32 bits, read with wrapping
+    /// arithmetic against the clock's present: the table holds a million entries,
+    /// each in a slot of the hash table, so every byte here is a megabyte there.
+    created_ms: u32,
+    /// Milliseconds from `created_ms` to when its current attempt was sent to a node,
+    /// plus one; 0 while it has not been.
+    started_after_ms: u32,
     /// The worker process that ran its last attempt, as its node reported (0: unknown).
     worker_pid: u32,
 }
@@ -80,14 +84,14 @@ impl TaskEntry {
         self.blocked
     }
 
-    /// When it was submitted.
-    pub(super) fn created(&self) -> Instant {
-        self.created
+    /// When it was submitted, on the head's millisecond clock (wrapping).
+    pub(super) fn created_ms(&self) -> u32 {
+        self.created_ms
     }
 
-    /// When its current attempt was sent to a node.
-    pub(super) fn started(&self) -> Option<Instant> {
-        self.started
+    /// When its current attempt was sent to a node, on the same clock.
+    pub(super) fn started_ms(&self) -> Option<u32> {
+        (self.started_after_ms > 0).then(|| self.created_ms.wrapping_add(self.started_after_ms - 1))
     }
 
     /// The worker process that ran its last attempt (0: unknown).
@@ -131,10 +135,11 @@ impl TaskTable {
     }
 
     /// Lists a task at `attempt`, waiting for its arguments, holding nothing.
-    pub(super) fn insert(&mut self, spec: Arc<TaskSpec>, attempt: u32, now: Instant) {
+    /// `now_ms` is the head's millisecond clock (wrapping).
+    pub(super) fn insert(&mut self, spec: Arc<TaskSpec>, attempt: u32, now_ms: u32) {
         let entry = TaskEntry {
-            created: now,
-            started: None,
+            created_ms: now_ms,
+            started_after_ms: 0,
             worker_pid: 0,
             spec,
             attempt,
@@ -192,7 +197,7 @@ impl TaskTable {
             return;
         };
         task.state = TaskState::WaitingForArgs;
-        task.missing_args = args.len();
+        task.missing_args = u32::try_from(args.len()).unwrap_or(u32::MAX);
         for object in args {
             self.dependents.entry(*object).or_default().push(id);
         }
@@ -233,11 +238,12 @@ impl TaskTable {
     }
 
     /// Task `id` was sent to `node`, holding `demand` there.
-    pub(super) fn start(&mut self, id: TaskId, node: NodeId, demand: ResourceSet, now: Instant) {
+    pub(super) fn start(&mut self, id: TaskId, node: NodeId, demand: ResourceSet, now_ms: u32) {
         if let Some(task) = self.tasks.get_mut(&id) {
             task.state = TaskState::Running(node);
             task.held = demand;
-            task.started = Some(now);
+            let waited = now_ms.wrapping_sub(task.created_ms);
+            task.started_after_ms = waited.saturating_add(1);
         }
     }
 
@@ -295,8 +301,8 @@ impl TaskTable {
         let Some(task) = self.tasks.get_mut(&id) else {
             return 0;
         };
-        task.fetch_failures += 1;
-        task.fetch_failures
+        task.fetch_failures = task.fetch_failures.saturating_add(1);
+        u32::from(task.fetch_failures)
     }
 
     /// Task `id` waits until `at`, then is re-queued (see [`Self::due`]).

@@ -38,7 +38,7 @@ impl HeadState {
             }
         }
         let resources = spec.resources.clone();
-        self.tasks.insert(spec, attempt, self.clock.now());
+        self.tasks.insert(spec, attempt, self.clock_ms());
         self.tasks.wait_for(task_id, &pending);
         if let Some(err) = failed {
             self.complete_task(task_id, ObjectValue::Error(Box::new(err)));

@@ -188,7 +188,7 @@ fn task(job: JobId, function: &str, args: Vec<TaskArg>, max_retries: u32) -> Tas
         resources: ResourceSet::new().with(CPU, 1.0),
         max_retries,
         kind: TaskKind::Function,
-        parent: None,
+        parent: TaskId::DRIVER,
     }
 }
 

@@ -26,6 +26,22 @@ fn task_type(kind: &TaskKind) -> TaskType {
 }
 
 impl HeadState {
+    /// The head's millisecond clock: milliseconds since it started, wrapping at 2^32
+    /// (49 days), which is how the task table keeps its times.
+    pub(super) fn clock_ms(&self) -> u32 {
+        self.clock
+            .now()
+            .duration_since(self.wall_anchor.0)
+            .as_millis() as u32
+    }
+
+    /// A time of the head's millisecond clock in milliseconds since the Unix epoch:
+    /// the latest moment that reads `at` (so times up to 49 days old come out right).
+    fn epoch_of_clock_ms(&self, at: u32) -> u64 {
+        let now = self.epoch_ms(self.clock.now());
+        now.saturating_sub(u64::from(self.clock_ms().wrapping_sub(at)))
+    }
+
     /// `t` in milliseconds since the Unix epoch (the head's clock is monotonic; the
     /// wall time it started at anchors it).
     fn epoch_ms(&self, t: Instant) -> u64 {
@@ -67,8 +83,8 @@ impl HeadState {
                 })
             }),
             resources: None,
-            creation_time_ms: self.epoch_ms(task.created()),
-            start_time_ms: task.started().map(|t| self.epoch_ms(t)),
+            creation_time_ms: self.epoch_of_clock_ms(task.created_ms()),
+            start_time_ms: task.started_ms().map(|t| self.epoch_of_clock_ms(t)),
             end_time_ms: Some(self.epoch_ms(now)),
         };
         self.task_events.record(row);
@@ -147,9 +163,9 @@ impl HeadState {
                 node,
                 worker_pid: None,
                 failure: None,
-                resources: Some(spec.resources.clone()),
-                creation_time_ms: self.epoch_ms(task.created()),
-                start_time_ms: task.started().map(|t| self.epoch_ms(t)),
+                resources: Some(Box::new(spec.resources.clone())),
+                creation_time_ms: self.epoch_of_clock_ms(task.created_ms()),
+                start_time_ms: task.started_ms().map(|t| self.epoch_of_clock_ms(t)),
                 end_time_ms: None,
             });
         }
