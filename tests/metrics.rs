@@ -138,9 +138,9 @@ fn all_variables(expr: &str) -> String {
 
 /// The panels of Ray's default dashboard that a cluster of CPU nodes running tasks
 /// (no actors) must show. The others are about GPUs and TPUs, OOM kills and worker
-/// failures (none happened), actors, disk I/O speeds, and per-component CPU and
-/// per-node running tasks, which rayish does not export yet.
-const CPU_CLUSTER_PANELS: [&str; 19] = [
+/// failures (none happened), actors, disk I/O speeds, and per-node running tasks,
+/// which rayish does not export yet.
+const CPU_CLUSTER_PANELS: [&str; 20] = [
     "Node Count",
     "Cluster Utilization",
     "Node CPU Usage",
@@ -151,6 +151,7 @@ const CPU_CLUSTER_PANELS: [&str; 19] = [
     "Node Disk Usage %",
     "Node Network",
     "Node Memory Usage by Component",
+    "Node CPU Usage by Component",
     "Logical CPUs Usage",
     "Object Store Memory Usage",
     "Object Store Memory Usage %",

@@ -1,5 +1,5 @@
 //! The host's figures in Ray's node metrics: CPU, memory, disk, network, and the
-//! resident memory of the node's own processes.
+//! resident memory and CPU use of the node's own processes.
 
 use super::MetricSet;
 use std::path::{Path, PathBuf};
@@ -143,9 +143,28 @@ impl HostSampler {
         self.system.refresh_processes_specifics(
             ProcessesToUpdate::Some(&pids),
             true,
-            ProcessRefreshKind::nothing().with_memory(),
+            ProcessRefreshKind::nothing().with_memory().with_cpu(),
         );
         let rss = |pid: &Pid| self.system.process(*pid).map_or(0, |p| p.memory());
+        // Percent of one CPU since the last scrape (over 100: more than one CPU), as
+        // Ray's "Node CPU by Component" panel reads it.
+        let cpu = |pid: &Pid| {
+            self.system
+                .process(*pid)
+                .map_or(0.0, |p| f64::from(p.cpu_usage()))
+        };
+        out.gauge(
+            "ray_component_cpu_percentage",
+            "CPU use of the node's processes since the last scrape, by component, in percent of one CPU.",
+            &[("Component", "raylet")],
+            cpu(&pids[0]),
+        );
+        out.gauge(
+            "ray_component_cpu_percentage",
+            "CPU use of the node's processes since the last scrape, by component, in percent of one CPU.",
+            &[("Component", "core_worker")],
+            pids[1..].iter().map(cpu).sum::<f64>(),
+        );
         out.gauge(
             "ray_component_rss_bytes",
             "Resident memory of the node's processes, by component, in bytes.",
