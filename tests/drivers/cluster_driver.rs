@@ -142,6 +142,12 @@ enum Scenario {
     /// Short tasks run back to back, each sent to its worker behind the one before
     /// (a follower); one of them waits for the task sent behind it.
     Follow,
+    /// Tasks that print (see `chatter`); with `TEST_NO_LOG_TO_DRIVER` set, the driver
+    /// turns `log_to_driver` off.
+    Print {
+        #[arg(long, default_value_t = 24)]
+        n: u64,
+    },
     /// What the state API lists: `n` tasks over the nodes, a task returning an error
     /// and a panicking one, a named actor with a call; prints its RESULT, then keeps
     /// the actor alive until `go` exists.
@@ -213,6 +219,24 @@ fn await_posted(board: BoardHandle) -> rayish::Result<u64> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Prints to stdout a line every task prints, a line of its own (in letters: Ray's
+/// deduplication ignores words with digits) and, in the first, one to stderr.
+#[rayish::remote]
+fn chatter(i: u64) -> u32 {
+    let own: String = i
+        .to_string()
+        .bytes()
+        .map(|d| char::from(b'a' + (d - b'0')))
+        .collect();
+    println!("the same line from every task");
+    println!("task {own} says hello");
+    if i == 0 {
+        eprintln!("a line to stderr");
+    }
+    std::thread::sleep(Duration::from_millis(40));
+    std::process::id()
 }
 
 #[rayish::remote]
@@ -454,7 +478,8 @@ fn result(value: serde_json::Value) {
 }
 
 fn main() -> anyhow::Result<()> {
-    rayish::init(rayish::Config::default())?;
+    let quiet = std::env::var_os("TEST_NO_LOG_TO_DRIVER").is_some();
+    rayish::init(rayish::Config::default().log_to_driver(!quiet))?;
     let args = Args::parse();
     match args.scenario {
         Scenario::Metrics { n } => {
@@ -561,6 +586,12 @@ fn main() -> anyhow::Result<()> {
                 "big_sum": big_sum, "big_expected": big.iter().sum::<u64>(),
                 "nested_sum": through, "nested_direct": direct, "nested_expected": (0..50u64).map(|i| i * i).sum::<u64>(),
             }));
+        }
+        Scenario::Print { n } => {
+            let refs: Vec<_> = (0..n).map(chatter::remote).collect();
+            let pids: std::collections::BTreeSet<u32> =
+                rayish::get_all(&refs)?.into_iter().collect();
+            result(json!({"n": n, "processes": pids.len()}));
         }
         Scenario::State { n, go } => {
             let refs: Vec<_> = (0..n).map(where_am_i::remote).collect();

@@ -23,6 +23,7 @@ pub struct Config {
     resources: ResourceSet,
     node_timeout: Duration,
     head_reconnect_timeout: Duration,
+    log_to_driver: bool,
 }
 
 impl Default for Config {
@@ -37,6 +38,7 @@ impl Default for Config {
             resources: ResourceSet::new(),
             node_timeout: Duration::from_secs(5),
             head_reconnect_timeout: rayish_core::transport::head_reconnect_timeout_from_env(),
+            log_to_driver: true,
         }
     }
 }
@@ -76,6 +78,15 @@ impl Config {
     /// seconds.
     pub fn head_reconnect_timeout(mut self, timeout: Duration) -> Self {
         self.head_reconnect_timeout = timeout;
+        self
+    }
+
+    /// Whether what this job's tasks and actors print appears in this driver's
+    /// terminal, each line prefixed with its function or actor class, `pid=` and
+    /// `ip=`, repeats from many processes folded as Ray folds them (Ray's
+    /// `log_to_driver`; default on). Either way it is kept in the workers' log files.
+    pub fn log_to_driver(mut self, on: bool) -> Self {
+        self.log_to_driver = on;
         self
     }
 
@@ -293,9 +304,14 @@ pub fn init(config: Config) -> Result<()> {
     if let Some(l) = &local {
         cw.set_local_store(l.node_id, l.node.store());
     }
+    if config.log_to_driver {
+        cw.subscribe_output();
+    }
     context::install(cw);
     if local.is_none() {
         register_exit_hook();
+    } else {
+        register_local_exit_hook();
     }
     let _ = RUNTIME.set(Runtime { rt, local });
     Ok(())
@@ -319,8 +335,27 @@ pub(crate) fn register_exit_hook() {
     }
 }
 
+extern "C" fn finish_output_at_exit() {
+    if let Some(cw) = context::try_current() {
+        cw.finish_output();
+    }
+}
+
+/// In local mode the head exits with the process; only the workers' last output
+/// (and the repeats held back) must be printed first.
+fn register_local_exit_hook() {
+    // SAFETY: atexit(3) with a plain `extern "C" fn()` that only uses process-global
+    // state which lives until exit.
+    unsafe {
+        libc::atexit(finish_output_at_exit);
+    }
+}
+
 /// Disconnects from the cluster; in local mode, stops its workers. Later API calls fail.
 pub fn shutdown() {
+    if let Some(cw) = context::try_current() {
+        cw.finish_output();
+    }
     if let Some(rt) = RUNTIME.get() {
         if let Some(local) = &rt.local {
             local.node.kill_workers();

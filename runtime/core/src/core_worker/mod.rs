@@ -15,6 +15,7 @@
 
 mod get;
 pub mod node_link;
+mod output;
 mod put;
 mod ref_counts;
 mod refs;
@@ -152,6 +153,8 @@ pub struct CoreWorker {
     /// `get_actor` questions awaiting the head's answer.
     actor_queries: DashMap<u64, std::sync::mpsc::Sender<Result<ActorInfo, String>>>,
     next_query: AtomicU64,
+    /// In a driver that asked for them: prints its workers' output.
+    output: std::sync::OnceLock<output::OutputPrinter>,
 }
 
 impl CoreWorker {
@@ -181,6 +184,7 @@ impl CoreWorker {
             this: std::sync::OnceLock::new(),
             syncs: DashMap::new(),
             local_store: std::sync::OnceLock::new(),
+            output: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&cw);
         let _ = cw.this.set(weak.clone());
@@ -226,6 +230,11 @@ impl CoreWorker {
             FromHead::ActorFound { request, result } => {
                 if let Some((_, tx)) = self.actor_queries.remove(&request) {
                     let _ = tx.send(result);
+                }
+            }
+            FromHead::WorkerOutput(runs) => {
+                if let Some(printer) = self.output.get() {
+                    printer.print(runs);
                 }
             }
             FromHead::Farewell => {
@@ -282,10 +291,41 @@ impl CoreWorker {
         if !self.is_connected() {
             return;
         }
+        self.finish_output();
         self.to_head(ToHead::Goodbye);
         let (lock, answered) = &self.farewell;
         let said = lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = answered.wait_timeout_while(said, Duration::from_secs(2), |said| !*said);
+    }
+
+    /// Asks the head for this driver's job's workers' output, and prints it from now
+    /// on (Ray's `log_to_driver`; see [`output`]).
+    pub fn subscribe_output(&self) {
+        if self.output.set(output::OutputPrinter::new()).is_err() {
+            return;
+        }
+        self.to_head(ToHead::SubscribeOutput);
+        let weak = self.this.get().cloned();
+        self.rt.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let Some(cw) = weak.as_ref().and_then(|w| w.upgrade()) else {
+                    return;
+                };
+                if let Some(printer) = cw.output.get() {
+                    printer.tick();
+                }
+            }
+        });
+    }
+
+    /// Prints the workers' output still on its way (lines printed just before the
+    /// last results came) and the repeats held back; for a driver about to exit.
+    pub fn finish_output(&self) {
+        if let Some(printer) = self.output.get() {
+            printer.finish(Duration::from_millis(150), Duration::from_secs(1));
+        }
     }
 
     /// Reports this process's own metrics (their values now) to the head.

@@ -439,7 +439,7 @@ fn job_json(j: &JobRow, status: &str) -> Map<String, Value> {
         },
         "status": status,
         "entrypoint": j.name,
-        "message": Value::Null,
+        "message": j.lost.as_ref().map(|why| format!("the driver's connection was lost: {why}")),
         "error_type": Value::Null,
         "start_time": j.start_time_ms,
         "end_time": ms(j.end_time_ms),
@@ -461,10 +461,12 @@ pub fn to_json(rows: &StateRows, holders: &Holders, ips: &NodeIps) -> Vec<Map<St
         StateRows::Jobs(r) => r
             .iter()
             .map(|j| {
-                let status = match (j.running, j.end_time_ms) {
-                    (true, _) => "RUNNING",
-                    (false, Some(_)) => "SUCCEEDED",
-                    (false, None) => "RUNNING",
+                // A driver's exit code is not known to the head: a clean exit (it
+                // said goodbye) is SUCCEEDED, a lost connection FAILED.
+                let status = match (j.running, j.end_time_ms, &j.lost) {
+                    (false, Some(_), None) => "SUCCEEDED",
+                    (false, Some(_), Some(_)) => "FAILED",
+                    _ => "RUNNING",
                 };
                 job_json(j, status)
             })

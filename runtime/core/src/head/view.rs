@@ -74,6 +74,8 @@ pub struct JobRow {
     pub start_time_ms: u64,
     /// When it ended.
     pub end_time_ms: Option<u64>,
+    /// Why its driver went without saying goodbye (`None`: a clean exit, or running).
+    pub lost: Option<String>,
 }
 
 /// Where a task is in its life, in Ray's names (`ray.util.state` `TaskState.state`).

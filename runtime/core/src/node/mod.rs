@@ -17,6 +17,7 @@ mod execution;
 mod fetch;
 mod metrics;
 mod task_queue;
+mod worker_output;
 pub mod worker_pool;
 mod worker_requests;
 
@@ -191,7 +192,7 @@ pub async fn start_node(
         head_reconnect_timeout: cfg.head_reconnect_timeout,
         worker_key,
     };
-    let pool = Arc::new(WorkerPool::new(env, req_tx));
+    let pool = Arc::new(WorkerPool::new(env, req_tx, control.sender.clone()));
     let cfg_resources = cfg.resources.clone();
     let tls = crate::transport::tls::ClusterTls::from_key(&cfg.cluster_key)
         .map_err(ConnectError::from)?;

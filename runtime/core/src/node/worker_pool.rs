@@ -5,9 +5,10 @@
 //! file descriptor, so no socket path has to be agreed on and no other process can
 //! connect in its place.
 
+use super::worker_output::{pump, OutputSink};
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
 use crate::protocol::{
-    FromWorker, RunKind, TaskError, ToWorker, WorkerValue, MAX_WORKER_FRAME_LEN,
+    FromWorker, RunKind, TaskError, ToHead, ToWorker, WorkerValue, MAX_WORKER_FRAME_LEN,
 };
 use crate::transport::{spawn_writer_within, FrameReader, MessageSender};
 use dashmap::DashMap;
@@ -185,6 +186,9 @@ pub struct Worker {
     next_run: AtomicU64,
     /// Set once it holds an actor: it then never returns to the idle pool.
     actor: Mutex<Option<ActorBinding>>,
+    /// What it was last sent to run: the function, or its actor's class; the prefix
+    /// of its output in the driver.
+    label: Mutex<Arc<str>>,
 }
 
 impl Worker {
@@ -197,6 +201,19 @@ impl Worker {
     pub fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// Its job.
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+
+    /// What it was last sent to run (the function, or its actor's class).
+    pub fn label(&self) -> Arc<str> {
+        self.label
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
 }
 
 /// The workers of one node.
@@ -208,13 +225,17 @@ pub struct WorkerPool {
     /// The workers' own metrics (`rayish::metrics`), by pid; an ended worker's
     /// counters stay.
     user_metrics: Mutex<crate::metrics::UserMetricTable<u32>>,
+    /// Where the workers' printed lines go, besides their log files.
+    output: OutputSink,
 }
 
 impl WorkerPool {
     /// A pool; requests from workers (object gets and puts) arrive on `requests`.
-    pub fn new(
+    /// Their printed lines go to the head through `head` (see [`super::worker_output`]).
+    pub(super) fn new(
         env: WorkerEnv,
         requests: tokio::sync::mpsc::UnboundedSender<(Arc<Worker>, WorkerRequest)>,
+        head: MessageSender<ToHead>,
     ) -> Self {
         Self {
             env,
@@ -222,6 +243,7 @@ impl WorkerPool {
             live: DashMap::new(),
             requests,
             user_metrics: Mutex::new(Default::default()),
+            output: OutputSink::start(head),
         }
     }
 
@@ -363,6 +385,21 @@ impl WorkerPool {
             }
         }
         if refused.is_none() {
+            let label = match kind {
+                RunKind::Function => Some(call.function.as_str()),
+                // Its output is labelled by class from then on, as Ray's.
+                RunKind::CreateActor => Some(
+                    call.function
+                        .strip_suffix("::new")
+                        .unwrap_or(&call.function),
+                ),
+                RunKind::ActorMethod => None,
+            };
+            if let (Some(label), Ok(mut l)) = (label, worker.label.lock()) {
+                if **l != *label {
+                    *l = Arc::from(label);
+                }
+            }
             worker.sender.send(ToWorker::Run {
                 task_id: call.task_id,
                 function: call.function,
@@ -395,14 +432,7 @@ impl WorkerPool {
     /// The command that starts a worker of `job` from `binary`: its environment (the
     /// cluster key and this job's proof, never the token), its log files, and the
     /// socket `their_fd` moved to `WORKER_FD` in the child.
-    fn command(
-        &self,
-        job: JobId,
-        binary: &Path,
-        their_fd: i32,
-        out: std::fs::File,
-        err: std::fs::File,
-    ) -> tokio::process::Command {
+    fn command(&self, job: JobId, binary: &Path, their_fd: i32) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(binary);
         cmd.env("RAYISH_WORKER_FD", WORKER_FD.to_string())
             .env("RAYISH_HEAD_ADDRESS", self.env.head.to_string())
@@ -424,8 +454,8 @@ impl WorkerPool {
                 self.env.shm_dir.as_deref().unwrap_or(Path::new("")),
             )
             .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(false);
         // SAFETY: the closure runs in the forked child before exec and calls only
         // async-signal-safe functions (dup2, fcntl, prctl) on plain integers.
@@ -460,10 +490,11 @@ impl WorkerPool {
             .map_err(|e| format!("worker log: {e}"))?;
         let err = std::fs::File::create(log_base.with_extension("err"))
             .map_err(|e| format!("worker log: {e}"))?;
-        let mut cmd = self.command(job, binary, their_fd, out, err);
+        let mut cmd = self.command(job, binary, their_fd);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start worker {}: {e}", binary.display()))?;
+        let pipes = (child.stdout.take(), child.stderr.take());
         drop(theirs);
         let pid = child.id().unwrap_or(0);
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -471,6 +502,22 @@ impl WorkerPool {
         let (r, w) = stream.into_split();
         let sender = spawn_writer_within::<_, ToWorker>(w, MAX_WORKER_FRAME_LEN);
         let mut reader = FrameReader::<_, FromWorker>::within(r, MAX_WORKER_FRAME_LEN);
+        let worker = Arc::new(Worker {
+            pid,
+            job,
+            sender,
+            runs: Mutex::new(Runs::default()),
+            next_run: AtomicU64::new(0),
+            actor: Mutex::new(None),
+            label: Mutex::new(Arc::from("")),
+        });
+        // Drained from the start: a worker that prints before it is ready must not
+        // fill its pipe and stall.
+        if let (Some(stdout), Some(stderr)) = pipes {
+            let sink = &self.output;
+            tokio::spawn(pump(stdout, out, false, worker.clone(), sink.clone()));
+            tokio::spawn(pump(stderr, err, true, worker.clone(), sink.clone()));
+        }
 
         let ready = tokio::time::timeout(READY_TIMEOUT, reader.next()).await;
         match ready {
@@ -491,14 +538,6 @@ impl WorkerPool {
                 ));
             }
         }
-        let worker = Arc::new(Worker {
-            pid,
-            job,
-            sender,
-            runs: Mutex::new(Runs::default()),
-            next_run: AtomicU64::new(0),
-            actor: Mutex::new(None),
-        });
         self.live.insert(pid, worker.clone());
         tracing::debug!(pid, ?job, "worker started");
 

@@ -104,6 +104,29 @@ pub enum ToHead {
     /// From drivers and workers: the values of their own metrics (`rayish::metrics`)
     /// now, replacing what they reported before.
     UserMetrics(Vec<UserMetric>),
+    /// From nodes: lines their workers printed (Ray's log monitor), for the drivers of
+    /// their jobs that asked for them.
+    WorkerOutput(Vec<WorkerOutput>),
+    /// From drivers: send me my job's workers' output (Ray's `log_to_driver`).
+    SubscribeOutput,
+}
+
+/// Lines one worker printed on one stream, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerOutput {
+    /// The worker's job.
+    pub job: JobId,
+    /// The worker's process id.
+    pub pid: u32,
+    /// Its node's IP: filled in by the head from the node's registration (what a
+    /// node says here is ignored).
+    pub ip: Option<std::net::IpAddr>,
+    /// What it was running: the function, or the actor's class.
+    pub label: String,
+    /// From its stderr rather than its stdout.
+    pub stderr: bool,
+    /// The lines, without their line ends.
+    pub lines: Vec<String>,
 }
 
 /// One metric of a process's own (`rayish::metrics`), as it reports it to the head.
@@ -188,6 +211,8 @@ pub enum FromHead {
     /// paused): its tasks were re-run elsewhere and its objects counted lost, so it
     /// must drop them and join again as a new node. The head closes the stream after.
     NodeDead(String),
+    /// To a driver that subscribed: what its job's workers printed.
+    WorkerOutput(Vec<WorkerOutput>),
 }
 
 /// A live actor as [`FromHead::ActorFound`] describes it.

@@ -26,6 +26,9 @@ pub(super) struct JobInfo {
     pub(super) started: Instant,
     /// When it ended, if it has.
     pub(super) ended: Option<Instant>,
+    /// Why its driver went without saying goodbye (its connection was lost: it
+    /// crashed, was killed, or its machine went away); `None` for a clean exit.
+    pub(super) lost: Option<String>,
 }
 
 struct JobEntry {
@@ -37,6 +40,8 @@ struct JobEntry {
     alive: bool,
     /// Its driver has exited (the job lives on only through detached actors).
     driver_gone: bool,
+    /// Its driver asked for its workers' output.
+    wants_output: bool,
 }
 
 /// Every job the head knows, by id.
@@ -67,11 +72,13 @@ impl JobTable {
                     driver_pid,
                     started: now,
                     ended: None,
+                    lost: None,
                 },
                 binary,
                 driver,
                 alive: true,
                 driver_gone: false,
+                wants_output: false,
             },
         );
         id
@@ -95,6 +102,28 @@ impl JobTable {
     /// Whether `job`'s driver has exited.
     pub(super) fn driver_gone(&self, job: JobId) -> bool {
         self.jobs.get(&job).is_some_and(|j| j.driver_gone)
+    }
+
+    /// `job`'s driver asks for its workers' output.
+    pub(super) fn subscribe_output(&mut self, job: JobId) {
+        if let Some(entry) = self.jobs.get_mut(&job) {
+            entry.wants_output = true;
+        }
+    }
+
+    /// Where `job`'s workers' output goes: its driver, if connected and it asked.
+    pub(super) fn output_driver(&self, job: JobId) -> Option<PeerId> {
+        self.jobs
+            .get(&job)
+            .filter(|j| j.wants_output && !j.driver_gone)
+            .map(|j| j.driver)
+    }
+
+    /// `job`'s driver went without saying goodbye, for `reason`.
+    pub(super) fn driver_lost(&mut self, job: JobId, reason: &str) {
+        if let Some(entry) = self.jobs.get_mut(&job) {
+            entry.info.lost = Some(reason.to_string());
+        }
     }
 
     /// `job`'s driver exited; it stays alive only if `detached_actors` remain.

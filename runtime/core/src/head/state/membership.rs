@@ -83,7 +83,12 @@ impl HeadState {
         self.user_metrics.ended(&peer);
         match kind {
             PeerKind::Node(node) => self.node_died(node, &format!("connection lost: {reason}")),
-            PeerKind::Driver(job) => self.job_ended(job),
+            PeerKind::Driver(job) => {
+                if reason != GOODBYE {
+                    self.jobs.driver_lost(job, reason);
+                }
+                self.job_ended(job)
+            }
             PeerKind::Worker { .. } | PeerKind::Client => {}
         }
         self.apply_freed(freed);

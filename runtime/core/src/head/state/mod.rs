@@ -20,6 +20,7 @@ mod metrics;
 mod node_table;
 mod object_table;
 mod objects;
+mod output;
 mod peer_table;
 mod placement;
 mod status;
@@ -52,6 +53,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use task_table::{TaskEntry, TaskState, TaskTable};
 use tokio::sync::oneshot;
+
+/// The reason a peer that said goodbye is disconnected for.
+const GOODBYE: &str = "the process exited";
 
 /// Something that happened, for the head to act on.
 pub enum HeadEvent {
@@ -322,7 +326,7 @@ impl HeadState {
             ToHead::Goodbye => {
                 // Answer first: the peer waits for this before it exits.
                 self.send(peer, FromHead::Farewell);
-                self.disconnect(peer, "the process exited");
+                self.disconnect(peer, GOODBYE);
                 return;
             }
             ToHead::StatusRequest => {
@@ -332,6 +336,12 @@ impl HeadState {
             ToHead::AutoscalerReport(report) => self.autoscaler = Some(*report),
             ToHead::Sync(n) => self.send(peer, FromHead::Synced(n)),
             ToHead::UserMetrics(metrics) => self.user_metrics_reported(peer, metrics),
+            ToHead::WorkerOutput(runs) => {
+                if let Some(node) = self.peers.node(peer) {
+                    self.worker_output(node, runs);
+                }
+            }
+            ToHead::SubscribeOutput => self.subscribe_output(peer),
             ToHead::GetActor { request, name } => {
                 let result = self.find_actor(peer, &name);
                 self.send(peer, FromHead::ActorFound { request, result });

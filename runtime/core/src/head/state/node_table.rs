@@ -115,6 +115,11 @@ impl NodeTable {
         self.nodes.get(&id).is_some_and(|n| n.alive)
     }
 
+    /// The IP a node registered with.
+    pub(super) fn ip(&self, id: NodeId) -> Option<std::net::IpAddr> {
+        self.nodes.get(&id).map(|n| n.reg.address.ip())
+    }
+
     /// The connection of a live node.
     pub(super) fn live_peer(&self, id: NodeId) -> Option<PeerId> {
         self.nodes.get(&id).filter(|n| n.alive).map(|n| n.peer)

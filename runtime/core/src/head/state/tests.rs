@@ -578,3 +578,30 @@ fn the_state_api_lists_live_and_ended_tasks_and_counts_what_the_log_dropped() {
         "{failed:?}"
     );
 }
+
+#[test]
+fn a_job_whose_driver_said_goodbye_ended_cleanly_and_one_whose_driver_was_lost_did_not() {
+    let mut b = Bench::new();
+    let clean = b.driver();
+    let lost = b.driver();
+    b.send(clean.peer, ToHead::Goodbye);
+    b.head
+        .handle_batch([HeadEvent::Disconnected(lost.peer, "timed out".into())]);
+    let jobs = match b.head.view(crate::head::view::StateQuery::Jobs) {
+        crate::head::view::StateRows::Jobs(j) => j,
+        other => panic!("asked for jobs, got {other:?}"),
+    };
+    let row = |job: JobId| {
+        jobs.iter()
+            .find(|j| j.job_id == job)
+            .unwrap_or_else(|| panic!("job {job} not listed: {jobs:?}"))
+    };
+    let (c, l) = (row(clean.job), row(lost.job));
+    assert!(
+        !c.running && c.end_time_ms.is_some() && c.lost.is_none(),
+        "{c:?}"
+    );
+    assert!(!l.running && l.end_time_ms.is_some(), "{l:?}");
+    assert_eq!(l.lost.as_deref(), Some("timed out"));
+    assert_eq!(c.driver_pid, 4242);
+}

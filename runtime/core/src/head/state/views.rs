@@ -133,6 +133,7 @@ impl HeadState {
                 running,
                 start_time_ms: self.epoch_ms(info.started),
                 end_time_ms: info.ended.map(|t| self.epoch_ms(t)),
+                lost: info.lost.clone(),
             })
             .collect()
     }
