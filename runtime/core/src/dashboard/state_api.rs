@@ -632,7 +632,12 @@ pub fn summarize_objects(rows: &[Map<String, Value>]) -> Value {
         if let Some(pid) = r.get("pid").and_then(Value::as_u64) {
             holders.insert(pid);
         }
-        if let Some(ip) = r.get("ip").and_then(Value::as_str) {
+        // A driver's node is not known (its IP is empty): not a node to count.
+        if let Some(ip) = r
+            .get("ip")
+            .and_then(Value::as_str)
+            .filter(|ip| !ip.is_empty())
+        {
             nodes.insert(ip.to_string());
         }
         let rt = r
@@ -723,6 +728,24 @@ mod tests {
         let out = list(Resource::Tasks, rows(), &not, 0, vec![]).expect("list");
         assert_eq!(out["num_filtered"], 1);
         assert!(out["result"][0].get("error_message").is_some());
+    }
+
+    #[test]
+    fn an_object_summary_counts_the_nodes_that_hold_references() {
+        let rows: Vec<Map<String, Value>> = [
+            json!({"object_id": "a", "object_size": 10, "pid": 1, "ip": "", "task_status": "FINISHED", "reference_type": "LOCAL_REFERENCE"}),
+            json!({"object_id": "b", "object_size": 20, "pid": 2, "ip": "10.0.0.2", "task_status": "FINISHED", "reference_type": "LOCAL_REFERENCE"}),
+            json!({"object_id": "b", "object_size": 20, "pid": 3, "ip": "10.0.0.3", "task_status": "FINISHED", "reference_type": "LOCAL_REFERENCE"}),
+        ]
+        .into_iter()
+        .filter_map(|v| v.as_object().cloned())
+        .collect();
+        let s = summarize_objects(&rows);
+        let d = &s["summary"]["disabled"];
+        assert_eq!(d["total_objects"], 2);
+        assert_eq!(d["total_num_workers"], 3);
+        assert_eq!(d["total_num_nodes"], 2);
+        assert_eq!(d["ref_type_counts"]["LOCAL_REFERENCE"], 3);
     }
 
     #[test]
