@@ -134,6 +134,20 @@ impl HeadHandle {
         answer.await.ok()
     }
 
+    /// Asks `node` about its machine (its logs, its host's use); `None` if the node
+    /// is not live, goes before answering, or the head has stopped.
+    pub async fn ask_node(
+        &self,
+        node: crate::ids::NodeId,
+        request: crate::protocol::AgentRequest,
+    ) -> Option<crate::protocol::AgentReply> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(HeadEvent::AskNode(node, request, reply))
+            .ok()?;
+        answer.await.ok()
+    }
+
     /// Joins a peer of this same process (see [`InProcessHead`]).
     async fn open_in_process(&self, hello: Hello) -> Result<ControlStream, HandshakeError> {
         let stopped = || HandshakeError::Protocol("the head has stopped".into());

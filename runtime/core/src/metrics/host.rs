@@ -33,6 +33,35 @@ impl HostSampler {
         })
     }
 
+    /// The host's CPU, memory and disk use now (CPU since the last sample); the
+    /// object store's fields are left at zero.
+    pub fn usage(&mut self) -> crate::protocol::NodeUsage {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        self.disks.refresh(true);
+        let total = self.system.total_memory();
+        let (disk_total, disk_free) = self
+            .disk()
+            .map_or((0, 0), |d| (d.total_space(), d.available_space()));
+        crate::protocol::NodeUsage {
+            cpu_percent: self.system.global_cpu_usage(),
+            cpus: self.system.cpus().len() as u32,
+            mem_total: total,
+            mem_used: total.saturating_sub(self.system.available_memory()),
+            disk_total,
+            disk_used: disk_total.saturating_sub(disk_free),
+            ..Default::default()
+        }
+    }
+
+    /// The disk holding the session directory: the longest mount point above it.
+    fn disk(&self) -> Option<&sysinfo::Disk> {
+        self.disks
+            .iter()
+            .filter(|d| self.disk_path.starts_with(d.mount_point()))
+            .max_by_key(|d| d.mount_point().as_os_str().len())
+    }
+
     /// Adds the host's samples to `out`; `node_pid` is the node process, `workers`
     /// its worker processes.
     pub fn sample(&mut self, out: &mut MetricSet, node_pid: u32, workers: &[u32]) {
@@ -72,12 +101,7 @@ impl HostSampler {
         );
 
         self.disks.refresh(true);
-        let disk = self
-            .disks
-            .iter()
-            .filter(|d| self.disk_path.starts_with(d.mount_point()))
-            .max_by_key(|d| d.mount_point().as_os_str().len());
-        if let Some(d) = disk {
+        if let Some(d) = self.disk() {
             let free = d.available_space();
             out.gauge(
                 "ray_node_disk_usage",

@@ -13,6 +13,7 @@
 //! worker processes.
 
 mod actors;
+mod agent;
 mod execution;
 mod fetch;
 mod metrics;
@@ -24,7 +25,9 @@ mod worker_requests;
 use crate::binaries::BinaryCache;
 use crate::ids::{ActorId, BinaryHash, NodeId};
 use crate::object_store::{ObjectStore, FREE_SEGMENT_IDLE};
-use crate::protocol::{FromHead, Hello, NodeLoad, NodeRegistration, PeerRole, TaskKind, ToHead};
+use crate::protocol::{
+    AgentReply, FromHead, Hello, NodeLoad, NodeRegistration, PeerRole, TaskKind, ToHead,
+};
 use crate::resources::ResourceSet;
 use crate::transport::{
     connect, open_control, ConnectError, Endpoint, HandshakeError, InProcessHead, MessageSender,
@@ -100,6 +103,8 @@ struct NodeInner {
     /// Moving average of its function calls' run times, in microseconds (0 before
     /// the first): tasks get followers only while they are short.
     avg_run_micros: std::sync::atomic::AtomicU64,
+    /// Answers the dashboard's questions about this machine.
+    agent: Arc<agent::Agent>,
 }
 
 /// How often a node marks its live jobs' binaries as used (see `BinaryCache::touch`).
@@ -194,6 +199,7 @@ pub async fn start_node(
     };
     let pool = Arc::new(WorkerPool::new(env, req_tx, control.sender.clone()));
     let cfg_resources = cfg.resources.clone();
+    let agent = Arc::new(agent::Agent::new(&cfg.log_dir, store.clone()));
     let tls = crate::transport::tls::ClusterTls::from_key(&cfg.cluster_key)
         .map_err(ConnectError::from)?;
     let peer_client = crate::transport::client_config(&tls, cfg.node_timeout, cfg.address)?;
@@ -211,6 +217,7 @@ pub async fn start_node(
         binary_fetch: tokio::sync::Mutex::new(()),
         actors: DashMap::new(),
         avg_run_micros: std::sync::atomic::AtomicU64::new(0),
+        agent,
     });
     tracing::info!(node = ?inner.cfg.node_id, head = %inner.cfg.head, "joined the cluster");
 
@@ -302,6 +309,16 @@ pub async fn start_node(
                             node.known_binaries.remove(&hash);
                         }
                     }
+                }
+                Ok(Some(FromHead::AgentRequest { id, request })) => {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        let agent = node.agent.clone();
+                        let reply = tokio::task::spawn_blocking(move || agent.answer(request))
+                            .await
+                            .unwrap_or_else(|e| AgentReply::Error(e.to_string()));
+                        node.head.send(ToHead::AgentReply { id, reply });
+                    });
                 }
                 Ok(Some(FromHead::NodeDead(reason))) => {
                     break format!("the head declared this node dead ({reason})")

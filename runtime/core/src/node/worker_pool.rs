@@ -482,10 +482,10 @@ impl WorkerPool {
             std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let theirs: OwnedFd = theirs.into();
         let their_fd = theirs.as_raw_fd();
-        let log_base = self
-            .env
-            .log_dir
-            .join(format!("worker-{job}-{:08x}", rand::random::<u32>()));
+        let log_base = self.env.log_dir.join(format!(
+            "starting-worker-{job}-{:08x}",
+            rand::random::<u32>()
+        ));
         let out = std::fs::File::create(log_base.with_extension("out"))
             .map_err(|e| format!("worker log: {e}"))?;
         let err = std::fs::File::create(log_base.with_extension("err"))
@@ -497,6 +497,21 @@ impl WorkerPool {
         let pipes = (child.stdout.take(), child.stderr.take());
         drop(theirs);
         let pid = child.id().unwrap_or(0);
+        // Ray's name for a worker's logs, `worker-<worker id>-<job id>-<pid>`, which
+        // Ray's log API resolves a pid with; the pid is known only now.
+        let named = self
+            .env
+            .log_dir
+            .join(format!("worker-{:08x}-{job}-{pid}", rand::random::<u32>()));
+        let log_base = match ["out", "err"].iter().try_for_each(|ext| {
+            std::fs::rename(log_base.with_extension(ext), named.with_extension(ext))
+        }) {
+            Ok(()) => named,
+            Err(e) => {
+                tracing::warn!("cannot name the worker's logs after its pid: {e}");
+                log_base
+            }
+        };
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
         let (r, w) = stream.into_split();

@@ -2,8 +2,8 @@
 
 use super::payload;
 use super::{
-    AutoscalerReport, ClusterStatus, Hello, NodeAddress, TaskAssignment, TaskError, TaskOutcome,
-    TaskSpec, TransferRequest, Welcome,
+    AgentReply, AgentRequest, AutoscalerReport, ClusterStatus, Hello, NodeAddress, TaskAssignment,
+    TaskError, TaskOutcome, TaskSpec, TransferRequest, Welcome,
 };
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,13 @@ pub enum ToHead {
     WorkerOutput(Vec<WorkerOutput>),
     /// From drivers: send me my job's workers' output (Ray's `log_to_driver`).
     SubscribeOutput,
+    /// From nodes: the answer to [`FromHead::AgentRequest`] `id`.
+    AgentReply {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        reply: AgentReply,
+    },
 }
 
 /// Lines one worker printed on one stream, in order.
@@ -213,6 +220,14 @@ pub enum FromHead {
     NodeDead(String),
     /// To a driver that subscribed: what its job's workers printed.
     WorkerOutput(Vec<WorkerOutput>),
+    /// To a node: a question for the dashboard, answered by [`ToHead::AgentReply`]
+    /// with the same id.
+    AgentRequest {
+        /// Names the answer.
+        id: u64,
+        /// The question.
+        request: AgentRequest,
+    },
 }
 
 /// A live actor as [`FromHead::ActorFound`] describes it.

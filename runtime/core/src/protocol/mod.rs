@@ -18,11 +18,13 @@
 //! One file per message family: `frame.rs` the framing, `handshake.rs` the first
 //! messages of a control stream, `control.rs` the control stream's messages and
 //! `task.rs`, `task_error.rs` the task types they carry, `status.rs` the
-//! `rayish status` snapshot, `transfer.rs` transfer streams, `worker.rs` the worker
+//! `rayish status` snapshot, `agent.rs` the head's questions to a node for the
+//! dashboard, `transfer.rs` transfer streams, `worker.rs` the worker
 //! socket; `payload.rs` the byte-string encoding of values inside messages. Every type
 //! that crosses a process boundary lives here, under the one [`PROTOCOL_VERSION`];
 //! all are re-exported at this module's root.
 
+mod agent;
 mod control;
 mod frame;
 mod handshake;
@@ -33,6 +35,7 @@ mod task_error;
 mod transfer;
 mod worker;
 
+pub use agent::*;
 pub use control::*;
 pub use frame::*;
 pub use handshake::*;
@@ -43,7 +46,7 @@ pub use transfer::*;
 pub use worker::*;
 
 /// Version of this protocol; peers speaking another one are refused.
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RYSH";
 /// Bytes before a frame's payload.

@@ -81,6 +81,7 @@ impl HeadState {
         let mut freed = Freed::default();
         self.objects.remove_peer(peer, &mut freed);
         self.user_metrics.ended(&peer);
+        self.drop_agent_requests(peer);
         match kind {
             PeerKind::Node(node) => self.node_died(node, &format!("connection lost: {reason}")),
             PeerKind::Driver(job) => {

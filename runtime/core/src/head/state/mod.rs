@@ -9,11 +9,12 @@
 //! [`actor_table`], with the objects in [`object_table`] and the
 //! scheduling queue in [`super::scheduler`]. What the head does across tables is
 //! split by concern into `impl HeadState` blocks: [`membership`], [`tasks`],
-//! [`objects`], [`placement`], [`actors`], [`status`]; they change a table only
+//! [`objects`], [`placement`], [`actors`], [`status`], [`agent_relay`]; they change a table only
 //! through its methods.
 
 mod actor_table;
 mod actors;
+mod agent_relay;
 mod job_table;
 mod membership;
 mod metrics;
@@ -88,6 +89,12 @@ pub enum HeadEvent {
         super::view::StateQuery,
         oneshot::Sender<super::view::StateRows>,
     ),
+    /// The dashboard asks a node about its machine (see [`agent_relay`]).
+    AskNode(
+        NodeId,
+        crate::protocol::AgentRequest,
+        oneshot::Sender<crate::protocol::AgentReply>,
+    ),
 }
 
 /// Settings of the head.
@@ -135,6 +142,8 @@ pub struct HeadState {
     /// A moment of the clock and the wall time then, in milliseconds since the Unix
     /// epoch: how the state API's times are told.
     wall_anchor: (Instant, u64),
+    /// The dashboard's questions to nodes awaiting answers.
+    agent_relay: agent_relay::AgentRelay,
 }
 
 impl HeadState {
@@ -169,6 +178,7 @@ impl HeadState {
             turn: 0,
             autoscaler: None,
             last_tick: now,
+            agent_relay: Default::default(),
         }
     }
 
@@ -205,6 +215,7 @@ impl HeadState {
             HeadEvent::State(query, reply) => {
                 let _ = reply.send(self.view(query));
             }
+            HeadEvent::AskNode(node, request, reply) => self.ask_node(node, request, reply),
         }
     }
 
@@ -342,6 +353,7 @@ impl HeadState {
                 }
             }
             ToHead::SubscribeOutput => self.subscribe_output(peer),
+            ToHead::AgentReply { id, reply } => self.agent_replied(peer, id, reply),
             ToHead::GetActor { request, name } => {
                 let result = self.find_actor(peer, &name);
                 self.send(peer, FromHead::ActorFound { request, result });
