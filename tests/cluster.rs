@@ -781,17 +781,7 @@ fn a_put_that_fits_nowhere_is_an_object_store_full_error_and_loses_nothing() {
     // A 64 MiB store whose spill directory cannot be created (a file stands where it
     // would go): a 100 MiB put can be neither held nor spilled.
     let cluster = TestCluster::start_with(0, 1, 5000, &["--object-store-memory", "67108864"]);
-    let head_pid = cluster.nodes[0].id();
-    let session = std::fs::read_dir(cluster.root())
-        .expect("temp root")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("session_") && n.ends_with(&format!("_{head_pid}")))
-        })
-        .expect("the head's session directory");
+    let session = cluster.session_of(0);
     std::fs::write(session.join("spill"), b"not a directory").expect("block the spill dir");
     let r = cluster.scenario(["store-full"]);
     for who in ["driver", "task"] {

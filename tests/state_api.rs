@@ -4,7 +4,7 @@
 //! actors, workers and jobs; the HTTP server refuses requests without the token and
 //! answers bad ones with a 4xx and a reason.
 
-use rayish_suite::{rand_u64, TestCluster};
+use rayish_suite::{http_get, rand_u64, stdout_of, TestCluster};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -27,50 +27,13 @@ fn ray(cluster: &TestCluster, args: &[&str]) -> Output {
         })
 }
 
-fn stdout_of(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// A GET of the dashboard with `headers`: status and body.
-fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut req = ureq::get(url);
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    match req.call() {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => panic!("GET {url}: {e}"),
-    }
-}
-
 #[test]
 fn rays_state_cli_prints_a_rayish_cluster() {
     let cluster = TestCluster::start(1, 2, 5000);
     let dir = std::env::temp_dir().join(format!("rayish-state-{:x}", rand_u64()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let go: PathBuf = dir.join("go");
-    let (mut driver, mut lines) = cluster.spawn_scenario([
-        "state",
-        "--n",
-        "40",
-        "--go",
-        go.to_str().expect("utf-8 path"),
-    ]);
-    let result: Value = lines
-        .by_ref()
-        .find_map(|l| {
-            l.strip_prefix("RESULT ")
-                .map(|j| serde_json::from_str(j).expect("result json"))
-        })
-        .expect("the driver printed no RESULT");
+    let (mut driver, result) = cluster.start_state_scenario(40, &go);
     let refused = result["refused"]
         .as_str()
         .expect("the refusing task failed");

@@ -310,6 +310,66 @@ impl TestCluster {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// The session directory of node `i` (0 is the head): named after its pid.
+    pub fn session_of(&self, i: usize) -> PathBuf {
+        let suffix = format!("_{}", self.nodes[i].id());
+        std::fs::read_dir(&self.root)
+            .expect("temp root")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("session_") && n.ends_with(&suffix))
+            })
+            .unwrap_or_else(|| panic!("no session directory of node {i}"))
+    }
+
+    /// Starts the `state` scenario (tasks, two failures, a named actor; it then waits
+    /// for the file `go`) and returns it with its `RESULT`.
+    pub fn start_state_scenario(&self, n: u32, go: &Path) -> (Child, serde_json::Value) {
+        let (driver, mut lines) = self.spawn_scenario([
+            "state",
+            "--n",
+            &n.to_string(),
+            "--go",
+            go.to_str().expect("utf-8 path"),
+        ]);
+        let result = lines
+            .by_ref()
+            .find_map(|l| {
+                l.strip_prefix("RESULT ")
+                    .map(|j| serde_json::from_str(j).expect("result json"))
+            })
+            .expect("the driver printed no RESULT");
+        (driver, result)
+    }
+}
+
+/// The stdout of a finished command, which must have succeeded.
+pub fn stdout_of(out: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A GET of a plain-HTTP URL with `headers`: status and body.
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = ureq::get(url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    match req.call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
 }
 
 impl Drop for TestCluster {

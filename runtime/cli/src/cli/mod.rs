@@ -1,11 +1,13 @@
 //! Command-line parsing and dispatch.
 
 mod cluster;
+mod logs;
 mod microbenchmark;
 mod start;
 mod state;
 mod status;
 mod stop;
+mod timeline;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +47,10 @@ enum Command {
     Get(state::GetArgs),
     /// Summarize tasks, actors or objects, like `ray summary`.
     Summary(state::SummaryArgs),
+    /// List a node's log files, or print or follow one, like `ray logs`.
+    Logs(logs::LogsArgs),
+    /// Write the tasks' timeline as a Chrome trace, like `ray timeline`.
+    Timeline(timeline::TimelineArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -64,5 +70,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::List(args) => state::list(args),
         Command::Get(args) => state::get(args),
         Command::Summary(args) => state::summary(args),
+        Command::Logs(args) => logs::logs(args),
+        Command::Timeline(args) => timeline::timeline(args),
     }
 }

@@ -90,14 +90,15 @@ fn resource_path(name: &str) -> Result<(Resource, String)> {
 }
 
 /// A client of one dashboard.
-struct Api {
+pub(super) struct Api {
     base: String,
     token: String,
     agent: ureq::Agent,
+    timeout: Duration,
 }
 
 impl Api {
-    fn new(args: &ApiArgs) -> Result<Self> {
+    pub(super) fn new(args: &ApiArgs) -> Result<Self> {
         let root = args.temp_dir.clone().unwrap_or_else(temp_root);
         let record = read_cluster_record(&root);
         let from_env = std::env::var("RAY_ADDRESS")
@@ -129,41 +130,80 @@ impl Api {
                     .map(|r| r.token)
             })
             .context("no token: pass --token or set RAYISH_TOKEN")?;
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(args.timeout))
-            .build();
-        Ok(Api { base, token, agent })
+        let timeout = Duration::from_secs(args.timeout);
+        let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+        Ok(Api {
+            base,
+            token,
+            agent,
+            timeout,
+        })
     }
 
-    /// GETs `path` with `query`; the `data.result` of Ray's envelope.
-    fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+    /// A GET of `path` with `query` and the token, and its URL (for messages).
+    fn request(
+        &self,
+        agent: &ureq::Agent,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> (String, ureq::Request) {
         let url = format!("{}{path}", self.base);
-        let mut req = self
-            .agent
+        let mut req = agent
             .get(&url)
             .set("Authorization", &format!("Bearer {}", self.token));
         for (k, v) in query {
             req = req.query(k, v);
         }
+        (url, req)
+    }
+
+    /// GETs `path` with `query` and returns the body to read as it comes, without
+    /// the overall timeout (a followed log has no end).
+    pub(super) fn stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Box<dyn std::io::Read + Send + Sync>> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(self.timeout)
+            .build();
+        let (url, req) = self.request(&agent, path, query);
+        match req.call() {
+            Ok(resp) => Ok(resp.into_reader()),
+            Err(e) => Err(refusal(&url, e)),
+        }
+    }
+
+    /// GETs `path` with `query`; the `data.result` of Ray's envelope.
+    pub(super) fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        let (url, req) = self.request(&self.agent, path, query);
         let body: Value = match req.call() {
             Ok(resp) => {
                 let text = resp.into_string().context("reading the answer")?;
                 serde_json::from_str(&text).context("the answer is not JSON")?
             }
-            Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let msg = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v["msg"].as_str().map(str::to_string))
-                    .unwrap_or(text);
-                bail!("{url}: {code}: {}", msg.trim());
-            }
-            Err(e) => bail!("{url}: {e}"),
+            Err(e) => return Err(refusal(&url, e)),
         };
         if body["result"] != Value::Bool(true) {
             bail!("{url}: {}", body["msg"]);
         }
         Ok(body["data"]["result"].clone())
+    }
+}
+
+/// The error of a failed request: the server's message (Ray's envelope's `msg`, or
+/// the body) for an HTTP error status.
+fn refusal(url: &str, e: ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Status(code, resp) => {
+            let text = resp.into_string().unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["msg"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            anyhow::anyhow!("{url}: {code}: {}", msg.trim())
+        }
+        e => anyhow::anyhow!("{url}: {e}"),
     }
 }
 

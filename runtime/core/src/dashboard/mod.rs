@@ -1,25 +1,30 @@
-//! The head's HTTP server on the dashboard port (Ray's 8265): Ray's state API
-//! (`/api/v0/...`, [`state_api`]), its version and authentication endpoints, so
-//! that Ray's own `ray list`, `ray get` and `ray summary` work against a rayish head.
+//! The head's HTTP server on the dashboard port (Ray's 8265): the web pages
+//! (`ui/index.html`), Ray's state API (`/api/v0/...`, [`state_api`]), its log API
+//! ([`logs`]) and task timeline ([`timeline`]), its version and authentication
+//! endpoints, so that Ray's own `ray list`, `ray get` and `ray summary` work against
+//! a rayish head.
 //!
 //! Every endpoint but the public ones (`/`, `/api/healthz`,
 //! `/api/authentication_mode`, `/api/authenticate`) needs the cluster token, as
 //! Ray's token authentication asks for it: `Authorization: Bearer <token>` (or
 //! `X-Ray-Authorization`), or the `ray-authentication-token` cookie a browser gets
 //! from `POST /api/authenticate` or from opening `/?token=<token>` once. A missing
-//! token is a 401, a wrong one a 403; a malformed request a 400 with a message.
+//! token is a 401, a wrong one a 403; a malformed request a 400 with a message. One
+//! middleware layer checks the token for every guarded route.
 //!
 //! The head's tables are read by one message to its task, which copies the rows
 //! out ([`crate::head::view`]); filtering and encoding happen here.
 
+pub mod logs;
 pub mod state_api;
+pub mod timeline;
 
 use crate::head::view::{StateQuery, StateRows};
 use crate::head::HeadHandle;
 use crate::metrics::BearerToken;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{json, Value};
 use state_api::{BadRequest, Holders, ListOptions, NodeIps, Resource};
@@ -61,14 +66,26 @@ pub fn serve(
         head,
         session_name,
     };
+    // Everything but the sign-in pages needs the token: checked once, here, so no
+    // endpoint can forget it.
+    let guarded = axum::Router::new()
+        .route("/api/version", get(version))
+        .route("/api/v0/{resource}", get(list))
+        .route("/api/v0/{resource}/summarize", get(summarize))
+        .route("/api/v0/tasks/timeline", get(tasks_timeline))
+        .route("/api/rayish/node_usage", get(node_usage))
+        .route("/api/v0/logs", get(list_logs))
+        .route("/api/v0/logs/{media}", get(get_log))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
     let app = axum::Router::new()
         .route("/", get(index))
         .route("/api/healthz", get(|| async { "success" }))
         .route("/api/authentication_mode", get(authentication_mode))
         .route("/api/authenticate", post(authenticate))
-        .route("/api/version", get(version))
-        .route("/api/v0/{resource}", get(list))
-        .route("/api/v0/{resource}/summarize", get(summarize))
+        .merge(guarded)
         .fallback(|| async { reply_error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state);
     tokio::spawn(async move {
@@ -120,6 +137,18 @@ fn refusal(auth: &BearerToken, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// The guard of every endpoint but the sign-in pages.
+async fn require_token(
+    State(d): State<Dashboard>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match refusal(&d.auth, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
 fn token_cookie(token: &str) -> String {
     format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000")
 }
@@ -163,7 +192,7 @@ async fn authenticate(State(d): State<Dashboard>, headers: HeaderMap) -> Respons
 }
 
 /// `/?token=...` (the link `rayish start` prints) sets the cookie and drops the
-/// token from the address bar; without a valid cookie, a login form.
+/// token from the address bar and history; without a valid cookie, a login form.
 async fn index(
     State(d): State<Dashboard>,
     headers: HeaderMap,
@@ -172,8 +201,14 @@ async fn index(
     if let Some((_, token)) = query.iter().find(|(k, _)| k == "token") {
         if d.auth.admits_token(token) {
             return (
-                [(header::SET_COOKIE, token_cookie(token))],
-                Redirect::to("/"),
+                [
+                    (header::SET_COOKIE, token_cookie(token)),
+                    (header::REFERRER_POLICY, "no-referrer".to_string()),
+                ],
+                // A page of this origin moves on, not a redirect: the cookie is
+                // `SameSite=Strict`, so a redirect at the end of a link followed from
+                // elsewhere would arrive without it.
+                Html(SIGNED_IN_PAGE),
             )
                 .into_response();
         }
@@ -188,6 +223,12 @@ async fn index(
     }
     Html(INDEX_PAGE).into_response()
 }
+
+const SIGNED_IN_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>rayish</title></head>
+<body><p>Signed in; opening the dashboard.</p>
+<script>location.replace("/" + location.hash);</script></body></html>
+"#;
 
 fn login_page(message: &str) -> String {
     LOGIN_PAGE.replace("{message}", message)
@@ -215,28 +256,12 @@ document.getElementById("login").addEventListener("submit", async (e) => {
 </body></html>
 "#;
 
-const INDEX_PAGE: &str = r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>rayish</title></head>
-<body>
-<h1>rayish</h1>
-<p>Ray's state API, as JSON:</p>
-<ul>
-<li><a href="/api/v0/nodes">nodes</a></li>
-<li><a href="/api/v0/jobs">jobs</a></li>
-<li><a href="/api/v0/tasks">tasks</a> (<a href="/api/v0/tasks/summarize">summary</a>)</li>
-<li><a href="/api/v0/actors">actors</a> (<a href="/api/v0/actors/summarize">summary</a>)</li>
-<li><a href="/api/v0/objects">objects</a> (<a href="/api/v0/objects/summarize">summary</a>)</li>
-<li><a href="/api/v0/workers">workers</a></li>
-<li><a href="/api/v0/placement_groups">placement groups</a></li>
-</ul>
-</body></html>
-"#;
+/// The dashboard's one page: plain HTML, CSS and JavaScript, built into the binary
+/// (no Node toolchain, no files to install); it reads the JSON APIs above.
+const INDEX_PAGE: &str = include_str!("ui/index.html");
 
 /// Ray's `GET /api/version`, which Ray's clients check first.
-async fn version(State(d): State<Dashboard>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&d.auth, &headers) {
-        return refused;
-    }
+async fn version(State(d): State<Dashboard>) -> Response {
     axum::Json(json!({
         "version": API_VERSION,
         "ray_version": RAY_API_VERSION,
@@ -262,14 +287,20 @@ async fn rows(head: &HeadHandle, query: StateQuery) -> Result<StateRows, Respons
     }
 }
 
-/// Node addresses by id, and drivers' and workers' pids by connection.
-async fn lookups(head: &HeadHandle) -> Result<(NodeIps, Holders), Response> {
+/// Node addresses by id.
+async fn node_ips(head: &HeadHandle) -> Result<NodeIps, Response> {
     let mut ips = NodeIps::new();
     if let StateRows::Nodes(nodes) = rows(head, StateQuery::Nodes).await? {
         for n in nodes {
             ips.insert(n.status.node_id, n.status.address.ip().to_string());
         }
     }
+    Ok(ips)
+}
+
+/// Node addresses by id, and drivers' and workers' pids by connection.
+async fn lookups(head: &HeadHandle) -> Result<(NodeIps, Holders), Response> {
+    let ips = node_ips(head).await?;
     let mut holders = Holders::new();
     if let StateRows::Workers(workers) = rows(head, StateQuery::Workers).await? {
         for w in workers {
@@ -295,13 +326,9 @@ fn query_of(resource: Resource) -> Option<StateQuery> {
 /// Ray's `GET /api/v0/<resource>`.
 async fn list(
     State(d): State<Dashboard>,
-    headers: HeaderMap,
     Path(resource): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    if let Some(refused) = refusal(&d.auth, &headers) {
-        return refused;
-    }
     let resource = match Resource::from_path(&resource) {
         Ok(r) => r,
         Err(e) => return reply_error(StatusCode::NOT_FOUND, e.0),
@@ -352,15 +379,117 @@ async fn list(
     }
 }
 
-/// Ray's `GET /api/v0/<tasks|actors|objects>/summarize`.
-async fn summarize(
+/// Ray's `GET /api/v0/tasks/timeline[?job_id=&download=1]`: the Chrome trace of the
+/// tasks the head lists (see [`timeline`]).
+async fn tasks_timeline(
     State(d): State<Dashboard>,
-    headers: HeaderMap,
-    Path(resource): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    if let Some(refused) = refusal(&d.auth, &headers) {
-        return refused;
+    let param = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    let job = match param("job_id").filter(|j| !j.is_empty()) {
+        None => None,
+        Some(j) => match u128::from_str_radix(j, 16) {
+            Ok(j) => Some(crate::ids::JobId(j)),
+            Err(_) => {
+                return reply_error(StatusCode::BAD_REQUEST, format!("{j:?} is not a job id"))
+            }
+        },
+    };
+    let ips = match node_ips(&d.head).await {
+        Ok(ips) => ips,
+        Err(r) => return r,
+    };
+    let tasks = match rows(&d.head, StateQuery::Tasks).await {
+        Ok(StateRows::Tasks(t)) => t,
+        Ok(_) => return reply_error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected rows".into()),
+        Err(r) => return r,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let trace = tokio::task::spawn_blocking(move || {
+        timeline::chrome_trace(&tasks.rows, &ips, job, now).to_string()
+    })
+    .await
+    .unwrap_or_else(|_| "[]".into());
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], trace).into_response();
+    if param("download") == Some("1") {
+        let name = format!(
+            "attachment; filename=\"timeline-{}-{now}.json\"",
+            param("job_id").unwrap_or("all")
+        );
+        if let Ok(v) = name.parse() {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, v);
+        }
     }
+    response
+}
+
+/// `GET /api/rayish/node_usage`: each live node's host and object store use (asked
+/// of the nodes, all at once) with its logical resources, for the overview page.
+async fn node_usage(State(d): State<Dashboard>) -> Response {
+    let nodes = match rows(&d.head, StateQuery::Nodes).await {
+        Ok(StateRows::Nodes(nodes)) => nodes,
+        Ok(_) => return reply_error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected rows".into()),
+        Err(r) => return r,
+    };
+    let live: Vec<_> = nodes.into_iter().filter(|n| n.status.alive).collect();
+    let asks = live.iter().map(|n| {
+        let head = d.head.clone();
+        let id = n.status.node_id;
+        async move {
+            tokio::time::timeout(
+                HEAD_TIMEOUT,
+                head.ask_node(id, crate::protocol::AgentRequest::Usage),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut out = serde_json::Map::new();
+    for (n, answer) in live.iter().zip(answers) {
+        let mut entry = match answer {
+            Ok(Some(crate::protocol::AgentReply::Usage(u))) => {
+                serde_json::to_value(u).unwrap_or(Value::Null)
+            }
+            Ok(Some(crate::protocol::AgentReply::Error(e))) => json!({ "error": e }),
+            _ => json!({ "error": "the node did not answer" }),
+        };
+        if let Value::Object(m) = &mut entry {
+            let resources = |r: &crate::resources::ResourceSet| -> Value {
+                r.iter().map(|(k, v)| (k.to_string(), json!(v))).collect()
+            };
+            m.insert("resources_total".into(), resources(&n.status.total));
+            m.insert("resources_available".into(), resources(&n.status.available));
+            m.insert("running_tasks".into(), json!(n.status.running_tasks));
+            m.insert("workers".into(), json!(n.status.load.workers));
+        }
+        out.insert(n.status.node_id.to_string(), entry);
+    }
+    reply(Value::Object(out))
+}
+
+/// Ray's `GET /api/v0/logs` (see [`logs`]).
+async fn list_logs(
+    State(d): State<Dashboard>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    logs::list(&d, &query).await
+}
+
+/// Ray's `GET /api/v0/logs/{file,stream}` (see [`logs`]).
+async fn get_log(
+    State(d): State<Dashboard>,
+    Path(media): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    logs::get_log(&d, &media, &query).await
+}
+
+/// Ray's `GET /api/v0/<tasks|actors|objects>/summarize`.
+async fn summarize(State(d): State<Dashboard>, Path(resource): Path<String>) -> Response {
     match resource.as_str() {
         "tasks" => match rows(&d.head, StateQuery::Tasks).await {
             Ok(StateRows::Tasks(t)) => {
