@@ -138,9 +138,8 @@ fn all_variables(expr: &str) -> String {
 
 /// The panels of Ray's default dashboard that a cluster of CPU nodes running tasks
 /// (no actors) must show. The others are about GPUs and TPUs, OOM kills and worker
-/// failures (none happened), actors, disk I/O speeds, and per-node running tasks,
-/// which rayish does not export yet.
-const CPU_CLUSTER_PANELS: [&str; 20] = [
+/// failures (none happened), actors and disk I/O speeds.
+const CPU_CLUSTER_PANELS: [&str; 21] = [
     "Node Count",
     "Cluster Utilization",
     "Node CPU Usage",
@@ -159,6 +158,7 @@ const CPU_CLUSTER_PANELS: [&str; 20] = [
     "All Tasks by State",
     "Active Tasks by Name",
     "Running Tasks by Name",
+    "Running Tasks by Node",
     "All Placement Groups by State",
     "Object Store Memory by Location",
 ];
@@ -290,6 +290,14 @@ fn prometheus_scrapes_every_node_and_rays_dashboard_queries_answer() {
             .is_some_and(|n| n.ends_with("run_stages"))),
         "{by_name:?}"
     );
+
+    // The nodes report the tasks they run, as Ray's executors do: every node that
+    // ran one of the faces tasks has its series (at 0 now the job is over).
+    let executors =
+        prometheus.query(r#"count(ray_tasks{Source="executor",State="RUNNING"}) by (instance)"#);
+    assert!(executors.len() >= 2, "{executors:?}");
+    let now_running = prometheus.query(r#"sum(ray_tasks{State=~"RUNNING.*"})"#);
+    assert_eq!(total(&now_running), 0.0, "{now_running:?}");
 
     // Node panels: one series per node.
     for metric in [

@@ -117,8 +117,8 @@ impl NodeInner {
             Err(outcome) => SentRun::Refused(outcome),
             Ok(args) => {
                 let call = WorkerCall {
-                    task_id: a.spec.task_id,
-                    function: a.spec.function.clone(),
+                    spec: a.spec.clone(),
+                    attempt: a.attempt,
                     args,
                     return_id: a.spec.return_id,
                 };

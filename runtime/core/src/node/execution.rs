@@ -159,8 +159,8 @@ impl NodeInner {
             return self.give_back(Some(f));
         };
         let call = WorkerCall {
-            task_id: f.spec.task_id,
-            function: f.spec.function.clone(),
+            spec: f.spec.clone(),
+            attempt: f.attempt,
             args,
             return_id: f.spec.return_id,
         };
@@ -227,8 +227,8 @@ impl NodeInner {
         let function = a.spec.function.clone();
         let return_id = a.spec.return_id;
         let call = WorkerCall {
-            task_id: a.spec.task_id,
-            function: a.spec.function.clone(),
+            spec: a.spec.clone(),
+            attempt: a.attempt,
             args,
             return_id,
         };

@@ -205,6 +205,25 @@ impl LocalTaskQueue {
         }
     }
 
+    /// The tasks waiting here for resources, with their tries.
+    pub fn waiting(&self) -> Vec<(std::sync::Arc<crate::protocol::TaskSpec>, u32)> {
+        let s = self.lock();
+        s.waiting
+            .iter()
+            .map(|t| (t.spec.clone(), t.attempt))
+            .collect()
+    }
+
+    /// The tasks blocked in `get` now.
+    pub fn blocked(&self) -> HashSet<TaskId> {
+        let s = self.lock();
+        s.lent
+            .keys()
+            .chain(s.blocked_early.iter())
+            .copied()
+            .collect()
+    }
+
     /// What the running tasks (and live actors) hold now, and how many are running.
     pub fn used(&self) -> (ResourceSet, usize) {
         let s = self.lock();

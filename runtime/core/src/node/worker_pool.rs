@@ -8,7 +8,7 @@
 use super::worker_output::{pump, OutputSink};
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
 use crate::protocol::{
-    FromWorker, RunKind, TaskError, ToHead, ToWorker, WorkerValue, MAX_WORKER_FRAME_LEN,
+    FromWorker, RunKind, TaskError, TaskSpec, ToHead, ToWorker, WorkerValue, MAX_WORKER_FRAME_LEN,
 };
 use crate::transport::{spawn_writer_within, FrameReader, MessageSender};
 use dashmap::DashMap;
@@ -96,10 +96,11 @@ pub enum WorkerRequest {
 
 /// One call for a worker to run.
 pub struct WorkerCall {
-    /// The task.
-    pub task_id: TaskId,
-    /// Registered name of the function, constructor or method.
-    pub function: String,
+    /// The task (its id and registered function name are sent to the worker; the
+    /// whole is kept while it runs, for the metrics of running tasks).
+    pub spec: Arc<TaskSpec>,
+    /// Which try this is, from 0.
+    pub attempt: u32,
     /// Encoded arguments.
     pub args: Vec<WorkerValue>,
     /// Where the result goes.
@@ -144,6 +145,9 @@ impl RunEnd {
 struct PendingRun {
     number: u64,
     task_id: TaskId,
+    /// The task, for the running tasks' metrics.
+    spec: Arc<TaskSpec>,
+    attempt: u32,
     /// Sent behind another function call (a follower, see `node::task_queue`): given
     /// back, not failed, if the worker dies before starting it.
     follower: bool,
@@ -253,6 +257,21 @@ impl WorkerPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .add_to(out);
+    }
+
+    /// The tasks sent to workers and not ended, with their tries and whether each
+    /// runs now (the first of a worker's runs: it runs them in order) or waits
+    /// behind another: for the `ray_tasks` Source="executor" series.
+    pub fn sent_tasks(&self) -> Vec<(Arc<TaskSpec>, u32, bool)> {
+        let mut out = Vec::new();
+        for w in self.live.iter() {
+            if let Ok(runs) = w.runs.lock() {
+                for (i, r) in runs.pending.iter().enumerate() {
+                    out.push((r.spec.clone(), r.attempt, i == 0));
+                }
+            }
+        }
+        out
     }
 
     /// The process ids of the live workers.
@@ -366,7 +385,9 @@ impl WorkerPool {
         if let Ok(mut runs) = worker.runs.lock() {
             runs.pending.push_back(PendingRun {
                 number,
-                task_id: call.task_id,
+                task_id: call.spec.task_id,
+                spec: call.spec.clone(),
+                attempt: call.attempt,
                 follower,
                 sent_at: Instant::now(),
                 tx,
@@ -386,12 +407,13 @@ impl WorkerPool {
         }
         if refused.is_none() {
             let label = match kind {
-                RunKind::Function => Some(call.function.as_str()),
+                RunKind::Function => Some(call.spec.function.as_str()),
                 // Its output is labelled by class from then on, as Ray's.
                 RunKind::CreateActor => Some(
-                    call.function
+                    call.spec
+                        .function
                         .strip_suffix("::new")
-                        .unwrap_or(&call.function),
+                        .unwrap_or(&call.spec.function),
                 ),
                 RunKind::ActorMethod => None,
             };
@@ -401,8 +423,8 @@ impl WorkerPool {
                 }
             }
             worker.sender.send(ToWorker::Run {
-                task_id: call.task_id,
-                function: call.function,
+                task_id: call.spec.task_id,
+                function: call.spec.function.clone(),
                 args: call.args,
                 return_id: call.return_id,
                 kind,

@@ -84,9 +84,10 @@ impl HeadState {
         self.user_metrics.add_to(out);
     }
 
-    /// `ray_tasks{State, Name, IsRetry, Source="owner"}`: live tasks by their state
-    /// now, and tasks over for good as FINISHED or FAILED (totals since the head
-    /// started, which Ray's panels take the maximum of).
+    /// `ray_tasks{State, Name, IsRetry, Source="owner"}`: live tasks not yet on a
+    /// node by their state now (a node reports those it has, with
+    /// Source="executor"), and tasks over for good as FINISHED or FAILED (totals
+    /// since the head started, which Ray's panels take the maximum of).
     fn task_metrics(&mut self, out: &mut MetricSet) {
         const HELP: &str = "Tasks by state, function and whether a retry.";
         let mut live: HashMap<(&'static str, String, bool), u64> = HashMap::default();
@@ -94,7 +95,7 @@ impl HeadState {
             let state = match task.state() {
                 TaskState::WaitingForArgs => "PENDING_ARGS_AVAIL",
                 TaskState::Queued | TaskState::Infeasible => "PENDING_NODE_ASSIGNMENT",
-                TaskState::Running(_) => "RUNNING",
+                TaskState::Running(_) => continue,
             };
             let key = (state, task.spec().function.clone(), task.attempt() > 0);
             *live.entry(key).or_default() += 1;
