@@ -291,13 +291,15 @@ fn prometheus_scrapes_every_node_and_rays_dashboard_queries_answer() {
         "{by_name:?}"
     );
 
-    // The nodes report the tasks they run, as Ray's executors do: every node that
-    // ran one of the faces tasks has its series (at 0 now the job is over).
+    // The nodes report the tasks they run, as Ray's executors do: a node seen running
+    // one of the faces tasks at a scrape has its series, falling to 0 once the job is
+    // over (at the first scrape after it: Prometheus' last sample may predate its end).
     let executors =
         prometheus.query(r#"count(ray_tasks{Source="executor",State="RUNNING"}) by (instance)"#);
-    assert!(executors.len() >= 2, "{executors:?}");
-    let now_running = prometheus.query(r#"sum(ray_tasks{State=~"RUNNING.*"})"#);
-    assert_eq!(total(&now_running), 0.0, "{now_running:?}");
+    assert!(!executors.is_empty(), "{executors:?}");
+    prometheus.wait_for(r#"sum(ray_tasks{State=~"RUNNING.*"})"#, |r| {
+        !r.is_empty() && total(r) == 0.0
+    });
 
     // Node panels: one series per node.
     for metric in [
