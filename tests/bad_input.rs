@@ -131,6 +131,7 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
                 binary,
                 name: "intruder".into(),
                 pid: std::process::id(),
+                submission_id: None,
             },
         )
         .await

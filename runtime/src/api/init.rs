@@ -262,6 +262,9 @@ pub fn init(config: Config) -> Result<()> {
                 binary: binary.clone(),
                 name,
                 pid: std::process::id(),
+                submission_id: std::env::var(rayish_core::jobs::SUBMISSION_ID_ENV)
+                    .ok()
+                    .filter(|s| !s.is_empty()),
             },
             software_version: env!("CARGO_PKG_VERSION").into(),
         };

@@ -148,6 +148,13 @@ impl HeadHandle {
         answer.await.ok()
     }
 
+    /// Tells the head that `job`'s driver process has ended (its supervisor saw it
+    /// die), so the job ends and its workers and objects are released now rather
+    /// than when its connection times out.
+    pub fn driver_process_ended(&self, job: crate::ids::JobId, reason: String) {
+        let _ = self.events.send(HeadEvent::DriverProcessEnded(job, reason));
+    }
+
     /// Joins a peer of this same process (see [`InProcessHead`]).
     async fn open_in_process(&self, hello: Hello) -> Result<ControlStream, HandshakeError> {
         let stopped = || HandshakeError::Protocol("the head has stopped".into());

@@ -68,6 +68,8 @@ pub struct JobRow {
     pub name: String,
     /// Its driver's process id.
     pub driver_pid: u32,
+    /// The submitted job it runs for (Ray's `submission_id`), if any.
+    pub submission_id: Option<String>,
     /// Whether its driver is still connected.
     pub running: bool,
     /// When its driver connected, in milliseconds since the Unix epoch.

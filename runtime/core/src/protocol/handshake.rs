@@ -18,6 +18,9 @@ pub enum PeerRole {
         name: String,
         /// Its process id, for the state API (`rayish list workers`).
         pid: u32,
+        /// The submitted job it runs for (`RAYISH_JOB_SUBMISSION_ID`, which a job's
+        /// entrypoint has), so the job lists its driver.
+        submission_id: Option<String>,
     },
     /// A worker process started by a node for a job.
     Worker {

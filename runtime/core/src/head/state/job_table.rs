@@ -22,6 +22,8 @@ pub(super) struct JobInfo {
     pub(super) name: String,
     /// Its driver's process id.
     pub(super) driver_pid: u32,
+    /// The submitted job its driver runs for, if it does.
+    pub(super) submission_id: Option<String>,
     /// When its driver connected.
     pub(super) started: Instant,
     /// When it ended, if it has.
@@ -60,6 +62,7 @@ impl JobTable {
         driver: PeerId,
         name: &str,
         driver_pid: u32,
+        submission_id: Option<String>,
         now: Instant,
     ) -> JobId {
         let id = JobId::random();
@@ -70,6 +73,7 @@ impl JobTable {
                     id,
                     name: name.to_string(),
                     driver_pid,
+                    submission_id,
                     started: now,
                     ended: None,
                     lost: None,

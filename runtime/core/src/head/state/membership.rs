@@ -27,12 +27,15 @@ impl HeadState {
                 binary,
                 name,
                 pid: driver_pid,
+                submission_id,
             } => {
                 if !binary.is_well_formed() {
                     return Welcome::Rejected("the driver's binary hash is not a SHA-256".into());
                 }
                 pid = driver_pid;
-                let id = self.jobs.start(binary, peer, &name, driver_pid, now);
+                let id = self
+                    .jobs
+                    .start(binary, peer, &name, driver_pid, submission_id, now);
                 tracing::info!(job = ?id, %name, "driver connected");
                 job = Some(id);
                 PeerKind::Driver(id)

@@ -95,6 +95,9 @@ pub enum HeadEvent {
         crate::protocol::AgentRequest,
         oneshot::Sender<crate::protocol::AgentReply>,
     ),
+    /// The job supervisor saw this job's driver process end (a stopped job's
+    /// process group was killed): its connection is lost now, not when it times out.
+    DriverProcessEnded(JobId, String),
 }
 
 /// Settings of the head.
@@ -216,6 +219,15 @@ impl HeadState {
                 let _ = reply.send(self.view(query));
             }
             HeadEvent::AskNode(node, request, reply) => self.ask_node(node, request, reply),
+            HeadEvent::DriverProcessEnded(job, reason) => {
+                // Only the driver still connected as this job's: a late report about a
+                // driver already gone (or a reconnect) changes nothing.
+                if let Some(peer) = self.jobs.driver(job) {
+                    if self.jobs.is_alive(job) && !self.jobs.driver_gone(job) {
+                        self.disconnect(peer, &reason);
+                    }
+                }
+            }
         }
     }
 

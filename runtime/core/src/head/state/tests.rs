@@ -99,6 +99,7 @@ impl Bench {
             binary: BinaryHash("ab".repeat(32)),
             name: "test".into(),
             pid: 4242,
+            submission_id: None,
         };
         match self.connect(role) {
             (peer, Welcome::Accepted { job: Some(job), .. }) => TestDriver { peer, job },

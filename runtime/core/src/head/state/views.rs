@@ -130,6 +130,7 @@ impl HeadState {
                 job_id: info.id,
                 name: info.name.clone(),
                 driver_pid: info.driver_pid,
+                submission_id: info.submission_id.clone(),
                 running,
                 start_time_ms: self.epoch_ms(info.started),
                 end_time_ms: info.ended.map(|t| self.epoch_ms(t)),
