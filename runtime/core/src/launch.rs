@@ -276,6 +276,49 @@ fn serve_metrics(
     metrics::serve(listener, metrics::BearerToken::new(&opts.token), gather);
 }
 
+/// The head's job manager (Ray's job submission), its table in `<session>/jobs`,
+/// its packages in `<session>/runtime_resources/packages`, its logs beside the
+/// node's. `None` (and a warning) if those directories cannot be made: the rest of
+/// the head serves on.
+fn start_jobs(
+    opts: &LaunchOptions,
+    address: SocketAddr,
+    node_id: NodeId,
+    dashboard: Option<SocketAddr>,
+    head: HeadHandle,
+) -> Option<crate::jobs::JobManager> {
+    let session = session_dir(opts);
+    let stop_grace = std::env::var("RAY_JOB_STOP_WAIT_TIME_S")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(crate::jobs::DEFAULT_STOP_GRACE, Duration::from_secs_f64);
+    let config = crate::jobs::JobsConfig {
+        jobs_dir: session.join("jobs"),
+        packages_dir: session.join("runtime_resources").join("packages"),
+        logs_dir: opts.log_dir.clone(),
+        capacity: opts.resources.clone(),
+        cluster_address: address,
+        token: opts.token.clone(),
+        node_id: node_id.to_string(),
+        dashboard_url: dashboard.map_or_else(String::new, |d| {
+            format!("http://{}:{}", address.ip(), d.port())
+        }),
+        stop_grace,
+        max_package_bytes: std::env::var("RAYISH_JOB_PACKAGE_MAX_BYTES")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(crate::jobs::packages::MAX_PACKAGE_BYTES),
+    };
+    match crate::jobs::JobManager::start(config, head) {
+        Ok(jobs) => Some(jobs),
+        Err(e) => {
+            tracing::warn!("the head takes no jobs: its job directory failed: {e}");
+            None
+        }
+    }
+}
+
 /// Starts a head process's services: the head and its own node.
 pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> {
     let key = ClusterKey::derive(&opts.token)?;
@@ -328,7 +371,17 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        crate::dashboard::serve(listener, &opts.token, head.clone(), session);
+        let jobs = start_jobs(opts, address, node_id, dashboard_address, head.clone());
+        crate::dashboard::serve(
+            listener,
+            &opts.token,
+            head.clone(),
+            crate::dashboard::DashboardParts {
+                session_name: session,
+                jobs,
+                head_ip: address.ip().to_string(),
+            },
+        );
     }
     Ok(Launched {
         endpoint,

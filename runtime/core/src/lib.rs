@@ -14,6 +14,7 @@ pub mod core_worker;
 pub mod dashboard;
 pub mod head;
 pub mod ids;
+pub mod jobs;
 pub mod launch;
 pub mod metrics;
 pub mod node;

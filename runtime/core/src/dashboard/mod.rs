@@ -1,8 +1,8 @@
 //! The head's HTTP server on the dashboard port (Ray's 8265): the web pages
 //! (`ui/index.html`), Ray's state API (`/api/v0/...`, [`state_api`]), its log API
 //! ([`logs`]) and task timeline ([`timeline`]), its version and authentication
-//! endpoints, so that Ray's own `ray list`, `ray get` and `ray summary` work against
-//! a rayish head.
+//! endpoints, and its Jobs API ([`jobs_api`]), so that Ray's own `ray list`, `ray get`,
+//! `ray summary` and `ray job` work against a rayish head.
 //!
 //! Every endpoint but the public ones (`/`, `/api/healthz`,
 //! `/api/authentication_mode`, `/api/authenticate`) needs the cluster token, as
@@ -15,12 +15,14 @@
 //! The head's tables are read by one message to its task, which copies the rows
 //! out ([`crate::head::view`]); filtering and encoding happen here.
 
+pub mod jobs_api;
 pub mod logs;
 pub mod state_api;
 pub mod timeline;
 
 use crate::head::view::{StateQuery, StateRows};
 use crate::head::HeadHandle;
+use crate::jobs::JobManager;
 use crate::metrics::BearerToken;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -47,6 +49,10 @@ struct Dashboard {
     auth: BearerToken,
     head: HeadHandle,
     session_name: String,
+    /// The head's jobs; `None` if its job directory could not be opened.
+    jobs: Option<JobManager>,
+    /// The head's address, as `JobDetails` show a driver's node.
+    head_ip: String,
 }
 
 /// Binds the dashboard's socket.
@@ -54,17 +60,29 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// What the dashboard serves beside the head's tables.
+pub struct DashboardParts {
+    /// The session directory's name (Ray's `session_name`).
+    pub session_name: String,
+    /// The head's jobs, if it takes them.
+    pub jobs: Option<JobManager>,
+    /// The head's address.
+    pub head_ip: String,
+}
+
 /// Serves the dashboard on `listener` until the process ends.
 pub fn serve(
     listener: tokio::net::TcpListener,
     token: &str,
     head: HeadHandle,
-    session_name: String,
+    parts: DashboardParts,
 ) {
     let state = Dashboard {
         auth: BearerToken::new(token),
         head,
-        session_name,
+        session_name: parts.session_name,
+        jobs: parts.jobs,
+        head_ip: parts.head_ip,
     };
     // Everything but the sign-in pages needs the token: checked once, here, so no
     // endpoint can forget it.
@@ -76,6 +94,26 @@ pub fn serve(
         .route("/api/rayish/node_usage", get(node_usage))
         .route("/api/v0/logs", get(list_logs))
         .route("/api/v0/logs/{media}", get(get_log))
+        .route("/api/jobs/", get(jobs_api::list).post(jobs_api::submit))
+        .route("/api/jobs", get(jobs_api::list).post(jobs_api::submit))
+        .route(
+            "/api/jobs/{id}",
+            get(jobs_api::get).delete(jobs_api::delete),
+        )
+        .route("/api/jobs/{id}/stop", post(jobs_api::stop))
+        .route("/api/jobs/{id}/logs", get(jobs_api::logs))
+        .route("/api/jobs/{id}/logs/tail", get(jobs_api::tail))
+        .route(
+            "/api/rayish/jobs/{id}/files/{*path}",
+            get(jobs_api::fetch_file),
+        )
+        .route(
+            "/api/packages/{protocol}/{name}",
+            get(jobs_api::package_exists)
+                .put(jobs_api::package_upload)
+                // The upload handler streams to disk and enforces the package limit.
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -355,6 +393,11 @@ async fn list(
         Ok(r) => r,
         Err(r) => return r,
     };
+    let submitted = match (&d.jobs, resource) {
+        (Some(jobs), Resource::Jobs) => Some(jobs.list()),
+        _ => None,
+    };
+    let head_ip = d.head_ip.clone();
     // A full task log is 100,000 rows: encode them off the server's threads.
     let answer = tokio::task::spawn_blocking(move || {
         let (dropped, warnings) = match &rows {
@@ -368,7 +411,12 @@ async fn list(
             ),
             _ => (0, Vec::new()),
         };
-        let json_rows = state_api::to_json(&rows, &holders, &ips);
+        let json_rows = match (&rows, &submitted) {
+            (StateRows::Jobs(drivers), Some(jobs)) => {
+                jobs_api::all_details(jobs, drivers, &head_ip)
+            }
+            _ => state_api::to_json(&rows, &holders, &ips),
+        };
         state_api::list(resource, json_rows, &opts, dropped, warnings)
     })
     .await;

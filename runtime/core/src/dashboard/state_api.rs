@@ -427,7 +427,16 @@ fn object_json(o: &ObjectRow, holders: &Holders, ips: &NodeIps) -> Map<String, V
     .unwrap_or_default()
 }
 
-fn job_json(j: &JobRow, status: &str) -> Map<String, Value> {
+/// Ray's `JobDetails` of a driver that was not submitted as a job (Ray's `DRIVER`
+/// type).
+pub fn driver_job_json(j: &JobRow) -> Map<String, Value> {
+    // A driver's exit code is not known to the head: a clean exit (it said
+    // goodbye) is SUCCEEDED, a lost connection FAILED.
+    let status = match (j.running, j.end_time_ms, &j.lost) {
+        (false, Some(_), None) => "SUCCEEDED",
+        (false, Some(_), Some(_)) => "FAILED",
+        _ => "RUNNING",
+    };
     json!({
         "type": "DRIVER",
         "job_id": j.job_id.to_string(),
@@ -458,19 +467,7 @@ fn job_json(j: &JobRow, status: &str) -> Map<String, Value> {
 pub fn to_json(rows: &StateRows, holders: &Holders, ips: &NodeIps) -> Vec<Map<String, Value>> {
     match rows {
         StateRows::Nodes(r) => r.iter().map(node_json).collect(),
-        StateRows::Jobs(r) => r
-            .iter()
-            .map(|j| {
-                // A driver's exit code is not known to the head: a clean exit (it
-                // said goodbye) is SUCCEEDED, a lost connection FAILED.
-                let status = match (j.running, j.end_time_ms, &j.lost) {
-                    (false, Some(_), None) => "SUCCEEDED",
-                    (false, Some(_), Some(_)) => "FAILED",
-                    _ => "RUNNING",
-                };
-                job_json(j, status)
-            })
-            .collect(),
+        StateRows::Jobs(r) => r.iter().map(driver_job_json).collect(),
         StateRows::Tasks(t) => t.rows.iter().map(task_json).collect(),
         StateRows::Actors(r) => r.iter().map(actor_json).collect(),
         StateRows::Workers(r) => r.iter().map(|w| worker_json(w, ips)).collect(),

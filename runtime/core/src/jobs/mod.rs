@@ -1,0 +1,322 @@
+//! Job submission (Ray's `dashboard/modules/job`): jobs submitted through Ray's Jobs
+//! API run as supervised processes on the head node, their records kept on disk.
+//!
+//! - [`info`]: the request, status and record, in Ray's shapes.
+//! - [`table`]: the state machine (admission by entrypoint resources, status
+//!   changes), apart from processes and disk.
+//! - [`store`]: the records on disk, one directory per job.
+//! - [`packages`]: uploaded working dirs, checked and unpacked.
+//! - [`supervisor`]: one task per running job: its process group, its log, its end.
+//!
+//! [`JobManager`] ties them together for the dashboard's endpoints. A job's entrypoint
+//! is a shell command run in the job's unpacked working dir with the cluster's
+//! address and token in its environment, so a rayish driver there joins the cluster
+//! with no flags. Nothing about a job depends on the client that submitted it: a
+//! client that goes away changes nothing.
+
+pub mod info;
+pub mod packages;
+pub mod store;
+mod supervisor;
+pub mod table;
+
+use crate::head::HeadHandle;
+use crate::resources::ResourceSet;
+pub use info::{InvalidRequest, JobInfo, JobStatus, SubmitRequest};
+use packages::{PackageError, PackageStore};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::JobStore;
+use table::JobTable;
+pub use table::{DeleteRefused, StopOutcome};
+use thiserror::Error;
+use tokio::sync::{oneshot, watch};
+
+/// The environment variable naming the job an entrypoint runs for; a driver sends
+/// it to the head, which lists the driver under that job.
+pub const SUBMISSION_ID_ENV: &str = "RAYISH_JOB_SUBMISSION_ID";
+
+/// How long a stopped job's processes get between SIGTERM and SIGKILL, unless
+/// `RAY_JOB_STOP_WAIT_TIME_S` says otherwise (Ray's variable and default).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// What the job manager needs of its head.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Where job records and working dirs live (`<session>/jobs`).
+    pub jobs_dir: PathBuf,
+    /// Where uploaded packages live.
+    pub packages_dir: PathBuf,
+    /// Where each job's log goes (`job-driver-<id>.log`, Ray's name).
+    pub logs_dir: PathBuf,
+    /// What entrypoints may hold at once: the head node's resources.
+    pub capacity: ResourceSet,
+    /// The cluster's address, for entrypoints (`RAYISH_ADDRESS`).
+    pub cluster_address: SocketAddr,
+    /// The cluster's token, for entrypoints (`RAYISH_TOKEN`).
+    pub token: String,
+    /// The head node's id, where entrypoints run.
+    pub node_id: String,
+    /// The dashboard's URL (Ray's `driver_agent_http_address`).
+    pub dashboard_url: String,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+    /// The largest working-dir package taken.
+    pub max_package_bytes: usize,
+}
+
+/// Why a submission failed.
+#[derive(Debug, Error)]
+pub enum SubmitError {
+    /// The request is malformed (a 400).
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// The submission id is taken (a 400, as Ray answers).
+    #[error("Job with submission_id {0} already exists. Please use a different submission_id.")]
+    Duplicate(String),
+    /// Its working dir names a package nobody uploaded (a 400).
+    #[error("the working_dir package {0} was not uploaded to this cluster")]
+    MissingPackage(String),
+    /// The record could not be written (a 500).
+    #[error("the job's record could not be written: {0}")]
+    Store(std::io::Error),
+}
+
+/// The head's jobs: submit, list, stop, delete, and what their logs are.
+#[derive(Clone)]
+pub struct JobManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: JobsConfig,
+    /// The head, told when a job's driver process ends.
+    head: HeadHandle,
+    table: Mutex<JobTable>,
+    store: JobStore,
+    packages: PackageStore,
+    /// Each running job's stop signal to its supervisor.
+    stoppers: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Bumped on every status change, for followers of a job's log.
+    changes: watch::Sender<u64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Ray's generated submission ids: `raysubmit_` and 16 letters and digits.
+fn new_submission_id() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    format!(
+        "raysubmit_{}",
+        Alphanumeric.sample_string(&mut rand::thread_rng(), 16)
+    )
+}
+
+impl JobManager {
+    /// Opens the job table in `config.jobs_dir` and starts what waits in it. Jobs
+    /// recorded as RUNNING had a supervisor in a head that is gone: they are
+    /// FAILED (the head-restart work will take them back instead).
+    pub fn start(config: JobsConfig, head: HeadHandle) -> std::io::Result<Self> {
+        crate::session::ensure_private_dir(&config.logs_dir).map_err(std::io::Error::other)?;
+        let (store, mut jobs) = JobStore::open(config.jobs_dir.clone())?;
+        let packages = PackageStore::open(config.packages_dir.clone(), config.max_package_bytes)
+            .map_err(std::io::Error::other)?;
+        for job in &mut jobs {
+            if job.status == JobStatus::Running {
+                job.status = JobStatus::Failed;
+                job.error_type = Some(info::error_type::SUPERVISOR_DIED.into());
+                job.message = Some("the head that supervised this job stopped".into());
+                job.end_time = Some(now_ms());
+                job.entrypoint_pid = None;
+                store.save(job)?;
+            }
+        }
+        let manager = Self {
+            inner: Arc::new(Inner {
+                config,
+                head,
+                table: Mutex::new(JobTable::with_jobs(jobs)),
+                store,
+                packages,
+                stoppers: Mutex::default(),
+                changes: watch::Sender::new(0),
+            }),
+        };
+        manager.admit();
+        Ok(manager)
+    }
+
+    fn table(&self) -> MutexGuard<'_, JobTable> {
+        // A panic while holding the lock leaves a table still worth reading.
+        self.inner
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn stoppers(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<()>>> {
+        self.inner
+            .stoppers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The uploaded packages.
+    pub fn packages(&self) -> &PackageStore {
+        &self.inner.packages
+    }
+
+    /// Submits a job; its submission id.
+    pub fn submit(&self, req: SubmitRequest) -> Result<String, SubmitError> {
+        if let Some(uri) = req
+            .runtime_env
+            .as_ref()
+            .and_then(|r| r.get("working_dir"))
+            .and_then(|w| w.as_str())
+        {
+            let name = uri.strip_prefix(info::PACKAGE_URI_PREFIX).unwrap_or(uri);
+            match self.inner.packages.exists(name) {
+                Ok(true) => {}
+                Ok(false) => return Err(SubmitError::MissingPackage(uri.to_string())),
+                Err(e) => return Err(InvalidRequest(e.to_string()).into()),
+            }
+        }
+        let id = req.submission_id.clone().unwrap_or_else(new_submission_id);
+        let job = req.into_info(id.clone(), now_ms());
+        {
+            let mut table = self.table();
+            if !table.submit(job.clone()) {
+                return Err(SubmitError::Duplicate(id));
+            }
+            // Written under the lock, so a stop or delete right after cannot be
+            // overtaken by this first record.
+            if let Err(e) = self.inner.store.save(&job) {
+                table.forget(&id);
+                return Err(SubmitError::Store(e));
+            }
+        }
+        tracing::info!(submission_id = %id, entrypoint = %job.entrypoint, "job submitted");
+        self.changed();
+        self.admit();
+        Ok(id)
+    }
+
+    /// Starts the waiting jobs that fit now.
+    fn admit(&self) {
+        let (started, failed) = {
+            let mut table = self.table();
+            let (started, failed) = table.admit(&self.inner.config.capacity, now_ms());
+            for id in &failed {
+                self.persist(&table, id);
+            }
+            (started, failed)
+        };
+        if !failed.is_empty() {
+            self.changed();
+        }
+        for id in started {
+            supervisor::spawn(self.clone(), id);
+        }
+    }
+
+    /// Writes job `id`'s record as `table` has it (called under the table's lock,
+    /// so records are written in the order their changes were made).
+    fn persist(&self, table: &JobTable, id: &str) {
+        if let Some(job) = table.get(id) {
+            if let Err(e) = self.inner.store.save(job) {
+                tracing::error!(submission_id = %id, "the job's record could not be written: {e}");
+            }
+        }
+    }
+
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees every status change of any job.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Job `id`'s record.
+    pub fn get(&self, id: &str) -> Option<JobInfo> {
+        self.table().get(id).cloned()
+    }
+
+    /// Every job's record.
+    pub fn list(&self) -> Vec<JobInfo> {
+        self.table().all().cloned().collect()
+    }
+
+    /// Asks job `id` to stop: a waiting job is STOPPED at once; a running one's
+    /// process group gets SIGTERM, then SIGKILL after the grace period.
+    pub fn stop(&self, id: &str) -> StopOutcome {
+        let outcome = {
+            let mut table = self.table();
+            let outcome = table.stop(id, now_ms());
+            if outcome == StopOutcome::StoppedWaiting {
+                self.persist(&table, id);
+            }
+            outcome
+        };
+        match outcome {
+            StopOutcome::StoppedWaiting => self.changed(),
+            StopOutcome::Signal => {
+                // No stopper yet: the job is between admission and its process;
+                // its supervisor checks `stop_requested` once it has one.
+                if let Some(stop) = self.stoppers().remove(id) {
+                    let _ = stop.send(());
+                }
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Forgets ended job `id`: its record, working dir and log.
+    pub fn delete(&self, id: &str) -> Result<(), DeleteRefused> {
+        let mut table = self.table();
+        table.delete(id)?;
+        if let Err(e) = self.inner.store.remove(id) {
+            tracing::warn!(submission_id = %id, "the job's directory could not be removed: {e}");
+        }
+        let _ = std::fs::remove_file(self.log_path(id));
+        Ok(())
+    }
+
+    /// Where job `id`'s entrypoint writes its output.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.inner
+            .config
+            .logs_dir
+            .join(format!("job-driver-{id}.log"))
+    }
+
+    /// The file name of job `id`'s log (as Ray's log API lists it).
+    pub fn log_file_name(id: &str) -> String {
+        format!("job-driver-{id}.log")
+    }
+
+    /// Job `id`'s working dir on the head.
+    pub fn working_dir(&self, id: &str) -> PathBuf {
+        self.inner.store.job_dir(id).join("working_dir")
+    }
+
+    /// The jobs RUNNING now.
+    pub fn running(&self) -> usize {
+        self.table().running()
+    }
+}
+
+impl From<PackageError> for InvalidRequest {
+    fn from(e: PackageError) -> Self {
+        InvalidRequest(e.to_string())
+    }
+}

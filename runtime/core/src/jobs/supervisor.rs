@@ -1,0 +1,271 @@
+//! One task per admitted job: unpack its working dir, run its entrypoint as the
+//! leader of a new process group with its output in the job's log, and record how
+//! it ended. A stop ends the whole group: SIGTERM, then SIGKILL after the grace
+//! period (Ray's `JobSupervisor` does the same with `start_new_session`).
+//!
+//! Invariant: every admitted job reaches a terminal status exactly once, through
+//! this task, and the task then admits what waits (its resources are free).
+
+use super::info::error_type;
+use super::table::Exit;
+use super::{now_ms, JobManager, SUBMISSION_ID_ENV};
+use crate::head::view::{StateQuery, StateRows};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use tokio::sync::oneshot;
+
+/// How much of a failed job's log its message quotes (Ray's figure).
+const FAILURE_LOG_TAIL: u64 = 20_000;
+
+/// Starts `id`'s supervisor.
+pub(super) fn spawn(manager: JobManager, id: String) {
+    tokio::spawn(async move {
+        let exit = supervise(&manager, &id).await;
+        if let Some(exit) = exit {
+            let log = manager.log_path(&id);
+            let tail = tokio::task::spawn_blocking(move || log_tail(&log))
+                .await
+                .unwrap_or_default();
+            let mut table = manager.table();
+            table.exited(&id, exit, &tail, now_ms());
+            manager.persist(&table, &id);
+            if let Some(job) = table.get(&id) {
+                tracing::info!(submission_id = %id, status = job.status.as_str(), "job ended");
+            }
+        }
+        manager.stoppers().remove(&id);
+        manager.changed();
+        manager.admit();
+        release_drivers(&manager, &id).await;
+    });
+}
+
+/// Tells the head about the job's drivers whose processes are gone (a stopped
+/// job's were killed without a goodbye), so it ends their jobs and frees their
+/// workers and objects now, not when their connections time out. The drivers ran
+/// on this machine (entrypoints run on the head node), so their pids can be checked.
+async fn release_drivers(manager: &JobManager, id: &str) {
+    let head = &manager.inner.head;
+    let Some(StateRows::Jobs(rows)) = head.state(StateQuery::Jobs).await else {
+        return;
+    };
+    let drivers: Vec<_> = rows
+        .into_iter()
+        .filter(|r| r.running && r.submission_id.as_deref() == Some(id))
+        .collect();
+    // A killed process may take a moment to be gone from the process table.
+    for _ in 0..20 {
+        if drivers.iter().all(|d| process_gone(d.driver_pid)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for d in drivers {
+        if process_gone(d.driver_pid) {
+            head.driver_process_ended(
+                d.job_id,
+                format!("the driver's process ended with job {id}'s entrypoint"),
+            );
+        }
+    }
+}
+
+/// Whether process `pid` has ended (it is gone, or a zombie nobody reaped yet).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state is the first field after the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Runs `id`'s entrypoint to its end: how it exited, or `None` if it never started
+/// (the job is then FAILED).
+async fn supervise(manager: &JobManager, id: &str) -> Option<Exit> {
+    let job = manager.get(id)?;
+    let config = &manager.inner.config;
+    let fail = |kind: &'static str, why: String| {
+        tracing::warn!(submission_id = %id, "the job could not start: {why}");
+        let mut table = manager.table();
+        table.start_failed(id, kind, why, now_ms());
+        manager.persist(&table, id);
+        None
+    };
+
+    // Its own working dir: the uploaded package unpacked, or an empty directory.
+    let dir = manager.working_dir(id);
+    let package = job.working_dir().map(|uri| {
+        uri.trim_start_matches(super::info::PACKAGE_URI_PREFIX)
+            .to_string()
+    });
+    let packages = manager.packages().clone();
+    let prepared = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            if dir.exists() {
+                // A restarted head starting a job that waited: unpack afresh.
+                std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
+            }
+            match package {
+                Some(name) => packages.unpack(&name, &dir).map_err(|e| e.to_string()),
+                None => crate::session::ensure_private_dir(&dir).map_err(|e| e.to_string()),
+            }
+        })
+        .await
+    };
+    match prepared {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            return fail(
+                error_type::RUNTIME_ENV_SETUP_FAILURE,
+                format!("the working dir could not be set up: {why}"),
+            )
+        }
+        Err(e) => return fail(error_type::RUNTIME_ENV_SETUP_FAILURE, e.to_string()),
+    }
+
+    let log_path = manager.log_path(id);
+    let log = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .and_then(|f| Ok((f.try_clone()?, f)))
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            return fail(
+                error_type::RUNTIME_ENV_SETUP_FAILURE,
+                format!("{}: {e}", log_path.display()),
+            )
+        }
+    };
+
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(&job.entrypoint)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.0))
+        .stderr(Stdio::from(log.1))
+        // Its own process group, so a stop reaches everything it started.
+        .process_group(0)
+        .env("RAYISH_ADDRESS", config.cluster_address.to_string())
+        .env("RAYISH_TOKEN", &config.token)
+        .env(SUBMISSION_ID_ENV, id)
+        .env("RAY_JOB_SUBMISSION_ID", id);
+    for (k, v) in job.env_vars() {
+        command.env(k, v);
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                error_type::ENTRYPOINT_START_ERROR,
+                format!("the entrypoint could not be started: {e}"),
+            )
+        }
+    };
+    let Some(pid) = child.id() else {
+        return fail(
+            error_type::ENTRYPOINT_START_ERROR,
+            "the entrypoint vanished".into(),
+        );
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let stop_now = {
+        let mut table = manager.table();
+        table.started(id, pid, &config.node_id, &config.dashboard_url);
+        manager.persist(&table, id);
+        // Registered under the table's lock: a stop either saw no stopper and set
+        // `stop_requested` before this, or finds this one.
+        manager.stoppers().insert(id.to_string(), stop_tx);
+        table.stop_requested(id)
+    };
+    manager.changed();
+    tracing::info!(submission_id = %id, pid, "job started");
+
+    let status = if stop_now {
+        stop_group(pid, &mut child, config.stop_grace).await
+    } else {
+        tokio::select! {
+            status = child.wait() => status,
+            Ok(()) = stop_rx => stop_group(pid, &mut child, config.stop_grace).await,
+        }
+    };
+    Some(match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Code(-1),
+        },
+        Err(e) => {
+            tracing::warn!(submission_id = %id, "waiting for the entrypoint failed: {e}");
+            Exit::Code(-1)
+        }
+    })
+}
+
+/// SIGTERM to the group led by `pid`; after `grace`, SIGKILL to whatever of it is
+/// left (the leader may have gone first and left children behind).
+async fn stop_group(
+    pid: u32,
+    child: &mut tokio::process::Child,
+    grace: std::time::Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    signal_group(pid, libc::SIGTERM);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => {
+            // Give the rest of the group the same grace the leader had at most.
+            let deadline = tokio::time::Instant::now() + grace;
+            while group_alive(pid) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            status
+        }
+        Err(_) => {
+            signal_group(pid, libc::SIGKILL);
+            child.wait().await
+        }
+    };
+    signal_group(pid, libc::SIGKILL);
+    status
+}
+
+fn signal_group(pgid: u32, signal: i32) {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
+    // SAFETY: killpg(2) takes two integers and touches no memory; the group is the
+    // one this supervisor made for the entrypoint (its leader's pid), and ESRCH
+    // (nobody left) is harmless.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+fn group_alive(pgid: u32) -> bool {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the group exists; no memory is touched.
+    unsafe { libc::killpg(pgid, 0) == 0 }
+}
+
+/// The last [`FAILURE_LOG_TAIL`] bytes of a log, as text.
+fn log_tail(path: &std::path::Path) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(FAILURE_LOG_TAIL)));
+    let mut buf = Vec::new();
+    let _ = f.take(FAILURE_LOG_TAIL).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
