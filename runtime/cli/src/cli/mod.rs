@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod cluster;
+mod job;
 mod logs;
 mod microbenchmark;
 mod start;
@@ -51,6 +52,8 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Write the tasks' timeline as a Chrome trace, like `ray timeline`.
     Timeline(timeline::TimelineArgs),
+    /// Submit, follow, stop and list jobs through the Jobs API, like `ray job`.
+    Job(job::JobArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -72,5 +75,13 @@ pub fn run() -> anyhow::Result<()> {
         Command::Summary(args) => state::summary(args),
         Command::Logs(args) => logs::logs(args),
         Command::Timeline(args) => timeline::timeline(args),
+        Command::Job(args) => {
+            // `submit` exits with the job's outcome, as Ray's does.
+            let code = job::run(args)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
     }
 }

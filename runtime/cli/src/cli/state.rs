@@ -13,8 +13,8 @@ use std::time::Duration;
 /// Where and how to reach the dashboard.
 #[derive(Args, Debug)]
 pub struct ApiArgs {
-    /// The dashboard, http://HOST:PORT (default: $RAY_ADDRESS if it is one, else the
-    /// cluster started on this machine).
+    /// The dashboard, http://HOST:PORT (default: $RAYISH_ADDRESS or $RAY_ADDRESS if
+    /// it is one, else the cluster started on this machine).
     #[arg(long)]
     address: Option<String>,
     /// The cluster token (default: $RAYISH_TOKEN, else the one recorded on this machine).
@@ -101,9 +101,12 @@ impl Api {
     pub(super) fn new(args: &ApiArgs) -> Result<Self> {
         let root = args.temp_dir.clone().unwrap_or_else(temp_root);
         let record = read_cluster_record(&root);
-        let from_env = std::env::var("RAY_ADDRESS")
-            .ok()
-            .filter(|a| a.starts_with("http://") || a.starts_with("https://"));
+        // Either variable may also hold a cluster (QUIC) address, which a driver
+        // reads: only an http one names a dashboard.
+        let from_env = ["RAYISH_ADDRESS", "RAY_ADDRESS"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .find(|a| a.starts_with("http://") || a.starts_with("https://"));
         let base = match args
             .address
             .clone()
@@ -147,14 +150,74 @@ impl Api {
         path: &str,
         query: &[(&str, String)],
     ) -> (String, ureq::Request) {
-        let url = format!("{}{path}", self.base);
-        let mut req = agent
-            .get(&url)
-            .set("Authorization", &format!("Bearer {}", self.token));
+        let (url, mut req) = self.call_with(agent, "GET", path);
         for (k, v) in query {
             req = req.query(k, v);
         }
         (url, req)
+    }
+
+    fn call_with(&self, agent: &ureq::Agent, method: &str, path: &str) -> (String, ureq::Request) {
+        let url = format!("{}{path}", self.base);
+        let req = agent
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token));
+        (url, req)
+    }
+
+    /// Sends `method` to `path` with `body` (JSON, bytes, or nothing); the answer's
+    /// body, or the server's message for an error status.
+    pub(super) fn send(&self, method: &str, path: &str, body: Body<'_>) -> Result<String> {
+        let (url, req) = self.call_with(&self.agent, method, path);
+        let answer = match body {
+            Body::None => req.call(),
+            Body::Json(v) => req
+                .set("Content-Type", "application/json")
+                .send_string(&v.to_string()),
+            Body::Bytes(b) => req
+                .set("Content-Type", "application/octet-stream")
+                .send_bytes(b),
+        };
+        match answer {
+            Ok(resp) => resp.into_string().context("reading the answer"),
+            Err(e) => Err(refusal(&url, e)),
+        }
+    }
+
+    /// Whether `path` answers 200 (`false` for a 404).
+    pub(super) fn exists(&self, path: &str) -> Result<bool> {
+        let (url, req) = self.call_with(&self.agent, "GET", path);
+        match req.call() {
+            Ok(_) => Ok(true),
+            Err(ureq::Error::Status(404, _)) => Ok(false),
+            Err(e) => Err(refusal(&url, e)),
+        }
+    }
+
+    /// The WebSocket URL of `path` and the header that carries the token.
+    pub(super) fn websocket(&self, path: &str) -> (String, String) {
+        let url = format!("{}{path}", self.base);
+        let url = url.replacen("http://", "ws://", 1);
+        (url, format!("Bearer {}", self.token))
+    }
+
+    /// GETs `path`: its body as bytes.
+    pub(super) fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let (url, req) = self.call_with(&self.agent, "GET", path);
+        match req.call() {
+            Ok(resp) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes)
+                    .context("reading the answer")?;
+                Ok(bytes)
+            }
+            Err(e) => Err(refusal(&url, e)),
+        }
+    }
+
+    /// The dashboard's URL.
+    pub(super) fn base(&self) -> &str {
+        &self.base
     }
 
     /// GETs `path` with `query` and returns the body to read as it comes, without
@@ -189,6 +252,16 @@ impl Api {
         }
         Ok(body["data"]["result"].clone())
     }
+}
+
+/// What a request carries.
+pub(super) enum Body<'a> {
+    /// Nothing.
+    None,
+    /// A JSON document.
+    Json(Value),
+    /// Raw bytes.
+    Bytes(&'a [u8]),
 }
 
 /// The error of a failed request: the server's message (Ray's envelope's `msg`, or
