@@ -49,6 +49,11 @@ fi
 if ! "$ray_cli/bin/python" -c "import pydantic" 2>/dev/null; then
     "$ray_cli/bin/pip" install -q --disable-pip-version-check pydantic==2.12.5
 fi
+# `ray job ...` and `JobSubmissionClient` need aiohttp (the log WebSocket) and
+# requests (everything else), also from ray[default].
+if ! "$ray_cli/bin/python" -c "import aiohttp, requests" 2>/dev/null; then
+    "$ray_cli/bin/pip" install -q --disable-pip-version-check aiohttp==3.14.5 requests==2.34.2
+fi
 # A local S3-compatible server for the faces tests' s3:// inputs: moto's server mode
 # (a real HTTP server speaking the S3 REST API, objects in memory), with boto3, AWS's
 # own Python client, to put the test photos in it.
