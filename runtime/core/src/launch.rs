@@ -140,6 +140,9 @@ pub struct Launched {
     pub metrics_address: Option<SocketAddr>,
     /// Where the dashboard listens, if this process serves one.
     pub dashboard_address: Option<SocketAddr>,
+    /// The head's submitted jobs, if it takes them (stopped with it: see
+    /// [`crate::jobs::JobManager::stop_all`]).
+    pub jobs: Option<crate::jobs::JobManager>,
 }
 
 fn endpoint(opts: &LaunchOptions, key: &ClusterKey) -> Result<(Endpoint, SocketAddr), LaunchError> {
@@ -366,6 +369,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         serve_metrics(opts, listener, &node, Some(head.clone()));
     }
     let dashboard_address = dashboard.as_ref().map(|(_, a)| *a);
+    let mut jobs_of_head = None;
     if let Some((listener, _)) = dashboard {
         let session = session_dir(opts)
             .file_name()
@@ -378,10 +382,11 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
             head.clone(),
             crate::dashboard::DashboardParts {
                 session_name: session,
-                jobs,
+                jobs: jobs.clone(),
                 head_ip: address.ip().to_string(),
             },
         );
+        jobs_of_head = jobs;
     }
     Ok(Launched {
         endpoint,
@@ -392,6 +397,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
         cluster_key: key,
         metrics_address,
         dashboard_address,
+        jobs: jobs_of_head,
     })
 }
 
@@ -437,6 +443,7 @@ pub async fn launch_node(opts: &LaunchOptions, head: SocketAddr) -> Result<Launc
         cluster_key: key,
         metrics_address,
         dashboard_address: None,
+        jobs: None,
     })
 }
 

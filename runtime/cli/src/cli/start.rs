@@ -411,8 +411,16 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             };
             let lost = tokio::select! {
                 reason = launched.node.closed() => reason,
-                _ = tokio::signal::ctrl_c() => { launched.node.close(); return ("interrupted".to_string(), 0) }
-                _ = sigterm => { launched.node.close(); return ("stopped".to_string(), 0) }
+                _ = tokio::signal::ctrl_c() => {
+                    stop_jobs(&launched).await;
+                    launched.node.close();
+                    return ("interrupted".to_string(), 0)
+                }
+                _ = sigterm => {
+                    stop_jobs(&launched).await;
+                    launched.node.close();
+                    return ("stopped".to_string(), 0)
+                }
             };
             launched.node.close();
             if is_head {
@@ -441,6 +449,14 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
     eprintln!("rayish {role} exiting: {reason}");
     // Workers die with us (PR_SET_PDEATHSIG), and were told to stop above.
     std::process::exit(code)
+}
+
+/// A head stopped on purpose (SIGTERM from `rayish stop`, or Ctrl-C) stops its
+/// submitted jobs first, as `ray stop` ends Ray's; `rayish stop` waits for it.
+async fn stop_jobs(launched: &rayish_core::launch::Launched) {
+    if let Some(jobs) = &launched.jobs {
+        jobs.stop_all().await;
+    }
 }
 
 enum Rejoin {

@@ -213,11 +213,11 @@ impl JobManager {
         let (started, failed) = {
             let mut table = self.table();
             let (started, failed) = table.admit(&self.inner.config.capacity, now_ms());
-            for id in &failed {
-                self.persist(&table, id);
-            }
             (started, failed)
         };
+        for id in &failed {
+            self.save_soon(id);
+        }
         if !failed.is_empty() {
             self.changed();
         }
@@ -234,6 +234,19 @@ impl JobManager {
                 tracing::error!(submission_id = %id, "the job's record could not be written: {e}");
             }
         }
+    }
+
+    /// Writes job `id`'s record on a blocking thread (never on the runtime's own:
+    /// a record is synced to disk), as the table has it by then. Each write reads
+    /// the table under its lock, so whatever order writes run in, the last leaves
+    /// the latest record.
+    fn save_soon(&self, id: &str) {
+        let manager = self.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let table = manager.table();
+            manager.persist(&table, &id);
+        });
     }
 
     fn changed(&self) {
@@ -307,6 +320,41 @@ impl JobManager {
     /// Job `id`'s working dir on the head.
     pub fn working_dir(&self, id: &str) -> PathBuf {
         self.inner.store.job_dir(id).join("working_dir")
+    }
+
+    /// Stops every job that has not ended, and waits until their supervisors saw
+    /// them end (at most the grace period and a little more): what a head that is
+    /// stopped on purpose (`rayish stop`) does, as `ray stop` ends its jobs. A head
+    /// that crashes leaves them running.
+    pub async fn stop_all(&self) {
+        let open: Vec<String> = self
+            .list()
+            .into_iter()
+            .filter(|j| !j.status.is_terminal())
+            .map(|j| j.submission_id)
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        tracing::info!(jobs = open.len(), "stopping the head's jobs");
+        for id in &open {
+            self.stop(id);
+        }
+        let deadline =
+            tokio::time::Instant::now() + self.inner.config.stop_grace + Duration::from_secs(2);
+        let mut changes = self.watch();
+        while self.running() > 0 && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+        }
+        // The records of the last changes are written on blocking threads.
+        let manager = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let table = manager.table();
+            for id in &open {
+                manager.persist(&table, id);
+            }
+        })
+        .await;
     }
 
     /// The jobs RUNNING now.

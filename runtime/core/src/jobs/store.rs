@@ -5,8 +5,8 @@
 //! Invariant: `job.json` is always a whole record: it is written to a temporary
 //! file, synced, and renamed over the old one, so a crash at any moment leaves the
 //! old record or the new one. Records change a few times per job (submitted,
-//! started, ended), never per task, so writing them synchronously costs nothing on
-//! any hot path.
+//! started, ended), never per task, and are written on blocking threads: nothing on
+//! any hot path waits for them.
 
 use super::info::{check_submission_id, JobInfo};
 use std::io::Write;

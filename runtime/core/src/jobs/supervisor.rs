@@ -28,12 +28,13 @@ pub(super) fn spawn(manager: JobManager, id: String) {
             let tail = tokio::task::spawn_blocking(move || log_tail(&log))
                 .await
                 .unwrap_or_default();
-            let mut table = manager.table();
-            table.exited(&id, exit, &tail, now_ms());
-            manager.persist(&table, &id);
-            if let Some(job) = table.get(&id) {
-                tracing::info!(submission_id = %id, status = job.status.as_str(), "job ended");
-            }
+            let status = {
+                let mut table = manager.table();
+                table.exited(&id, exit, &tail, now_ms());
+                table.get(&id).map(|j| j.status.as_str())
+            };
+            manager.save_soon(&id);
+            tracing::info!(submission_id = %id, status, "job ended");
         }
         manager.stoppers().remove(&id);
         manager.changed();
@@ -91,9 +92,8 @@ async fn supervise(manager: &JobManager, id: &str) -> Option<Exit> {
     let config = &manager.inner.config;
     let fail = |kind: &'static str, why: String| {
         tracing::warn!(submission_id = %id, "the job could not start: {why}");
-        let mut table = manager.table();
-        table.start_failed(id, kind, why, now_ms());
-        manager.persist(&table, id);
+        manager.table().start_failed(id, kind, why, now_ms());
+        manager.save_soon(id);
         None
     };
 
@@ -182,12 +182,12 @@ async fn supervise(manager: &JobManager, id: &str) -> Option<Exit> {
     let stop_now = {
         let mut table = manager.table();
         table.started(id, pid, &config.node_id, &config.dashboard_url);
-        manager.persist(&table, id);
         // Registered under the table's lock: a stop either saw no stopper and set
         // `stop_requested` before this, or finds this one.
         manager.stoppers().insert(id.to_string(), stop_tx);
         table.stop_requested(id)
     };
+    manager.save_soon(id);
     manager.changed();
     tracing::info!(submission_id = %id, pid, "job started");
 
