@@ -703,6 +703,17 @@ fn the_faces_pipeline_runs_as_a_job_and_its_output_is_fetched() {
         printed.contains("average face vector (7 faces)"),
         "{printed}"
     );
+    // Its progress is in the drivers' metrics, which the jobs page lists.
+    let (code, body) = call(&cluster, "GET", "/api/rayish/user_metrics", None);
+    assert_eq!(code, 200, "{body}");
+    let metrics: Value = serde_json::from_str(&body).expect("json");
+    let images_ok = metrics["data"]["result"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .find(|m| m["name"] == "ray_faces_images_total" && m["tags"]["status"] == "ok")
+        .map(|m| m["value"].clone());
+    assert_eq!(images_ok, Some(serde_json::json!(7.0)), "{metrics}");
 
     // `rayish job fetch` copies what the job wrote in its working dir.
     let fetched = scratch("faces-fetched").join("encodings.jsonl");
@@ -721,4 +732,46 @@ fn the_faces_pipeline_runs_as_a_job_and_its_output_is_fetched() {
         .expect("rayish job fetch");
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&wd);
+}
+
+#[test]
+fn a_head_stopped_on_purpose_stops_its_jobs_first() {
+    let mut cluster = cluster();
+    let dir = scratch("head-stop");
+    let pid_file = dir.join("pid");
+    let id = submit_json(
+        &cluster,
+        serde_json::json!({"entrypoint": format!("echo $$ > {}; sleep 120", pid_file.display())}),
+    );
+    wait_job(&cluster, &id, "ran", |j| j["status"] == "RUNNING");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the entrypoint never wrote its pid"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // What `rayish stop` sends.
+    let head = &mut cluster.nodes[0];
+    // SAFETY: kill(2) of the head process this test started (still its child).
+    unsafe {
+        libc::kill(head.id() as i32, libc::SIGTERM);
+    }
+    let status = head.wait().expect("the head exits");
+    assert!(status.success(), "{status}");
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the entrypoint outlived its head");
+    let record = cluster.session_of(0).join(format!("jobs/{id}/job.json"));
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
+    assert_eq!(on_disk["status"], "STOPPED", "{on_disk}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

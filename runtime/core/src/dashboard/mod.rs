@@ -92,6 +92,7 @@ pub fn serve(
         .route("/api/v0/{resource}/summarize", get(summarize))
         .route("/api/v0/tasks/timeline", get(tasks_timeline))
         .route("/api/rayish/node_usage", get(node_usage))
+        .route("/api/rayish/user_metrics", get(user_metrics))
         .route("/api/v0/logs", get(list_logs))
         .route("/api/v0/logs/{media}", get(get_log))
         .route("/api/jobs/", get(jobs_api::list).post(jobs_api::submit))
@@ -517,6 +518,35 @@ async fn node_usage(State(d): State<Dashboard>) -> Response {
         out.insert(n.status.node_id.to_string(), entry);
     }
     reply(Value::Object(out))
+}
+
+/// `GET /api/rayish/user_metrics`: the drivers' own metrics (`rayish::metrics`,
+/// e.g. `rayish-faces`' images done by outcome), summed over drivers as the head's
+/// metrics endpoint exports them, for the jobs page.
+async fn user_metrics(State(d): State<Dashboard>) -> Response {
+    match rows(&d.head, StateQuery::UserMetrics).await {
+        Ok(StateRows::UserMetrics(series)) => reply(Value::Array(
+            series
+                .into_iter()
+                .map(|s| {
+                    json!({
+                        "name": s.name,
+                        "description": s.description,
+                        "kind": s.kind,
+                        "tags": s
+                            .tags
+                            .into_iter()
+                            .map(|(k, v)| (k, Value::String(v)))
+                            .collect::<serde_json::Map<_, _>>(),
+                        "value": s.value,
+                        "count": s.count,
+                    })
+                })
+                .collect(),
+        )),
+        Ok(_) => reply_error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected rows".into()),
+        Err(r) => r,
+    }
 }
 
 /// Ray's `GET /api/v0/logs` (see [`logs`]).

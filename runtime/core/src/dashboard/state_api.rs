@@ -472,6 +472,8 @@ pub fn to_json(rows: &StateRows, holders: &Holders, ips: &NodeIps) -> Vec<Map<St
         StateRows::Actors(r) => r.iter().map(actor_json).collect(),
         StateRows::Workers(r) => r.iter().map(|w| worker_json(w, ips)).collect(),
         StateRows::Objects(r) => r.iter().map(|o| object_json(o, holders, ips)).collect(),
+        // Not one of Ray's resources: served by `/api/rayish/user_metrics`.
+        StateRows::UserMetrics(_) => Vec::new(),
     }
 }
 

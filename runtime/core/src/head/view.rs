@@ -25,6 +25,8 @@ pub enum StateQuery {
     Workers,
     /// Every object the head tracks, one row per holder.
     Objects,
+    /// The drivers' own metrics (`rayish::metrics`), summed as the head exports them.
+    UserMetrics,
 }
 
 /// The rows a [`StateQuery`] asked for.
@@ -42,6 +44,8 @@ pub enum StateRows {
     Workers(Vec<WorkerRow>),
     /// For [`StateQuery::Objects`].
     Objects(Vec<ObjectRow>),
+    /// For [`StateQuery::UserMetrics`].
+    UserMetrics(Vec<crate::metrics::UserSeries>),
 }
 
 /// One node.

@@ -20,7 +20,7 @@ mod user;
 
 pub use host::HostSampler;
 pub use set::{Kind, Labels, MetricSet};
-pub use user::{Refused, UserMetricTable, MAX_SERIES};
+pub use user::{Refused, UserMetricTable, UserSeries, MAX_SERIES};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};

@@ -230,6 +230,65 @@ impl<P: Hash + Eq> UserMetricTable<P> {
     }
 }
 
+/// One series of the table, as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserSeries {
+    /// Its exported name (with Ray's `ray_` prefix; a counter's with `_total`).
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// Its tags, sorted.
+    pub tags: Vec<(String, String)>,
+    /// A counter's total, a gauge's value, a histogram's sum of observations.
+    pub value: f64,
+    /// A histogram's count of observations.
+    pub count: Option<u64>,
+}
+
+impl<P: Hash + Eq> UserMetricTable<P> {
+    /// Every series, by name and tags: what processes count, as the metrics
+    /// endpoint would export it.
+    pub fn series_list(&self) -> Vec<UserSeries> {
+        let mut out: Vec<UserSeries> = self
+            .cumulative()
+            .into_iter()
+            .map(|((name, tags), c)| UserSeries {
+                // A counter's samples are exported with Prometheus' `_total`.
+                name: if c.buckets.is_some() {
+                    format!("ray_{name}")
+                } else {
+                    format!("ray_{name}_total")
+                },
+                description: c.description.clone(),
+                kind: if c.buckets.is_some() {
+                    "histogram"
+                } else {
+                    "counter"
+                },
+                tags: tags.clone(),
+                value: c.total,
+                count: c.buckets.as_ref().map(|(_, counts)| counts.iter().sum()),
+            })
+            .chain(
+                self.gauges
+                    .iter()
+                    .map(|((name, tags), (description, value))| UserSeries {
+                        name: format!("ray_{name}"),
+                        description: description.clone(),
+                        kind: "gauge",
+                        tags: tags.clone(),
+                        value: *value,
+                        count: None,
+                    }),
+            )
+            .collect();
+        out.sort_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        out
+    }
+}
+
 fn borrowed(tags: &[(String, String)]) -> Vec<(&str, &str)> {
     tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
@@ -276,6 +335,13 @@ mod tests {
         assert_eq!(total(&t), 6.0);
         t.ended(&a);
         assert_eq!(total(&t), 6.0, "an ended process's total stays");
+        // The dashboard's list: one series, named as the endpoint exports it.
+        let listed = t.series_list();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(
+            (listed[0].name.as_str(), listed[0].kind, listed[0].value),
+            ("ray_images_total", "counter", 6.0)
+        );
         t.ended(&b);
         assert_eq!(total(&t), 6.0);
     }

@@ -99,6 +99,7 @@ impl HeadState {
             StateQuery::Actors => StateRows::Actors(self.actor_rows()),
             StateQuery::Workers => StateRows::Workers(self.worker_rows()),
             StateQuery::Objects => StateRows::Objects(self.object_rows()),
+            StateQuery::UserMetrics => StateRows::UserMetrics(self.user_metrics.series_list()),
         }
     }
 
