@@ -295,12 +295,25 @@ impl JobManager {
 
     /// Forgets ended job `id`: its record, working dir and log.
     pub fn delete(&self, id: &str) -> Result<(), DeleteRefused> {
-        let mut table = self.table();
-        table.delete(id)?;
-        if let Err(e) = self.inner.store.remove(id) {
-            tracing::warn!(submission_id = %id, "the job's directory could not be removed: {e}");
+        // Under the lock only what is quick: the directory is renamed away (so a
+        // new job of the same id starts clean), then removed, however large.
+        let detached = {
+            let mut table = self.table();
+            table.delete(id)?;
+            let _ = std::fs::remove_file(self.log_path(id));
+            self.inner.store.detach(id)
+        };
+        match detached {
+            Ok(Some(dir)) => {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(submission_id = %id, "{}: {e}", dir.display());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(submission_id = %id, "the job's directory could not be removed: {e}")
+            }
         }
-        let _ = std::fs::remove_file(self.log_path(id));
         Ok(())
     }
 

@@ -31,6 +31,11 @@ impl JobStore {
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".deleted-") {
+                // A deletion that a crash cut short.
+                let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            }
             if check_submission_id(&name).is_err() || !entry.file_type()?.is_dir() {
                 continue;
             }
@@ -68,12 +73,20 @@ impl JobStore {
         std::fs::File::open(&dir)?.sync_all()
     }
 
-    /// Removes job `id`'s directory: its record and working dir.
-    pub fn remove(&self, id: &str) -> std::io::Result<()> {
+    /// Renames job `id`'s directory (its record and working dir) out of the
+    /// store's way, for the caller to remove; `None` if it has none. A name starting
+    /// with a dot is never read as a job.
+    pub fn detach(&self, id: &str) -> std::io::Result<Option<PathBuf>> {
+        use rand::Rng;
         check_submission_id(id).map_err(|e| std::io::Error::other(e.0))?;
-        match std::fs::remove_dir_all(self.job_dir(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let gone = self.dir.join(format!(
+            ".deleted-{id}-{:016x}",
+            rand::thread_rng().gen::<u64>()
+        ));
+        match std::fs::rename(self.job_dir(id), &gone) {
+            Ok(()) => Ok(Some(gone)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -103,9 +116,14 @@ mod tests {
         std::fs::write(dir.join("b").join(RECORD), b"{truncated").expect("damage");
         let (store, jobs) = JobStore::open(dir.clone()).expect("reopen");
         assert_eq!(jobs, vec![a]);
-        store.remove("a").expect("remove");
+        let gone = store.detach("a").expect("detach").expect("a dir");
         assert!(!dir.join("a").exists());
-        assert!(store.remove("../etc").is_err());
+        // Reopened before the caller removed it (a crash): not read back, removed.
+        let (_, jobs) = JobStore::open(dir.clone()).expect("reopen");
+        assert!(jobs.is_empty(), "a detached job is not read back: {jobs:?}");
+        assert!(!gone.exists());
+        assert!(store.detach("../etc").is_err());
+        assert!(store.detach("a").expect("nothing").is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
