@@ -659,6 +659,28 @@ fn bad_input_is_refused_and_the_head_serves_on() {
     let refused = ureq::post(&url).send_string(r#"{"entrypoint": "touch /tmp/x"}"#);
     assert!(matches!(refused, Err(ureq::Error::Status(401, _))));
 
+    // Entrypoint resources the head node can never give fail at once; memory is
+    // counted as Ray counts a node's (the machine's, less the object store's).
+    let id = submit_json(
+        &cluster,
+        serde_json::json!({"entrypoint": "true", "entrypoint_num_cpus": 64}),
+    );
+    let j = wait_job(&cluster, &id, "ended", ended);
+    assert_eq!(j["error_type"], "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "{j}");
+    let id = submit_json(
+        &cluster,
+        serde_json::json!({"entrypoint": "true", "entrypoint_memory": 1u64 << 60}),
+    );
+    assert_eq!(wait_job(&cluster, &id, "ended", ended)["status"], "FAILED");
+    let id = submit_json(
+        &cluster,
+        serde_json::json!({"entrypoint": "true", "entrypoint_memory": 1 << 20}),
+    );
+    assert_eq!(
+        wait_job(&cluster, &id, "ended", ended)["status"],
+        "SUCCEEDED"
+    );
+
     // The head serves on: a good job runs.
     let id = submit_json(
         &cluster,

@@ -92,15 +92,19 @@ pub struct LaunchOptions {
     pub task_events_capacity: usize,
 }
 
-/// Ray's default object store size: 30% of the machine's memory (2 GiB if unknown).
-pub fn default_object_store_memory() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+/// The machine's memory in bytes, if `/proc/meminfo` says.
+fn machine_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
-    });
-    total.map_or(2 << 30, |t| t / 10 * 3)
+    })
+}
+
+/// Ray's default object store size: 30% of the machine's memory (2 GiB if unknown).
+pub fn default_object_store_memory() -> u64 {
+    machine_memory().map_or(2 << 30, |t| t / 10 * 3)
 }
 
 /// The node's object store: capped, in shared memory (`/dev/shm/rayish-<pid>-<node>`)
@@ -300,7 +304,7 @@ fn start_jobs(
         jobs_dir: session.join("jobs"),
         packages_dir: session.join("runtime_resources").join("packages"),
         logs_dir: opts.log_dir.clone(),
-        capacity: opts.resources.clone(),
+        capacity: entrypoint_capacity(opts),
         cluster_address: address,
         token: opts.token.clone(),
         node_id: node_id.to_string(),
@@ -320,6 +324,22 @@ fn start_jobs(
             None
         }
     }
+}
+
+/// What entrypoints may hold at once: the head node's resources, with `memory` (if
+/// not declared) the machine's memory less the object store's, as Ray counts a
+/// node's `memory`, so `--entrypoint-memory` can be honoured.
+fn entrypoint_capacity(opts: &LaunchOptions) -> ResourceSet {
+    let mut capacity = opts.resources.clone();
+    if capacity.get("memory") == 0.0 {
+        if let Some(total) = machine_memory() {
+            let store = opts
+                .object_store_memory
+                .unwrap_or_else(default_object_store_memory);
+            capacity.set("memory", total.saturating_sub(store) as f64);
+        }
+    }
+    capacity
 }
 
 /// Starts a head process's services: the head and its own node.
