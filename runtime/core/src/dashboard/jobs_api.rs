@@ -446,6 +446,13 @@ pub(super) async fn package_upload(
             break;
         }
     }
+    // tokio's file hands writes to a blocking thread: the last may still be in
+    // flight until flushed, and the package is read back right after.
+    if failed.is_none() {
+        if let Err(e) = file.flush().await {
+            failed = Some(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+        }
+    }
     drop(file);
     if received > limit {
         failed = Some(text(
