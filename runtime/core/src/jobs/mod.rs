@@ -356,7 +356,9 @@ impl JobManager {
         let deadline =
             tokio::time::Instant::now() + self.inner.config.stop_grace + Duration::from_secs(2);
         let mut changes = self.watch();
-        while self.running() > 0 && tokio::time::Instant::now() < deadline {
+        // Admitted, not only RUNNING: a job whose process is about to start is
+        // stopped by its supervisor as soon as it has one, and must be waited for.
+        while self.table().admitted() > 0 && tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
         }
         // The records of the last changes are written on blocking threads.

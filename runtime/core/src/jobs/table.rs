@@ -265,6 +265,12 @@ impl JobTable {
             .count()
     }
 
+    /// The number of jobs admitted and not ended: running, or about to (their
+    /// supervisors have them).
+    pub fn admitted(&self) -> usize {
+        self.admitted.len()
+    }
+
     fn release(&mut self, id: &str) {
         if let Some(demand) = self.admitted.remove(id) {
             self.held.subtract(&demand);
@@ -307,6 +313,8 @@ mod tests {
             (started, failed.len()),
             (vec!["j0".to_string(), "j1".to_string()], 0)
         );
+        // Admitted but not started yet: not RUNNING, but a supervisor has them.
+        assert_eq!((t.running(), t.admitted()), (0, 2));
         assert_eq!(t.admit(&cpus(2.0), 1).0.len(), 0, "nothing more fits");
         assert!(t.started("j0", 10, "n", "http://h"));
         t.exited("j0", Exit::Code(0), "", 2);
