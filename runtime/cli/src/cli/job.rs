@@ -410,33 +410,8 @@ fn list(a: ListArgs) -> Result<()> {
         .iter()
         .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
         .collect();
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([columns[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |values: Vec<String>| {
-        values
-            .iter()
-            .zip(&widths)
-            .map(|(v, w)| format!("{v:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    println!(
-        "{}",
-        line(columns.iter().map(|c| c.to_uppercase()).collect())
-    );
-    for row in cells {
-        println!("{}", line(row));
-    }
+    let header: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
+    print!("{}", super::state::aligned(&header, &cells));
     Ok(())
 }
 

@@ -317,33 +317,31 @@ fn table(resource: Resource, rows: &[Value], detail: bool) -> String {
         .iter()
         .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
         .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            cells
-                .iter()
-                .map(|row| row[i].chars().count())
-                .chain([c.len()])
+    let header: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
+    aligned(&header, &cells)
+}
+
+/// `header` and `rows` as left-aligned columns two spaces apart, one line each
+/// (the table layout of Ray's CLI), every line ending in a newline.
+pub(super) fn aligned(header: &[String], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .chain([header[i].chars().count()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    let line = |values: Vec<String>| {
-        values
+    let mut out = String::new();
+    for values in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
+        let line = values
             .iter()
             .zip(&widths)
             .map(|(v, w)| format!("{v:<w$}"))
             .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = String::new();
-    out.push_str(&line(columns.iter().map(|c| c.to_uppercase()).collect()));
-    out.push('\n');
-    for row in cells {
-        out.push_str(&line(row));
+            .join("  ");
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
@@ -468,27 +466,8 @@ pub fn summary(args: SummaryArgs) -> Result<()> {
             "REF_TYPE_COUNTS",
         ],
     };
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let print_row = |cells: Vec<String>| {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    };
-    print_row(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        print_row(row);
-    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    print!("{}", aligned(&header, &rows));
     Ok(())
 }
 
