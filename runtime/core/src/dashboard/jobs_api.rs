@@ -101,9 +101,16 @@ pub fn all_details(jobs: &[JobInfo], drivers: &[JobRow], head_ip: &str) -> Vec<M
     out
 }
 
+/// A job a request named, with the manager that has it.
+struct Found {
+    jobs: JobManager,
+    job: JobInfo,
+    driver: Option<JobRow>,
+}
+
 /// The job `key` names: a submission id, or a driver's job id.
-async fn find(d: &Dashboard, key: &str) -> Result<(JobInfo, Option<JobRow>), Response> {
-    let jobs = manager(d).map_err(|r| *r)?;
+async fn find(d: &Dashboard, key: &str) -> Result<Found, Response> {
+    let jobs = manager(d).map_err(|r| *r)?.clone();
     let drivers = drivers(d).await?;
     let by_driver = drivers
         .iter()
@@ -120,11 +127,7 @@ async fn find(d: &Dashboard, key: &str) -> Result<(JobInfo, Option<JobRow>), Res
         .into_iter()
         .filter(|r| r.submission_id.as_deref() == Some(id))
         .max_by_key(|r| r.start_time_ms);
-    Ok((job, driver))
-}
-
-fn head_ip(d: &Dashboard) -> String {
-    d.head_ip.clone()
+    Ok(Found { jobs, job, driver })
 }
 
 /// `GET /api/jobs/`.
@@ -137,7 +140,7 @@ pub(super) async fn list(State(d): State<Dashboard>) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    axum::Json(all_details(&jobs, &drivers, &head_ip(&d))).into_response()
+    axum::Json(all_details(&jobs, &drivers, &d.head_ip)).into_response()
 }
 
 /// `POST /api/jobs/`.
@@ -164,8 +167,8 @@ pub(super) async fn submit(State(d): State<Dashboard>, body: Bytes) -> Response 
 /// `GET /api/jobs/{id}`.
 pub(super) async fn get(State(d): State<Dashboard>, Path(key): Path<String>) -> Response {
     match find(&d, &key).await {
-        Ok((job, driver)) => {
-            axum::Json(submission_details(&job, driver.as_ref(), &head_ip(&d))).into_response()
+        Ok(f) => {
+            axum::Json(submission_details(&f.job, f.driver.as_ref(), &d.head_ip)).into_response()
         }
         Err(r) => r,
     }
@@ -174,14 +177,10 @@ pub(super) async fn get(State(d): State<Dashboard>, Path(key): Path<String>) -> 
 /// `POST /api/jobs/{id}/stop`: `{"stopped": false}` for a job that had already
 /// ended, as Ray answers.
 pub(super) async fn stop(State(d): State<Dashboard>, Path(key): Path<String>) -> Response {
-    let (job, _) = match find(&d, &key).await {
-        Ok(j) => j,
+    let Found { jobs, job, .. } = match find(&d, &key).await {
+        Ok(f) => f,
         Err(r) => return r,
     };
-    let Ok(jobs) = manager(&d) else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no job manager");
-    };
-    let jobs = jobs.clone();
     let id = job.submission_id;
     match tokio::task::spawn_blocking(move || jobs.stop(&id)).await {
         Ok(StopOutcome::NotFound) => {
@@ -195,14 +194,10 @@ pub(super) async fn stop(State(d): State<Dashboard>, Path(key): Path<String>) ->
 
 /// `DELETE /api/jobs/{id}`: only an ended job (Ray's rule).
 pub(super) async fn delete(State(d): State<Dashboard>, Path(key): Path<String>) -> Response {
-    let (job, _) = match find(&d, &key).await {
-        Ok(j) => j,
+    let Found { jobs, job, .. } = match find(&d, &key).await {
+        Ok(f) => f,
         Err(r) => return r,
     };
-    let Ok(jobs) = manager(&d) else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no job manager");
-    };
-    let jobs = jobs.clone();
     let id = job.submission_id;
     match tokio::task::spawn_blocking(move || jobs.delete(&id)).await {
         Ok(Ok(())) => axum::Json(json!({"deleted": true})).into_response(),
@@ -236,12 +231,9 @@ fn read_from(path: &std::path::Path, offset: u64, max: u64) -> std::io::Result<V
 
 /// `GET /api/jobs/{id}/logs`: `{"logs": "..."}`, the whole log (its last 64 MiB).
 pub(super) async fn logs(State(d): State<Dashboard>, Path(key): Path<String>) -> Response {
-    let (job, _) = match find(&d, &key).await {
-        Ok(j) => j,
+    let Found { jobs, job, .. } = match find(&d, &key).await {
+        Ok(f) => f,
         Err(r) => return r,
-    };
-    let Ok(jobs) = manager(&d) else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no job manager");
     };
     let path = jobs.log_path(&job.submission_id);
     let read = tokio::task::spawn_blocking(move || {
@@ -265,14 +257,10 @@ pub(super) async fn tail(
     Path(key): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let (job, _) = match find(&d, &key).await {
-        Ok(j) => j,
+    let Found { jobs, job, .. } = match find(&d, &key).await {
+        Ok(f) => f,
         Err(r) => return r,
     };
-    let Ok(jobs) = manager(&d) else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no job manager");
-    };
-    let jobs = jobs.clone();
     upgrade.on_upgrade(move |socket| follow(socket, jobs, job.submission_id))
 }
 
@@ -484,12 +472,9 @@ pub(super) async fn fetch_file(
     State(d): State<Dashboard>,
     Path((key, rel)): Path<(String, String)>,
 ) -> Response {
-    let (job, _) = match find(&d, &key).await {
-        Ok(j) => j,
+    let Found { jobs, job, .. } = match find(&d, &key).await {
+        Ok(f) => f,
         Err(r) => return r,
-    };
-    let Ok(jobs) = manager(&d) else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no job manager");
     };
     let root = jobs.working_dir(&job.submission_id);
     let read = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (StatusCode, String)> {

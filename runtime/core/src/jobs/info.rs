@@ -362,8 +362,7 @@ fn runtime_env(value: Value) -> Result<Map<String, Value>, InvalidRequest> {
                          `rayish job submit` upload a local directory for you"
                     ))
                 })?;
-                super::packages::check_package_name(name)
-                    .map_err(|e| InvalidRequest(e.to_string()))?;
+                super::packages::check_package_name(name).map_err(InvalidRequest::from)?;
             }
             ("working_dir", other) => {
                 return Err(InvalidRequest(format!(

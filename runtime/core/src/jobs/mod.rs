@@ -185,7 +185,7 @@ impl JobManager {
             match self.inner.packages.exists(name) {
                 Ok(true) => {}
                 Ok(false) => return Err(SubmitError::MissingPackage(uri.to_string())),
-                Err(e) => return Err(InvalidRequest(e.to_string()).into()),
+                Err(e) => return Err(InvalidRequest::from(e).into()),
             }
         }
         let id = req.submission_id.clone().unwrap_or_else(new_submission_id);
@@ -325,11 +325,6 @@ impl JobManager {
             .join(format!("job-driver-{id}.log"))
     }
 
-    /// The file name of job `id`'s log (as Ray's log API lists it).
-    pub fn log_file_name(id: &str) -> String {
-        format!("job-driver-{id}.log")
-    }
-
     /// Job `id`'s working dir on the head.
     pub fn working_dir(&self, id: &str) -> PathBuf {
         self.inner.store.job_dir(id).join("working_dir")
@@ -370,11 +365,6 @@ impl JobManager {
             }
         })
         .await;
-    }
-
-    /// The jobs RUNNING now.
-    pub fn running(&self) -> usize {
-        self.table().running()
     }
 }
 

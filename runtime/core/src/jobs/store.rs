@@ -10,7 +10,7 @@
 
 use super::info::{check_submission_id, JobInfo};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The record's file name in a job's directory.
 const RECORD: &str = "job.json";
@@ -88,11 +88,6 @@ impl JobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    /// The store's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
