@@ -3,9 +3,10 @@
 //! scripts/setup-cluster-tests.sh) against a two-node rayish cluster. A driver from
 //! this repo's examples runs as a job from an uploaded working dir; a failing
 //! entrypoint is FAILED with its exit code; a stop ends the whole process group and
-//! frees the job's workers and objects; twenty jobs asking for a CPU each never run
-//! more at once than the head has; a client that goes away changes nothing; bad
-//! input gets a 4xx and the head serves on.
+//! frees the job's workers and objects; a running entrypoint's CPUs are withheld
+//! from tasks; twenty jobs asking for a CPU each never run more at once than the
+//! head has; a package outlives its jobs by the grace period only; a client that
+//! goes away changes nothing; bad input gets a 4xx and the head serves on.
 
 use rayish_suite::{children_of, http_get, rand_u64, stdout_of, TestCluster};
 use serde_json::Value;
@@ -17,10 +18,19 @@ use std::time::{Duration, Instant};
 /// than an unstripped example binary, which Ray's CLI zips as it is.
 const PACKAGE_LIMIT: usize = 128 << 20;
 
+/// How long the test clusters keep a package no job names.
+const PACKAGE_GRACE_SECS: u64 = 5;
+
 fn cluster() -> TestCluster {
     // The head inherits it. Every test of this binary sets the same value, so the
     // tests running side by side cannot disagree about it.
     std::env::set_var("RAYISH_JOB_PACKAGE_MAX_BYTES", PACKAGE_LIMIT.to_string());
+    // Packages no job names go after 5 s rather than Ray's 10 minutes, so a test can
+    // see one collected: still far more than a client takes from upload to submit.
+    std::env::set_var(
+        "RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S",
+        PACKAGE_GRACE_SECS.to_string(),
+    );
     TestCluster::start(1, 2, 5000)
 }
 
@@ -113,6 +123,19 @@ fn working_dir(name: &str, binaries: &[&str]) -> PathBuf {
 }
 
 /// The node processes' children: workers, and on the head the job entrypoints.
+/// The stored package job `id`'s working dir came from, on the head.
+fn package_of(cluster: &TestCluster, id: &str) -> PathBuf {
+    let uri = job(cluster, id)["runtime_env"]["working_dir"]
+        .as_str()
+        .expect("a working dir")
+        .to_string();
+    let name = uri.strip_prefix("gcs://").expect("a package URI");
+    cluster
+        .session_of(0)
+        .join("runtime_resources/packages")
+        .join(name)
+}
+
 fn node_children(cluster: &TestCluster) -> Vec<u32> {
     cluster
         .nodes
@@ -230,6 +253,18 @@ fn a_driver_from_an_uploaded_working_dir_runs_as_a_job() {
         .as_str()
         .is_some_and(|m| m.contains("exit code 3") && m.contains("about to fail")));
 
+    // Its package outlived the job by the grace period only, as Ray's does.
+    let package = package_of(&cluster, &driver_job);
+    let deadline = Instant::now() + Duration::from_secs(PACKAGE_GRACE_SECS * 6);
+    while package.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        !package.exists(),
+        "{} was never collected",
+        package.display()
+    );
+
     // Deleting an ended job forgets it and its directory.
     let out = rayish_job(&cluster, &["delete", "hello-1"])
         .output()
@@ -305,6 +340,48 @@ fn upload(cluster: &TestCluster, dir: &Path) -> String {
     );
     assert_eq!(code, 200, "{body}");
     format!("gcs://{name}")
+}
+
+/// The CPUs the head's scheduler counts free on node `node`.
+fn free_cpus(cluster: &TestCluster, node: &str) -> f64 {
+    let (code, body) = call(cluster, "GET", "/api/rayish/node_usage", None);
+    assert_eq!(code, 200, "{body}");
+    let usage: Value = serde_json::from_str(&body).expect("json");
+    let free = &usage["data"]["result"][node]["resources_available"];
+    assert!(free.is_object(), "node {node} not listed: {usage}");
+    // A resource used up is left out.
+    free["CPU"].as_f64().unwrap_or(0.0)
+}
+
+#[test]
+fn a_running_entrypoint_holds_its_cpus_out_of_the_tasks_reach() {
+    let cluster = cluster();
+    let id = submit_json(
+        &cluster,
+        serde_json::json!({"entrypoint": "sleep 60", "entrypoint_num_cpus": 2}),
+    );
+    let j = wait_job(&cluster, &id, "RUNNING", |j| j["status"] == "RUNNING");
+    let node = j["driver_node_id"]
+        .as_str()
+        .expect("the node it runs on")
+        .to_string();
+    // Both of the head node's CPUs are the entrypoint's while it runs ...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while free_cpus(&cluster, &node) != 0.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(free_cpus(&cluster, &node), 0.0);
+    // ... and free again once it is stopped.
+    assert_eq!(
+        call(&cluster, "POST", &format!("/api/jobs/{id}/stop"), None).0,
+        200
+    );
+    wait_job(&cluster, &id, "STOPPED", ended);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while free_cpus(&cluster, &node) != 2.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(free_cpus(&cluster, &node), 2.0);
 }
 
 #[test]

@@ -316,6 +316,11 @@ fn start_jobs(
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(crate::jobs::packages::MAX_PACKAGE_BYTES),
+        package_grace: std::env::var("RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S")
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(crate::jobs::DEFAULT_PACKAGE_GRACE, Duration::from_secs_f64),
     };
     match crate::jobs::JobManager::start(config, head) {
         Ok(jobs) => Some(jobs),

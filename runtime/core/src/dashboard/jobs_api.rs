@@ -363,7 +363,15 @@ pub(super) async fn package_exists(
         Ok(n) => n,
         Err(why) => return text(StatusCode::BAD_REQUEST, why),
     };
-    match jobs.packages().exists(&name) {
+    let packages = jobs.packages().clone();
+    let looked_up = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || packages.exists_renewed(&name)).await
+    };
+    let Ok(found) = looked_up else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "the lookup failed");
+    };
+    match found {
         Ok(true) => StatusCode::OK.into_response(),
         Ok(false) => text(
             StatusCode::NOT_FOUND,

@@ -155,6 +155,25 @@ impl HeadHandle {
         let _ = self.events.send(HeadEvent::DriverProcessEnded(job, reason));
     }
 
+    /// Holds `demand` on the head's node for job `submission_id`'s entrypoint,
+    /// out of the tasks' reach, until [`Self::release_entrypoint`].
+    pub fn hold_for_entrypoint(
+        &self,
+        submission_id: String,
+        demand: crate::resources::ResourceSet,
+    ) {
+        let _ = self
+            .events
+            .send(HeadEvent::HoldForEntrypoint(submission_id, demand));
+    }
+
+    /// Job `submission_id`'s entrypoint ended: what it held is free for tasks.
+    pub fn release_entrypoint(&self, submission_id: String) {
+        let _ = self
+            .events
+            .send(HeadEvent::ReleaseEntrypoint(submission_id));
+    }
+
     /// Joins a peer of this same process (see [`InProcessHead`]).
     async fn open_in_process(&self, hello: Hello) -> Result<ControlStream, HandshakeError> {
         let stopped = || HandshakeError::Protocol("the head has stopped".into());

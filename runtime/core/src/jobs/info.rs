@@ -168,6 +168,11 @@ const RUNTIME_ENV_FIELDS: [&str; 3] = ["working_dir", "env_vars", "config"];
 /// The `working_dir` forms rayish takes: a package uploaded to this cluster.
 pub const PACKAGE_URI_PREFIX: &str = "gcs://";
 
+/// The stored package a `working_dir` URI names (`gcs://NAME` → `NAME`).
+pub fn package_name(uri: &str) -> &str {
+    uri.strip_prefix(PACKAGE_URI_PREFIX).unwrap_or(uri)
+}
+
 impl SubmitRequest {
     /// Parses a request body as Ray's server does: fields set to `null` are dropped
     /// (newer clients send optional fields a server may not know), any other field

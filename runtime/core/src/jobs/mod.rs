@@ -66,7 +66,13 @@ pub struct JobsConfig {
     pub stop_grace: Duration,
     /// The largest working-dir package taken.
     pub max_package_bytes: usize,
+    /// How long a package no job names is kept after its upload or its last
+    /// existence check (Ray's `RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S`).
+    pub package_grace: Duration,
 }
+
+/// Ray's default for `RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S`.
+pub const DEFAULT_PACKAGE_GRACE: Duration = Duration::from_secs(600);
 
 /// Why a submission failed.
 #[derive(Debug, Error)]
@@ -150,7 +156,54 @@ impl JobManager {
             }),
         };
         manager.admit();
+        manager.collect_packages_periodically();
         Ok(manager)
+    }
+
+    /// Removes, on a blocking thread, the packages no waiting or running job names
+    /// and nobody stored or renewed within the grace period (see [`packages`]).
+    /// The table stays locked meanwhile, so a submission cannot name a package
+    /// between the check and its removal.
+    fn collect_packages(&self) {
+        let manager = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let table = manager.table();
+            let in_use: std::collections::HashSet<String> = table
+                .all()
+                .filter(|j| !j.status.is_terminal())
+                .filter_map(|j| {
+                    j.working_dir()
+                        .map(|uri| info::package_name(uri).to_string())
+                })
+                .collect();
+            let grace = manager.inner.config.package_grace;
+            match manager.inner.packages.remove_unused(&in_use, grace) {
+                Ok(removed) => {
+                    for name in removed {
+                        tracing::info!(package = %name, "removed a package no job uses");
+                    }
+                }
+                Err(e) => tracing::warn!("unused packages could not be removed: {e}"),
+            }
+        });
+    }
+
+    /// Collects packages every half grace period (at least every second, at most
+    /// every minute), for as long as the manager lives.
+    fn collect_packages_periodically(&self) {
+        let every = (self.inner.config.package_grace / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let manager = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = manager.upgrade() else {
+                    return;
+                };
+                JobManager { inner }.collect_packages();
+            }
+        });
     }
 
     fn table(&self) -> MutexGuard<'_, JobTable> {
@@ -175,23 +228,19 @@ impl JobManager {
 
     /// Submits a job; its submission id.
     pub fn submit(&self, req: SubmitRequest) -> Result<String, SubmitError> {
-        if let Some(uri) = req
-            .runtime_env
-            .as_ref()
-            .and_then(|r| r.get("working_dir"))
-            .and_then(|w| w.as_str())
-        {
-            let name = uri.strip_prefix(info::PACKAGE_URI_PREFIX).unwrap_or(uri);
-            match self.inner.packages.exists(name) {
-                Ok(true) => {}
-                Ok(false) => return Err(SubmitError::MissingPackage(uri.to_string())),
-                Err(e) => return Err(InvalidRequest::from(e).into()),
-            }
-        }
         let id = req.submission_id.clone().unwrap_or_else(new_submission_id);
         let job = req.into_info(id.clone(), now_ms());
         {
             let mut table = self.table();
+            // Checked under the table's lock, which package collection holds too:
+            // once the job is in the table, its package stays.
+            if let Some(uri) = job.working_dir() {
+                match self.inner.packages.exists(info::package_name(uri)) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(SubmitError::MissingPackage(uri.to_string())),
+                    Err(e) => return Err(InvalidRequest::from(e).into()),
+                }
+            }
             if !table.submit(job.clone()) {
                 return Err(SubmitError::Duplicate(id));
             }
@@ -222,6 +271,10 @@ impl JobManager {
             self.changed();
         }
         for id in started {
+            let demand = self.get(&id).map(|j| j.entrypoint_demand());
+            if let Some(demand) = demand {
+                self.inner.head.hold_for_entrypoint(id.clone(), demand);
+            }
             supervisor::spawn(self.clone(), id);
         }
     }

@@ -9,11 +9,26 @@
 //! name and renamed into place only once checked, so a reader never sees a partial
 //! one. Unpacking checks each entry again (a package directory is the user's to
 //! write into, too).
+//!
+//! Packages are collected as Ray collects its runtime-env URIs: one that no waiting
+//! or running job names, and that nobody uploaded or asked about for the grace
+//! period (Ray's `RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S`, 600 s), is
+//! removed. The grace covers a client's steps between asking whether a package
+//! exists, uploading it and submitting the job that names it.
 
+use std::collections::HashSet;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use thiserror::Error;
+
+/// How long an interrupted upload's staging file is kept.
+const STAGING_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The prefix of staging files' names.
+const STAGING_PREFIX: &str = ".upload-";
 
 /// The largest package accepted by default (Ray's `GCS_STORAGE_MAX_SIZE`, 512 MiB);
 /// `RAYISH_JOB_PACKAGE_MAX_BYTES` on the head changes it.
@@ -67,6 +82,15 @@ pub enum PackageError {
     },
 }
 
+/// Starts `path`'s grace period again (its modification time is now).
+fn renew(path: &Path) -> Result<(), PackageError> {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .map_err(io_at(path))
+}
+
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> PackageError + '_ {
     move |source| PackageError::Io {
         path: path.to_path_buf(),
@@ -92,6 +116,9 @@ pub fn check_package_name(name: &str) -> Result<(), PackageError> {
 pub struct PackageStore {
     dir: PathBuf,
     limit: usize,
+    /// Held while a package is renewed or stored, and while unused ones are
+    /// removed: a package renewed is never removed on the strength of its old time.
+    renewals: Arc<Mutex<()>>,
 }
 
 impl PackageStore {
@@ -102,7 +129,11 @@ impl PackageStore {
             path: dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        Ok(Self { dir, limit })
+        Ok(Self {
+            dir,
+            limit,
+            renewals: Arc::default(),
+        })
     }
 
     /// The largest package it takes.
@@ -121,12 +152,69 @@ impl PackageStore {
         Ok(self.path(name)?.is_file())
     }
 
+    fn renewals(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.renewals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether package `name` was uploaded; if it was, its grace period starts
+    /// again (a client that finds it will name it in a submission next).
+    pub fn exists_renewed(&self, name: &str) -> Result<bool, PackageError> {
+        let path = self.path(name)?;
+        let _renewing = self.renewals();
+        if !path.is_file() {
+            return Ok(false);
+        }
+        renew(&path)?;
+        Ok(true)
+    }
+
+    /// Removes the packages not in `in_use` that were neither stored nor renewed
+    /// in the last `grace`, and staging files left by uploads cut short; the names
+    /// of the packages removed.
+    pub fn remove_unused(
+        &self,
+        in_use: &HashSet<String>,
+        grace: Duration,
+    ) -> Result<Vec<String>, PackageError> {
+        let now = SystemTime::now();
+        let idle = |meta: &std::fs::Metadata| {
+            meta.modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default()
+        };
+        let _renewing = self.renewals();
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
+            let entry = entry.map_err(io_at(&self.dir))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let stale = if name.starts_with(STAGING_PREFIX) {
+                idle(&meta) > STAGING_LIFETIME
+            } else {
+                check_package_name(&name).is_ok() && !in_use.contains(&name) && idle(&meta) >= grace
+            };
+            if stale && meta.is_file() {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io_at(&path))?;
+                if !name.starts_with(STAGING_PREFIX) {
+                    removed.push(name);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// A fresh path in the store's directory to receive an upload into, before
     /// [`Self::put_file`] checks it.
     pub fn staging_path(&self) -> PathBuf {
         use rand::Rng;
         self.dir.join(format!(
-            ".upload-{:016x}.tmp",
+            "{STAGING_PREFIX}{:016x}.tmp",
             rand::thread_rng().gen::<u64>()
         ))
     }
@@ -151,14 +239,16 @@ impl PackageStore {
             });
         }
         check_archive(std::io::BufReader::new(file))?;
-        if path.is_file() {
-            return Ok(());
-        }
         std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o600))
             .map_err(io_at(staged))?;
         std::fs::File::open(staged)
             .and_then(|f| f.sync_all())
             .map_err(io_at(staged))?;
+        let _renewing = self.renewals();
+        if path.is_file() {
+            // Stored already: the upload renews it.
+            return renew(&path);
+        }
         std::fs::rename(staged, &path).map_err(io_at(&path))
     }
 
@@ -462,5 +552,63 @@ mod tests {
             store.unpack("_ray_pkg_ffffffffffffffff.zip", &temp("u").join("wd")),
             Err(PackageError::Missing(_))
         ));
+    }
+
+    /// Sets `path`'s modification time `ago` in the past.
+    fn age(path: &Path, ago: Duration) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(SystemTime::now() - ago))
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn unused_packages_are_removed_after_their_grace_and_a_lookup_renews_it() {
+        let dir = temp("gc").join("packages");
+        let store = PackageStore::open(dir.clone(), 1 << 20).expect("open");
+        let zip = zip_of(&[("f", b"1", 0o644)]);
+        let [used, idle, fresh, looked_up] = [
+            "_ray_pkg_00000000000000000000000000000001.zip",
+            "_ray_pkg_00000000000000000000000000000002.zip",
+            "_ray_pkg_00000000000000000000000000000003.zip",
+            "_ray_pkg_00000000000000000000000000000004.zip",
+        ];
+        for name in [used, idle, fresh, looked_up] {
+            store.put(name, &zip).expect("put");
+        }
+        let hour = Duration::from_secs(3600);
+        for name in [used, idle, looked_up] {
+            age(&dir.join(name), hour);
+        }
+        // A client asks whether it exists before naming it in a submission.
+        assert!(store.exists_renewed(looked_up).expect("name ok"));
+        // An upload cut short long ago, and one going on now.
+        let (stale_upload, live_upload) = (store.staging_path(), store.staging_path());
+        std::fs::write(&stale_upload, b"part").expect("write");
+        age(&stale_upload, 2 * STAGING_LIFETIME);
+        std::fs::write(&live_upload, b"part").expect("write");
+        // Not a package: left alone.
+        std::fs::write(dir.join("notes.txt"), b"x").expect("write");
+        age(&dir.join("notes.txt"), hour);
+
+        let in_use = HashSet::from([used.to_string()]);
+        let removed = store
+            .remove_unused(&in_use, Duration::from_secs(600))
+            .expect("collect");
+        assert_eq!(removed, vec![idle.to_string()]);
+        for name in [used, fresh, looked_up] {
+            assert!(store.exists(name).expect("name ok"), "{name} was removed");
+        }
+        assert!(!store.exists(idle).expect("name ok"));
+        assert!(!stale_upload.exists() && live_upload.exists());
+        assert!(dir.join("notes.txt").exists());
+        // Uploading a stored package again renews it too.
+        age(&dir.join(fresh), hour);
+        store.put(fresh, &zip).expect("put again");
+        let removed = store
+            .remove_unused(&HashSet::new(), Duration::from_secs(600))
+            .expect("collect");
+        assert_eq!(removed, vec![used.to_string()]);
     }
 }

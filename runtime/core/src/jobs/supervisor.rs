@@ -37,8 +37,10 @@ pub(super) fn spawn(manager: JobManager, id: String) {
             tracing::info!(submission_id = %id, status, "job ended");
         }
         manager.stoppers().remove(&id);
+        manager.inner.head.release_entrypoint(id.clone());
         manager.changed();
         manager.admit();
+        manager.collect_packages();
         release_drivers(&manager, &id).await;
     });
 }
@@ -99,10 +101,9 @@ async fn supervise(manager: &JobManager, id: &str) -> Option<Exit> {
 
     // Its own working dir: the uploaded package unpacked, or an empty directory.
     let dir = manager.working_dir(id);
-    let package = job.working_dir().map(|uri| {
-        uri.trim_start_matches(super::info::PACKAGE_URI_PREFIX)
-            .to_string()
-    });
+    let package = job
+        .working_dir()
+        .map(|uri| super::info::package_name(uri).to_string());
     let packages = manager.packages().clone();
     let prepared = {
         let dir = dir.clone();

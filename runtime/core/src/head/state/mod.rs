@@ -98,6 +98,12 @@ pub enum HeadEvent {
     /// The job supervisor saw this job's driver process end (a stopped job's
     /// process group was killed): its connection is lost now, not when it times out.
     DriverProcessEnded(JobId, String),
+    /// A submitted job's entrypoint started on the head's node: its entrypoint
+    /// resources are held there, out of the tasks' reach, until it ends (Ray's job
+    /// supervisor actor holds them the same way).
+    HoldForEntrypoint(String, ResourceSet),
+    /// That entrypoint ended: what it held is free for tasks again.
+    ReleaseEntrypoint(String),
 }
 
 /// Settings of the head.
@@ -147,6 +153,8 @@ pub struct HeadState {
     wall_anchor: (Instant, u64),
     /// The dashboard's questions to nodes awaiting answers.
     agent_relay: agent_relay::AgentRelay,
+    /// What running job entrypoints hold, by submission id, and on which node.
+    entrypoints: HashMap<String, (NodeId, ResourceSet)>,
 }
 
 impl HeadState {
@@ -182,6 +190,7 @@ impl HeadState {
             autoscaler: None,
             last_tick: now,
             agent_relay: Default::default(),
+            entrypoints: HashMap::default(),
         }
     }
 
@@ -225,6 +234,20 @@ impl HeadState {
                 if let Some(peer) = self.jobs.driver(job) {
                     if self.jobs.is_alive(job) && !self.jobs.driver_gone(job) {
                         self.disconnect(peer, &reason);
+                    }
+                }
+            }
+            HeadEvent::HoldForEntrypoint(submission_id, demand) => {
+                let node = self.settings.head_node;
+                if self.nodes.hold(node, &demand) {
+                    self.entrypoints.insert(submission_id, (node, demand));
+                }
+            }
+            HeadEvent::ReleaseEntrypoint(submission_id) => {
+                if let Some((node, held)) = self.entrypoints.remove(&submission_id) {
+                    if self.nodes.is_live(node) {
+                        self.nodes.release(node, &held);
+                        self.schedule();
                     }
                 }
             }

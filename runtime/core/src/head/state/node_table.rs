@@ -1,7 +1,8 @@
 //! The node table: every node that joined, live or recently dead, and what it holds.
 //!
 //! Invariant: a live node's `used` is the sum of what its running tasks hold (less
-//! the CPU of those blocked in `get`) plus what its live actors hold, and `running`
+//! the CPU of those blocked in `get`) plus what its live actors and running job
+//! entrypoints hold, and `running`
 //! lists exactly the tasks the head sent it that have not ended. Only the methods
 //! below change either, each keeping the two in step; a dead node holds nothing.
 
@@ -255,7 +256,20 @@ impl NodeTable {
         }
     }
 
-    /// Something not a running task (an actor) gives back `held` on node `id`.
+    /// Something not a task (a job's entrypoint) holds `demand` on live node `id`;
+    /// whether it is charged (the node is known and live).
+    pub(super) fn hold(&mut self, id: NodeId, demand: &ResourceSet) -> bool {
+        match self.nodes.get_mut(&id).filter(|n| n.alive) {
+            Some(node) => {
+                node.used.add(demand);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Something not a running task (an actor, an entrypoint) gives back `held` on
+    /// node `id`.
     pub(super) fn release(&mut self, id: NodeId, held: &ResourceSet) {
         if let Some(node) = self.nodes.get_mut(&id) {
             node.used.subtract(held);

@@ -73,7 +73,10 @@ impl Bench {
     }
 
     fn node(&mut self, resources: ResourceSet) -> TestNode {
-        let id = NodeId::random();
+        self.node_with_id(NodeId::random(), resources)
+    }
+
+    fn node_with_id(&mut self, id: NodeId, resources: ResourceSet) -> TestNode {
         let reg = NodeRegistration {
             node_id: id,
             address: format!("127.0.0.{}:7000", self.next_peer + 1)
@@ -607,4 +610,38 @@ fn a_job_whose_driver_said_goodbye_ended_cleanly_and_one_whose_driver_was_lost_d
     assert!(!l.running && l.end_time_ms.is_some(), "{l:?}");
     assert_eq!(l.lost.as_deref(), Some("timed out"));
     assert_eq!(c.driver_pid, 4242);
+}
+
+#[test]
+fn a_running_entrypoint_holds_its_resources_on_the_head_node_until_it_ends() {
+    let mut b = Bench::new();
+    let head_node = b.head.settings.head_node;
+    let node = b.node_with_id(head_node, ResourceSet::new().with(CPU, 2.0));
+    let driver = b.driver();
+    b.head.handle_batch([HeadEvent::HoldForEntrypoint(
+        "raysubmit_1".into(),
+        ResourceSet::new().with(CPU, 1.0),
+    )]);
+    let (first, second) = (
+        task(driver.job, "f", Vec::new(), 0),
+        task(driver.job, "f", Vec::new(), 0),
+    );
+    b.submit(driver, &first);
+    b.submit(driver, &second);
+    // Two CPUs, one held by the entrypoint: one task runs, the other waits.
+    let running = b.only_assignment(node);
+    // A release of a job that holds nothing changes nothing.
+    b.head
+        .handle_batch([HeadEvent::ReleaseEntrypoint("raysubmit_2".into())]);
+    assert!(b.assigned(node).is_empty());
+    b.head
+        .handle_batch([HeadEvent::ReleaseEntrypoint("raysubmit_1".into())]);
+    let next = b.only_assignment(node);
+    assert_ne!(running.spec.task_id, next.spec.task_id);
+    // Released once only: a second release does not free a CPU the tasks hold.
+    b.head
+        .handle_batch([HeadEvent::ReleaseEntrypoint("raysubmit_1".into())]);
+    let third = task(driver.job, "f", Vec::new(), 0);
+    b.submit(driver, &third);
+    assert!(b.assigned(node).is_empty());
 }
