@@ -81,7 +81,19 @@ pub fn make_endpoint(
         })?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport);
-    let mut endpoint = Endpoint::server(server, bind).map_err(bind_error(bind))?;
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.reset_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let cid_key = tls.cid_key;
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(bind).map_err(bind_error(bind))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| ConnectError::Other {
+        addr: bind,
+        message: "no async runtime for QUIC".into(),
+    })?;
+    let mut endpoint =
+        Endpoint::new(config, Some(server), socket, runtime).map_err(bind_error(bind))?;
     endpoint.set_default_client_config(client_config(tls, idle_timeout, bind)?);
     Ok(endpoint)
 }

@@ -89,6 +89,15 @@ pub struct ClusterTls {
     pub client: Arc<rustls::ClientConfig>,
     /// Server side: requires a leaf from the cluster authority.
     pub server: Arc<rustls::ServerConfig>,
+    /// The key a QUIC endpoint signs its stateless resets with: derived from the
+    /// cluster key, so a process restarted on the same address (a head after a
+    /// crash) can tell its peers' old connections that they are gone, and they
+    /// notice at their next packet rather than after their idle timeout.
+    pub reset_key: [u8; 32],
+    /// The key a QUIC endpoint's connection ids are made and checked with, from
+    /// the cluster key for the same reason: a restarted process must recognise its
+    /// predecessor's connection ids as its own to answer them with a reset.
+    pub cid_key: u64,
 }
 
 impl ClusterTls {
@@ -99,6 +108,15 @@ impl ClusterTls {
 
     /// The cluster authority of `key` and a fresh leaf for this process.
     pub fn from_key(key: &ClusterKey) -> Result<Self, TlsError> {
+        // A key of its own, not the cluster key: a reset's tag reveals nothing of it.
+        let cluster = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key.0);
+        let tag = ring::hmac::sign(&cluster, b"rayish QUIC stateless reset key v1");
+        let mut reset_key = [0u8; 32];
+        reset_key.copy_from_slice(tag.as_ref());
+        let tag = ring::hmac::sign(&cluster, b"rayish QUIC connection id key v1");
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&tag.as_ref()[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
         pkcs8.extend_from_slice(&key.0);
@@ -138,6 +156,8 @@ impl ClusterTls {
         Ok(Self {
             client: Arc::new(client),
             server: Arc::new(server),
+            reset_key,
+            cid_key,
         })
     }
 }
@@ -197,6 +217,24 @@ pub fn check_token_strength(token: &str) -> Result<(), WeakToken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_and_connection_id_keys_follow_the_token_not_the_process() {
+        let token = "9f86d081884c7d659a2feaa0c55ad015";
+        let key = ClusterKey::derive(token).expect("key");
+        // Two processes of one cluster (a head and the head restarted after it)
+        // share them, though each has a fresh leaf certificate ...
+        let (a, b) = (
+            ClusterTls::from_key(&key).expect("tls"),
+            ClusterTls::from_key(&key).expect("tls"),
+        );
+        assert_eq!((a.reset_key, a.cid_key), (b.reset_key, b.cid_key));
+        // ... another cluster has its own, and neither is the cluster key itself.
+        let other = ClusterTls::from_token("0f86d081884c7d659a2feaa0c55ad015").expect("tls");
+        assert_ne!(a.reset_key, other.reset_key);
+        assert_ne!(a.cid_key, other.cid_key);
+        assert_ne!(a.reset_key, key.0);
+    }
 
     #[test]
     fn the_cluster_key_is_a_slow_deterministic_function_of_the_token() {
