@@ -131,7 +131,7 @@ fn package_of(cluster: &TestCluster, id: &str) -> PathBuf {
         .to_string();
     let name = uri.strip_prefix("gcs://").expect("a package URI");
     cluster
-        .session_of(0)
+        .storage_dir()
         .join("runtime_resources/packages")
         .join(name)
 }
@@ -212,17 +212,16 @@ fn a_driver_from_an_uploaded_working_dir_runs_as_a_job() {
     assert_eq!(rows.len(), 1, "{listed}");
     assert_eq!(rows[0]["submission_id"], "hello-1");
 
-    // The record is on disk, whole and private; the working dir was the job's own.
-    let record = cluster.session_of(0).join("jobs/hello-1/job.json");
-    let on_disk: Value =
-        serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
-    assert_eq!(on_disk["status"], "SUCCEEDED");
+    // The records are kept in the head's storage, private to this user (a restart
+    // reads them back: `a_restarted_head_keeps_its_job_history_and_token`).
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&record)
-        .expect("meta")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o077, 0, "the record is private: {mode:o}");
+    for path in [
+        cluster.storage_dir(),
+        cluster.storage_dir().join("head.redb"),
+    ] {
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is private: {mode:o}", path.display());
+    }
 
     // A failing entrypoint: FAILED with its exit code and the end of its log;
     // `submit` exits 1, as Ray's does.
@@ -271,7 +270,7 @@ fn a_driver_from_an_uploaded_working_dir_runs_as_a_job() {
         .expect("delete");
     stdout_of(out, "rayish job delete");
     assert_eq!(call(&cluster, "GET", "/api/jobs/hello-1", None).0, 404);
-    assert!(!cluster.session_of(0).join("jobs/hello-1").exists());
+    assert!(!cluster.storage_dir().join("jobs/hello-1").exists());
     let _ = std::fs::remove_dir_all(&wd);
 }
 
@@ -833,30 +832,38 @@ fn the_faces_pipeline_runs_as_a_job_and_its_output_is_fetched() {
     let _ = std::fs::remove_dir_all(&wd);
 }
 
-#[test]
-fn a_head_stopped_on_purpose_stops_its_jobs_first() {
-    let mut cluster = cluster();
-    let dir = scratch("head-stop");
+/// Submits an entrypoint that sleeps `secs` after writing its pid (its process
+/// group's id) into `dir`; waits until it runs. Its submission id and pid.
+fn submit_sleeper(cluster: &TestCluster, dir: &Path, secs: u32) -> (String, i32) {
     let pid_file = dir.join("pid");
     let id = submit_json(
-        &cluster,
-        serde_json::json!({"entrypoint": format!("echo $$ > {}; sleep 120", pid_file.display())}),
+        cluster,
+        serde_json::json!({
+            "entrypoint": format!("echo $$ > {}; sleep {secs}", pid_file.display()),
+        }),
     );
-    wait_job(&cluster, &id, "ran", |j| j["status"] == "RUNNING");
+    wait_job(cluster, &id, "RUNNING", |j| j["status"] == "RUNNING");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let pid: i32 = loop {
+    loop {
         if let Some(p) = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
         {
-            break p;
+            return (id, p);
         }
         assert!(
             Instant::now() < deadline,
             "the entrypoint never wrote its pid"
         );
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+#[test]
+fn a_head_stopped_on_purpose_stops_its_jobs_first() {
+    let mut cluster = cluster();
+    let dir = scratch("head-stop");
+    let (id, pid) = submit_sleeper(&cluster, &dir, 120);
     // What `rayish stop` sends.
     let head = &mut cluster.nodes[0];
     // SAFETY: kill(2) of the head process this test started (still its child).
@@ -868,10 +875,10 @@ fn a_head_stopped_on_purpose_stops_its_jobs_first() {
     // SAFETY: signal 0 only asks whether the process exists.
     let alive = unsafe { libc::kill(pid, 0) } == 0;
     assert!(!alive, "the entrypoint outlived its head");
-    let record = cluster.session_of(0).join(format!("jobs/{id}/job.json"));
-    let on_disk: Value =
-        serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
-    assert_eq!(on_disk["status"], "STOPPED", "{on_disk}");
+    // The record says so to the next head.
+    cluster.restart_head(1);
+    let j = job(&cluster, &id);
+    assert_eq!(j["status"], "STOPPED", "{j}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -909,4 +916,48 @@ fn every_upload_is_stored_whole() {
         );
         assert_eq!(code, 200, "upload {i} ({} bytes): {answer}", bytes.len());
     }
+}
+
+#[test]
+fn a_restarted_head_keeps_its_job_history_and_token() {
+    let mut cluster = cluster();
+    let done = submit_json(
+        &cluster,
+        serde_json::json!({"entrypoint": "echo kept across the restart"}),
+    );
+    wait_job(&cluster, &done, "SUCCEEDED", ended);
+    let dir = scratch("restart");
+    let (running, pid) = submit_sleeper(&cluster, &dir, 60);
+
+    // kill -9, then the same command without a token: the head takes the one its
+    // storage kept, so the worker node, waiting for its head, joins it again.
+    cluster.restart_head(2);
+    let status = cluster.status().expect("status");
+    assert_eq!(status["head_starts"]["count"], 2, "{status}");
+
+    // The ended job is listed as it was, with its log.
+    let j = job(&cluster, &done);
+    assert_eq!(j["status"], "SUCCEEDED", "{j}");
+    let (code, logs) = call(&cluster, "GET", &format!("/api/jobs/{done}/logs"), None);
+    assert_eq!(code, 200, "{logs}");
+    assert!(logs.contains("kept across the restart"), "{logs}");
+    // The running one lost its supervisor: FAILED, as Ray reports a job whose
+    // supervisor died (taking it back is the rest of the head-restart work).
+    let j = job(&cluster, &running);
+    assert_eq!(
+        (j["status"].as_str(), j["error_type"].as_str()),
+        (Some("FAILED"), Some("JOB_SUPERVISOR_ACTOR_DIED")),
+        "{j}"
+    );
+    // SAFETY: kill(2) of the process group this test's job started.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    // The restarted head takes new jobs.
+    let again = submit_json(&cluster, serde_json::json!({"entrypoint": "true"}));
+    assert_eq!(
+        wait_job(&cluster, &again, "ended", ended)["status"],
+        "SUCCEEDED"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -87,6 +87,8 @@ pub struct TestCluster {
     pub dashboard: String,
     /// Node processes: index 0 is the head.
     pub nodes: Vec<Child>,
+    /// The head's `rayish start` arguments, for [`Self::restart_head`].
+    head_args: Vec<String>,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -116,29 +118,48 @@ impl TestCluster {
         let port = free_port("127.0.0.2");
         let address = format!("127.0.0.2:{port}");
         let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
+        let common_args = |ip: &str| -> Vec<String> {
+            let mut args: Vec<String> = vec![
+                "--block".into(),
+                "--node-ip-address".into(),
+                ip.into(),
+                "--num-cpus".into(),
+                cpus.to_string(),
+                "--node-timeout-ms".into(),
+                node_timeout_ms.to_string(),
+                "--temp-dir".into(),
+                root.to_string_lossy().into_owned(),
+            ];
+            args.extend(extra.iter().map(|a| a.to_string()));
+            args
+        };
         let common = |cmd: &mut Command, ip: &str| {
-            cmd.args([
-                "--block",
-                "--node-ip-address",
-                ip,
-                "--num-cpus",
-                &cpus.to_string(),
-            ])
-            // The token in the environment, as README says: never on a command line.
-            .env("RAYISH_TOKEN", &token)
-            .args(["--node-timeout-ms", &node_timeout_ms.to_string()])
-            .arg("--temp-dir")
-            .arg(&root)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            cmd.args(common_args(ip))
+                // The token in the environment, as README says: never on a command line.
+                .env("RAYISH_TOKEN", &token)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
         };
         let dashboard_port = free_tcp_port("127.0.0.2");
+        let mut head_args: Vec<String> = ["start", "--head", "--port", &port.to_string()]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        head_args.extend(
+            [
+                "--dashboard-host",
+                "127.0.0.2",
+                "--dashboard-port",
+                &dashboard_port.to_string(),
+            ]
+            .map(String::from),
+        );
+        head_args.extend(common_args("127.0.0.2"));
         let mut head = Command::new(rayish_bin());
-        head.args(["start", "--head", "--port", &port.to_string()])
-            .args(["--dashboard-host", "127.0.0.2"])
-            .args(["--dashboard-port", &dashboard_port.to_string()]);
-        common(&mut head, "127.0.0.2");
+        head.args(&head_args)
+            .env("RAYISH_TOKEN", &token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let mut nodes = vec![head.spawn().expect("start head")];
         let mut cluster = Self {
             root: root.clone(),
@@ -146,6 +167,7 @@ impl TestCluster {
             token: token.clone(),
             dashboard: format!("http://127.0.0.2:{dashboard_port}"),
             nodes: Vec::new(),
+            head_args,
             _lock: lock,
         };
         cluster.wait_for_nodes(1);
@@ -298,6 +320,27 @@ impl TestCluster {
         let stdout = child.stdout.take().expect("piped stdout");
         let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok);
         (child, Box::new(lines))
+    }
+
+    /// Kills the head with SIGKILL and starts it again with the same arguments and
+    /// storage, but no token: it must take the one its storage kept. Waits until
+    /// `nodes` nodes (its own included) are alive again.
+    pub fn restart_head(&mut self, nodes: usize) {
+        self.kill_node(0);
+        self.nodes[0] = Command::new(rayish_bin())
+            .args(&self.head_args)
+            .env_remove("RAYISH_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart head");
+        self.wait_for_nodes(nodes);
+    }
+
+    /// The head's storage directory (`--storage-path`'s default).
+    pub fn storage_dir(&self) -> PathBuf {
+        let port = self.address.rsplit(':').next().unwrap_or_default();
+        self.root.join(format!("head_storage_{port}"))
     }
 
     /// Kills node `i` (0 is the head) with SIGKILL.

@@ -46,6 +46,9 @@ pub enum LaunchError {
         /// Why not.
         source: std::io::Error,
     },
+    /// The head's storage failed.
+    #[error(transparent)]
+    Storage(crate::storage::StorageError),
 }
 
 /// Where the head serves the dashboard and Ray's state API.
@@ -90,6 +93,9 @@ pub struct LaunchOptions {
     /// How many ended tasks the head keeps for the state API (Ray's
     /// `RAY_task_events_max_num_task_in_gcs`).
     pub task_events_capacity: usize,
+    /// The head's durable storage (`--storage-path`), if it keeps one; a head
+    /// without (an embedded local-mode cluster) keeps its jobs in its session.
+    pub storage: Option<crate::storage::Storage>,
 }
 
 /// The machine's memory in bytes, if `/proc/meminfo` says.
@@ -283,10 +289,11 @@ fn serve_metrics(
     metrics::serve(listener, metrics::BearerToken::new(&opts.token), gather);
 }
 
-/// The head's job manager (Ray's job submission), its table in `<session>/jobs`,
-/// its packages in `<session>/runtime_resources/packages`, its logs beside the
-/// node's. `None` (and a warning) if those directories cannot be made: the rest of
-/// the head serves on.
+/// The head's job manager (Ray's job submission): its table in the head's storage,
+/// its working dirs in `<storage>/jobs`, its packages in
+/// `<storage>/runtime_resources/packages` (so a restarted head finds all three), its
+/// logs beside the node's. A head without storage keeps them in its session. `None`
+/// (and a warning) if those cannot be opened: the rest of the head serves on.
 fn start_jobs(
     opts: &LaunchOptions,
     address: SocketAddr,
@@ -294,15 +301,26 @@ fn start_jobs(
     dashboard: Option<SocketAddr>,
     head: HeadHandle,
 ) -> Option<crate::jobs::JobManager> {
-    let session = session_dir(opts);
+    let storage = match &opts.storage {
+        Some(storage) => storage.clone(),
+        None => match crate::storage::Storage::open(&session_dir(opts).join("storage")) {
+            Ok(storage) => storage,
+            Err(e) => {
+                tracing::warn!("the head takes no jobs: {e}");
+                return None;
+            }
+        },
+    };
+    let dir = storage.dir().to_path_buf();
     let stop_grace = std::env::var("RAY_JOB_STOP_WAIT_TIME_S")
         .ok()
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map_or(crate::jobs::DEFAULT_STOP_GRACE, Duration::from_secs_f64);
     let config = crate::jobs::JobsConfig {
-        jobs_dir: session.join("jobs"),
-        packages_dir: session.join("runtime_resources").join("packages"),
+        storage,
+        jobs_dir: dir.join("jobs"),
+        packages_dir: dir.join("runtime_resources").join("packages"),
         logs_dir: opts.log_dir.clone(),
         capacity: entrypoint_capacity(opts),
         cluster_address: address,
@@ -361,6 +379,19 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
             .as_ref()
             .map(|_| session_dir(opts).join(metrics::SERVICE_DISCOVERY_FILE)),
         task_events_capacity: opts.task_events_capacity,
+        head_starts: match &opts.storage {
+            Some(storage) => Some(
+                storage
+                    .record_head_start(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64),
+                    )
+                    .await
+                    .map_err(LaunchError::Storage)?,
+            ),
+            None => None,
+        },
     };
     // One cache for the head and its node: what a local-mode driver registers in
     // place (its own executable) is found by both.

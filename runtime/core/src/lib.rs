@@ -23,5 +23,6 @@ pub mod protocol;
 pub mod resources;
 pub mod server;
 pub mod session;
+pub mod storage;
 pub mod transfer;
 pub mod transport;

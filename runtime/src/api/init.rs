@@ -184,6 +184,7 @@ pub fn init(config: Config) -> Result<()> {
                 metrics_export_port: None,
                 dashboard: None,
                 task_events_capacity: rayish_core::head::DEFAULT_TASK_EVENTS,
+                storage: None,
             };
             let launched = handle
                 .block_on(launch_head(&opts))

@@ -10,6 +10,7 @@ use rayish_core::session::{
     read_cluster_record, register_process, temp_root, unregister_process, write_cluster_record,
     ClusterRecord, ProcessRecord, Session,
 };
+use rayish_core::storage::Storage;
 use rayish_core::transport::tls::new_token;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -88,6 +89,11 @@ pub struct StartArgs {
     /// 0: any free port). A port given here must be free.
     #[arg(long, value_name = "PORT")]
     dashboard_port: Option<u16>,
+    /// Where the head keeps what must outlive its process (the cluster token, its
+    /// starts, the job table), in an embedded database: a head started again with
+    /// the same path takes the cluster back (default: <temp-dir>/head_storage_<port>).
+    #[arg(long, value_name = "DIR")]
+    storage_path: Option<PathBuf>,
 }
 
 /// Ray's dashboard port.
@@ -222,6 +228,33 @@ fn given_token(args: &StartArgs) -> Result<Option<String>> {
     Ok(std::env::var("RAYISH_TOKEN").ok().filter(|t| !t.is_empty()))
 }
 
+/// The head's cluster token: the one given, else the one its storage kept from an
+/// earlier start (so nodes waiting for a restarted head join it again), else a new
+/// one; kept in the storage (private to this user) for the next start.
+fn cluster_token(storage: &Storage, given: Option<String>) -> Result<String> {
+    const TABLE: &str = rayish_core::storage::CLUSTER_TABLE;
+    let stored: Option<String> = storage
+        .get(TABLE, "token")
+        .context("reading the head's storage")?;
+    let token = match (given, stored) {
+        (Some(given), Some(stored)) if given != stored => {
+            eprintln!(
+                "warning: the token given replaces the one this head's storage kept: nodes \
+                 of the earlier cluster cannot join again"
+            );
+            given
+        }
+        (Some(given), _) => given,
+        (None, Some(stored)) => stored,
+        (None, None) => new_token(),
+    };
+    storage.put(TABLE, "token", &token);
+    storage
+        .flush_blocking()
+        .context("writing the head's storage")?;
+    Ok(token)
+}
+
 /// Refuses a given token of fewer than 128 bits unless `--allow-weak-token`.
 fn check_strength(token: &str, args: &StartArgs) -> Result<()> {
     match rayish_core::transport::tls::check_token_strength(token) {
@@ -288,11 +321,19 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             any_port_if_taken: args.dashboard_port.is_none(),
         }),
         task_events_capacity,
+        storage: None,
     };
     let (launched, token, head, opts) = if args.head {
-        let token = given.unwrap_or_else(new_token);
+        let storage_dir = args
+            .storage_path
+            .clone()
+            .unwrap_or_else(|| root.join(format!("head_storage_{}", args.port)));
+        let storage = Storage::open(&storage_dir)
+            .with_context(|| format!("opening the head's storage {}", storage_dir.display()))?;
+        let token = cluster_token(&storage, given)?;
         let ip = args.node_ip_address.unwrap_or_else(default_ip);
-        let opts = options(ip, args.port, &token);
+        let mut opts = options(ip, args.port, &token);
+        opts.storage = Some(storage);
         let launched = rt
             .block_on(launch_head(&opts))
             .context("starting the head")?;

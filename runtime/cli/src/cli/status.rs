@@ -85,10 +85,34 @@ pub fn run(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
+/// A duration as `1h 2m 3s`, `2m 3s` or `3s`.
+fn age(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
 fn render(address: &str, s: &ClusterStatus) -> String {
     let mut out = String::new();
     let line = "-".repeat(60);
     out += &format!("======== rayish cluster status (head {address}) ========\n");
+    if let Some(starts) = &s.head_starts {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let ago = |ms: u64| age(Duration::from_millis(now.saturating_sub(ms)));
+        out += &format!(
+            "Head: up {}; {} restart{} (first started {} ago)\n",
+            ago(starts.last_ms),
+            starts.restarts(),
+            if starts.restarts() == 1 { "" } else { "s" },
+            ago(starts.first_ms),
+        );
+    }
     out += &format!("Node status\n{line}\n");
     let alive: Vec<_> = s.nodes.iter().filter(|n| n.alive).collect();
     let dead: Vec<_> = s.nodes.iter().filter(|n| !n.alive).collect();

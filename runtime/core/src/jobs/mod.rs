@@ -46,7 +46,9 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(3);
 /// What the job manager needs of its head.
 #[derive(Debug, Clone)]
 pub struct JobsConfig {
-    /// Where job records and working dirs live (`<session>/jobs`).
+    /// Where job records are kept: the head's storage.
+    pub storage: crate::storage::Storage,
+    /// Where jobs' working dirs live (`<storage>/jobs`).
     pub jobs_dir: PathBuf,
     /// Where uploaded packages live.
     pub packages_dir: PathBuf,
@@ -104,6 +106,8 @@ struct Inner {
     table: Mutex<JobTable>,
     store: JobStore,
     packages: PackageStore,
+    /// The logs of jobs an earlier head started (in its session's directory).
+    earlier_logs: Mutex<HashMap<String, PathBuf>>,
     /// Each running job's stop signal to its supervisor.
     stoppers: Mutex<HashMap<String, oneshot::Sender<()>>>,
     /// Bumped on every status change, for followers of a job's log.
@@ -131,18 +135,24 @@ impl JobManager {
     /// FAILED (the head-restart work will take them back instead).
     pub fn start(config: JobsConfig, head: HeadHandle) -> std::io::Result<Self> {
         crate::session::ensure_private_dir(&config.logs_dir).map_err(std::io::Error::other)?;
-        let (store, mut jobs) = JobStore::open(config.jobs_dir.clone())?;
+        let (store, stored) = JobStore::open(config.storage.clone(), config.jobs_dir.clone())?;
         let packages = PackageStore::open(config.packages_dir.clone(), config.max_package_bytes)
             .map_err(std::io::Error::other)?;
-        for job in &mut jobs {
+        let mut jobs = Vec::with_capacity(stored.len());
+        let mut earlier_logs = HashMap::new();
+        for store::StoredJob { info: mut job, log } in stored {
             if job.status == JobStatus::Running {
                 job.status = JobStatus::Failed;
                 job.error_type = Some(info::error_type::SUPERVISOR_DIED.into());
                 job.message = Some("the head that supervised this job stopped".into());
                 job.end_time = Some(now_ms());
                 job.entrypoint_pid = None;
-                store.save(job)?;
+                store.save(&job, &log);
             }
+            if job.status != JobStatus::Pending {
+                earlier_logs.insert(job.submission_id.clone(), log);
+            }
+            jobs.push(job);
         }
         let manager = Self {
             inner: Arc::new(Inner {
@@ -151,6 +161,7 @@ impl JobManager {
                 table: Mutex::new(JobTable::with_jobs(jobs)),
                 store,
                 packages,
+                earlier_logs: Mutex::new(earlier_logs),
                 stoppers: Mutex::default(),
                 changes: watch::Sender::new(0),
             }),
@@ -245,10 +256,12 @@ impl JobManager {
                 return Err(SubmitError::Duplicate(id));
             }
             // Written under the lock, so a stop or delete right after cannot be
-            // overtaken by this first record.
-            if let Err(e) = self.inner.store.save(&job) {
+            // overtaken by this first record; answered once it is durable.
+            self.inner.store.save(&job, &self.log_path(&id));
+            if let Err(e) = self.inner.store.flush() {
                 table.forget(&id);
-                return Err(SubmitError::Store(e));
+                self.inner.store.remove(&id);
+                return Err(SubmitError::Store(std::io::Error::other(e)));
             }
         }
         tracing::info!(submission_id = %id, entrypoint = %job.entrypoint, "job submitted");
@@ -283,23 +296,15 @@ impl JobManager {
     /// so records are written in the order their changes were made).
     fn persist(&self, table: &JobTable, id: &str) {
         if let Some(job) = table.get(id) {
-            if let Err(e) = self.inner.store.save(job) {
-                tracing::error!(submission_id = %id, "the job's record could not be written: {e}");
-            }
+            self.inner.store.save(job, &self.log_path(id));
         }
     }
 
-    /// Writes job `id`'s record on a blocking thread (never on the runtime's own:
-    /// a record is synced to disk), as the table has it by then. Each write reads
-    /// the table under its lock, so whatever order writes run in, the last leaves
-    /// the latest record.
+    /// Queues job `id`'s record as the table has it now (the storage's writer
+    /// commits it; nothing waits for the disk here).
     fn save_soon(&self, id: &str) {
-        let manager = self.clone();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || {
-            let table = manager.table();
-            manager.persist(&table, &id);
-        });
+        let table = self.table();
+        self.persist(&table, id);
     }
 
     fn changed(&self) {
@@ -354,6 +359,12 @@ impl JobManager {
             let mut table = self.table();
             table.delete(id)?;
             let _ = std::fs::remove_file(self.log_path(id));
+            self.inner.store.remove(id);
+            self.inner
+                .earlier_logs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
             self.inner.store.detach(id)
         };
         match detached {
@@ -372,10 +383,21 @@ impl JobManager {
 
     /// Where job `id`'s entrypoint writes its output.
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.inner
-            .config
-            .logs_dir
-            .join(format!("job-driver-{id}.log"))
+        let earlier = self
+            .inner
+            .earlier_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        match earlier {
+            Some(log) => log,
+            None => self
+                .inner
+                .config
+                .logs_dir
+                .join(format!("job-driver-{id}.log")),
+        }
     }
 
     /// Job `id`'s working dir on the head.

@@ -1,57 +1,71 @@
-//! The job table on disk: one directory per job under the head's jobs directory
-//! (`<session>/jobs/<submission_id>/`), holding its record (`job.json`) and its
-//! unpacked working dir (`working_dir/`).
+//! The job table on disk: each job's record in the head's storage (its `jobs`
+//! table, [`crate::storage`]), which a restarted head opens again, and a directory
+//! per job under the head's jobs directory (`<storage>/jobs/<submission_id>/`)
+//! holding its unpacked working dir.
 //!
-//! Invariant: `job.json` is always a whole record: it is written to a temporary
-//! file, synced, and renamed over the old one, so a crash at any moment leaves the
-//! old record or the new one. Records change a few times per job (submitted,
-//! started, ended), never per task, and are written on blocking threads: nothing on
-//! any hot path waits for them.
+//! Invariant: a record is written whole or not at all (one storage transaction),
+//! and records are written in the order of the changes they record. Records change
+//! a few times per job (submitted, started, ended), never per task; a write only
+//! queues it, so nothing on any hot path waits for the disk, and a submission is
+//! answered only once its record is durable ([`JobStore::flush`]).
 
 use super::info::{check_submission_id, JobInfo};
-use std::io::Write;
-use std::path::PathBuf;
+use crate::storage::{Storage, StorageError, JOBS_TABLE};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
-/// The record's file name in a job's directory.
-const RECORD: &str = "job.json";
+/// A job's stored record: Ray's record of it, and where its log is (a restarted
+/// head runs in a new session directory, but an earlier job's log stays where it
+/// was written).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    info: JobInfo,
+    log: PathBuf,
+}
 
-/// Where the job records live.
+/// A job as the store gives it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJob {
+    /// Its record.
+    pub info: JobInfo,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// Where the job records and working dirs live.
 #[derive(Debug, Clone)]
 pub struct JobStore {
+    storage: Storage,
     dir: PathBuf,
 }
 
 impl JobStore {
-    /// Opens (or makes) the store in `dir` and reads the records in it. A record
-    /// that cannot be read is skipped with a warning: one damaged file costs its
-    /// own job, not the table.
-    pub fn open(dir: PathBuf) -> std::io::Result<(Self, Vec<JobInfo>)> {
+    /// Opens the store: records in `storage`, working dirs under `dir` (made if
+    /// missing). A record that cannot be read, or names another job, is skipped
+    /// with a warning: one damaged record costs its own job, not the table.
+    pub fn open(storage: Storage, dir: PathBuf) -> std::io::Result<(Self, Vec<StoredJob>)> {
         crate::session::ensure_private_dir(&dir).map_err(std::io::Error::other)?;
-        let mut jobs = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".deleted-") {
+            if entry.file_name().to_string_lossy().starts_with(".deleted-") {
                 // A deletion that a crash cut short.
                 let _ = std::fs::remove_dir_all(entry.path());
-                continue;
-            }
-            if check_submission_id(&name).is_err() || !entry.file_type()?.is_dir() {
-                continue;
-            }
-            let path = entry.path().join(RECORD);
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<JobInfo>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(info) if info.submission_id == name => jobs.push(info),
-                Ok(_) => {
-                    tracing::warn!("{}: the record names another job; skipped", path.display())
-                }
-                Err(e) => tracing::warn!("{}: unreadable job record, skipped: {e}", path.display()),
             }
         }
-        Ok((Self { dir }, jobs))
+        let records: Vec<(String, Record)> =
+            storage.all(JOBS_TABLE).map_err(std::io::Error::other)?;
+        let mut jobs = Vec::new();
+        for (id, record) in records {
+            if record.info.submission_id != id || check_submission_id(&id).is_err() {
+                tracing::warn!(key = %id, "a stored job record names another job; skipped");
+                continue;
+            }
+            jobs.push(StoredJob {
+                info: record.info,
+                log: record.log,
+            });
+        }
+        Ok((Self { storage, dir }, jobs))
     }
 
     /// Job `id`'s directory.
@@ -59,23 +73,28 @@ impl JobStore {
         self.dir.join(id)
     }
 
-    /// Writes `info`'s record (see the module's invariant).
-    pub fn save(&self, info: &JobInfo) -> std::io::Result<()> {
-        let dir = self.job_dir(&info.submission_id);
-        crate::session::ensure_private_dir(&dir).map_err(std::io::Error::other)?;
-        let bytes = serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?;
-        let tmp = dir.join(format!(".{RECORD}.tmp"));
-        let mut f = crate::session::create_private_file(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(RECORD))?;
-        // The rename is durable once the directory is synced.
-        std::fs::File::open(&dir)?.sync_all()
+    /// Queues `info`'s record, with its log's path (see the module's invariant).
+    pub fn save(&self, info: &JobInfo, log: &Path) {
+        let record = Record {
+            info: info.clone(),
+            log: log.to_path_buf(),
+        };
+        self.storage.put(JOBS_TABLE, &info.submission_id, &record);
     }
 
-    /// Renames job `id`'s directory (its record and working dir) out of the
-    /// store's way, for the caller to remove; `None` if it has none. A name starting
-    /// with a dot is never read as a job.
+    /// Queues the removal of job `id`'s record.
+    pub fn remove(&self, id: &str) {
+        self.storage.delete(JOBS_TABLE, id);
+    }
+
+    /// Waits (blocking the thread) until every record queued so far is durable.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.storage.flush_blocking()
+    }
+
+    /// Renames job `id`'s directory (its working dir) out of the store's way, for
+    /// the caller to remove; `None` if it has none. A name starting with a dot is
+    /// never read as a job.
     pub fn detach(&self, id: &str) -> std::io::Result<Option<PathBuf>> {
         use rand::Rng;
         check_submission_id(id).map_err(|e| std::io::Error::other(e.0))?;
@@ -98,27 +117,50 @@ mod tests {
 
     #[test]
     fn records_survive_a_reopen_and_a_damaged_one_costs_only_itself() {
-        let dir = std::env::temp_dir().join(format!("rayish-jobstore-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (store, jobs) = JobStore::open(dir.clone()).expect("open");
-        assert!(jobs.is_empty());
-        let req = SubmitRequest::parse(br#"{"entrypoint": "echo hi"}"#).expect("valid");
-        let mut a = req.clone().into_info("a".into(), 1);
-        store.save(&a).expect("save");
-        a.status = JobStatus::Succeeded;
-        store.save(&a).expect("save again");
-        store.save(&req.into_info("b".into(), 2)).expect("save");
-        std::fs::write(dir.join("b").join(RECORD), b"{truncated").expect("damage");
-        let (store, jobs) = JobStore::open(dir.clone()).expect("reopen");
-        assert_eq!(jobs, vec![a]);
+        let root = std::env::temp_dir().join(format!("rayish-jobstore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (dir, db) = (root.join("jobs"), root.join("storage"));
+        let log = Path::new("/logs/job-driver-a.log");
+        {
+            let storage = Storage::open(&db).expect("storage");
+            let (store, jobs) = JobStore::open(storage.clone(), dir.clone()).expect("open");
+            assert!(jobs.is_empty());
+            let req = SubmitRequest::parse(br#"{"entrypoint": "echo hi"}"#).expect("valid");
+            let mut a = req.clone().into_info("a".into(), 1);
+            store.save(&a, log);
+            a.status = JobStatus::Succeeded;
+            store.save(&a, log);
+            store.save(&req.clone().into_info("b".into(), 2), log);
+            store.remove("b");
+            // A record filed under another job's key is not that job.
+            storage.put(
+                JOBS_TABLE,
+                "c",
+                &Record {
+                    info: a.clone(),
+                    log: log.into(),
+                },
+            );
+            storage.put(JOBS_TABLE, "d", &"damaged");
+            store.flush().expect("flush");
+        }
+        let storage = Storage::open(&db).expect("storage");
+        let (store, jobs) = JobStore::open(storage, dir.clone()).expect("reopen");
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert_eq!(
+            (jobs[0].info.status, jobs[0].log.as_path()),
+            (JobStatus::Succeeded, log)
+        );
+        std::fs::create_dir_all(store.job_dir("a")).expect("job dir");
         let gone = store.detach("a").expect("detach").expect("a dir");
         assert!(!dir.join("a").exists());
-        // Reopened before the caller removed it (a crash): not read back, removed.
-        let (_, jobs) = JobStore::open(dir.clone()).expect("reopen");
-        assert!(jobs.is_empty(), "a detached job is not read back: {jobs:?}");
+        // Reopened before the caller removed it (a crash): removed.
+        drop(store);
+        let storage = Storage::open(&root.join("storage2")).expect("storage");
+        let (store, _) = JobStore::open(storage, dir.clone()).expect("reopen");
         assert!(!gone.exists());
         assert!(store.detach("../etc").is_err());
         assert!(store.detach("a").expect("nothing").is_none());
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -112,6 +112,9 @@ async fn supervise(manager: &JobManager, id: &str) -> Option<Exit> {
                 // A restarted head starting a job that waited: unpack afresh.
                 std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
             }
+            if let Some(job_dir) = dir.parent() {
+                crate::session::ensure_private_dir(job_dir).map_err(|e| e.to_string())?;
+            }
             match package {
                 Some(name) => packages.unpack(&name, &dir).map_err(|e| e.to_string()),
                 None => crate::session::ensure_private_dir(&dir).map_err(|e| e.to_string()),

@@ -29,6 +29,26 @@ pub struct ClusterStatus {
     pub actors: u64,
     /// The autoscaler's last report, if the head runs one.
     pub autoscaler: Option<AutoscalerReport>,
+    /// The head's starts on its storage, if it keeps one.
+    pub head_starts: Option<HeadStarts>,
+}
+
+/// When the head started, and how often it was started on this storage before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeadStarts {
+    /// Starts on this storage, this one included.
+    pub count: u64,
+    /// When the first began (ms since the Unix epoch).
+    pub first_ms: u64,
+    /// When this one began.
+    pub last_ms: u64,
+}
+
+impl HeadStarts {
+    /// Restarts: starts after the first.
+    pub fn restarts(&self) -> u64 {
+        self.count.saturating_sub(1)
+    }
 }
 
 /// What the autoscaler is doing, as it last reported.

@@ -119,6 +119,8 @@ pub struct HeadSettings {
     /// How many ended tasks the state API can list (Ray's
     /// `RAY_task_events_max_num_task_in_gcs`; the oldest are dropped first).
     pub task_events_capacity: usize,
+    /// The head's starts on its storage, if it keeps one (for `rayish status`).
+    pub head_starts: Option<crate::protocol::HeadStarts>,
 }
 
 /// The head's tables and the logic that changes them.

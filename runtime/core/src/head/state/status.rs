@@ -19,6 +19,7 @@ impl HeadState {
             drivers: self.jobs.connected_drivers() as u64,
             actors: self.actors.live_count() as u64,
             autoscaler: self.autoscaler.clone(),
+            head_starts: self.settings.head_starts,
         }
     }
 }

@@ -42,6 +42,7 @@ impl Bench {
             node_timeout: NODE_TIMEOUT,
             metrics_targets_file: None,
             task_events_capacity: 4,
+            head_starts: None,
         };
         Self {
             head: HeadState::with_clock(settings, clock.clone()),
