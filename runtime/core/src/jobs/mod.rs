@@ -407,8 +407,8 @@ impl JobManager {
 
     /// Stops every job that has not ended, and waits until their supervisors saw
     /// them end (at most the grace period and a little more): what a head that is
-    /// stopped on purpose (`rayish stop`) does, as `ray stop` ends its jobs. A head
-    /// that crashes leaves them running.
+    /// stopped on purpose (`rayish stop`) does, as `ray stop` ends its jobs; then
+    /// every queued record is made durable. A head that crashes leaves them running.
     pub async fn stop_all(&self) {
         let open: Vec<String> = self
             .list()
@@ -416,30 +416,29 @@ impl JobManager {
             .filter(|j| !j.status.is_terminal())
             .map(|j| j.submission_id)
             .collect();
-        if open.is_empty() {
-            return;
-        }
-        tracing::info!(jobs = open.len(), "stopping the head's jobs");
-        for id in &open {
-            self.stop(id);
-        }
-        let deadline =
-            tokio::time::Instant::now() + self.inner.config.stop_grace + Duration::from_secs(2);
-        let mut changes = self.watch();
-        // Admitted, not only RUNNING: a job whose process is about to start is
-        // stopped by its supervisor as soon as it has one, and must be waited for.
-        while self.table().admitted() > 0 && tokio::time::Instant::now() < deadline {
-            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
-        }
-        // The records of the last changes are written on blocking threads.
-        let manager = self.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let table = manager.table();
+        if !open.is_empty() {
+            tracing::info!(jobs = open.len(), "stopping the head's jobs");
             for id in &open {
-                manager.persist(&table, id);
+                self.stop(id);
             }
-        })
-        .await;
+            let deadline =
+                tokio::time::Instant::now() + self.inner.config.stop_grace + Duration::from_secs(2);
+            let mut changes = self.watch();
+            // Admitted, not only RUNNING: a job whose process is about to start is
+            // stopped by its supervisor as soon as it has one, and must be waited for.
+            while self.table().admitted() > 0 && tokio::time::Instant::now() < deadline {
+                let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+            }
+            let table = self.table();
+            for id in &open {
+                self.persist(&table, id);
+            }
+        }
+        // Records are only queued as they change: the last of them reach the disk
+        // before the head's process exits.
+        if let Err(e) = self.inner.config.storage.flush().await {
+            tracing::error!("the last job records could not be written: {e}");
+        }
     }
 }
 
