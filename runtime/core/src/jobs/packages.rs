@@ -116,7 +116,7 @@ pub fn check_package_name(name: &str) -> Result<(), PackageError> {
 pub struct PackageStore {
     dir: PathBuf,
     limit: usize,
-    /// Held while a package is renewed or stored, and while unused ones are
+    /// Held while a package is looked up and renewed, and while unused ones are
     /// removed: a package renewed is never removed on the strength of its old time.
     renewals: Arc<Mutex<()>>,
 }
@@ -193,7 +193,8 @@ impl PackageStore {
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
-            let stale = if name.starts_with(STAGING_PREFIX) {
+            let staging = name.starts_with(STAGING_PREFIX);
+            let stale = if staging {
                 idle(&meta) > STAGING_LIFETIME
             } else {
                 check_package_name(&name).is_ok() && !in_use.contains(&name) && idle(&meta) >= grace
@@ -201,7 +202,7 @@ impl PackageStore {
             if stale && meta.is_file() {
                 let path = entry.path();
                 std::fs::remove_file(&path).map_err(io_at(&path))?;
-                if !name.starts_with(STAGING_PREFIX) {
+                if !staging {
                     removed.push(name);
                 }
             }
@@ -239,16 +240,19 @@ impl PackageStore {
             });
         }
         check_archive(std::io::BufReader::new(file))?;
+        {
+            let _renewing = self.renewals();
+            if path.is_file() {
+                // Stored already: the upload only renews it (its copy is not synced).
+                return renew(&path);
+            }
+        }
         std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o600))
             .map_err(io_at(staged))?;
         std::fs::File::open(staged)
             .and_then(|f| f.sync_all())
             .map_err(io_at(staged))?;
-        let _renewing = self.renewals();
-        if path.is_file() {
-            // Stored already: the upload renews it.
-            return renew(&path);
-        }
+        // Its time is the upload's, so collection leaves it for the grace period.
         std::fs::rename(staged, &path).map_err(io_at(&path))
     }
 
