@@ -275,6 +275,13 @@ impl JobManager {
         let (started, failed) = {
             let mut table = self.table();
             let (started, failed) = table.admit(&self.inner.config.capacity, now_ms());
+            let started: Vec<(String, ResourceSet)> = started
+                .into_iter()
+                .map(|id| {
+                    let demand = table.admitted_demand(&id).cloned().unwrap_or_default();
+                    (id, demand)
+                })
+                .collect();
             (started, failed)
         };
         for id in &failed {
@@ -283,11 +290,8 @@ impl JobManager {
         if !failed.is_empty() {
             self.changed();
         }
-        for id in started {
-            let demand = self.get(&id).map(|j| j.entrypoint_demand());
-            if let Some(demand) = demand {
-                self.inner.head.hold_for_entrypoint(id.clone(), demand);
-            }
+        for (id, demand) in started {
+            self.inner.head.hold_for_entrypoint(id.clone(), demand);
             supervisor::spawn(self.clone(), id);
         }
     }
@@ -429,13 +433,9 @@ impl JobManager {
             while self.table().admitted() > 0 && tokio::time::Instant::now() < deadline {
                 let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
             }
-            let table = self.table();
-            for id in &open {
-                self.persist(&table, id);
-            }
         }
-        // Records are only queued as they change: the last of them reach the disk
-        // before the head's process exits.
+        // Every change queued its record (`stop`, the supervisors' ends): the last
+        // of them reach the disk before the head's process exits.
         if let Err(e) = self.inner.config.storage.flush().await {
             tracing::error!("the last job records could not be written: {e}");
         }

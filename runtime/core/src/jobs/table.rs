@@ -271,6 +271,11 @@ impl JobTable {
         self.admitted.len()
     }
 
+    /// What admitted job `id`'s entrypoint holds.
+    pub fn admitted_demand(&self, id: &str) -> Option<&ResourceSet> {
+        self.admitted.get(id)
+    }
+
     fn release(&mut self, id: &str) {
         if let Some(demand) = self.admitted.remove(id) {
             self.held.subtract(&demand);

@@ -155,8 +155,8 @@ pub struct HeadState {
     wall_anchor: (Instant, u64),
     /// The dashboard's questions to nodes awaiting answers.
     agent_relay: agent_relay::AgentRelay,
-    /// What running job entrypoints hold, by submission id, and on which node.
-    entrypoints: HashMap<String, (NodeId, ResourceSet)>,
+    /// What running job entrypoints hold on the head's node, by submission id.
+    entrypoints: HashMap<String, ResourceSet>,
 }
 
 impl HeadState {
@@ -240,13 +240,13 @@ impl HeadState {
                 }
             }
             HeadEvent::HoldForEntrypoint(submission_id, demand) => {
-                let node = self.settings.head_node;
-                if self.nodes.hold(node, &demand) {
-                    self.entrypoints.insert(submission_id, (node, demand));
+                if self.nodes.hold(self.settings.head_node, &demand) {
+                    self.entrypoints.insert(submission_id, demand);
                 }
             }
             HeadEvent::ReleaseEntrypoint(submission_id) => {
-                if let Some((node, held)) = self.entrypoints.remove(&submission_id) {
+                let node = self.settings.head_node;
+                if let Some(held) = self.entrypoints.remove(&submission_id) {
                     if self.nodes.is_live(node) {
                         self.nodes.release(node, &held);
                         self.schedule();
