@@ -103,6 +103,12 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// A table as a read transaction sees it.
+type RecordTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+
+/// What a flush is answered with: whether its commit succeeded.
+type FlushAnswer = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
 fn definition(table: &str) -> redb::TableDefinition<'_, &'static str, &'static [u8]> {
     redb::TableDefinition::new(table)
 }
@@ -187,20 +193,28 @@ impl Storage {
 
     /// Waits until everything queued before this call is on disk.
     pub async fn flush(&self) -> Result<(), StorageError> {
-        let (done, committed) = tokio::sync::oneshot::channel();
-        self.send(Op::Flush(done))?;
-        committed
-            .await
-            .map_err(|_| StorageError::Closed)?
-            .map_err(|message| self.database_error(message))
+        let committed = self.queue_flush()?;
+        self.flushed(committed.await)
     }
 
     /// [`Self::flush`] for a caller outside any async runtime.
     pub fn flush_blocking(&self) -> Result<(), StorageError> {
+        let committed = self.queue_flush()?;
+        self.flushed(committed.blocking_recv())
+    }
+
+    /// Queues a flush; its answer comes once what was queued before is committed.
+    fn queue_flush(&self) -> Result<FlushAnswer, StorageError> {
         let (done, committed) = tokio::sync::oneshot::channel();
         self.send(Op::Flush(done))?;
-        committed
-            .blocking_recv()
+        Ok(committed)
+    }
+
+    fn flushed(
+        &self,
+        answer: Result<Result<(), String>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<(), StorageError> {
+        answer
             .map_err(|_| StorageError::Closed)?
             .map_err(|message| self.database_error(message))
     }
@@ -212,31 +226,44 @@ impl Storage {
         }
     }
 
+    /// Runs `read` on `table` as last committed; `None` if the table was never
+    /// written.
+    fn read_table<R>(
+        &self,
+        table: &'static str,
+        read: impl FnOnce(&RecordTable) -> Result<R, redb::StorageError>,
+    ) -> Result<Option<R>, StorageError> {
+        use redb::ReadableDatabase;
+        let failed = |e: &dyn std::fmt::Display| self.database_error(e.to_string());
+        let txn = self.inner.db.begin_read().map_err(|e| failed(&e))?;
+        match txn.open_table(definition(table)) {
+            Ok(t) => read(&t).map(Some).map_err(|e| failed(&e)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
     /// Every committed record of `table`, in key order. A record that does not
     /// decode as `V` is skipped with a warning: it costs only itself.
     pub fn all<V: DeserializeOwned>(
         &self,
         table: &'static str,
     ) -> Result<Vec<(String, V)>, StorageError> {
-        use redb::{ReadableDatabase, ReadableTable};
-        let failed = |e: &dyn std::fmt::Display| self.database_error(e.to_string());
-        let read = self.inner.db.begin_read().map_err(|e| failed(&e))?;
-        let t = match read.open_table(definition(table)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(failed(&e)),
-        };
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| failed(&e))? {
-            let (k, v) = row.map_err(|e| failed(&e))?;
-            match serde_json::from_slice(v.value()) {
-                Ok(value) => out.push((k.value().to_string(), value)),
-                Err(e) => {
-                    tracing::warn!(table, key = k.value(), "a stored record is unreadable: {e}")
+        use redb::ReadableTable;
+        let rows = self.read_table(table, |t| {
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                match serde_json::from_slice(v.value()) {
+                    Ok(value) => out.push((k.value().to_string(), value)),
+                    Err(e) => {
+                        tracing::warn!(table, key = k.value(), "a stored record is unreadable: {e}")
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })?;
+        Ok(rows.unwrap_or_default())
     }
 
     /// Counts a start of the head at `now_ms` and makes it durable; the starts so far.
@@ -265,18 +292,12 @@ impl Storage {
         table: &'static str,
         key: &str,
     ) -> Result<Option<V>, StorageError> {
-        use redb::{ReadableDatabase, ReadableTable};
-        let failed = |e: &dyn std::fmt::Display| self.database_error(e.to_string());
-        let read = self.inner.db.begin_read().map_err(|e| failed(&e))?;
-        let t = match read.open_table(definition(table)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(failed(&e)),
-        };
-        let Some(v) = t.get(key).map_err(|e| failed(&e))? else {
-            return Ok(None);
-        };
-        Ok(serde_json::from_slice(v.value()).ok())
+        use redb::ReadableTable;
+        let found = self.read_table(table, |t| {
+            Ok(t.get(key)?
+                .and_then(|v| serde_json::from_slice(v.value()).ok()))
+        })?;
+        Ok(found.flatten())
     }
 }
 
