@@ -872,9 +872,7 @@ fn a_head_stopped_on_purpose_stops_its_jobs_first() {
     }
     let status = head.wait().expect("the head exits");
     assert!(status.success(), "{status}");
-    // SAFETY: signal 0 only asks whether the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    assert!(!alive, "the entrypoint outlived its head");
+    assert!(!running(pid), "the entrypoint outlived its head");
     // The record says so to the next head.
     cluster.restart_head(1);
     let j = job(&cluster, &id);
@@ -918,41 +916,165 @@ fn every_upload_is_stored_whole() {
     }
 }
 
+/// Rewrites job `id`'s stored record as it was before its start was recorded
+/// (PENDING, no process): the state a head that died between starting an
+/// entrypoint and writing its record leaves. The head must be down.
+fn forget_start(cluster: &TestCluster, id: &str) {
+    use rayish_core::jobs::{store::JobStore, JobStatus};
+    let dir = cluster.storage_dir();
+    let storage = rayish_core::storage::Storage::open(&dir).expect("the head's storage");
+    let (store, jobs) = JobStore::open(storage, dir.join("jobs")).expect("the job store");
+    let stored = jobs
+        .into_iter()
+        .find(|j| j.info.submission_id == id)
+        .expect("the job's record");
+    let mut info = stored.info;
+    // PENDING already if the head died before its queued record was committed.
+    assert!(
+        matches!(info.status, JobStatus::Running | JobStatus::Pending),
+        "{info:?}"
+    );
+    info.status = JobStatus::Pending;
+    info.entrypoint_pid = None;
+    info.message = None;
+    store.save(&info, &stored.log);
+    store.flush().expect("written");
+}
+
+/// Polls `what` for up to 10 s until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (an orphaned
+/// entrypoint's parent is whoever adopts orphans here, which may not reap it soon).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+fn logs_of(cluster: &TestCluster, id: &str) -> String {
+    let (code, logs) = call(cluster, "GET", &format!("/api/jobs/{id}/logs"), None);
+    assert_eq!(code, 200, "{logs}");
+    logs
+}
+
 #[test]
-fn a_restarted_head_keeps_its_job_history_and_token() {
+fn a_restarted_head_keeps_its_job_history_and_token_and_takes_its_running_jobs_back() {
     let mut cluster = cluster();
     let done = submit_json(
         &cluster,
         serde_json::json!({"entrypoint": "echo kept across the restart"}),
     );
     wait_job(&cluster, &done, "SUCCEEDED", ended);
+    // One that runs on through the restart, one that ends while the head is away,
+    // one that is stopped by the next head, holding a CPU meanwhile.
+    let goes_on = submit_json(
+        &cluster,
+        serde_json::json!({"entrypoint": "echo before; sleep 4; echo after"}),
+    );
+    // Taken back in the order of their ids: this one, found ended, once admitted
+    // the waiting jobs before `unrecorded` (below) was taken back, and so started
+    // it a second time.
+    let ends_away = submit_json(
+        &cluster,
+        serde_json::json!({
+            "entrypoint": "echo ending; sleep 1; exit 3",
+            "submission_id": "restart-a-ends-away",
+        }),
+    );
     let dir = scratch("restart");
-    let (running, pid) = submit_sleeper(&cluster, &dir, 60);
+    let pid_file = dir.join("pid");
+    let stopped = submit_json(
+        &cluster,
+        serde_json::json!({
+            "entrypoint": format!("echo $$ > {}; sleep 300", pid_file.display()),
+            "entrypoint_num_cpus": 1,
+        }),
+    );
+    for id in [&goes_on, &ends_away, &stopped] {
+        wait_job(&cluster, id, "RUNNING", |j| j["status"] == "RUNNING");
+    }
+    eventually("the first line logged", || {
+        logs_of(&cluster, &goes_on).contains("before")
+    });
+    eventually("the sleeper's pid written", || pid_file.exists());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
 
-    // kill -9, then the same command without a token: the head takes the one its
-    // storage kept, so the worker node, waiting for its head, joins it again.
-    cluster.restart_head(2);
+    // One whose RUNNING record the head did not live to write: it was started, and
+    // must not be started a second time.
+    let runs = dir.join("runs");
+    let unrecorded = submit_json(
+        &cluster,
+        serde_json::json!({
+            "entrypoint": format!("echo run >> {}; echo started; sleep 3; echo done", runs.display()),
+            "submission_id": "restart-b-unrecorded",
+        }),
+    );
+    wait_job(&cluster, &unrecorded, "RUNNING", |j| {
+        j["status"] == "RUNNING"
+    });
+
+    // kill -9, away for 2 s, then the same command without a token: the head takes
+    // the one its storage kept, so the worker node, waiting for its head, joins it
+    // again.
+    cluster.kill_node(0);
+    forget_start(&cluster, &unrecorded);
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start_head_again(2);
     let status = cluster.status().expect("status");
     assert_eq!(status["head_starts"]["count"], 2, "{status}");
 
     // The ended job is listed as it was, with its log.
     let j = job(&cluster, &done);
     assert_eq!(j["status"], "SUCCEEDED", "{j}");
-    let (code, logs) = call(&cluster, "GET", &format!("/api/jobs/{done}/logs"), None);
-    assert_eq!(code, 200, "{logs}");
-    assert!(logs.contains("kept across the restart"), "{logs}");
-    // The running one lost its supervisor: FAILED, as Ray reports a job whose
-    // supervisor died (taking it back is the rest of the head-restart work).
-    let j = job(&cluster, &running);
+    assert!(logs_of(&cluster, &done).contains("kept across the restart"));
+    // The running ones were taken back: one finishes with its whole log ...
+    let j = wait_job(&cluster, &goes_on, "ended", ended);
+    assert_eq!(j["status"], "SUCCEEDED", "{j}");
+    let logs = logs_of(&cluster, &goes_on);
+    assert!(logs.contains("before") && logs.contains("after"), "{logs}");
+    // ... one ended while no head watched, and its exit code is known ...
+    let j = wait_job(&cluster, &ends_away, "ended", ended);
     assert_eq!(
-        (j["status"].as_str(), j["error_type"].as_str()),
-        (Some("FAILED"), Some("JOB_SUPERVISOR_ACTOR_DIED")),
+        (j["status"].as_str(), j["driver_exit_code"].as_i64()),
+        (Some("FAILED"), Some(3)),
         "{j}"
     );
-    // SAFETY: kill(2) of the process group this test's job started.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
+    assert!(logs_of(&cluster, &ends_away).contains("ending"));
+    // ... one was found running though recorded as waiting, and ran once ...
+    let j = wait_job(&cluster, &unrecorded, "ended", ended);
+    assert_eq!(j["status"], "SUCCEEDED", "{j}");
+    let logs = logs_of(&cluster, &unrecorded);
+    assert!(logs.contains("started") && logs.contains("done"), "{logs}");
+    assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "run\n");
+    // ... and one still runs on the new head's node, holding its CPU there, until
+    // it is stopped.
+    let j = job(&cluster, &stopped);
+    assert_eq!(j["status"], "RUNNING", "{j}");
+    let node = j["driver_node_id"].as_str().expect("its node").to_string();
+    eventually("the CPU held again", || free_cpus(&cluster, &node) == 1.0);
+    assert_eq!(
+        call(&cluster, "POST", &format!("/api/jobs/{stopped}/stop"), None).0,
+        200
+    );
+    assert_eq!(
+        wait_job(&cluster, &stopped, "STOPPED", ended)["status"],
+        "STOPPED"
+    );
+    eventually("the entrypoint gone", || !running(pid));
+    eventually("the CPU free", || free_cpus(&cluster, &node) == 2.0);
     // The restarted head takes new jobs.
     let again = submit_json(&cluster, serde_json::json!({"entrypoint": "true"}));
     assert_eq!(

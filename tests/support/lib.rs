@@ -326,7 +326,20 @@ impl TestCluster {
     /// storage, but no token: it must take the one its storage kept. Waits until
     /// `nodes` nodes (its own included) are alive again.
     pub fn restart_head(&mut self, nodes: usize) {
+        self.restart_head_after(nodes, std::time::Duration::ZERO);
+    }
+
+    /// As [`Self::restart_head`], with the head away for `away` between its death
+    /// and its new start.
+    pub fn restart_head_after(&mut self, nodes: usize, away: std::time::Duration) {
         self.kill_node(0);
+        std::thread::sleep(away);
+        self.start_head_again(nodes);
+    }
+
+    /// Starts the head killed by [`Self::kill_node`]`(0)` again, as
+    /// [`Self::restart_head`] does.
+    pub fn start_head_again(&mut self, nodes: usize) {
         self.nodes[0] = Command::new(rayish_bin())
             .args(&self.head_args)
             .env_remove("RAYISH_TOKEN")

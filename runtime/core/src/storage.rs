@@ -116,8 +116,14 @@ fn definition(table: &str) -> redb::TableDefinition<'_, &'static str, &'static [
 impl Storage {
     /// Opens (or creates) the store in `dir`, made private (0700, the file 0600: it
     /// holds the job table, whose entrypoints and environments may be secret). Fails
-    /// if another head holds it.
+    /// if another head holds it. A relative `dir` is taken from the current
+    /// directory once, here: paths under it are handed to processes that run
+    /// elsewhere (job entrypoints).
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let dir = &std::path::absolute(dir).map_err(|source| StorageError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         crate::session::ensure_private_dir(dir).map_err(|e| StorageError::Io {
             path: dir.to_path_buf(),
             source: std::io::Error::other(e.to_string()),

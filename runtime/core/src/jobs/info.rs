@@ -94,7 +94,7 @@ pub struct JobInfo {
     /// Its entrypoint's exit code, once it exited.
     pub driver_exit_code: Option<i32>,
     /// The entrypoint's process (group) id while it runs: how a stop finds it, and
-    /// how a restarted head could.
+    /// how a restarted head takes it back.
     #[serde(default)]
     pub entrypoint_pid: Option<u32>,
 }

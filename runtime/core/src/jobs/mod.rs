@@ -130,9 +130,9 @@ fn new_submission_id() -> String {
 }
 
 impl JobManager {
-    /// Opens the job table in `config.jobs_dir` and starts what waits in it. Jobs
-    /// recorded as RUNNING had a supervisor in a head that is gone: they are
-    /// FAILED (the head-restart work will take them back instead).
+    /// Opens the job table in `config.jobs_dir`, takes back the jobs an earlier head
+    /// left RUNNING (their entrypoints outlive a head that crashed: see
+    /// [`supervisor::adopt`]), and starts what waits.
     pub fn start(config: JobsConfig, head: HeadHandle) -> std::io::Result<Self> {
         crate::session::ensure_private_dir(&config.logs_dir).map_err(std::io::Error::other)?;
         let (store, stored) = JobStore::open(config.storage.clone(), config.jobs_dir.clone())?;
@@ -140,18 +140,10 @@ impl JobManager {
             .map_err(std::io::Error::other)?;
         let mut jobs = Vec::with_capacity(stored.len());
         let mut earlier_logs = HashMap::new();
-        for store::StoredJob { info: mut job, log } in stored {
-            if job.status == JobStatus::Running {
-                job.status = JobStatus::Failed;
-                job.error_type = Some(info::error_type::SUPERVISOR_DIED.into());
-                job.message = Some("the head that supervised this job stopped".into());
-                job.end_time = Some(now_ms());
-                job.entrypoint_pid = None;
-                store.save(&job, &log);
-            }
-            if job.status != JobStatus::Pending {
-                earlier_logs.insert(job.submission_id.clone(), log);
-            }
+        for store::StoredJob { info: job, log } in stored {
+            // A PENDING job's too: its entrypoint may have started (see
+            // `earlier_entrypoints`); one this head starts logs afresh.
+            earlier_logs.insert(job.submission_id.clone(), log);
             jobs.push(job);
         }
         let manager = Self {
@@ -166,9 +158,40 @@ impl JobManager {
                 changes: watch::Sender::new(0),
             }),
         };
+        // Before admission: what they hold is not free for the waiting jobs.
+        supervisor::adopt(&manager, manager.earlier_entrypoints());
         manager.admit();
         manager.collect_packages_periodically();
         Ok(manager)
+    }
+
+    /// The jobs whose entrypoints an earlier head started, with the leader of each
+    /// that still runs: every RUNNING job, and a PENDING one whose entrypoint runs
+    /// or recorded its end (the earlier head died before its RUNNING record was
+    /// written; starting it again would run it twice).
+    fn earlier_entrypoints(&self) -> Vec<(String, Option<u32>)> {
+        let open: Vec<(String, JobStatus, Option<u32>, PathBuf)> = self
+            .table()
+            .all()
+            .filter(|j| !j.status.is_terminal())
+            .map(|j| {
+                let id = j.submission_id.clone();
+                let status_file = self.exit_status_path(&id);
+                (id, j.status, j.entrypoint_pid, status_file)
+            })
+            .collect();
+        let files: Vec<PathBuf> = open.iter().map(|(.., f)| f.clone()).collect();
+        let leaders = supervisor::find_leaders(&files);
+        open.into_iter()
+            .filter_map(|(id, status, recorded, status_file)| {
+                let leader = recorded
+                    .filter(|&pid| supervisor::leads_entrypoint(pid, &status_file))
+                    .or_else(|| leaders.get(&status_file).copied());
+                let started =
+                    status == JobStatus::Running || leader.is_some() || status_file.exists();
+                started.then_some((id, leader))
+            })
+            .collect()
     }
 
     /// Removes, on a blocking thread, the packages no waiting or running job names
@@ -385,6 +408,15 @@ impl JobManager {
         Ok(())
     }
 
+    /// Job `id` starts under this head: its log is in this head's session.
+    fn log_afresh(&self, id: &str) {
+        self.inner
+            .earlier_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
     /// Where job `id`'s entrypoint writes its output.
     pub fn log_path(&self, id: &str) -> PathBuf {
         let earlier = self
@@ -402,6 +434,12 @@ impl JobManager {
                 .logs_dir
                 .join(format!("job-driver-{id}.log")),
         }
+    }
+
+    /// Where job `id`'s entrypoint leader records its exit status (beside its
+    /// working dir, out of the entrypoint's sight).
+    fn exit_status_path(&self, id: &str) -> PathBuf {
+        self.inner.store.job_dir(id).join("exit_status")
     }
 
     /// Job `id`'s working dir on the head.

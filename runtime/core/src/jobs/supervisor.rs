@@ -1,7 +1,9 @@
-//! One task per admitted job: unpack its working dir, run its entrypoint as the
-//! leader of a new process group with its output in the job's log, and record how
-//! it ended. A stop ends the whole group: SIGTERM, then SIGKILL after the grace
-//! period (Ray's `JobSupervisor` does the same with `start_new_session`).
+//! One task per admitted job: unpack its working dir, run its entrypoint in a new
+//! process group with its output in the job's log, and record how it ended. A
+//! stop ends the whole group: SIGTERM, then SIGKILL after the grace period (Ray's
+//! `JobSupervisor` does the same with `start_new_session`). The group outlives a
+//! head that crashes; the next head takes it back ([`adopt`]) and watches it
+//! through its leader's status file instead of waiting for it as a child.
 //!
 //! Invariant: every admitted job reaches a terminal status exactly once, through
 //! this task, and the task then admits what waits (its resources are free).
@@ -19,11 +21,113 @@ use tokio::sync::oneshot;
 /// How much of a failed job's log its message quotes (Ray's figure).
 const FAILURE_LOG_TAIL: u64 = 20_000;
 
+/// The entrypoint's process-group leader: a shell that runs the entrypoint, then
+/// writes its exit status to the file named by `$2` (whole, by a rename) and exits
+/// with it. A head that restarts while the entrypoint runs is no longer its parent
+/// and cannot wait for it: the file tells it how the entrypoint ended. SIGTERM is
+/// caught, not ignored, so a stop's signal reaches the entrypoint as before (a
+/// caught signal is reset at exec, an ignored one is inherited) and the leader,
+/// which waits for its foreground command before it runs a trap, still records it.
+const LEADER_SCRIPT: &str = r#"trap : TERM; /bin/sh -c "$1"; code=$?; echo $code > "$2.part" && mv -f "$2.part" "$2"; exit $code"#;
+
+/// The leader's `$0`, as `ps` shows it.
+const LEADER_NAME: &str = "rayish-job-entrypoint";
+
+/// How often a taken-back entrypoint is checked on.
+const ADOPTED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Starts `id`'s supervisor.
 pub(super) fn spawn(manager: JobManager, id: String) {
     tokio::spawn(async move {
         let exit = supervise(&manager, &id).await;
-        if let Some(exit) = exit {
+        ended(manager, id, exit.map(Ok)).await;
+    });
+}
+
+/// Takes back the jobs whose entrypoints an earlier head of this storage started
+/// (each led by its pid, if it still runs): they hold their resources again, are
+/// watched until they end (the leader's status file says how), and can be stopped
+/// as before. One whose entrypoint ended unseen, with no status recorded, is
+/// FAILED. All are readmitted under one lock before any is watched: a watcher that
+/// finds its job ended admits waiting jobs, and must not find among them one still
+/// to be taken back (it would be started a second time).
+pub(super) fn adopt(manager: &JobManager, jobs: Vec<(String, Option<u32>)>) {
+    let config = &manager.inner.config;
+    let readmitted: Vec<_> = {
+        let mut table = manager.table();
+        jobs.into_iter()
+            .filter_map(|(id, pid)| {
+                let demand = table.readmit(&id, pid, &config.node_id, &config.dashboard_url)?;
+                manager.persist(&table, &id);
+                Some((id, pid, demand))
+            })
+            .collect()
+    };
+    for (id, pid, demand) in readmitted {
+        manager.inner.head.hold_for_entrypoint(id.clone(), demand);
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let exit = watch_adopted(&manager, &id, pid).await;
+            ended(manager, id, Some(exit)).await;
+        });
+    }
+}
+
+/// The leaders, among this machine's processes, of the entrypoints whose status
+/// files are `wanted`: by status file. One pass over `/proc`.
+pub(super) fn find_leaders(
+    wanted: &[std::path::PathBuf],
+) -> std::collections::HashMap<std::path::PathBuf, u32> {
+    let mut found = std::collections::HashMap::new();
+    if wanted.is_empty() {
+        return found;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        for arg in cmdline.split(|b| *b == 0) {
+            if let Some(file) = wanted
+                .iter()
+                .find(|w| w.as_os_str().as_encoded_bytes() == arg)
+            {
+                // The leader is the group's first: its pid is the group's id.
+                if group_leader(pid) && !process_gone(pid) {
+                    found.insert(file.clone(), pid);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Whether `pid` leads its process group (the entrypoint's commands carry the same
+/// arguments only inside the leader's shell, but a leader is what is wanted).
+fn group_leader(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: getpgid(2) takes an integer and touches no memory.
+    unsafe { libc::getpgid(pid) == pid }
+}
+
+/// Records how `id`'s entrypoint ended (`None`: it never started, and its failure
+/// is recorded already; `Err`: it ended unseen, for that reason), and frees what it
+/// held.
+async fn ended(manager: JobManager, id: String, exit: Option<Result<Exit, String>>) {
+    let status_file = manager.exit_status_path(&id);
+    match exit {
+        Some(Ok(exit)) => {
             let log = manager.log_path(&id);
             let tail = tokio::task::spawn_blocking(move || log_tail(&log))
                 .await
@@ -33,16 +137,85 @@ pub(super) fn spawn(manager: JobManager, id: String) {
                 table.exited(&id, exit, &tail, now_ms());
                 table.get(&id).map(|j| j.status.as_str())
             };
-            manager.save_soon(&id);
             tracing::info!(submission_id = %id, status, "job ended");
         }
-        manager.stoppers().remove(&id);
-        manager.inner.head.release_entrypoint(id.clone());
-        manager.changed();
-        manager.admit();
-        manager.collect_packages();
-        release_drivers(&manager, &id).await;
-    });
+        Some(Err(why)) => {
+            tracing::warn!(submission_id = %id, "{why}");
+            manager
+                .table()
+                .fail(&id, error_type::SUPERVISOR_DIED, why, now_ms());
+        }
+        None => {}
+    }
+    manager.save_soon(&id);
+    let _ = std::fs::remove_file(status_file);
+    manager.stoppers().remove(&id);
+    manager.inner.head.release_entrypoint(id.clone());
+    manager.changed();
+    manager.admit();
+    manager.collect_packages();
+    release_drivers(&manager, &id).await;
+}
+
+/// Watches a taken-back entrypoint led by `pid` (`None`: not running any more) until
+/// it ends, stopping it if asked.
+async fn watch_adopted(manager: &JobManager, id: &str, pid: Option<u32>) -> Result<Exit, String> {
+    let status_file = manager.exit_status_path(id);
+    let (stop_tx, mut stop_rx) = oneshot::channel();
+    let stop_now = {
+        let table = manager.table();
+        manager.stoppers().insert(id.to_string(), stop_tx);
+        table.stop_requested(id)
+    };
+    tracing::info!(submission_id = %id, pid, "job taken back from an earlier head");
+    if let (true, Some(pid)) = (stop_now, pid) {
+        stop_adopted(pid, manager.inner.config.stop_grace).await;
+    }
+    loop {
+        if let Some(code) = recorded_exit(&status_file) {
+            return Ok(Exit::Code(code));
+        }
+        let Some(pid) = pid.filter(|&pid| leads_entrypoint(pid, &status_file)) else {
+            // It may have recorded its status just before it went.
+            return recorded_exit(&status_file).map(Exit::Code).ok_or_else(|| {
+                "the entrypoint ended while no head watched it, and how is unknown".to_string()
+            });
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(ADOPTED_POLL) => {}
+            Ok(()) = &mut stop_rx => stop_adopted(pid, manager.inner.config.stop_grace).await,
+        }
+    }
+}
+
+/// SIGTERM to a taken-back entrypoint's group, then SIGKILL after `grace` to what
+/// is left of it (it is not this process's child: there is nothing to wait for but
+/// the group's end).
+async fn stop_adopted(pid: u32, grace: std::time::Duration) {
+    signal_group(pid, libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while group_alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    signal_group(pid, libc::SIGKILL);
+}
+
+/// The exit code a leader recorded in `status_file`, if it did.
+fn recorded_exit(status_file: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(status_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Whether `pid` is still the leader of the entrypoint whose status goes to
+/// `status_file` (not a process that took its pid after it ended).
+pub(super) fn leads_entrypoint(pid: u32, status_file: &std::path::Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let wanted = status_file.as_os_str().as_encoded_bytes();
+    let ours = cmdline.split(|b| *b == 0).any(|arg| arg == wanted);
+    ours && !process_gone(pid)
 }
 
 /// Tells the head about the job's drivers whose processes are gone (a stopped
@@ -94,8 +267,7 @@ async fn supervise(manager: &JobManager, id: &str) -> Option<Exit> {
     let config = &manager.inner.config;
     let fail = |kind: &'static str, why: String| {
         tracing::warn!(submission_id = %id, "the job could not start: {why}");
-        manager.table().start_failed(id, kind, why, now_ms());
-        manager.save_soon(id);
+        manager.table().fail(id, kind, why, now_ms());
         None
     };
 
@@ -133,6 +305,7 @@ async fn supervise(manager: &JobManager, id: &str) -> Option<Exit> {
         Err(e) => return fail(error_type::RUNTIME_ENV_SETUP_FAILURE, e.to_string()),
     }
 
+    manager.log_afresh(id);
     let log_path = manager.log_path(id);
     let log = match std::fs::OpenOptions::new()
         .create(true)
@@ -150,10 +323,15 @@ async fn supervise(manager: &JobManager, id: &str) -> Option<Exit> {
         }
     };
 
+    let status_file = manager.exit_status_path(id);
+    let _ = std::fs::remove_file(&status_file);
     let mut command = tokio::process::Command::new("/bin/sh");
     command
         .arg("-c")
+        .arg(LEADER_SCRIPT)
+        .arg(LEADER_NAME)
         .arg(&job.entrypoint)
+        .arg(&status_file)
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.0))

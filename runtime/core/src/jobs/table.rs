@@ -3,7 +3,8 @@
 //! status change (PENDING → RUNNING → SUCCEEDED / FAILED / STOPPED).
 //!
 //! Invariant: `held` is the sum of the entrypoint demands of the jobs admitted and
-//! not yet ended, and never exceeds the capacity admission was given; a job is in
+//! not yet ended, and never exceeds the capacity admission was given (save for
+//! running jobs a restarted head took back, see [`JobTable::readmit`]); a job is in
 //! `queue` exactly while it is PENDING and not admitted; a terminal job never
 //! changes again.
 
@@ -130,6 +131,40 @@ impl JobTable {
         (started, failed)
     }
 
+    /// Job `id`, whose entrypoint an earlier head started (led by `pid`, if it still
+    /// runs) and this head takes back, is RUNNING and holds its entrypoint demand
+    /// again. It may be recorded PENDING: the earlier head died between starting
+    /// the process and recording it. It already runs, so it is charged even if a
+    /// smaller capacity was given this time. It runs on this head's `node` (the same
+    /// machine: the node's id is new with each start). Returns what it holds, or
+    /// `None` if it has ended or already holds.
+    pub fn readmit(
+        &mut self,
+        id: &str,
+        pid: Option<u32>,
+        node: &str,
+        agent: &str,
+    ) -> Option<ResourceSet> {
+        let job = self.jobs.get_mut(id)?;
+        if job.status.is_terminal() || self.admitted.contains_key(id) {
+            return None;
+        }
+        if job.status == JobStatus::Pending {
+            self.queue.retain(|q| q != id);
+            job.status = JobStatus::Running;
+            job.message = Some("Job is currently running.".into());
+        }
+        if pid.is_some() {
+            job.entrypoint_pid = pid;
+        }
+        job.driver_node_id = Some(node.to_string());
+        job.driver_agent_http_address = Some(agent.to_string());
+        let demand = job.entrypoint_demand();
+        self.held.add(&demand);
+        self.admitted.insert(id.to_string(), demand.clone());
+        Some(demand)
+    }
+
     /// `id`'s entrypoint started as process (group) `pid` on `node`.
     pub fn started(&mut self, id: &str, pid: u32, node: &str, agent: &str) -> bool {
         let Some(job) = self.jobs.get_mut(id) else {
@@ -146,8 +181,10 @@ impl JobTable {
         true
     }
 
-    /// `id` could not start (its working dir, or its process): FAILED.
-    pub fn start_failed(&mut self, id: &str, kind: &'static str, why: String, now_ms: u64) {
+    /// `id` failed without an exit to report (its working dir or its process could
+    /// not be set up, or its entrypoint ended unseen while no head watched it):
+    /// FAILED with `kind`.
+    pub fn fail(&mut self, id: &str, kind: &'static str, why: String, now_ms: u64) {
         self.release(id);
         if let Some(job) = self.jobs.get_mut(id) {
             if !job.status.is_terminal() {
@@ -406,5 +443,47 @@ mod tests {
         let t = JobTable::with_jobs(vec![waiting, done]);
         assert_eq!(t.queue, VecDeque::from(vec!["waiting".to_string()]));
         assert_eq!(t.all().count(), 2);
+    }
+
+    #[test]
+    fn a_running_job_taken_back_holds_its_demand_once_and_frees_it_at_its_end() {
+        let mut running = job("running", Some(2.0));
+        running.status = JobStatus::Running;
+        running.entrypoint_pid = Some(7);
+        // Started, but the head died before its RUNNING record was written.
+        let mut unrecorded = job("unrecorded", None);
+        unrecorded.start_time = Some(2);
+        let mut waiting = job("waiting", Some(1.0));
+        waiting.start_time = Some(3);
+        let mut t = JobTable::with_jobs(vec![running, unrecorded, waiting]);
+        assert_eq!(t.readmit("running", None, "n2", "a2"), Some(cpus(2.0)));
+        let taken = t.get("running").expect("listed");
+        assert_eq!(
+            (taken.driver_node_id.as_deref(), taken.entrypoint_pid),
+            (Some("n2"), Some(7))
+        );
+        assert_eq!(t.readmit("running", None, "n2", "a2"), None, "held once");
+        assert!(t.readmit("unrecorded", Some(9), "n2", "a2").is_some());
+        let taken = t.get("unrecorded").expect("listed");
+        assert_eq!(
+            (taken.status, taken.entrypoint_pid),
+            (JobStatus::Running, Some(9))
+        );
+        assert_eq!(t.queue, VecDeque::from(vec!["waiting".to_string()]));
+        // It already runs: charged even past a capacity that is smaller now, and
+        // the waiting job waits for it.
+        assert_eq!(t.admit(&cpus(1.0), 1), (vec![], vec![]));
+        assert_eq!(t.held(), &cpus(2.0));
+        t.exited("running", Exit::Code(0), "", 2);
+        assert_eq!(
+            t.get("running").map(|j| j.status),
+            Some(JobStatus::Succeeded)
+        );
+        assert_eq!(t.readmit("running", None, "n2", "a2"), None, "it ended");
+        assert_eq!(t.held().get("CPU"), 0.0);
+        assert_eq!(
+            t.admit(&cpus(1.0), 3),
+            (vec!["waiting".to_string()], vec![])
+        );
     }
 }
