@@ -1035,6 +1035,10 @@ fn a_restarted_head_keeps_its_job_history_and_token_and_takes_its_running_jobs_b
     cluster.start_head_again(2);
     let status = cluster.status().expect("status");
     assert_eq!(status["head_starts"]["count"], 2, "{status}");
+    // The nodes the first head saw are listed, dead, beside the two of this one.
+    let nodes = status["nodes"].as_array().expect("nodes");
+    let alive = nodes.iter().filter(|n| n["alive"] == true).count();
+    assert_eq!((nodes.len(), alive), (4, 2), "{status}");
 
     // The ended job is listed as it was, with its log.
     let j = job(&cluster, &done);

@@ -392,6 +392,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
             ),
             None => None,
         },
+        storage: opts.storage.clone(),
     };
     // One cache for the head and its node: what a local-mode driver registers in
     // place (its own executable) is found by both.

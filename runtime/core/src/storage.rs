@@ -32,6 +32,10 @@ pub const CLUSTER_TABLE: &str = "cluster";
 /// The job table: a record per submission id.
 pub const JOBS_TABLE: &str = "jobs";
 
+/// Every node the head has seen join, by node id (the newest dead ones only, as the
+/// head lists them).
+pub const NODES_TABLE: &str = "nodes";
+
 /// Why the store failed.
 #[derive(Debug, Error)]
 pub enum StorageError {

@@ -21,6 +21,7 @@ impl HeadState {
                     return Welcome::Rejected(reason);
                 }
                 tracing::info!(node = ?id, %address, %resources, "node joined");
+                self.remember_node(id);
                 PeerKind::Node(id)
             }
             PeerRole::Driver {
@@ -132,9 +133,13 @@ impl HeadState {
     }
 
     pub(super) fn node_died(&mut self, node_id: NodeId, reason: &str) {
-        let Some(dead) = self.nodes.mark_dead(node_id, self.clock.now(), reason) else {
+        let mut forgotten = Vec::new();
+        let now = self.clock.now();
+        let Some(dead) = self.nodes.mark_dead(node_id, now, reason, &mut forgotten) else {
             return;
         };
+        self.remember_node(node_id);
+        self.forget_nodes(&forgotten);
         let running = dead.running;
         tracing::warn!(node = ?node_id, address = %dead.address, running = running.len(), "node died: {reason}");
         // Actors first: calls that were running there are then retried into a

@@ -9,12 +9,14 @@
 //! [`actor_table`], with the objects in [`object_table`] and the
 //! scheduling queue in [`super::scheduler`]. What the head does across tables is
 //! split by concern into `impl HeadState` blocks: [`membership`], [`tasks`],
-//! [`objects`], [`placement`], [`actors`], [`status`], [`agent_relay`]; they change a table only
+//! [`objects`], [`placement`], [`actors`], [`status`], [`agent_relay`], and
+//! [`durable`] for what outlives the head's process; they change a table only
 //! through its methods.
 
 mod actor_table;
 mod actors;
 mod agent_relay;
+mod durable;
 mod job_table;
 mod membership;
 mod metrics;
@@ -121,6 +123,9 @@ pub struct HeadSettings {
     pub task_events_capacity: usize,
     /// The head's starts on its storage, if it keeps one (for `rayish status`).
     pub head_starts: Option<crate::protocol::HeadStarts>,
+    /// The head's storage, if it keeps one: what it remembers across restarts
+    /// (see [`durable`]).
+    pub storage: Option<crate::storage::Storage>,
 }
 
 /// The head's tables and the logic that changes them.
@@ -160,18 +165,19 @@ pub struct HeadState {
 }
 
 impl HeadState {
-    /// Empty tables, on the real clock.
+    /// The tables an earlier head left in the storage, if any, on the real clock.
     pub fn new(settings: HeadSettings) -> Self {
         Self::with_clock(settings, Arc::new(SystemClock))
     }
 
-    /// Empty tables, reading the time from `clock`.
+    /// The tables an earlier head left in the storage, if any, reading the time
+    /// from `clock`.
     pub fn with_clock(settings: HeadSettings, clock: Arc<dyn Clock>) -> Self {
         let now = clock.now();
         let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        Self {
+        let mut state = Self {
             task_events: task_events::TaskEventLog::new(settings.task_events_capacity),
             wall_anchor: (now, wall_ms),
             settings,
@@ -193,7 +199,9 @@ impl HeadState {
             last_tick: now,
             agent_relay: Default::default(),
             entrypoints: HashMap::default(),
-        }
+        };
+        state.restore_nodes();
+        state
     }
 
     /// Handles a batch of events that arrived together, then places what became

@@ -173,8 +173,15 @@ impl NodeTable {
     }
 
     /// Node `id` died: it holds nothing now and is listed as dead; `None` if it was
-    /// not alive.
-    pub(super) fn mark_dead(&mut self, id: NodeId, now: Instant, reason: &str) -> Option<DeadNode> {
+    /// not alive. The dead nodes that no longer fit in the list are forgotten, and
+    /// given back in `forgotten`.
+    pub(super) fn mark_dead(
+        &mut self,
+        id: NodeId,
+        now: Instant,
+        reason: &str,
+        forgotten: &mut Vec<NodeId>,
+    ) -> Option<DeadNode> {
         let node = self.nodes.get_mut(&id).filter(|n| n.alive)?;
         node.alive = false;
         node.died = Some((now, reason.to_string()));
@@ -188,14 +195,63 @@ impl NodeTable {
         // (Ray's maximum_gcs_dead_node_cached_count): a node that rejoins after each
         // pause must not grow the table forever.
         self.dead.push_back(id);
+        forgotten.extend(self.trim_dead());
+        Some(dead)
+    }
+
+    /// Lists `reg`, a node an earlier head of this storage saw, as dead (it is
+    /// not connected to this head; one that comes back joins as a new node).
+    /// Returns the dead nodes that no longer fit in the list, to be forgotten.
+    pub(super) fn restore_dead(
+        &mut self,
+        reg: NodeRegistration,
+        joined: Instant,
+        died: (Instant, String),
+    ) -> Vec<NodeId> {
+        let id = reg.node_id;
+        if self.nodes.contains_key(&id) {
+            return Vec::new();
+        }
+        self.version += 1;
+        self.nodes.insert(
+            id,
+            NodeEntry {
+                capacity: reg.resources.clone(),
+                avg_run_secs: None,
+                reg,
+                // No connection: a dead node is never sent anything.
+                peer: PeerId(u128::MAX),
+                alive: false,
+                used: ResourceSet::new(),
+                running: HashSet::default(),
+                finished: 0,
+                last_heartbeat: joined,
+                joined,
+                died: Some(died),
+                load: NodeLoad::default(),
+            },
+        );
+        self.dead.push_back(id);
+        self.trim_dead()
+    }
+
+    /// Forgets the oldest dead nodes past [`MAX_DEAD_NODES`]; returns them.
+    fn trim_dead(&mut self) -> Vec<NodeId> {
+        let mut forgotten = Vec::new();
         while self.dead.len() > MAX_DEAD_NODES {
             if let Some(old) = self.dead.pop_front() {
                 if self.nodes.get(&old).is_some_and(|n| !n.alive) {
                     self.nodes.remove(&old);
+                    forgotten.push(old);
                 }
             }
         }
-        Some(dead)
+        forgotten
+    }
+
+    /// Node `id`'s registration, live or dead.
+    pub(super) fn registration(&self, id: NodeId) -> Option<&NodeRegistration> {
+        self.nodes.get(&id).map(|n| &n.reg)
     }
 
     /// Whether some live node could ever run a task needing `shape`.

@@ -35,6 +35,11 @@ struct TestDriver {
 
 impl Bench {
     fn new() -> Self {
+        Self::on_storage(None)
+    }
+
+    /// A head keeping what it must in `storage`, and starting from what is there.
+    fn on_storage(storage: Option<crate::storage::Storage>) -> Self {
         let clock = Arc::new(ManualClock::new());
         let settings = HeadSettings {
             // The head process's own node is not among the test's nodes.
@@ -43,6 +48,7 @@ impl Bench {
             metrics_targets_file: None,
             task_events_capacity: 4,
             head_starts: None,
+            storage,
         };
         Self {
             head: HeadState::with_clock(settings, clock.clone()),
@@ -645,4 +651,45 @@ fn a_running_entrypoint_holds_its_resources_on_the_head_node_until_it_ends() {
     let third = task(driver.job, "f", Vec::new(), 0);
     b.submit(driver, &third);
     assert!(b.assigned(node).is_empty());
+}
+
+#[test]
+fn a_restarted_head_lists_the_nodes_its_storage_names_as_dead() {
+    let dir =
+        std::env::temp_dir().join(format!("rayish-head-nodes-{:016x}", rand::random::<u64>()));
+    let storage = crate::storage::Storage::open(&dir).expect("the storage");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let gone = b.cpu_node(1.0);
+    let stays = b.cpu_node(2.0);
+    b.head
+        .handle_batch([HeadEvent::Disconnected(gone.peer, "cut".into())]);
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    // The next head on the storage: both listed, neither alive; the one that was
+    // alive when the first head went is dead of the restart, and says so on disk.
+    let reason = |b: &Bench, node: TestNode| {
+        let life = b.head.nodes.life(&node.id).expect("listed");
+        life.died.expect("dead").1
+    };
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let statuses = b.head.nodes.statuses();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(statuses.iter().all(|n| !n.alive));
+    assert!(reason(&b, gone).contains("connection lost: cut"));
+    assert!(reason(&b, stays).contains("the head restarted"));
+    assert!(b.head.nodes.views().is_empty(), "nothing to place tasks on");
+    // A node joining it is alive beside them; a dead node is never scheduled on.
+    let fresh = b.cpu_node(1.0);
+    assert!(b.head.nodes.is_live(fresh.id));
+    assert!(!b.head.nodes.is_live(stays.id));
+    storage.flush_blocking().expect("written");
+    drop(b);
+    let b = Bench::on_storage(Some(storage.clone()));
+    assert_eq!(b.head.nodes.statuses().len(), 3);
+    assert!(reason(&b, stays).contains("the head restarted"));
+    assert!(reason(&b, fresh).contains("the head restarted"));
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,7 +44,7 @@ impl HeadState {
 
     /// `t` in milliseconds since the Unix epoch (the head's clock is monotonic; the
     /// wall time it started at anchors it).
-    fn epoch_ms(&self, t: Instant) -> u64 {
+    pub(super) fn epoch_ms(&self, t: Instant) -> u64 {
         let (at, wall_ms) = self.wall_anchor;
         if t >= at {
             wall_ms + t.duration_since(at).as_millis() as u64

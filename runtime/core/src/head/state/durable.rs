@@ -1,0 +1,134 @@
+//! What the head keeps in its storage ([`crate::storage`]) and reads back when it
+//! starts again on it: every node it has seen (the newest dead ones only, as it
+//! lists them). The job table of submitted jobs is kept by [`crate::jobs`]; the
+//! token and the head's starts by the launcher.
+//!
+//! Invariant: a node's record is queued when it joins and when it dies, never per
+//! heartbeat or task, so the hot path never waits for the disk; a restarted head
+//! lists every node its storage names as dead (a node that comes back joins as a
+//! new node), those that were alive when the earlier head stopped with the restart
+//! as the cause.
+
+use super::HeadState;
+use crate::ids::NodeId;
+use crate::protocol::NodeRegistration;
+use crate::resources::ResourceSet;
+use crate::storage::NODES_TABLE;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Why a node alive when the earlier head stopped is listed as dead.
+const HEAD_RESTARTED: &str = "the head restarted; a node that came back joined as a new node";
+
+/// A node as its record keeps it (keyed by its id): what `rayish status` and the
+/// state API list. The node's worker key is not kept: a dead node has no workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredNode {
+    address: SocketAddr,
+    hostname: String,
+    pid: u32,
+    resources: ResourceSet,
+    metrics_address: Option<SocketAddr>,
+    /// When it joined, in milliseconds since the Unix epoch.
+    joined_ms: u64,
+    /// When it died and why, if it has.
+    died: Option<(u64, String)>,
+}
+
+impl HeadState {
+    /// Queues node `id`'s record as the table has it now.
+    pub(super) fn remember_node(&self, id: NodeId) {
+        let Some(storage) = &self.settings.storage else {
+            return;
+        };
+        let (Some(reg), Some(life)) = (self.nodes.registration(id), self.nodes.life(&id)) else {
+            return;
+        };
+        let record = StoredNode {
+            address: reg.address,
+            hostname: reg.hostname.clone(),
+            pid: reg.pid,
+            resources: reg.resources.clone(),
+            metrics_address: reg.metrics_address,
+            joined_ms: self.epoch_ms(life.joined),
+            died: life.died.map(|(at, why)| (self.epoch_ms(at), why)),
+        };
+        storage.put(NODES_TABLE, &id.to_string(), &record);
+    }
+
+    /// Queues the removal of the records of nodes the table no longer lists.
+    pub(super) fn forget_nodes(&self, ids: &[NodeId]) {
+        if let Some(storage) = &self.settings.storage {
+            for id in ids {
+                storage.delete(NODES_TABLE, &id.to_string());
+            }
+        }
+    }
+
+    /// Lists the nodes an earlier head of this storage saw, as dead.
+    pub(super) fn restore_nodes(&mut self) {
+        let Some(storage) = self.settings.storage.clone() else {
+            return;
+        };
+        let records: Vec<(String, StoredNode)> = match storage.all(NODES_TABLE) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("the nodes an earlier head saw cannot be read: {e}");
+                return;
+            }
+        };
+        let now_ms = self.epoch_ms(self.clock.now());
+        let mut nodes: Vec<(NodeId, StoredNode)> = records
+            .into_iter()
+            .filter_map(|(key, record)| match u128::from_str_radix(&key, 16) {
+                Ok(id) => Some((NodeId(id), record)),
+                Err(_) => {
+                    tracing::warn!(key, "a stored node record has no node id; skipped");
+                    None
+                }
+            })
+            .collect();
+        // Oldest death first, as the table keeps its dead.
+        nodes.sort_by_key(|(_, n)| n.died.as_ref().map_or(now_ms, |(at, _)| *at));
+        let mut forgotten = Vec::new();
+        let mut ended_here = Vec::new();
+        for (id, record) in nodes {
+            let died = match record.died {
+                Some((at, why)) => (at, why),
+                None => {
+                    ended_here.push(id);
+                    (now_ms, HEAD_RESTARTED.to_string())
+                }
+            };
+            let reg = NodeRegistration {
+                node_id: id,
+                address: record.address,
+                resources: record.resources,
+                hostname: record.hostname,
+                pid: record.pid,
+                worker_key: [0; 32],
+                metrics_address: record.metrics_address,
+            };
+            let joined = self.instant_of(record.joined_ms);
+            let died = (self.instant_of(died.0), died.1);
+            forgotten.extend(self.nodes.restore_dead(reg, joined, died));
+        }
+        for id in ended_here {
+            self.remember_node(id);
+        }
+        self.forget_nodes(&forgotten);
+    }
+
+    /// A time in milliseconds since the Unix epoch as an instant of the head's
+    /// clock (the earliest the clock can tell, for a time before it can).
+    fn instant_of(&self, epoch_ms: u64) -> Instant {
+        let (at, wall_ms) = self.wall_anchor;
+        if epoch_ms >= wall_ms {
+            at + Duration::from_millis(epoch_ms - wall_ms)
+        } else {
+            let back = Duration::from_millis(wall_ms - epoch_ms);
+            at.checked_sub(back).unwrap_or(at)
+        }
+    }
+}
