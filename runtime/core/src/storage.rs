@@ -36,6 +36,9 @@ pub const JOBS_TABLE: &str = "jobs";
 /// head lists them).
 pub const NODES_TABLE: &str = "nodes";
 
+/// Every driver's job the head lists, by job id (the newest ended ones only).
+pub const DRIVER_JOBS_TABLE: &str = "driver_jobs";
+
 /// Why the store failed.
 #[derive(Debug, Error)]
 pub enum StorageError {

@@ -1,25 +1,44 @@
 //! What the head keeps in its storage ([`crate::storage`]) and reads back when it
-//! starts again on it: every node it has seen (the newest dead ones only, as it
-//! lists them). The job table of submitted jobs is kept by [`crate::jobs`]; the
-//! token and the head's starts by the launcher.
+//! starts again on it: every node it has seen and every driver's job (the newest
+//! dead and ended ones only, as it lists them). The table of submitted jobs is kept
+//! by [`crate::jobs`]; the token and the head's starts by the launcher.
 //!
-//! Invariant: a node's record is queued when it joins and when it dies, never per
-//! heartbeat or task, so the hot path never waits for the disk; a restarted head
-//! lists every node its storage names as dead (a node that comes back joins as a
-//! new node), those that were alive when the earlier head stopped with the restart
-//! as the cause.
+//! Invariant: a node's record is queued when it joins and when it dies, a driver
+//! job's when its driver connects and when the job ends, never per heartbeat or
+//! task, so the hot path never waits for the disk; a restarted head lists every
+//! node its storage names as dead (a node that comes back joins as a new node) and
+//! every job as ended (its driver's connection went with the earlier head), those
+//! that were alive when the earlier head stopped with the restart as the cause.
 
+use super::job_table::JobInfo;
 use super::HeadState;
-use crate::ids::NodeId;
+use crate::ids::{JobId, NodeId};
 use crate::protocol::NodeRegistration;
 use crate::resources::ResourceSet;
-use crate::storage::NODES_TABLE;
+use crate::storage::{DRIVER_JOBS_TABLE, NODES_TABLE};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Why a node alive when the earlier head stopped is listed as dead.
 const HEAD_RESTARTED: &str = "the head restarted; a node that came back joined as a new node";
+
+/// Why a job whose driver was connected when the earlier head stopped is ended.
+const DRIVER_WITH_THE_HEAD: &str = "the head restarted; its driver's connection went with it";
+
+/// A driver's job as its record keeps it (keyed by its id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredJob {
+    name: String,
+    driver_pid: u32,
+    submission_id: Option<String>,
+    /// When its driver connected, in milliseconds since the Unix epoch.
+    started_ms: u64,
+    /// When it ended, if it has.
+    ended_ms: Option<u64>,
+    /// Why its driver went without a goodbye, if it did.
+    lost: Option<String>,
+}
 
 /// A node as its record keeps it (keyed by its id): what `rayish status` and the
 /// state API list. The node's worker key is not kept: a dead node has no workers.
@@ -118,6 +137,82 @@ impl HeadState {
             self.remember_node(id);
         }
         self.forget_nodes(&forgotten);
+    }
+
+    /// Queues driver job `job`'s record as the table has it now.
+    pub(super) fn remember_job(&self, job: JobId) {
+        let (Some(storage), Some(info)) = (&self.settings.storage, self.jobs.info(job)) else {
+            return;
+        };
+        let record = StoredJob {
+            name: info.name.clone(),
+            driver_pid: info.driver_pid,
+            submission_id: info.submission_id.clone(),
+            started_ms: self.epoch_ms(info.started),
+            ended_ms: info.ended.map(|t| self.epoch_ms(t)),
+            lost: info.lost.clone(),
+        };
+        storage.put(DRIVER_JOBS_TABLE, &job.to_string(), &record);
+    }
+
+    /// Queues the removal of the records of jobs the table no longer lists.
+    pub(super) fn forget_jobs(&self, jobs: &[JobId]) {
+        if let Some(storage) = &self.settings.storage {
+            for job in jobs {
+                storage.delete(DRIVER_JOBS_TABLE, &job.to_string());
+            }
+        }
+    }
+
+    /// Lists the driver jobs an earlier head of this storage knew, as ended.
+    pub(super) fn restore_jobs(&mut self) {
+        let Some(storage) = self.settings.storage.clone() else {
+            return;
+        };
+        let records: Vec<(String, StoredJob)> = match storage.all(DRIVER_JOBS_TABLE) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("the jobs an earlier head ran cannot be read: {e}");
+                return;
+            }
+        };
+        let now_ms = self.epoch_ms(self.clock.now());
+        let mut jobs: Vec<(JobId, StoredJob)> = records
+            .into_iter()
+            .filter_map(|(key, record)| match u128::from_str_radix(&key, 16) {
+                Ok(id) => Some((JobId(id), record)),
+                Err(_) => {
+                    tracing::warn!(key, "a stored job record has no job id; skipped");
+                    None
+                }
+            })
+            .collect();
+        // Oldest end first, as the table keeps its ended jobs.
+        jobs.sort_by_key(|(_, j)| j.ended_ms.unwrap_or(now_ms));
+        let mut forgotten = Vec::new();
+        let mut ended_here = Vec::new();
+        for (id, record) in jobs {
+            let (ended_ms, lost) = match record.ended_ms {
+                Some(at) => (at, record.lost),
+                None => {
+                    ended_here.push(id);
+                    (now_ms, Some(DRIVER_WITH_THE_HEAD.to_string()))
+                }
+            };
+            forgotten.extend(self.jobs.restore_ended(JobInfo {
+                id,
+                name: record.name,
+                driver_pid: record.driver_pid,
+                submission_id: record.submission_id,
+                started: self.instant_of(record.started_ms),
+                ended: Some(self.instant_of(ended_ms)),
+                lost,
+            }));
+        }
+        for id in ended_here {
+            self.remember_job(id);
+        }
+        self.forget_jobs(&forgotten);
     }
 
     /// A time in milliseconds since the Unix epoch as an instant of the head's

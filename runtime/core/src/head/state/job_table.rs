@@ -138,16 +138,45 @@ impl JobTable {
         }
     }
 
-    /// `job` is over: it leaves the table for the list of ended jobs.
-    pub(super) fn remove(&mut self, job: JobId, now: Instant) {
-        if let Some(entry) = self.jobs.remove(&job) {
-            let mut info = entry.info;
-            info.ended = Some(now);
-            self.ended.push_back(info);
-            while self.ended.len() > MAX_ENDED_JOBS {
-                self.ended.pop_front();
+    /// `job` is over: it leaves the table for the list of ended jobs. Returns the
+    /// ended jobs that no longer fit in the list, forgotten.
+    pub(super) fn remove(&mut self, job: JobId, now: Instant) -> Vec<JobId> {
+        match self.jobs.remove(&job) {
+            Some(entry) => {
+                let mut info = entry.info;
+                info.ended = Some(now);
+                self.push_ended(info)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Lists `info`, a job an earlier head of this storage knew, as ended. Returns
+    /// the ended jobs that no longer fit in the list, forgotten.
+    pub(super) fn restore_ended(&mut self, info: JobInfo) -> Vec<JobId> {
+        if self.jobs.contains_key(&info.id) || self.ended.iter().any(|j| j.id == info.id) {
+            return Vec::new();
+        }
+        self.push_ended(info)
+    }
+
+    fn push_ended(&mut self, info: JobInfo) -> Vec<JobId> {
+        self.ended.push_back(info);
+        let mut forgotten = Vec::new();
+        while self.ended.len() > MAX_ENDED_JOBS {
+            if let Some(old) = self.ended.pop_front() {
+                forgotten.push(old.id);
             }
         }
+        forgotten
+    }
+
+    /// What the state API shows of `job`, live or ended.
+    pub(super) fn info(&self, job: JobId) -> Option<&JobInfo> {
+        self.jobs
+            .get(&job)
+            .map(|j| &j.info)
+            .or_else(|| self.ended.iter().rev().find(|j| j.id == job))
     }
 
     /// Every job listed, live or ended, with whether its driver is still connected.

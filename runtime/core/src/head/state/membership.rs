@@ -38,6 +38,7 @@ impl HeadState {
                     .jobs
                     .start(binary, peer, &name, driver_pid, submission_id, now);
                 tracing::info!(job = ?id, %name, "driver connected");
+                self.remember_job(id);
                 job = Some(id);
                 PeerKind::Driver(id)
             }
@@ -184,7 +185,9 @@ impl HeadState {
         }
         self.announce_job_end(job_id);
         if !detached {
-            self.jobs.remove(job_id, self.clock.now());
+            let forgotten = self.jobs.remove(job_id, self.clock.now());
+            self.remember_job(job_id);
+            self.forget_jobs(&forgotten);
         }
     }
 
@@ -200,7 +203,9 @@ impl HeadState {
     pub(super) fn end_job_if_finished(&mut self, job_id: JobId) {
         if self.jobs.driver_gone(job_id) && !self.actors.has_detached(job_id) {
             tracing::info!(job = ?job_id, "last detached actor ended; job ended");
-            self.jobs.remove(job_id, self.clock.now());
+            let forgotten = self.jobs.remove(job_id, self.clock.now());
+            self.remember_job(job_id);
+            self.forget_jobs(&forgotten);
             self.announce_job_end(job_id);
         }
     }

@@ -201,6 +201,7 @@ impl HeadState {
             entrypoints: HashMap::default(),
         };
         state.restore_nodes();
+        state.restore_jobs();
         state
     }
 

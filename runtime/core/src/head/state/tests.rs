@@ -653,6 +653,64 @@ fn a_running_entrypoint_holds_its_resources_on_the_head_node_until_it_ends() {
     assert!(b.assigned(node).is_empty());
 }
 
+fn job_rows(b: &Bench) -> Vec<crate::head::view::JobRow> {
+    match b.head.view(crate::head::view::StateQuery::Jobs) {
+        crate::head::view::StateRows::Jobs(j) => j,
+        other => panic!("asked for jobs, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_restarted_head_lists_the_driver_jobs_its_storage_names_as_ended() {
+    let dir = std::env::temp_dir().join(format!("rayish-head-jobs-{:016x}", rand::random::<u64>()));
+    let storage = crate::storage::Storage::open(&dir).expect("the storage");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let clean = b.driver();
+    let lost = b.driver();
+    let connected = b.driver();
+    b.send(clean.peer, ToHead::Goodbye);
+    b.head
+        .handle_batch([HeadEvent::Disconnected(lost.peer, "timed out".into())]);
+    let before = job_rows(&b);
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    let b = Bench::on_storage(Some(storage.clone()));
+    let after = job_rows(&b);
+    assert_eq!(after.len(), 3, "{after:?}");
+    let row = |rows: &[crate::head::view::JobRow], job: JobId| {
+        rows.iter()
+            .find(|j| j.job_id == job)
+            .cloned()
+            .unwrap_or_else(|| panic!("job {job} not listed: {rows:?}"))
+    };
+    // The ended ones as they were ...
+    for job in [clean.job, lost.job] {
+        let (was, is) = (row(&before, job), row(&after, job));
+        assert_eq!(
+            (is.lost.clone(), is.driver_pid, is.running),
+            (was.lost.clone(), was.driver_pid, false)
+        );
+        // The two heads' clocks are anchored to the wall time a little apart.
+        assert!(
+            is.start_time_ms.abs_diff(was.start_time_ms) <= 2,
+            "{is:?} {was:?}"
+        );
+        assert!(is.end_time_ms.is_some());
+    }
+    assert_eq!(row(&after, lost.job).lost.as_deref(), Some("timed out"));
+    // ... and the one whose driver was connected ended with the head.
+    let c = row(&after, connected.job);
+    assert!(!c.running && c.end_time_ms.is_some(), "{c:?}");
+    assert!(c
+        .lost
+        .as_deref()
+        .is_some_and(|l| l.contains("the head restarted")));
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_restarted_head_lists_the_nodes_its_storage_names_as_dead() {
     let dir =
