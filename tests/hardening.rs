@@ -31,7 +31,8 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 /// (id, alive) of every node `rayish status` lists at `ip`.
-fn nodes_at(cluster: &TestCluster, ip: &str) -> Vec<(String, bool)> {
+/// The nodes listed at `ip`: id, alive, incarnation.
+fn nodes_at(cluster: &TestCluster, ip: &str) -> Vec<(String, bool, u64)> {
     let Some(status) = cluster.status() else {
         return Vec::new();
     };
@@ -44,7 +45,13 @@ fn nodes_at(cluster: &TestCluster, ip: &str) -> Vec<(String, bool)> {
                 .as_str()
                 .is_some_and(|a| a.starts_with(&format!("{ip}:")))
         })
-        .map(|n| (n["node_id"].to_string(), n["alive"] == true))
+        .map(|n| {
+            (
+                n["node_id"].to_string(),
+                n["alive"] == true,
+                n["incarnation"].as_u64().unwrap_or(0),
+            )
+        })
         .collect()
 }
 
@@ -103,10 +110,17 @@ fn a_paused_node_rejoins_as_a_new_node() {
         Duration::from_secs(30),
         || {
             let now = nodes_at(&cluster, "127.0.0.3");
-            now.iter().any(|(id, alive)| id == &old_id && !alive)
-                && now.iter().any(|(id, alive)| id != &old_id && *alive)
+            now.iter().any(|(id, alive, _)| id == &old_id && !alive)
+                && now.iter().any(|(id, alive, _)| id != &old_id && *alive)
         },
     );
+    // The same process, its next incarnation.
+    let mut lives: Vec<(bool, u64)> = nodes_at(&cluster, "127.0.0.3")
+        .into_iter()
+        .map(|(_, alive, incarnation)| (alive, incarnation))
+        .collect();
+    lives.sort();
+    assert_eq!(lives, vec![(false, 1), (true, 2)]);
     assert!(
         cluster.nodes[1].try_wait().expect("try_wait").is_none(),
         "the node process must live on"

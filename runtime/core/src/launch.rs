@@ -96,6 +96,9 @@ pub struct LaunchOptions {
     /// The head's durable storage (`--storage-path`), if it keeps one; a head
     /// without (an embedded local-mode cluster) keeps its jobs in its session.
     pub storage: Option<crate::storage::Storage>,
+    /// Which join of this node process this is, from 1 (a node that joins again
+    /// as a new node counts up).
+    pub incarnation: u32,
 }
 
 /// The machine's memory in bytes, if `/proc/meminfo` says.
@@ -190,6 +193,7 @@ fn node_config(
         node_timeout: opts.node_timeout,
         head_reconnect_timeout: opts.head_reconnect_timeout,
         metrics_address,
+        incarnation: opts.incarnation,
     }
 }
 

@@ -185,6 +185,7 @@ pub fn init(config: Config) -> Result<()> {
                 dashboard: None,
                 task_events_capacity: rayish_core::head::DEFAULT_TASK_EVENTS,
                 storage: None,
+                incarnation: 1,
             };
             let launched = handle
                 .block_on(launch_head(&opts))

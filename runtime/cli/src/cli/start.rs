@@ -322,6 +322,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         }),
         task_events_capacity,
         storage: None,
+        incarnation: 1,
     };
     let (launched, token, head, opts) = if args.head {
         let storage_dir = args
@@ -441,6 +442,7 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut launched = launched;
+        let mut opts = opts;
         loop {
             let sigterm = async {
                 match term.as_mut() {
@@ -475,9 +477,14 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
             tracing::warn!("{lost}; joining the head again as a new node");
             launched.endpoint.close(0u32.into(), b"rejoining");
             drop(launched);
+            opts.incarnation += 1;
             match rejoin(&opts, head, head_reconnect_timeout, &mut term).await {
                 Rejoin::Joined(l) => {
-                    tracing::info!(node = ?l.node_id, "rejoined the cluster as a new node");
+                    tracing::info!(
+                        node = ?l.node_id,
+                        incarnation = opts.incarnation,
+                        "rejoined the cluster as a new node"
+                    );
                     launched = *l;
                 }
                 Rejoin::Stopped(why) => return (why, 0),

@@ -119,10 +119,11 @@ fn render(address: &str, s: &ClusterStatus) -> String {
     out += "Active:\n";
     for n in &alive {
         out += &format!(
-            " {} {} ({}) running {} finished {}  {}  workers {}  store {} objects {} bytes ({} bytes free for reuse, {} reused)\n",
+            " {} {} ({}, incarnation {}) running {} finished {}  {}  workers {}  store {} objects {} bytes ({} bytes free for reuse, {} reused)\n",
             n.node_id,
             n.address,
             n.hostname,
+            n.incarnation,
             n.running_tasks,
             n.finished_tasks,
             n.total,
@@ -138,7 +139,10 @@ fn render(address: &str, s: &ClusterStatus) -> String {
     }
     out += "Dead:\n";
     for n in &dead {
-        out += &format!(" {} {} ({})\n", n.node_id, n.address, n.hostname);
+        out += &format!(
+            " {} {} ({}, incarnation {})\n",
+            n.node_id, n.address, n.hostname, n.incarnation
+        );
     }
     if dead.is_empty() {
         out += " (no dead nodes)\n";

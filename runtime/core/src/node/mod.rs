@@ -70,6 +70,9 @@ pub struct NodeConfig {
     pub head_reconnect_timeout: Duration,
     /// Where it serves Prometheus metrics, told to the head for its targets file.
     pub metrics_address: Option<SocketAddr>,
+    /// Which join of this node process this is (see
+    /// [`NodeRegistration::incarnation`]).
+    pub incarnation: u32,
 }
 
 /// Why a node could not join.
@@ -172,6 +175,7 @@ pub async fn start_node(
         pid: std::process::id(),
         worker_key: rand::random(),
         metrics_address: cfg.metrics_address,
+        incarnation: cfg.incarnation,
     };
     let worker_key = reg.worker_key;
     let hello = Hello {

@@ -57,6 +57,10 @@ pub struct NodeRegistration {
     pub worker_key: [u8; 32],
     /// Where it serves Prometheus metrics (`--metrics-export-port`), if it does.
     pub metrics_address: Option<SocketAddr>,
+    /// Which join of this node process this is, from 1: a node declared dead (after
+    /// a pause or a partition) or that lost its head joins again as a new node, with
+    /// a new id, as its next incarnation.
+    pub incarnation: u32,
 }
 
 /// What a worker of `job` started by a node with `worker_key` presents to the head.

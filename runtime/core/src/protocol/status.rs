@@ -98,4 +98,7 @@ pub struct NodeStatus {
     pub finished_tasks: u64,
     /// Its last reported load.
     pub load: NodeLoad,
+    /// Which join of its node process it is, from 1 (see
+    /// [`super::NodeRegistration::incarnation`]).
+    pub incarnation: u32,
 }

@@ -49,6 +49,9 @@ struct StoredNode {
     pid: u32,
     resources: ResourceSet,
     metrics_address: Option<SocketAddr>,
+    /// Which join of its node process it was.
+    #[serde(default)]
+    incarnation: u32,
     /// When it joined, in milliseconds since the Unix epoch.
     joined_ms: u64,
     /// When it died and why, if it has.
@@ -70,6 +73,7 @@ impl HeadState {
             pid: reg.pid,
             resources: reg.resources.clone(),
             metrics_address: reg.metrics_address,
+            incarnation: reg.incarnation,
             joined_ms: self.epoch_ms(life.joined),
             died: life.died.map(|(at, why)| (self.epoch_ms(at), why)),
         };
@@ -128,6 +132,7 @@ impl HeadState {
                 pid: record.pid,
                 worker_key: [0; 32],
                 metrics_address: record.metrics_address,
+                incarnation: record.incarnation,
             };
             let joined = self.instant_of(record.joined_ms);
             let died = (self.instant_of(died.0), died.1);

@@ -384,6 +384,7 @@ impl NodeTable {
                 running_tasks: n.running.len() as u64,
                 finished_tasks: n.finished,
                 load: n.load,
+                incarnation: n.reg.incarnation,
             })
             .collect();
         nodes.sort_by_key(|n| (!n.alive, n.address));

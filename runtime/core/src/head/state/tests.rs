@@ -94,6 +94,7 @@ impl Bench {
             pid: 1,
             worker_key: [7; 32],
             metrics_address: None,
+            incarnation: 1,
         };
         let (peer, welcome) = self.connect(PeerRole::Node(reg));
         assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
