@@ -16,6 +16,7 @@ use crate::ids::{JobId, NodeId};
 use crate::protocol::NodeRegistration;
 use crate::resources::ResourceSet;
 use crate::storage::{DRIVER_JOBS_TABLE, NODES_TABLE};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -80,37 +81,15 @@ impl HeadState {
         storage.put(NODES_TABLE, &id.to_string(), &record);
     }
 
-    /// Queues the removal of the records of nodes the table no longer lists.
-    pub(super) fn forget_nodes(&self, ids: &[NodeId]) {
-        if let Some(storage) = &self.settings.storage {
-            for id in ids {
-                storage.delete(NODES_TABLE, &id.to_string());
-            }
-        }
-    }
-
     /// Lists the nodes an earlier head of this storage saw, as dead.
     pub(super) fn restore_nodes(&mut self) {
-        let Some(storage) = self.settings.storage.clone() else {
+        let Some(records) = self.stored_by_id::<StoredNode>(NODES_TABLE) else {
             return;
-        };
-        let records: Vec<(String, StoredNode)> = match storage.all(NODES_TABLE) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("the nodes an earlier head saw cannot be read: {e}");
-                return;
-            }
         };
         let now_ms = self.epoch_ms(self.clock.now());
         let mut nodes: Vec<(NodeId, StoredNode)> = records
             .into_iter()
-            .filter_map(|(key, record)| match u128::from_str_radix(&key, 16) {
-                Ok(id) => Some((NodeId(id), record)),
-                Err(_) => {
-                    tracing::warn!(key, "a stored node record has no node id; skipped");
-                    None
-                }
-            })
+            .map(|(id, record)| (NodeId(id), record))
             .collect();
         // Oldest death first, as the table keeps its dead.
         nodes.sort_by_key(|(_, n)| n.died.as_ref().map_or(now_ms, |(at, _)| *at));
@@ -141,7 +120,7 @@ impl HeadState {
         for id in ended_here {
             self.remember_node(id);
         }
-        self.forget_nodes(&forgotten);
+        self.forget(NODES_TABLE, &forgotten);
     }
 
     /// Queues driver job `job`'s record as the table has it now.
@@ -160,37 +139,51 @@ impl HeadState {
         storage.put(DRIVER_JOBS_TABLE, &job.to_string(), &record);
     }
 
-    /// Queues the removal of the records of jobs the table no longer lists.
-    pub(super) fn forget_jobs(&self, jobs: &[JobId]) {
+    /// Queues the removal of the records in `table` of `ids`, which the head's
+    /// tables no longer list.
+    pub(super) fn forget<I: std::fmt::Display>(&self, table: &'static str, ids: &[I]) {
         if let Some(storage) = &self.settings.storage {
-            for job in jobs {
-                storage.delete(DRIVER_JOBS_TABLE, &job.to_string());
+            for id in ids {
+                storage.delete(table, &id.to_string());
             }
         }
     }
 
-    /// Lists the driver jobs an earlier head of this storage knew, as ended.
-    pub(super) fn restore_jobs(&mut self) {
-        let Some(storage) = self.settings.storage.clone() else {
-            return;
-        };
-        let records: Vec<(String, StoredJob)> = match storage.all(DRIVER_JOBS_TABLE) {
+    /// Every record of `table`, keyed by a 128-bit id as ids print (hex), with its
+    /// id: what an earlier head of this storage left. `None` without storage; a
+    /// record under any other key, or a table that cannot be read, is skipped with
+    /// a warning (it costs only itself, or only this list).
+    fn stored_by_id<V: DeserializeOwned>(&self, table: &'static str) -> Option<Vec<(u128, V)>> {
+        let storage = self.settings.storage.as_ref()?;
+        let records: Vec<(String, V)> = match storage.all(table) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!("the jobs an earlier head ran cannot be read: {e}");
-                return;
+                tracing::warn!(table, "what an earlier head stored cannot be read: {e}");
+                return None;
             }
+        };
+        let parsed = records
+            .into_iter()
+            .filter_map(|(key, record)| match u128::from_str_radix(&key, 16) {
+                Ok(id) => Some((id, record)),
+                Err(_) => {
+                    tracing::warn!(table, key, "a stored record is not keyed by an id; skipped");
+                    None
+                }
+            })
+            .collect();
+        Some(parsed)
+    }
+
+    /// Lists the driver jobs an earlier head of this storage knew, as ended.
+    pub(super) fn restore_jobs(&mut self) {
+        let Some(records) = self.stored_by_id::<StoredJob>(DRIVER_JOBS_TABLE) else {
+            return;
         };
         let now_ms = self.epoch_ms(self.clock.now());
         let mut jobs: Vec<(JobId, StoredJob)> = records
             .into_iter()
-            .filter_map(|(key, record)| match u128::from_str_radix(&key, 16) {
-                Ok(id) => Some((JobId(id), record)),
-                Err(_) => {
-                    tracing::warn!(key, "a stored job record has no job id; skipped");
-                    None
-                }
-            })
+            .map(|(id, record)| (JobId(id), record))
             .collect();
         // Oldest end first, as the table keeps its ended jobs.
         jobs.sort_by_key(|(_, j)| j.ended_ms.unwrap_or(now_ms));
@@ -217,7 +210,7 @@ impl HeadState {
         for id in ended_here {
             self.remember_job(id);
         }
-        self.forget_jobs(&forgotten);
+        self.forget(DRIVER_JOBS_TABLE, &forgotten);
     }
 
     /// A time in milliseconds since the Unix epoch as an instant of the head's

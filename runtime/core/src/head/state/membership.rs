@@ -140,7 +140,7 @@ impl HeadState {
             return;
         };
         self.remember_node(node_id);
-        self.forget_nodes(&forgotten);
+        self.forget(crate::storage::NODES_TABLE, &forgotten);
         let running = dead.running;
         tracing::warn!(node = ?node_id, address = %dead.address, running = running.len(), "node died: {reason}");
         // Actors first: calls that were running there are then retried into a
@@ -187,7 +187,7 @@ impl HeadState {
         if !detached {
             let forgotten = self.jobs.remove(job_id, self.clock.now());
             self.remember_job(job_id);
-            self.forget_jobs(&forgotten);
+            self.forget(crate::storage::DRIVER_JOBS_TABLE, &forgotten);
         }
     }
 
@@ -205,7 +205,7 @@ impl HeadState {
             tracing::info!(job = ?job_id, "last detached actor ended; job ended");
             let forgotten = self.jobs.remove(job_id, self.clock.now());
             self.remember_job(job_id);
-            self.forget_jobs(&forgotten);
+            self.forget(crate::storage::DRIVER_JOBS_TABLE, &forgotten);
             self.announce_job_end(job_id);
         }
     }
