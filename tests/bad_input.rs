@@ -132,6 +132,7 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
                 name: "intruder".into(),
                 pid: std::process::id(),
                 submission_id: None,
+                resumes: None,
             },
         )
         .await

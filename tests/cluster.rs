@@ -373,6 +373,54 @@ fn objects_are_freed_everywhere_when_no_reference_remains() {
 }
 
 #[test]
+fn a_driver_waiting_on_its_tasks_outlives_a_head_restart() {
+    let mut cluster = TestCluster::start(1, 2, 5000);
+    let dir = cluster.root().join("head-restart-runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (driver, mut lines) = cluster.spawn_scenario([
+        OsStr::new("head-restart"),
+        OsStr::new("--n"),
+        OsStr::new("6"),
+        OsStr::new("--dir"),
+        dir.as_os_str(),
+    ]);
+    assert!(lines.by_ref().any(|l| l == "SUBMITTED"));
+    // The slow tasks are running (1.5 s each, 4 CPUs for 6 of them) when the head
+    // dies, and the driver is blocked in `get_all` of the chain after them.
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.restart_head_after(2, Duration::from_secs(2));
+    let r = finish_scenario(driver, lines);
+    assert_eq!(r["chain_wrong"], 0, "{r}");
+    assert_eq!(
+        r["early"],
+        serde_json::json!([1000, 1001, 1002, 1003]),
+        "{r}"
+    );
+    assert_eq!(r["early_again"], r["early"], "{r}");
+    assert_eq!(r["after"], 1005, "{r}");
+    let mut runs: std::collections::BTreeMap<String, usize> = Default::default();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let key = name.split('.').next().unwrap_or_default().to_string();
+        *runs.entry(key).or_default() += 1;
+    }
+    eprintln!("runs per task: {runs:?}");
+    for i in 0..4 {
+        // Received before the head died: never run again.
+        assert_eq!(runs.get(&format!("early{i}")), Some(&1), "{runs:?}");
+    }
+    for i in 0..6 {
+        // Lost with the head (running, or queued): run again once at most, as a retry
+        // (a chain task starts only after its slow task, so it most likely ran once).
+        let slow = runs.get(&format!("slow{i}")).copied().unwrap_or(0);
+        assert!((1..=2).contains(&slow), "slow{i}: {runs:?}");
+        let chain = runs.get(&format!("chain{i}")).copied().unwrap_or(0);
+        assert!((1..=2).contains(&chain), "chain{i}: {runs:?}");
+    }
+    assert_eq!(runs.get("after"), Some(&1), "{runs:?}");
+}
+
+#[test]
 fn get_on_a_dead_cluster_returns_an_error() {
     let mut cluster = TestCluster::start(1, 1, 2000);
     // A dead head and a stalled one look the same: the driver waits for it as long

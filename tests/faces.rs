@@ -837,6 +837,48 @@ fn a_run_killed_midway_with_its_driver_or_its_head_resumes_to_the_same_output() 
     );
 }
 
+#[test]
+fn the_faces_job_outlives_its_head_killed_twice_and_restarted_after_2_s_and_30_s() {
+    const IMAGES: usize = 200;
+    let input = derived_photos(IMAGES);
+    let whole = temp_dir("restart-whole");
+    encode_stdout(&input, &whole, &["--cpus", "2"], &[]);
+    let reference = output_bytes(&whole);
+
+    // A head and two nodes; the head is killed with SIGKILL a third of the way in and
+    // back on its port and storage 2 s later, then again two thirds of the way in and
+    // back 30 s later. The same driver goes on each time.
+    let mut cluster = TestCluster::start(2, 1, 2000);
+    let out = temp_dir("restart-out");
+    let root = cluster.root.to_string_lossy().into_owned();
+    let env = [
+        ("RAYISH_TOKEN", cluster.token.as_str()),
+        ("RAYISH_TEMP_DIR", root.as_str()),
+    ];
+    let mut child = spawn_encode(&input, &out, &["--address", &cluster.address], &env);
+    for (at, away) in [(IMAGES / 3, 2), (IMAGES * 2 / 3, 30)] {
+        wait_for_journal(&mut child, &out, at);
+        cluster.restart_head_after(3, std::time::Duration::from_secs(away));
+    }
+    let res = child.wait_with_output().expect("rayish-faces");
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("reconnected to the head").count(),
+        2,
+        "the driver did not go on across both restarts: {stderr}"
+    );
+    assert_eq!(
+        journal_lines(&out),
+        IMAGES + 1,
+        "each image finished exactly once"
+    );
+    assert!(
+        output_bytes(&out) == reference,
+        "the output differs from an uninterrupted run's"
+    );
+}
+
 /// Mounts a tmpfs with `options` on a new directory (the tests run as root).
 struct Tmpfs(PathBuf);
 

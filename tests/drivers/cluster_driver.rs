@@ -61,6 +61,15 @@ enum Scenario {
         #[arg(long)]
         go: PathBuf,
     },
+    /// Tasks the test kills the head under: some received before, `n` slow ones and
+    /// a chain after each running or queued when it dies, and more after it is back.
+    /// Each run of a task leaves a file in `dir`, so the test counts runs.
+    HeadRestart {
+        #[arg(long, default_value_t = 8)]
+        n: u64,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// `n` tasks of `ms` milliseconds each, all at once; where did they run?
     Burst {
         /// Tasks.
@@ -345,6 +354,25 @@ fn slow_where(ms: u64) -> (String, u32) {
 fn slow_where_after(before: (String, u32), ms: u64) -> (String, u32) {
     let _ = before;
     slow_where(ms)
+}
+
+/// `base + i` after `ms`, leaving a file named after `key` in `dir` per run.
+#[rayish::remote]
+fn counted_add(dir: String, key: String, base: u64, i: u64, ms: u64) -> u64 {
+    let run = format!(
+        "{dir}/{key}.{}.{}",
+        std::process::id(),
+        rayish_suite_nanos()
+    );
+    let _ = std::fs::write(run, b"");
+    std::thread::sleep(Duration::from_millis(ms));
+    base + i
+}
+
+fn rayish_suite_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 #[rayish::remote]
@@ -697,6 +725,43 @@ fn main() -> anyhow::Result<()> {
             let got = rayish::get_all(&refs)?;
             let ok = got == (0..8).map(|i| i + 1000).collect::<Vec<u64>>();
             result(json!({"ok": ok, "killed": killed.len()}));
+        }
+        Scenario::HeadRestart { n, dir } => {
+            let dir = dir.to_string_lossy().into_owned();
+            let base = rayish::put(&1000u64)?;
+            // Received before the head dies: never run again.
+            let early: Vec<_> = (0..4u64)
+                .map(|i| counted_add::remote(dir.clone(), format!("early{i}"), &base, i, 0u64))
+                .collect();
+            let early_values = rayish::get_all(&early)?;
+            // Running or queued when it dies; the driver keeps only the chain's ends.
+            let slow: Vec<_> = (0..n)
+                .map(|i| counted_add::remote(dir.clone(), format!("slow{i}"), &base, i, 1500u64))
+                .collect();
+            let chain: Vec<_> = slow
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    counted_add::remote(dir.clone(), format!("chain{i}"), s, 1u64, 100u64)
+                })
+                .collect();
+            drop(slow);
+            println!("SUBMITTED");
+            let chained = rayish::get_all(&chain)?;
+            // After: a value received from the old head is an argument for the new.
+            let after =
+                counted_add::remote(dir.clone(), "after".to_string(), &early[0], 5u64, 0u64);
+            let after = rayish::get(&after)?;
+            let early_again = rayish::get_all(&early)?;
+            let wrong = (0..n)
+                .filter(|&i| chained[i as usize] != 1000 + i + 1)
+                .count();
+            result(json!({
+                "early": early_values,
+                "early_again": early_again,
+                "chain_wrong": wrong,
+                "after": after,
+            }));
         }
         Scenario::Long { n, go } => {
             let len = 100_000;

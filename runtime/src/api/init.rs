@@ -2,7 +2,7 @@
 
 use super::{context, Error, Result};
 use rayish_core::binaries::hash_file;
-use rayish_core::core_worker::{Connection, CoreWorker};
+use rayish_core::core_worker::{Connection, CoreWorker, Reconnect};
 use rayish_core::launch::{launch_head, resolve, LaunchOptions, Launched};
 use rayish_core::protocol::{Hello, PeerRole, Welcome};
 use rayish_core::resources::{ResourceSet, CPU};
@@ -11,7 +11,7 @@ use rayish_core::transfer::upload_binary;
 use rayish_core::transport::tls::{new_token, ClusterTls};
 use rayish_core::transport::{connect, make_client_endpoint, open_control, InProcessHead};
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How `init` connects.
@@ -255,57 +255,31 @@ pub fn init(config: Config) -> Result<()> {
         let running = std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()));
         head.binaries().register_in_place(&binary, running);
     }
-    let conn = handle.block_on(async {
-        let head_conn = connect(&endpoint, address, Duration::from_secs(10))
-            .await
-            .map_err(|e| Error::Init(e.to_string()))?;
-        let hello = Hello {
-            role: PeerRole::Driver {
-                binary: binary.clone(),
-                name,
-                pid: std::process::id(),
-                submission_id: std::env::var(rayish_core::jobs::SUBMISSION_ID_ENV)
-                    .ok()
-                    .filter(|s| !s.is_empty()),
-            },
-            software_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        // A driver in the head's own process talks to it in memory (as the head's own
-        // node does), not by encrypted UDP to itself; transfers and the binary upload
-        // still use the QUIC connection.
-        let control = match local.as_ref().and_then(|l| l.head.as_ref()) {
-            Some(head) => head.open(hello).await,
-            None => open_control(&head_conn, hello).await,
+    let hello = DriverHello {
+        address,
+        endpoint: endpoint.clone(),
+        peer_client,
+        binary,
+        exe,
+        name,
+    };
+    let in_process = local.as_ref().and_then(|l| l.head.clone());
+    let conn = handle
+        .block_on(hello.connect(None, in_process.as_ref()))
+        .map_err(Error::Init)?;
+    // A driver of a cluster it did not start outlives a restart of that cluster's
+    // head; an embedded head dies with this process.
+    let reconnect = local.is_none().then(|| {
+        let hello = Arc::new(hello);
+        Reconnect {
+            connect: Arc::new(move |job| {
+                let hello = hello.clone();
+                Box::pin(async move { hello.connect(Some(job), None).await })
+            }),
+            within: config.head_reconnect_timeout,
         }
-        .map_err(|e| Error::Init(e.to_string()))?;
-        let Welcome::Accepted {
-            peer,
-            job: Some(job),
-            upload_binary: upload,
-            head_node,
-        } = control.welcome
-        else {
-            return Err(Error::Init(
-                "the head did not create a job for this driver".into(),
-            ));
-        };
-        if upload {
-            upload_binary(&head_conn, &binary, &exe)
-                .await
-                .map_err(|e| Error::Init(format!("uploading this program to the head: {e}")))?;
-        }
-        Ok(Connection {
-            endpoint: endpoint.clone(),
-            peer_client,
-            head_conn,
-            head: control.sender,
-            reader: control.reader,
-            peer,
-            job,
-            head_node,
-        })
-    })?;
-    let cw = CoreWorker::start(handle, conn, None);
+    });
+    let cw = CoreWorker::start(handle, conn, None, reconnect);
     if let Some(l) = &local {
         cw.set_local_store(l.node_id, l.node.store());
     }
@@ -320,6 +294,73 @@ pub fn init(config: Config) -> Result<()> {
     }
     let _ = RUNTIME.set(Runtime { rt, local });
     Ok(())
+}
+
+/// What a driver says to join its head, kept to say it again to a restarted head.
+struct DriverHello {
+    address: SocketAddr,
+    endpoint: rayish_core::transport::Endpoint,
+    peer_client: rayish_core::transport::ClientConfig,
+    binary: rayish_core::ids::BinaryHash,
+    exe: std::path::PathBuf,
+    name: String,
+}
+
+impl DriverHello {
+    /// Connects, starting a job (or going on with `resumes`), and uploads this
+    /// program if the head lacks it. `in_process`: the head of this same process, if
+    /// any, which a driver talks to in memory (as the head's own node does), not by
+    /// encrypted UDP to itself; transfers and the binary upload still use QUIC.
+    async fn connect(
+        &self,
+        resumes: Option<rayish_core::ids::JobId>,
+        in_process: Option<&rayish_core::head::HeadHandle>,
+    ) -> std::result::Result<Connection, String> {
+        let head_conn = connect(&self.endpoint, self.address, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let hello = Hello {
+            role: PeerRole::Driver {
+                binary: self.binary.clone(),
+                name: self.name.clone(),
+                pid: std::process::id(),
+                submission_id: std::env::var(rayish_core::jobs::SUBMISSION_ID_ENV)
+                    .ok()
+                    .filter(|s| !s.is_empty()),
+                resumes,
+            },
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let control = match in_process {
+            Some(head) => head.open(hello).await,
+            None => open_control(&head_conn, hello).await,
+        }
+        .map_err(|e| e.to_string())?;
+        let Welcome::Accepted {
+            peer,
+            job: Some(job),
+            upload_binary: upload,
+            head_node,
+        } = control.welcome
+        else {
+            return Err("the head did not create a job for this driver".into());
+        };
+        if upload {
+            upload_binary(&head_conn, &self.binary, &self.exe)
+                .await
+                .map_err(|e| format!("uploading this program to the head: {e}"))?;
+        }
+        Ok(Connection {
+            endpoint: self.endpoint.clone(),
+            peer_client: self.peer_client.clone(),
+            head_conn,
+            head: control.sender,
+            reader: control.reader,
+            peer,
+            job,
+            head_node,
+        })
+    }
 }
 
 extern "C" fn close_at_exit() {

@@ -128,7 +128,7 @@ fn worker_main() -> Result<(), String> {
             head_node,
         })
     })?;
-    let cw = CoreWorker::start(handle, conn, Some((link, node)));
+    let cw = CoreWorker::start(handle, conn, Some((link, node)), None);
     crate::api::metrics::running_in_worker();
     crate::api::context::install(cw.clone());
     crate::api::register_exit_hook();

@@ -162,8 +162,9 @@ impl CoreWorker {
     }
 
     pub(super) async fn peer(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
-        if addr == self.head_conn.remote_address() {
-            return Ok(self.head_conn.clone());
+        let head = self.head_conn();
+        if addr == head.remote_address() {
+            return Ok(head);
         }
         self.peers.get(addr).await.map_err(|e| e.to_string())
     }

@@ -11,18 +11,23 @@
 //! split by concern: `ref_counts.rs` this process's reference counts, `put.rs` storing
 //! values, `get.rs` waiting for and fetching them, `node_link.rs` a worker's socket
 //! to its node, `refs.rs` the references found inside a value, `spin.rs` how long a
-//! waiting thread polls.
+//! waiting thread polls, `lineage.rs` and `resume.rs` what a driver keeps and tells
+//! a restarted head.
 
 mod get;
+mod lineage;
 pub mod node_link;
 mod output;
 mod put;
 mod ref_counts;
 mod refs;
+mod resume;
 mod spin;
 
+use lineage::Lineage;
 use ref_counts::{RefOutbox, REF_BATCH, REF_FLUSH_DELAY};
 pub use refs::{collect_nested, note_nested};
+pub use resume::Reconnect;
 
 use crate::ids::ActorId;
 use crate::ids::{JobId, NodeId, ObjectId, PeerId, TaskId};
@@ -122,13 +127,29 @@ pub struct Connection {
     pub head_node: NodeId,
 }
 
+/// The connection to the head, replaced when a driver reconnects to a restarted head.
+struct HeadLink {
+    conn: quinn::Connection,
+    /// The head process's node (a restarted head's is a new one).
+    head_node: NodeId,
+}
+
+/// What goes to the head, under one lock so that its order is the order of sending:
+/// the stream, the reference-count updates held back, and a driver's lineage (changed
+/// together with the message that announces the change, so a reconnect's inventory
+/// and the messages after it never overlap or leave a gap).
+struct Outgoing {
+    head: MessageSender<ToHead>,
+    refs: RefOutbox,
+    /// In a driver that reconnects to a restarted head: what it made and may need.
+    lineage: Option<Lineage>,
+}
+
 /// The core worker of this process.
 pub struct CoreWorker {
     rt: tokio::runtime::Handle,
-    head_conn: quinn::Connection,
-    head: MessageSender<ToHead>,
+    link: std::sync::RwLock<HeadLink>,
     job: JobId,
-    head_node: NodeId,
     /// In worker processes: the node that started us and its id.
     node: Option<(NodeLink, NodeId)>,
     slots: DashMap<ObjectId, Slot>,
@@ -143,33 +164,40 @@ pub struct CoreWorker {
     local_store: std::sync::OnceLock<(NodeId, Arc<crate::object_store::ObjectStore>)>,
     /// Messages sent to the head so far (see [`Self::sync_with_head`]).
     sent: AtomicU64,
-    /// Reference-count updates not sent yet: runs of them travel as one message
-    /// (getting a value holding 10k references would otherwise send 20k messages).
-    ref_outbox: std::sync::Mutex<RefOutbox>,
+    /// The stream to the head with what waits to go on it. Reference-count updates
+    /// wait in it: runs of them travel as one message (getting a value holding 10k
+    /// references would otherwise send 20k messages).
+    outgoing: std::sync::Mutex<Outgoing>,
+    /// In a driver: how it reaches a restarted head.
+    reconnect: Option<Reconnect>,
     /// This worker, for the task that flushes `ref_outbox`.
     this: std::sync::OnceLock<std::sync::Weak<CoreWorker>>,
     /// `sync_with_head` calls awaiting the head's answer.
     syncs: DashMap<u64, std::sync::mpsc::Sender<()>>,
-    /// `get_actor` questions awaiting the head's answer.
-    actor_queries: DashMap<u64, std::sync::mpsc::Sender<Result<ActorInfo, String>>>,
+    /// `get_actor` questions awaiting the head's answer, with the names asked for.
+    actor_queries: DashMap<u64, (String, std::sync::mpsc::Sender<Result<ActorInfo, String>>)>,
     next_query: AtomicU64,
     /// In a driver that asked for them: prints its workers' output.
     output: std::sync::OnceLock<output::OutputPrinter>,
 }
 
 impl CoreWorker {
-    /// Starts the core worker on an accepted control stream; `rt` runs its background tasks.
+    /// Starts the core worker on an accepted control stream; `rt` runs its background
+    /// tasks. With `reconnect` (a driver's), a lost head is waited for and, once back,
+    /// told what this process needs; without, its loss fails every wait.
     pub fn start(
         rt: tokio::runtime::Handle,
         conn: Connection,
         node: Option<(NodeLink, NodeId)>,
+        reconnect: Option<Reconnect>,
     ) -> Arc<Self> {
         let cw = Arc::new(Self {
             rt: rt.clone(),
-            head_conn: conn.head_conn,
-            head: conn.head,
+            link: std::sync::RwLock::new(HeadLink {
+                conn: conn.head_conn,
+                head_node: conn.head_node,
+            }),
             job: conn.job,
-            head_node: conn.head_node,
             node,
             slots: DashMap::new(),
             refs: DashMap::new(),
@@ -180,7 +208,12 @@ impl CoreWorker {
             actor_queries: DashMap::new(),
             next_query: AtomicU64::new(1),
             sent: AtomicU64::new(0),
-            ref_outbox: std::sync::Mutex::new(RefOutbox::default()),
+            outgoing: std::sync::Mutex::new(Outgoing {
+                head: conn.head,
+                refs: RefOutbox::default(),
+                lineage: reconnect.as_ref().map(|_| Lineage::default()),
+            }),
+            reconnect,
             this: std::sync::OnceLock::new(),
             syncs: DashMap::new(),
             local_store: std::sync::OnceLock::new(),
@@ -188,33 +221,27 @@ impl CoreWorker {
         });
         let weak = Arc::downgrade(&cw);
         let _ = cw.this.set(weak.clone());
-        let mut reader = conn.reader;
-        rt.spawn(async move {
-            let reason = loop {
-                match reader.next().await {
-                    Ok(Some(msg)) => match weak.upgrade() {
-                        Some(cw) => cw.on_message(msg),
-                        None => return,
-                    },
-                    Ok(None) => break "the head closed the connection".to_string(),
-                    Err(e) => break format!("lost the head: {e}"),
-                }
-            };
-            if let Some(cw) = weak.upgrade() {
-                cw.cluster_down(reason);
-            }
-        });
+        rt.spawn(resume::read_from_head(weak, conn.reader));
         cw
     }
 
     fn on_message(&self, msg: FromHead) {
         match msg {
             FromHead::ObjectReady { id, location } => {
+                let known_here = !matches!(location, ObjectLocation::Nodes(_));
                 if let Some(mut slot) = self.slots.get_mut(&id) {
                     slot.location = Some(location);
                     slot.subscribed = false;
                     for w in slot.waiters.drain(..) {
                         let _ = w.send(id);
+                    }
+                } else {
+                    return;
+                }
+                if known_here && self.reconnect.is_some() {
+                    let mut out = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(lineage) = out.lineage.as_mut() {
+                        lineage.value_known(id);
                     }
                 }
             }
@@ -228,7 +255,7 @@ impl CoreWorker {
                 }
             }
             FromHead::ActorFound { request, result } => {
-                if let Some((_, tx)) = self.actor_queries.remove(&request) {
+                if let Some((_, (_, tx))) = self.actor_queries.remove(&request) {
                     let _ = tx.send(result);
                 }
             }
@@ -275,8 +302,27 @@ impl CoreWorker {
 
     /// Closes the connection to the head; pending and later calls fail.
     pub fn disconnect(&self) {
-        self.head_conn.close(0u32.into(), b"shutdown");
+        // Down first: the reader then sees the closed connection as the end, not as
+        // a head to reconnect to.
         self.cluster_down("rayish::shutdown was called".into());
+        self.head_conn().close(0u32.into(), b"shutdown");
+    }
+
+    /// The current connection to the head.
+    fn head_conn(&self) -> quinn::Connection {
+        self.link
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .conn
+            .clone()
+    }
+
+    /// The head process's node.
+    fn head_node(&self) -> NodeId {
+        self.link
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .head_node
     }
 
     /// Says goodbye to the head and waits briefly for it to go out, so the head learns
@@ -337,20 +383,30 @@ impl CoreWorker {
     /// in `ref_outbox` (merged with the ones before) until another message goes, the
     /// outbox is full, or [`REF_FLUSH_DELAY`] passes; the order of all messages is kept.
     fn to_head(&self, msg: ToHead) -> bool {
+        self.to_head_noting(msg, |_| {})
+    }
+
+    /// [`Self::to_head`], changing the lineage (in a driver that keeps one) under the
+    /// same lock, so that a reconnect's inventory has either both or neither.
+    fn to_head_noting(&self, msg: ToHead, note: impl FnOnce(&mut Lineage)) -> bool {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        let mut outbox = self.ref_outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+        let out = &mut *guard;
+        if let Some(lineage) = out.lineage.as_mut() {
+            note(lineage);
+        }
         match msg {
-            ToHead::AddRefs(ids) => outbox.add(true, ids),
-            ToHead::RemoveRefs(ids) => outbox.add(false, ids),
+            ToHead::AddRefs(ids) => out.refs.add(true, ids),
+            ToHead::RemoveRefs(ids) => out.refs.add(false, ids),
             // Sent under the lock, so that another thread's message cannot slip in
             // between the outbox and this one.
-            other => return self.flush_outbox(&mut outbox) && self.head.send(other),
+            other => return Self::flush_outbox(out) && out.head.send(other),
         }
-        if outbox.count >= REF_BATCH {
-            return self.flush_outbox(&mut outbox);
+        if out.refs.count >= REF_BATCH {
+            return Self::flush_outbox(out);
         }
-        if !outbox.flush_scheduled {
-            outbox.flush_scheduled = true;
+        if !out.refs.flush_scheduled {
+            out.refs.flush_scheduled = true;
             let this = self.this.get().cloned();
             self.rt.spawn(async move {
                 tokio::time::sleep(REF_FLUSH_DELAY).await;
@@ -359,7 +415,7 @@ impl CoreWorker {
                 }
             });
         }
-        !self.head.is_closed()
+        !out.head.is_closed()
     }
 
     /// How many messages this process has sent the head so far.
@@ -407,7 +463,14 @@ impl CoreWorker {
     /// Submits a task; the caller has already counted its return handle.
     pub fn submit(&self, spec: TaskSpec) {
         self.slots.entry(spec.return_id).or_default();
-        self.to_head(ToHead::SubmitTasks(vec![spec]));
+        // Only a driver keeps lineage, and only of plain calls (see `lineage`).
+        let kept = (self.reconnect.is_some() && spec.kind == crate::protocol::TaskKind::Function)
+            .then(|| spec.clone());
+        self.to_head_noting(ToHead::SubmitTasks(vec![spec]), |lineage| {
+            if let Some(spec) = kept {
+                lineage.submitted(spec);
+            }
+        });
     }
 
     /// Records, in this process only, that `id` is the error `err` (a call that could
@@ -429,7 +492,7 @@ impl CoreWorker {
         }
         let request = self.next_query.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
-        self.actor_queries.insert(request, tx);
+        self.actor_queries.insert(request, (name.to_string(), tx));
         self.to_head(ToHead::GetActor {
             request,
             name: name.to_string(),

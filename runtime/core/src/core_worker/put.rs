@@ -35,7 +35,7 @@ impl CoreWorker {
         if value.len() <= INLINE_OBJECT_MAX {
             self.slots.entry(id).or_default().location =
                 Some(ObjectLocation::Inline(value.clone()));
-            self.to_head(ToHead::PutInline { id, value });
+            self.to_head_noting(ToHead::PutInline { id, value }, |lineage| lineage.put(id));
             return Ok(());
         }
         let size = value.len() as u64;
@@ -51,7 +51,7 @@ impl CoreWorker {
                 *node
             }
             (None, None) => {
-                let conn = self.head_conn.clone();
+                let conn = self.head_conn();
                 self.rt
                     .block_on(async move { push_object(&conn, id, &value).await })
                     .map_err(|e| match e {
@@ -63,7 +63,7 @@ impl CoreWorker {
                             reason: other.to_string(),
                         },
                     })?;
-                self.head_node
+                self.head_node()
             }
         };
         self.slots.entry(id).or_default();

@@ -2,7 +2,7 @@
 //! into ordered runs (`RefOutbox`) and flushed within a millisecond, so that for each
 //! object the head sees this process's submits, nests, adds and removes in order.
 
-use super::CoreWorker;
+use super::{CoreWorker, Outgoing};
 use crate::ids::ObjectId;
 use crate::protocol::ToHead;
 use std::time::Duration;
@@ -36,11 +36,11 @@ impl RefOutbox {
 }
 
 impl CoreWorker {
-    pub(super) fn flush_outbox(&self, outbox: &mut RefOutbox) -> bool {
-        outbox.count = 0;
+    pub(super) fn flush_outbox(out: &mut Outgoing) -> bool {
+        out.refs.count = 0;
         let mut ok = true;
-        for msg in outbox.messages.drain(..) {
-            ok &= self.head.send(msg);
+        for msg in out.refs.messages.drain(..) {
+            ok &= out.head.send(msg);
         }
         ok
     }
@@ -49,9 +49,9 @@ impl CoreWorker {
     /// while one is pending no other is scheduled, so a process alternating puts and
     /// drops spawns one per [`REF_FLUSH_DELAY`], not one per drop).
     pub(super) fn flush_refs(&self) {
-        let mut outbox = self.ref_outbox.lock().unwrap_or_else(|p| p.into_inner());
-        outbox.flush_scheduled = false;
-        self.flush_outbox(&mut outbox);
+        let mut out = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+        out.refs.flush_scheduled = false;
+        Self::flush_outbox(&mut out);
     }
 
     /// A handle made here for an object the head already counts us as holding
@@ -62,11 +62,16 @@ impl CoreWorker {
 
     /// A handle arrived inside a value: tell the head we hold it, if we did not.
     pub fn ref_received(&self, id: ObjectId) {
-        let mut count = self.refs.entry(id).or_insert(0);
-        if *count == 0 {
+        // The count's lock is let go before the outgoing lock is taken (a reconnect
+        // takes them the other way round).
+        let first = {
+            let mut count = self.refs.entry(id).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
             self.to_head(ToHead::AddRefs(vec![id]));
         }
-        *count += 1;
     }
 
     /// A handle was cloned.
@@ -85,8 +90,10 @@ impl CoreWorker {
         };
         if gone {
             self.refs.remove_if(&id, |_, c| *c == 0);
-            self.slots.remove(&id);
-            self.to_head(ToHead::RemoveRefs(vec![id]));
+            let slot = self.slots.remove(&id);
+            self.to_head_noting(ToHead::RemoveRefs(vec![id]), |lineage| {
+                lineage.dropped(id, slot.and_then(|(_, s)| s.location));
+            });
         }
     }
 

@@ -116,6 +116,42 @@ pub enum ToHead {
         /// The answer.
         reply: AgentReply,
     },
+    /// From a driver that reconnected to a restarted head (its first message): what
+    /// it holds, so the head can re-make the objects it still needs.
+    Resume(Box<ResumeState>),
+}
+
+/// An object's value a reconnecting driver declares again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumedValue {
+    /// The object.
+    pub id: ObjectId,
+    /// Its encoded value.
+    #[serde(with = "payload")]
+    pub value: Vec<u8>,
+}
+
+/// What a reconnecting driver tells a restarted head (Ray's owners re-report their
+/// objects to a restarted GCS). A head keeps no record per task or object: the driver
+/// keeps, for the objects it made and still needs, either their value or the task
+/// that makes them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResumeState {
+    /// Values of objects it made (its puts, results it received), declared again
+    /// as ready.
+    pub values: Vec<ResumedValue>,
+    /// Objects it made that it knows to be errors (a task's failure).
+    pub errors: Vec<(ObjectId, TaskError)>,
+    /// Tasks whose results it may still need and has not received, in the order it
+    /// submitted them (an argument's task before its user's), each with its attempt
+    /// number: they may have been running, so each runs again as a retry, or fails
+    /// if its `max_retries` is used up.
+    pub tasks: Vec<(TaskSpec, u32)>,
+    /// Other objects it holds references to.
+    pub holds: Vec<ObjectId>,
+    /// Of the objects declared above, those it holds no handle to: kept only for
+    /// the tasks that take them as arguments.
+    pub unheld: Vec<ObjectId>,
 }
 
 /// Lines one worker printed on one stream, in order.

@@ -21,6 +21,11 @@ pub enum PeerRole {
         /// The submitted job it runs for (`RAYISH_JOB_SUBMISSION_ID`, which a job's
         /// entrypoint has), so the job lists its driver.
         submission_id: Option<String>,
+        /// The job it ran before it lost its head: a driver reconnecting to a
+        /// restarted head goes on with the same job (a [`ToHead::Resume`] follows).
+        ///
+        /// [`ToHead::Resume`]: super::ToHead::Resume
+        resumes: Option<crate::ids::JobId>,
     },
     /// A worker process started by a node for a job.
     Worker {

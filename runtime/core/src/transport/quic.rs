@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-pub use quinn::Endpoint;
+pub use quinn::{ClientConfig, Endpoint};
 
 /// Why a connection could not be made.
 #[derive(Debug, Error)]
@@ -135,6 +135,9 @@ pub fn client_config(
     Ok(client)
 }
 
+/// Longest pause between keep-alives on a quiet connection.
+const KEEP_ALIVE_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// Streams a peer may have open at once on one connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
@@ -143,7 +146,9 @@ fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     let idle = quinn::IdleTimeout::try_from(idle_timeout)
         .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(5_000)));
     t.max_idle_timeout(Some(idle));
-    t.keep_alive_interval(Some(idle_timeout / 5));
+    // Keep-alives also find a restarted peer soon: its stateless reset answers the
+    // next packet, and a driver blocked in a long `get` sends nothing else.
+    t.keep_alive_interval(Some((idle_timeout / 5).min(KEEP_ALIVE_AT_LEAST)));
     // quinn keeps state for every stream a peer may open at once: 4096 of them cost
     // ~500 KiB per connection (1,600 status clients held 430 MB of the head). 256 is
     // ~80 KiB, and more concurrent transfers than that on one connection just wait

@@ -88,6 +88,72 @@ impl JobTable {
         id
     }
 
+    /// Whether process `driver_pid` may go on with `job`: only the process that ran
+    /// it (when this head knows who did) — a driver never takes over another's job.
+    pub(super) fn may_resume(&self, job: JobId, driver_pid: u32) -> Result<(), String> {
+        match self.info(job) {
+            Some(known) if known.driver_pid != driver_pid => Err(format!(
+                "job {job} was run by process {}, not {driver_pid}",
+                known.driver_pid
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A driver running `binary` reconnected on `driver` to go on with `job`, which
+    /// this head lists as ended (an earlier head of its storage knew it) or not at
+    /// all, or as living on through detached actors. The job is alive again under its
+    /// old id, with its old start time when known; `Err` if its driver is still
+    /// connected on another connection, or the job was another process's.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn resume(
+        &mut self,
+        job: JobId,
+        binary: BinaryHash,
+        driver: PeerId,
+        name: &str,
+        driver_pid: u32,
+        submission_id: Option<String>,
+        now: Instant,
+    ) -> Result<(), String> {
+        self.may_resume(job, driver_pid)?;
+        if let Some(entry) = self.jobs.get_mut(&job) {
+            if !entry.driver_gone {
+                return Err(format!("job {job} still has its driver connected"));
+            }
+            entry.driver = driver;
+            entry.driver_gone = false;
+            entry.alive = true;
+            entry.info.driver_pid = driver_pid;
+            entry.info.lost = None;
+            return Ok(());
+        }
+        let started = match self.ended.iter().position(|j| j.id == job) {
+            Some(at) => self.ended.remove(at).map_or(now, |j| j.started),
+            None => now,
+        };
+        self.jobs.insert(
+            job,
+            JobEntry {
+                info: JobInfo {
+                    id: job,
+                    name: name.to_string(),
+                    driver_pid,
+                    submission_id,
+                    started,
+                    ended: None,
+                    lost: None,
+                },
+                binary,
+                driver,
+                alive: true,
+                driver_gone: false,
+                wants_output: false,
+            },
+        );
+        Ok(())
+    }
+
     /// Whether `job` accepts tasks and workers.
     pub(super) fn is_alive(&self, job: JobId) -> bool {
         self.jobs.get(&job).is_some_and(|j| j.alive)

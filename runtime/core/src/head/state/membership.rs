@@ -29,15 +29,46 @@ impl HeadState {
                 name,
                 pid: driver_pid,
                 submission_id,
+                resumes,
             } => {
                 if !binary.is_well_formed() {
                     return Welcome::Rejected("the driver's binary hash is not a SHA-256".into());
                 }
                 pid = driver_pid;
-                let id = self
-                    .jobs
-                    .start(binary, peer, &name, driver_pid, submission_id, now);
-                tracing::info!(job = ?id, %name, "driver connected");
+                let id = match resumes {
+                    Some(id) => {
+                        if let Err(reason) = self.jobs.may_resume(id, driver_pid) {
+                            return Welcome::Rejected(reason);
+                        }
+                        // Its old connection may not have timed out yet here (a
+                        // driver that lost only its link): that one is over.
+                        if let Some(old) = self.jobs.driver(id) {
+                            if !self.jobs.driver_gone(id) && self.peers.job(old) == Some(id) {
+                                self.disconnect(old, "its driver reconnected");
+                            }
+                        }
+                        if let Err(reason) = self.jobs.resume(
+                            id,
+                            binary,
+                            peer,
+                            &name,
+                            driver_pid,
+                            submission_id,
+                            now,
+                        ) {
+                            return Welcome::Rejected(reason);
+                        }
+                        tracing::info!(job = ?id, %name, "driver reconnected");
+                        id
+                    }
+                    None => {
+                        let id =
+                            self.jobs
+                                .start(binary, peer, &name, driver_pid, submission_id, now);
+                        tracing::info!(job = ?id, %name, "driver connected");
+                        id
+                    }
+                };
                 self.remember_job(id);
                 job = Some(id);
                 PeerKind::Driver(id)

@@ -9,8 +9,9 @@
 //! [`actor_table`], with the objects in [`object_table`] and the
 //! scheduling queue in [`super::scheduler`]. What the head does across tables is
 //! split by concern into `impl HeadState` blocks: [`membership`], [`tasks`],
-//! [`objects`], [`placement`], [`actors`], [`status`], [`agent_relay`], and
-//! [`durable`] for what outlives the head's process; they change a table only
+//! [`objects`], [`placement`], [`actors`], [`status`], [`agent_relay`],
+//! [`durable`] for what outlives the head's process, and [`resume`] for a driver
+//! back from a head restart; they change a table only
 //! through its methods.
 
 mod actor_table;
@@ -26,6 +27,7 @@ mod objects;
 mod output;
 mod peer_table;
 mod placement;
+mod resume;
 mod status;
 mod task_events;
 mod task_table;
@@ -400,6 +402,7 @@ impl HeadState {
             }
             ToHead::SubscribeOutput => self.subscribe_output(peer),
             ToHead::AgentReply { id, reply } => self.agent_replied(peer, id, reply),
+            ToHead::Resume(state) => self.resumed(peer, *state, &mut freed),
             ToHead::GetActor { request, name } => {
                 let result = self.find_actor(peer, &name);
                 self.send(peer, FromHead::ActorFound { request, result });

@@ -111,6 +111,7 @@ impl Bench {
             name: "test".into(),
             pid: 4242,
             submission_id: None,
+            resumes: None,
         };
         match self.connect(role) {
             (peer, Welcome::Accepted { job: Some(job), .. }) => TestDriver { peer, job },
@@ -748,6 +749,96 @@ fn a_restarted_head_lists_the_nodes_its_storage_names_as_dead() {
     assert_eq!(b.head.nodes.statuses().len(), 3);
     assert!(reason(&b, stays).contains("the head restarted"));
     assert!(reason(&b, fresh).contains("the head restarted"));
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_driver_back_after_a_restart_goes_on_with_its_job_and_nothing_it_received_runs_again() {
+    let dir =
+        std::env::temp_dir().join(format!("rayish-head-resume-{:016x}", rand::random::<u64>()));
+    let storage = crate::storage::Storage::open(&dir).expect("the storage");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let before = b.driver();
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    // The next head lists the job as ended; its driver comes back to it.
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let node = b.cpu_node(1.0);
+    let role = PeerRole::Driver {
+        binary: BinaryHash("ab".repeat(32)),
+        name: "test".into(),
+        pid: 4242,
+        submission_id: None,
+        resumes: Some(before.job),
+    };
+    let driver = match b.connect(role.clone()) {
+        (peer, Welcome::Accepted { job: Some(job), .. }) => TestDriver { peer, job },
+        (_, other) => panic!("driver refused: {other:?}"),
+    };
+    assert_eq!(driver.job, before.job, "the same job goes on");
+    let row = job_rows(&b)
+        .into_iter()
+        .find(|j| j.job_id == before.job)
+        .expect("listed");
+    assert!(row.running && row.lost.is_none(), "{row:?}");
+
+    // Its put (value known), a task taking it (result not received: runs again as
+    // attempt 1), and a task out of retries (fails without running).
+    let put = ObjectId::random();
+    let again = task(driver.job, "again", vec![TaskArg::Ref(put)], 3);
+    let spent = task(driver.job, "spent", Vec::new(), 0);
+    let state = crate::protocol::ResumeState {
+        values: vec![crate::protocol::ResumedValue {
+            id: put,
+            value: vec![9],
+        }],
+        errors: Vec::new(),
+        tasks: vec![(again.clone(), 1), (spent.clone(), 1)],
+        holds: Vec::new(),
+        unheld: vec![put],
+    };
+    b.send(driver.peer, ToHead::Resume(Box::new(state)));
+    b.send(
+        driver.peer,
+        ToHead::Subscribe(vec![again.return_id, spent.return_id]),
+    );
+    let a = b.only_assignment(node);
+    assert_eq!((a.spec.task_id, a.attempt), (again.task_id, 1));
+    match b.location(driver, spent.return_id) {
+        Some(ObjectLocation::Error(TaskError::WorkerDied { attempts, .. })) => {
+            assert_eq!(attempts, 1)
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    b.finish(node, &a, stored_inline(4));
+    assert!(matches!(
+        b.location(driver, again.return_id),
+        Some(ObjectLocation::Inline(v)) if v == [4]
+    ));
+    // The put was held only for the task: freed with it.
+    assert!(!b.head.objects.contains(&put), "the put outlived its task");
+
+    // Another process cannot take the job over; the same one, on a new connection
+    // (it lost its link before the head noticed), can: the old connection is over.
+    let mut other = role.clone();
+    if let PeerRole::Driver { pid, .. } = &mut other {
+        *pid = 4343;
+    }
+    assert!(matches!(b.connect(other).1, Welcome::Rejected(_)));
+    assert_eq!(
+        b.head.peers.job(driver.peer),
+        Some(driver.job),
+        "the claim harmed it"
+    );
+    let (_, welcome) = b.connect(role);
+    assert!(matches!(welcome, Welcome::Accepted { job: Some(j), .. } if j == driver.job));
+    assert!(
+        b.head.peers.job(driver.peer).is_none(),
+        "the old link is over"
+    );
     drop(b);
     drop(storage);
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,323 @@
+//! What a driver keeps to survive a head restart: for every object it made (a task it
+//! submitted, a value it put) and may still need, either the object's value or the
+//! task that makes it (Ray's owner-side lineage). A restarted head knows nothing of
+//! them; the driver tells it again (`ToHead::Resume`).
+//!
+//! Invariant: an entry lives while this process holds a handle to its object or a
+//! kept task takes it as an argument; a task is kept only until its value is known
+//! here (then the value stands in for it, and its arguments are let go).
+
+use crate::ids::ObjectId;
+use crate::protocol::{ObjectLocation, TaskKind, TaskSpec};
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
+
+/// How an object is made again.
+enum Recipe {
+    /// Run the task again (its value is not known here). `resumed`: how many head
+    /// restarts it has been re-submitted after.
+    Task { spec: Arc<TaskSpec>, resumed: u32 },
+    /// Its value is in this process's slot for it (a put, or a result received).
+    InSlot,
+    /// Its value, kept after the handle (and the slot) went, for the kept tasks
+    /// that take it.
+    Kept(ObjectLocation),
+}
+
+struct Made {
+    /// Order of making: a task's arguments come before it.
+    seq: u64,
+    recipe: Recipe,
+    /// Kept tasks that take it as an argument.
+    dependents: u32,
+    /// This process holds a handle to it.
+    held: bool,
+}
+
+/// What to tell a restarted head, from [`Lineage::plan`].
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    /// Objects whose value is known here, with it (`Inline` or `Error`).
+    pub(super) values: Vec<(ObjectId, ObjectLocation)>,
+    /// Tasks to run again, in order, with their attempt numbers.
+    pub(super) tasks: Vec<(TaskSpec, u32)>,
+    /// Of those, the objects this process holds no handle to.
+    pub(super) unheld: Vec<ObjectId>,
+}
+
+/// The objects this process made and may still need.
+#[derive(Default)]
+pub(super) struct Lineage {
+    made: HashMap<ObjectId, Made>,
+    next_seq: u64,
+}
+
+impl Lineage {
+    fn insert(&mut self, id: ObjectId, recipe: Recipe) {
+        self.next_seq += 1;
+        self.made.insert(
+            id,
+            Made {
+                seq: self.next_seq,
+                recipe,
+                dependents: 0,
+                held: true,
+            },
+        );
+    }
+
+    /// This process submitted `spec` and holds a handle to its result. Only plain
+    /// function calls are kept: an actor's state cannot be made again by a re-run.
+    pub(super) fn submitted(&mut self, spec: TaskSpec) {
+        if spec.kind != TaskKind::Function {
+            return;
+        }
+        for arg in spec.arg_refs() {
+            if let Some(m) = self.made.get_mut(&arg) {
+                m.dependents += 1;
+            }
+        }
+        let id = spec.return_id;
+        self.insert(
+            id,
+            Recipe::Task {
+                spec: Arc::new(spec),
+                resumed: 0,
+            },
+        );
+    }
+
+    /// This process put `id`, whose value is in its slot.
+    pub(super) fn put(&mut self, id: ObjectId) {
+        self.insert(id, Recipe::InSlot);
+    }
+
+    /// `id`'s value (or error) arrived and is in its slot: its task need not be kept.
+    pub(super) fn value_known(&mut self, id: ObjectId) {
+        let Some(m) = self.made.get_mut(&id) else {
+            return;
+        };
+        if let Recipe::Task { spec, .. } = std::mem::replace(&mut m.recipe, Recipe::InSlot) {
+            self.release_args(&spec);
+        }
+    }
+
+    /// This process's last handle to `id` went, with its slot, which held `value`.
+    pub(super) fn dropped(&mut self, id: ObjectId, value: Option<ObjectLocation>) {
+        let Some(m) = self.made.get_mut(&id) else {
+            return;
+        };
+        m.held = false;
+        if m.dependents > 0 {
+            if matches!(m.recipe, Recipe::InSlot) {
+                // Kept tasks still take it: its value moves out of the slot.
+                m.recipe = match value {
+                    Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => {
+                        Recipe::Kept(v)
+                    }
+                    // A value this process never had here (a large put): lost with
+                    // the head's node; nothing to keep.
+                    _ => Recipe::Kept(ObjectLocation::Nodes(Vec::new())),
+                };
+            }
+            return;
+        }
+        self.remove(id);
+    }
+
+    /// Removes `id` and, transitively, arguments no longer needed by anyone.
+    fn remove(&mut self, id: ObjectId) {
+        let mut gone = vec![id];
+        while let Some(id) = gone.pop() {
+            let Some(m) = self.made.remove(&id) else {
+                continue;
+            };
+            if let Recipe::Task { spec, .. } = m.recipe {
+                for arg in spec.arg_refs() {
+                    if let Some(a) = self.made.get_mut(&arg) {
+                        a.dependents = a.dependents.saturating_sub(1);
+                        if a.dependents == 0 && !a.held {
+                            gone.push(arg);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn release_args(&mut self, spec: &TaskSpec) {
+        for arg in spec.arg_refs() {
+            let Some(a) = self.made.get_mut(&arg) else {
+                continue;
+            };
+            a.dependents = a.dependents.saturating_sub(1);
+            if a.dependents == 0 && !a.held {
+                self.remove(arg);
+            }
+        }
+    }
+
+    /// How many objects are kept (for tests and leak checks).
+    pub(super) fn len(&self) -> usize {
+        self.made.len()
+    }
+
+    /// What to tell a restarted head: every kept object's value, or its task to run
+    /// again (counted as one more attempt), in the order they were made.
+    /// `slot_value` gives the value in this process's slot for an object, if known.
+    pub(super) fn plan(&mut self, slot_value: impl Fn(ObjectId) -> Option<ObjectLocation>) -> Plan {
+        let mut order: Vec<(u64, ObjectId)> =
+            self.made.iter().map(|(id, m)| (m.seq, *id)).collect();
+        order.sort_unstable();
+        let mut plan = Plan::default();
+        for (_, id) in order {
+            let Some(m) = self.made.get_mut(&id) else {
+                continue;
+            };
+            let value = match &mut m.recipe {
+                Recipe::Task { spec, resumed } => {
+                    *resumed += 1;
+                    plan.tasks.push(((**spec).clone(), *resumed));
+                    None
+                }
+                Recipe::InSlot => slot_value(id),
+                Recipe::Kept(v) => Some(v.clone()),
+            };
+            match value {
+                Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => {
+                    plan.values.push((id, v))
+                }
+                // Not known here: not made again (a `get` of it reports the loss).
+                Some(ObjectLocation::Nodes(_)) | None
+                    if !matches!(m.recipe, Recipe::Task { .. }) =>
+                {
+                    continue
+                }
+                _ => {}
+            }
+            if !m.held {
+                plan.unheld.push(id);
+            }
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{JobId, TaskId};
+    use crate::protocol::{TaskArg, TaskSpec};
+    use crate::resources::ResourceSet;
+
+    fn task(ret: u128, args: &[u128]) -> TaskSpec {
+        TaskSpec {
+            task_id: TaskId::random(),
+            job: JobId::random(),
+            function: "f".into(),
+            args: args.iter().map(|a| TaskArg::Ref(ObjectId(*a))).collect(),
+            nested_refs: Vec::new(),
+            return_id: ObjectId(ret),
+            resources: ResourceSet::new(),
+            max_retries: 3,
+            kind: TaskKind::Function,
+            parent: TaskId::DRIVER,
+        }
+    }
+
+    fn inline(b: u8) -> ObjectLocation {
+        ObjectLocation::Inline(vec![b])
+    }
+
+    /// The plan's values, as (object, inline bytes).
+    fn values(plan: &Plan) -> Vec<(u128, Vec<u8>)> {
+        plan.values
+            .iter()
+            .map(|(id, v)| match v {
+                ObjectLocation::Inline(b) => (id.0, b.clone()),
+                other => panic!("not inline: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn returns(plan: &Plan) -> Vec<(u128, u32)> {
+        plan.tasks
+            .iter()
+            .map(|(s, a)| (s.return_id.0, *a))
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_whose_middle_handles_were_dropped_is_made_again_in_order() {
+        // put(1) -> f(1) = 2 -> g(2) = 3; the driver keeps only its handle to 3.
+        let mut l = Lineage::default();
+        l.put(ObjectId(1));
+        l.submitted(task(2, &[1]));
+        l.submitted(task(3, &[2]));
+        l.dropped(ObjectId(1), Some(inline(7)));
+        l.dropped(ObjectId(2), None);
+        assert_eq!(l.len(), 3, "3's task needs 2, whose task needs 1");
+        let plan = l.plan(|_| None);
+        assert_eq!(values(&plan), vec![(1, vec![7])]);
+        assert_eq!(returns(&plan), vec![(2, 1), (3, 1)]);
+        assert_eq!(plan.unheld, vec![ObjectId(1), ObjectId(2)]);
+        // A second restart counts a second attempt.
+        assert_eq!(returns(&l.plan(|_| None)), vec![(2, 2), (3, 2)]);
+    }
+
+    #[test]
+    fn a_result_received_stands_in_for_its_task_and_lets_its_arguments_go() {
+        let mut l = Lineage::default();
+        l.put(ObjectId(1));
+        l.submitted(task(2, &[1]));
+        l.dropped(ObjectId(1), Some(inline(1)));
+        assert_eq!(l.len(), 2);
+        l.value_known(ObjectId(2));
+        assert_eq!(l.len(), 1, "the put is needed by no kept task");
+        let plan = l.plan(|id| (id == ObjectId(2)).then(|| inline(9)));
+        assert!(
+            plan.tasks.is_empty(),
+            "no task whose result is here runs again"
+        );
+        assert_eq!(values(&plan), vec![(2, vec![9])]);
+        l.dropped(ObjectId(2), Some(inline(9)));
+        assert_eq!(l.len(), 0, "nothing is kept past its last handle");
+    }
+
+    #[test]
+    fn a_value_dropped_while_a_kept_task_needs_it_is_kept_and_freed_after() {
+        let mut l = Lineage::default();
+        l.put(ObjectId(1));
+        l.submitted(task(2, &[1]));
+        l.dropped(ObjectId(1), Some(inline(5)));
+        let plan = l.plan(|_| None);
+        assert_eq!(values(&plan), vec![(1, vec![5])]);
+        l.dropped(ObjectId(2), None);
+        assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn actor_calls_are_not_kept_and_unknown_puts_are_not_declared() {
+        let mut l = Lineage::default();
+        let mut call = task(2, &[]);
+        call.kind = TaskKind::ActorCall(crate::ids::ActorId::random());
+        l.submitted(call);
+        l.put(ObjectId(3));
+        assert_eq!(l.len(), 1);
+        let plan = l.plan(|_| None);
+        assert!(plan.values.is_empty() && plan.tasks.is_empty() && plan.unheld.is_empty());
+    }
+
+    #[test]
+    fn a_long_chain_is_let_go_without_recursion() {
+        let mut l = Lineage::default();
+        l.put(ObjectId(0));
+        for i in 1..100_000u128 {
+            l.submitted(task(i, &[i - 1]));
+            l.dropped(ObjectId(i - 1), None);
+        }
+        assert_eq!(l.len(), 100_000);
+        l.dropped(ObjectId(99_999), None);
+        assert_eq!(l.len(), 0);
+    }
+}
