@@ -176,7 +176,9 @@ fn a_peer_with_the_token_cannot_act_for_others_or_out_of_turn() {
             kind: TaskKind::Function,
             parent: TaskId::DRIVER,
         };
-        driver.sender.send(ToHead::SubmitTasks(vec![spec]));
+        driver
+            .sender
+            .send(ToHead::SubmitTasks(vec![std::sync::Arc::new(spec)]));
         driver.sender.send(ToHead::TaskFinished {
             task_id: TaskId(42),
             attempt: 0,

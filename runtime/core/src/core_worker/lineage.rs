@@ -40,7 +40,7 @@ pub(super) struct Plan {
     /// Objects whose value is known here, with it (`Inline` or `Error`).
     pub(super) values: Vec<(ObjectId, ObjectLocation)>,
     /// Tasks to run again, in order, with their attempt numbers.
-    pub(super) tasks: Vec<(TaskSpec, u32)>,
+    pub(super) tasks: Vec<(Arc<TaskSpec>, u32)>,
     /// Of those, the objects this process holds no handle to.
     pub(super) unheld: Vec<ObjectId>,
 }
@@ -68,7 +68,7 @@ impl Lineage {
 
     /// This process submitted `spec` and holds a handle to its result. Only plain
     /// function calls are kept: an actor's state cannot be made again by a re-run.
-    pub(super) fn submitted(&mut self, spec: TaskSpec) {
+    pub(super) fn submitted(&mut self, spec: Arc<TaskSpec>) {
         if spec.kind != TaskKind::Function {
             return;
         }
@@ -78,13 +78,7 @@ impl Lineage {
             }
         }
         let id = spec.return_id;
-        self.insert(
-            id,
-            Recipe::Task {
-                spec: Arc::new(spec),
-                resumed: 0,
-            },
-        );
+        self.insert(id, Recipe::Task { spec, resumed: 0 });
     }
 
     /// This process put `id`, whose value is in its slot.
@@ -177,7 +171,7 @@ impl Lineage {
             let value = match &mut m.recipe {
                 Recipe::Task { spec, resumed } => {
                     *resumed += 1;
-                    plan.tasks.push(((**spec).clone(), *resumed));
+                    plan.tasks.push((spec.clone(), *resumed));
                     None
                 }
                 Recipe::InSlot => slot_value(id),
@@ -252,8 +246,8 @@ mod tests {
         // put(1) -> f(1) = 2 -> g(2) = 3; the driver keeps only its handle to 3.
         let mut l = Lineage::default();
         l.put(ObjectId(1));
-        l.submitted(task(2, &[1]));
-        l.submitted(task(3, &[2]));
+        l.submitted(Arc::new(task(2, &[1])));
+        l.submitted(Arc::new(task(3, &[2])));
         l.dropped(ObjectId(1), Some(inline(7)));
         l.dropped(ObjectId(2), None);
         assert_eq!(l.len(), 3, "3's task needs 2, whose task needs 1");
@@ -269,7 +263,7 @@ mod tests {
     fn a_result_received_stands_in_for_its_task_and_lets_its_arguments_go() {
         let mut l = Lineage::default();
         l.put(ObjectId(1));
-        l.submitted(task(2, &[1]));
+        l.submitted(Arc::new(task(2, &[1])));
         l.dropped(ObjectId(1), Some(inline(1)));
         assert_eq!(l.len(), 2);
         l.value_known(ObjectId(2));
@@ -288,7 +282,7 @@ mod tests {
     fn a_value_dropped_while_a_kept_task_needs_it_is_kept_and_freed_after() {
         let mut l = Lineage::default();
         l.put(ObjectId(1));
-        l.submitted(task(2, &[1]));
+        l.submitted(Arc::new(task(2, &[1])));
         l.dropped(ObjectId(1), Some(inline(5)));
         let plan = l.plan(|_| None);
         assert_eq!(values(&plan), vec![(1, vec![5])]);
@@ -301,7 +295,7 @@ mod tests {
         let mut l = Lineage::default();
         let mut call = task(2, &[]);
         call.kind = TaskKind::ActorCall(crate::ids::ActorId::random());
-        l.submitted(call);
+        l.submitted(Arc::new(call));
         l.put(ObjectId(3));
         assert_eq!(l.len(), 1);
         let plan = l.plan(|_| None);
@@ -313,7 +307,7 @@ mod tests {
         let mut l = Lineage::default();
         l.put(ObjectId(0));
         for i in 1..100_000u128 {
-            l.submitted(task(i, &[i - 1]));
+            l.submitted(Arc::new(task(i, &[i - 1])));
             l.dropped(ObjectId(i - 1), None);
         }
         assert_eq!(l.len(), 100_000);

@@ -463,9 +463,9 @@ impl CoreWorker {
     /// Submits a task; the caller has already counted its return handle.
     pub fn submit(&self, spec: TaskSpec) {
         self.slots.entry(spec.return_id).or_default();
-        // Only a driver keeps lineage, and only of plain calls (see `lineage`).
-        let kept = (self.reconnect.is_some() && spec.kind == crate::protocol::TaskKind::Function)
-            .then(|| spec.clone());
+        let spec = Arc::new(spec);
+        // Only a driver keeps lineage (see `lineage`): the same allocation.
+        let kept = self.reconnect.is_some().then(|| spec.clone());
         self.to_head_noting(ToHead::SubmitTasks(vec![spec]), |lineage| {
             if let Some(spec) = kept {
                 lineage.submitted(spec);

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 /// Messages to the head on the control stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToHead {
-    /// New tasks; the sender holds a reference to each return object.
-    SubmitTasks(Vec<TaskSpec>),
+    /// New tasks; the sender holds a reference to each return object. Shared: a
+    /// driver keeps each in its lineage, and the head in its task table.
+    SubmitTasks(Vec<std::sync::Arc<TaskSpec>>),
     /// A `put` of a small object; the sender holds a reference to it.
     PutInline {
         /// The new object.
@@ -146,7 +147,7 @@ pub struct ResumeState {
     /// submitted them (an argument's task before its user's), each with its attempt
     /// number: they may have been running, so each runs again as a retry, or fails
     /// if its `max_retries` is used up.
-    pub tasks: Vec<(TaskSpec, u32)>,
+    pub tasks: Vec<(std::sync::Arc<TaskSpec>, u32)>,
     /// Other objects it holds references to.
     pub holds: Vec<ObjectId>,
     /// Of the objects declared above, those it holds no handle to: kept only for

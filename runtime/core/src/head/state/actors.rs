@@ -29,8 +29,7 @@ pub(super) fn is_detached_creation(spec: &TaskSpec) -> bool {
 
 impl HeadState {
     /// A `CreateActor` task was submitted: record the actor, then place its creation.
-    pub(super) fn submit_actor(&mut self, spec: TaskSpec, opts: ActorCreation) {
-        let spec = Arc::new(spec);
+    pub(super) fn submit_actor(&mut self, spec: Arc<TaskSpec>, opts: ActorCreation) {
         let actor = opts.actor;
         let handle = spec.return_id;
         let taken = opts
@@ -60,7 +59,7 @@ impl HeadState {
     }
 
     /// An `ActorCall` task was submitted: queue it behind the caller's earlier calls.
-    pub(super) fn submit_call(&mut self, caller: PeerId, spec: TaskSpec, actor: ActorId) {
+    pub(super) fn submit_call(&mut self, caller: PeerId, spec: Arc<TaskSpec>, actor: ActorId) {
         let return_id = spec.return_id;
         let dead = match self.actors.get(&actor) {
             None => Some(TaskError::ActorDied {
@@ -84,7 +83,7 @@ impl HeadState {
         }
         let task_id = spec.task_id;
         let seq = self.actors.enqueue_call(actor, task_id, caller);
-        self.add_task(Arc::new(spec), 0);
+        self.add_task(spec, 0);
         self.tasks.set_call(task_id, seq, caller);
     }
 

@@ -40,7 +40,7 @@ impl HeadState {
     /// Runs a task again that the driver submitted to an earlier head and has no
     /// result of: it may have been running when that head died, so this is a retry,
     /// counted against its `max_retries`.
-    fn resume_task(&mut self, peer: PeerId, spec: TaskSpec, attempt: u32) {
+    fn resume_task(&mut self, peer: PeerId, spec: Arc<TaskSpec>, attempt: u32) {
         let return_id = spec.return_id;
         if attempt > spec.max_retries {
             let err = TaskError::WorkerDied {
@@ -57,6 +57,6 @@ impl HeadState {
         }
         self.objects
             .create(return_id, ObjectValue::Pending, Some(peer));
-        self.add_task(Arc::new(spec), attempt);
+        self.add_task(spec, attempt);
     }
 }

@@ -3,12 +3,12 @@
 use super::*;
 
 impl HeadState {
-    pub(super) fn submit(&mut self, submitter: PeerId, spec: TaskSpec) {
+    pub(super) fn submit(&mut self, submitter: PeerId, spec: Arc<TaskSpec>) {
         let return_id = spec.return_id;
         self.objects
             .create(return_id, ObjectValue::Pending, Some(submitter));
         match spec.kind.clone() {
-            TaskKind::Function => self.add_task(Arc::new(spec), 0),
+            TaskKind::Function => self.add_task(spec, 0),
             TaskKind::CreateActor(opts) => self.submit_actor(spec, opts),
             TaskKind::ActorCall(actor) => self.submit_call(submitter, spec, actor),
         }

@@ -125,7 +125,10 @@ impl Bench {
 
     /// Submits `spec` and subscribes the driver to its result.
     fn submit(&mut self, driver: TestDriver, spec: &TaskSpec) {
-        self.send(driver.peer, ToHead::SubmitTasks(vec![spec.clone()]));
+        self.send(
+            driver.peer,
+            ToHead::SubmitTasks(vec![Arc::new(spec.clone())]),
+        );
         self.send(driver.peer, ToHead::Subscribe(vec![spec.return_id]));
     }
 
@@ -796,7 +799,7 @@ fn a_driver_back_after_a_restart_goes_on_with_its_job_and_nothing_it_received_ru
             value: vec![9],
         }],
         errors: Vec::new(),
-        tasks: vec![(again.clone(), 1), (spent.clone(), 1)],
+        tasks: vec![(Arc::new(again.clone()), 1), (Arc::new(spent.clone()), 1)],
         holds: Vec::new(),
         unheld: vec![put],
     };
