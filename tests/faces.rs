@@ -879,6 +879,119 @@ fn the_faces_job_outlives_its_head_killed_twice_and_restarted_after_2_s_and_30_s
     );
 }
 
+/// The nodes listening on `ip` in `rayish status`: (alive, incarnation) each, sorted.
+fn lives_at(cluster: &TestCluster, ip: &str) -> Vec<(bool, u64)> {
+    let prefix = format!("{ip}:");
+    let mut lives: Vec<(bool, u64)> = cluster
+        .status()
+        .and_then(|s| s["nodes"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| {
+            n["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&prefix))
+        })
+        .map(|n| (n["alive"] == true, n["incarnation"].as_u64().unwrap_or(0)))
+        .collect();
+    lives.sort();
+    lives
+}
+
+/// Waits until the node on `ip` has finished a task and runs another.
+fn wait_until_busy(cluster: &TestCluster, ip: &str) {
+    let prefix = format!("{ip}:");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !cluster.status().is_some_and(|s| {
+        s["nodes"].as_array().into_iter().flatten().any(|n| {
+            n["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&prefix))
+                && n["alive"] == true
+                && n["finished_tasks"].as_u64() >= Some(1)
+                && n["running_tasks"].as_u64() >= Some(1)
+        })
+    }) {
+        assert!(std::time::Instant::now() < deadline, "{ip} never got work");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Runs the faces job over `IMAGES` derived photos on `cluster`, calls `fault` once
+/// the node on `victim` is busy, and checks the run's output against an
+/// uninterrupted local run's, byte for byte, and that the victim came back as its
+/// next incarnation.
+fn faces_job_survives(
+    mut cluster: TestCluster,
+    victim: &str,
+    fault: impl FnOnce(&mut TestCluster),
+) {
+    const IMAGES: usize = 200;
+    let input = derived_photos(IMAGES);
+    let whole = temp_dir("fault-whole");
+    encode_stdout(&input, &whole, &["--cpus", "2"], &[]);
+    let reference = output_bytes(&whole);
+    let out = temp_dir("fault-out");
+    let root = cluster.root.to_string_lossy().into_owned();
+    let env = [
+        ("RAYISH_TOKEN", cluster.token.as_str()),
+        ("RAYISH_TEMP_DIR", root.as_str()),
+    ];
+    let mut child = spawn_encode(&input, &out, &["--address", &cluster.address], &env);
+    wait_for_journal(&mut child, &out, 10);
+    wait_until_busy(&cluster, victim);
+    fault(&mut cluster);
+    let res = child.wait_with_output().expect("rayish-faces");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_eq!(journal_lines(&out), IMAGES + 1, "each image finished once");
+    assert!(
+        output_bytes(&out) == reference,
+        "the output differs from an uninterrupted run's"
+    );
+    // Declared dead while away, it learnt so and joined again as a new node.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lives_at(&cluster, victim) != [(false, 1), (true, 2)] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{victim}: {:?}",
+            lives_at(&cluster, victim)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_faces_job_outlives_a_node_cut_off_from_the_head_for_15_s() {
+    // The node runs in a network namespace of its own; its link goes down for 15 s
+    // (the node timeout is 2 s) and comes back, the node process alive throughout.
+    let host = rayish_suite::NetnsHost::create("part", 77);
+    let mut cluster = TestCluster::start_at(&host.outside, 1, 1, 2000, &[]);
+    cluster.join_in(&host, 1, &[]);
+    let victim = host.inside.clone();
+    faces_job_survives(cluster, &victim, |_| {
+        host.cut();
+        std::thread::sleep(std::time::Duration::from_secs(15));
+        host.heal();
+    });
+}
+
+#[test]
+fn the_faces_job_outlives_a_node_stopped_for_15_s() {
+    let cluster = TestCluster::start(2, 1, 2000);
+    faces_job_survives(cluster, "127.0.0.4", |cluster| {
+        let pid = cluster.nodes[2].id() as i32;
+        // SAFETY: kill(2) of a node process this test started (still its child).
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(std::time::Duration::from_secs(15));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    });
+}
+
 /// Mounts a tmpfs with `options` on a new directory (the tests run as root).
 struct Tmpfs(PathBuf);
 

@@ -112,11 +112,22 @@ impl TestCluster {
 
     /// As `start`, with `extra` arguments to every node's `rayish start`.
     pub fn start_with(workers: usize, cpus: u32, node_timeout_ms: u64, extra: &[&str]) -> Self {
+        Self::start_at("127.0.0.2", workers, cpus, node_timeout_ms, extra)
+    }
+
+    /// As `start_with`, with the head on `head_ip` (the other nodes on 127.0.0.3 on).
+    pub fn start_at(
+        head_ip: &str,
+        workers: usize,
+        cpus: u32,
+        node_timeout_ms: u64,
+        extra: &[&str],
+    ) -> Self {
         let lock = exclusive();
         let root = std::env::temp_dir().join(format!("rayish-test-{:x}", rand_u64()));
         std::fs::create_dir_all(&root).expect("temp root");
-        let port = free_port("127.0.0.2");
-        let address = format!("127.0.0.2:{port}");
+        let port = free_port(head_ip);
+        let address = format!("{head_ip}:{port}");
         let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
         let common_args = |ip: &str| -> Vec<String> {
             let mut args: Vec<String> = vec![
@@ -140,7 +151,7 @@ impl TestCluster {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
         };
-        let dashboard_port = free_tcp_port("127.0.0.2");
+        let dashboard_port = free_tcp_port(head_ip);
         let mut head_args: Vec<String> = ["start", "--head", "--port", &port.to_string()]
             .iter()
             .map(|a| a.to_string())
@@ -148,13 +159,13 @@ impl TestCluster {
         head_args.extend(
             [
                 "--dashboard-host",
-                "127.0.0.2",
+                head_ip,
                 "--dashboard-port",
                 &dashboard_port.to_string(),
             ]
             .map(String::from),
         );
-        head_args.extend(common_args("127.0.0.2"));
+        head_args.extend(common_args(head_ip));
         let mut head = Command::new(rayish_bin());
         head.args(&head_args)
             .env("RAYISH_TOKEN", &token)
@@ -165,7 +176,7 @@ impl TestCluster {
             root: root.clone(),
             address,
             token: token.clone(),
-            dashboard: format!("http://127.0.0.2:{dashboard_port}"),
+            dashboard: format!("http://{head_ip}:{dashboard_port}"),
             nodes: Vec::new(),
             head_args,
             _lock: lock,
@@ -196,6 +207,30 @@ impl TestCluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("start node");
+        self.nodes.push(child);
+        self.wait_for_nodes(self.nodes.len());
+    }
+
+    /// Joins one more node, as `join` does, on `host`'s inside address and inside its
+    /// network namespace.
+    pub fn join_in(&mut self, host: &NetnsHost, cpus: u32, extra: &[&str]) {
+        let child = host
+            .command(&rayish_bin())
+            .args(["start", "--block", "--address", &self.address])
+            .env("RAYISH_TOKEN", &self.token)
+            .args([
+                "--node-ip-address",
+                &host.inside,
+                "--num-cpus",
+                &cpus.to_string(),
+            ])
+            .args(extra)
+            .arg("--temp-dir")
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node in its namespace");
         self.nodes.push(child);
         self.wait_for_nodes(self.nodes.len());
     }
@@ -806,5 +841,92 @@ pub fn max_abs_diff(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
                 .fold(0.0, f64::max)
         }
         _ => (a.as_f64().expect("number") - b.as_f64().expect("number")).abs(),
+    }
+}
+
+/// A host of its own for a test: a network namespace joined to this one by a veth
+/// pair, reachable from here at `inside` and reaching this one at `outside`, that the
+/// test can cut off (both ends stay up as processes; only the link goes).
+pub struct NetnsHost {
+    /// The namespace's name.
+    pub name: String,
+    /// This side's end of the pair.
+    veth: String,
+    /// This side's address on the link.
+    pub outside: String,
+    /// The namespace's address.
+    pub inside: String,
+}
+
+fn ip_cmd(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetnsHost {
+    /// Creates namespace `rayish-<tag>` on 10.213.`subnet`.0/24 (the tests run as root).
+    pub fn create(tag: &str, subnet: u8) -> Self {
+        let name = format!("rayish-{tag}");
+        let veth = format!("rv{tag}");
+        let inner = format!("rvi{tag}");
+        // Left over from a run that was killed: the namespace takes its link with it.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        let (outside, inside) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
+        ip_cmd(&["netns", "add", &name]);
+        ip_cmd(&["link", "add", &veth, "type", "veth", "peer", "name", &inner]);
+        ip_cmd(&["link", "set", &inner, "netns", &name]);
+        ip_cmd(&["addr", "add", &format!("{outside}/24"), "dev", &veth]);
+        ip_cmd(&["link", "set", &veth, "up"]);
+        ip_cmd(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{inside}/24"),
+            "dev",
+            &inner,
+        ]);
+        ip_cmd(&["-n", &name, "link", "set", &inner, "up"]);
+        ip_cmd(&["-n", &name, "link", "set", "lo", "up"]);
+        Self {
+            name,
+            veth,
+            outside,
+            inside,
+        }
+    }
+
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Takes the link down: nothing passes either way until [`Self::heal`].
+    pub fn cut(&self) {
+        ip_cmd(&["link", "set", &self.veth, "down"]);
+    }
+
+    /// Brings the link back.
+    pub fn heal(&self) {
+        ip_cmd(&["link", "set", &self.veth, "up"]);
+    }
+}
+
+impl Drop for NetnsHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
     }
 }
