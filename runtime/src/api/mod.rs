@@ -319,7 +319,7 @@ pub mod __private {
             args,
             options.resources,
             0,
-            TaskKind::CreateActor(creation),
+            TaskKind::CreateActor(Box::new(creation)),
             handle,
         );
         ActorHandle::new(actor, ObjectRef::created(handle))
@@ -345,6 +345,30 @@ pub mod __private {
         ObjectRef::created(return_id)
     }
 
+    /// `name` shared: the specs of a million calls of one function hold one copy of
+    /// its name (a driver keeps every pending call's spec). The names are the
+    /// program's own functions and methods; past [`NAMES_KEPT`] they are not shared.
+    fn shared_name(name: &str) -> std::sync::Arc<str> {
+        thread_local! {
+            static NAMES: std::cell::RefCell<std::collections::HashMap<Box<str>, std::sync::Arc<str>>> =
+                std::cell::RefCell::default();
+        }
+        NAMES.with(|names| {
+            let mut names = names.borrow_mut();
+            if let Some(shared) = names.get(name) {
+                return shared.clone();
+            }
+            let shared: std::sync::Arc<str> = std::sync::Arc::from(name);
+            if names.len() < NAMES_KEPT {
+                names.insert(Box::from(name), shared.clone());
+            }
+            shared
+        })
+    }
+
+    /// Most function names [`shared_name`] keeps per thread.
+    const NAMES_KEPT: usize = 4096;
+
     /// Builds a task spec and submits it; a call that cannot be submitted fails on
     /// `get`, as in Ray.
     fn submit_spec(
@@ -369,7 +393,7 @@ pub mod __private {
             let spec = TaskSpec {
                 task_id: TaskId::random(),
                 job: cw.job(),
-                function: name.to_string(),
+                function: shared_name(name),
                 args: task_args,
                 nested_refs,
                 return_id,

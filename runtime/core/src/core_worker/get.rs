@@ -114,7 +114,7 @@ impl CoreWorker {
         loop {
             match self.wait_one(id, deadline, shown)? {
                 ObjectLocation::Inline(v) => return Ok(Bytes::from(v)),
-                ObjectLocation::Error(e) => return Err(GetError::Task(e)),
+                ObjectLocation::Error(e) => return Err(GetError::Task(*e)),
                 ObjectLocation::Nodes(holders) => match self.fetch(id, holders) {
                     Ok(v) => return Ok(v),
                     Err(reason) => {

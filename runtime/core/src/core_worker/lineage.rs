@@ -20,8 +20,8 @@ enum Recipe {
     /// Its value is in this process's slot for it (a put, or a result received).
     InSlot,
     /// Its value, kept after the handle (and the slot) went, for the kept tasks
-    /// that take it.
-    Kept(ObjectLocation),
+    /// that take it. Boxed: a location is 80 bytes, and every entry would pay for it.
+    Kept(Box<ObjectLocation>),
 }
 
 struct Made {
@@ -107,11 +107,11 @@ impl Lineage {
                 // Kept tasks still take it: its value moves out of the slot.
                 m.recipe = match value {
                     Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => {
-                        Recipe::Kept(v)
+                        Recipe::Kept(Box::new(v))
                     }
                     // A value this process never had here (a large put): lost with
                     // the head's node; nothing to keep.
-                    _ => Recipe::Kept(ObjectLocation::Nodes(Vec::new())),
+                    _ => Recipe::Kept(Box::new(ObjectLocation::Nodes(Vec::new()))),
                 };
             }
             return;
@@ -175,7 +175,7 @@ impl Lineage {
                     None
                 }
                 Recipe::InSlot => slot_value(id),
-                Recipe::Kept(v) => Some(v.clone()),
+                Recipe::Kept(v) => Some((**v).clone()),
             };
             match value {
                 Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => {
@@ -300,6 +300,16 @@ mod tests {
         assert_eq!(l.len(), 1);
         let plan = l.plan(|_| None);
         assert!(plan.values.is_empty() && plan.tasks.is_empty() && plan.unheld.is_empty());
+    }
+
+    #[test]
+    fn an_entry_costs_little_beside_its_task() {
+        // A million pending tasks keep a million entries (plus the map's slack).
+        assert!(
+            std::mem::size_of::<Made>() <= 32,
+            "{}",
+            std::mem::size_of::<Made>()
+        );
     }
 
     #[test]

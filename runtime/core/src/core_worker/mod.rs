@@ -476,7 +476,7 @@ impl CoreWorker {
     /// Records, in this process only, that `id` is the error `err` (a call that could
     /// not even be submitted).
     pub fn fail_locally(&self, id: ObjectId, err: TaskError) {
-        self.slots.entry(id).or_default().location = Some(ObjectLocation::Error(err));
+        self.slots.entry(id).or_default().location = Some(ObjectLocation::Error(Box::new(err)));
     }
 
     /// The link to this worker's node, in worker processes.

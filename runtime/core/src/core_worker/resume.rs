@@ -129,7 +129,7 @@ impl CoreWorker {
             remade.insert(id);
             match location {
                 ObjectLocation::Inline(value) => state.values.push(ResumedValue { id, value }),
-                ObjectLocation::Error(e) => state.errors.push((id, e)),
+                ObjectLocation::Error(e) => state.errors.push((id, *e)),
                 ObjectLocation::Nodes(_) => {}
             }
         }
@@ -164,13 +164,13 @@ impl CoreWorker {
                 continue;
             }
             lost += 1;
-            slot.location = Some(ObjectLocation::Error(TaskError::ObjectLost {
+            slot.location = Some(ObjectLocation::Error(Box::new(TaskError::ObjectLost {
                 object: id,
                 reason: "the head restarted, and this driver had neither its value nor a task \
                          to make it again (an actor's call or creation, a large put kept on \
                          the head's node, or an object made by a worker)"
                     .into(),
-            }));
+            })));
             slot.subscribed = false;
             for w in slot.waiters.drain(..) {
                 let _ = w.send(id);

@@ -132,7 +132,7 @@ impl NodeInner {
         SentCall {
             task_id: a.spec.task_id,
             attempt: a.attempt,
-            function: a.spec.function.clone(),
+            function: a.spec.function.to_string(),
             return_id: a.spec.return_id,
             run,
             sent_at: std::time::Instant::now(),

@@ -172,7 +172,7 @@ impl NodeInner {
         tokio::spawn(async move {
             match end.await {
                 RunEnd::Ran(result, took) => {
-                    let function = f.spec.function.clone();
+                    let function = f.spec.function.to_string();
                     let outcome = node.outcome_of(result, f.spec.return_id, function);
                     node.pool.release(&lease.worker);
                     let ended = Ended {
@@ -224,7 +224,7 @@ impl NodeInner {
                 return (outcome, false);
             }
         };
-        let function = a.spec.function.clone();
+        let function = a.spec.function.to_string();
         let return_id = a.spec.return_id;
         let call = WorkerCall {
             spec: a.spec.clone(),

@@ -36,7 +36,7 @@ impl NodeMetrics {
         let blocked = self.inner.queue.blocked();
         let mut now: HashMap<TaskSeries, u64> = HashMap::new();
         let mut count = |state: &'static str, spec: &crate::protocol::TaskSpec, attempt: u32| {
-            *now.entry((state, spec.function.clone(), attempt > 0))
+            *now.entry((state, spec.function.to_string(), attempt > 0))
                 .or_default() += 1;
         };
         for (spec, attempt) in self.inner.queue.waiting() {

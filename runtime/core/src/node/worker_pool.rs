@@ -407,7 +407,7 @@ impl WorkerPool {
         }
         if refused.is_none() {
             let label = match kind {
-                RunKind::Function => Some(call.spec.function.as_str()),
+                RunKind::Function => Some(&*call.spec.function),
                 // Its output is labelled by class from then on, as Ray's.
                 RunKind::CreateActor => Some(
                     call.spec
@@ -424,7 +424,7 @@ impl WorkerPool {
             }
             worker.sender.send(ToWorker::Run {
                 task_id: call.spec.task_id,
-                function: call.spec.function.clone(),
+                function: call.spec.function.to_string(),
                 args: call.args,
                 return_id: call.return_id,
                 kind,

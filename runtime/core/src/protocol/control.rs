@@ -285,8 +285,9 @@ pub enum ObjectLocation {
     Inline(#[serde(with = "payload")] Vec<u8>),
     /// Large object: nodes holding copies.
     Nodes(Vec<NodeAddress>),
-    /// The object is an error.
-    Error(TaskError),
+    /// The object is an error. Boxed: errors are rare, and inline one would make
+    /// every location (kept in every ready slot of a driver) 80 bytes, not 32.
+    Error(Box<TaskError>),
 }
 
 /// What a node reports with each heartbeat.

@@ -25,8 +25,9 @@ pub struct TaskSpec {
     pub task_id: TaskId,
     /// The job whose code holds the function.
     pub job: JobId,
-    /// Registered name of the remote function.
-    pub function: String,
+    /// Registered name of the remote function (shared: a program calls the same few
+    /// functions millions of times, and a driver keeps each pending call's spec).
+    pub function: std::sync::Arc<str>,
     /// The arguments, in order.
     pub args: Vec<TaskArg>,
     /// References held inside inline argument values, kept alive while the task is pending.
@@ -53,7 +54,9 @@ pub enum TaskKind {
     /// Runs an actor's constructor in a worker dedicated to the actor for its life;
     /// the task's resources stay held until the actor dies. Its return object stands
     /// for the actor: every handle holds it, and when it is freed the actor ends.
-    CreateActor(ActorCreation),
+    /// Boxed: inline it would make every spec, of every plain call too, 56 bytes
+    /// larger (a driver and the head each keep a million of them in the scale bench).
+    CreateActor(Box<ActorCreation>),
     /// Calls a method of a live actor, in the order its caller made the calls.
     ActorCall(ActorId),
 }

@@ -97,7 +97,7 @@ impl HeadState {
                 TaskState::Queued | TaskState::Infeasible => "PENDING_NODE_ASSIGNMENT",
                 TaskState::Running(_) => continue,
             };
-            let key = (state, task.spec().function.clone(), task.attempt() > 0);
+            let key = (state, task.spec().function.to_string(), task.attempt() > 0);
             *live.entry(key).or_default() += 1;
         }
         for key in live.keys() {

@@ -5,10 +5,10 @@ use super::*;
 impl HeadState {
     pub(super) fn subscribe(&mut self, peer: PeerId, id: ObjectId) {
         let location = match self.objects.subscribe(&id, peer) {
-            None => Some(ObjectLocation::Error(TaskError::ObjectLost {
+            None => Some(ObjectLocation::Error(Box::new(TaskError::ObjectLost {
                 object: id,
                 reason: "no such object: it was freed or never existed".into(),
-            })),
+            }))),
             Some(false) => None,
             Some(true) => self.location(id),
         };
@@ -24,7 +24,7 @@ impl HeadState {
             ObjectValue::OnNodes { nodes, .. } => {
                 ObjectLocation::Nodes(self.nodes.addresses(nodes))
             }
-            ObjectValue::Error(e) => ObjectLocation::Error((**e).clone()),
+            ObjectValue::Error(e) => ObjectLocation::Error(e.clone()),
         })
     }
 

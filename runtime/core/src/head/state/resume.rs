@@ -44,7 +44,7 @@ impl HeadState {
         let return_id = spec.return_id;
         if attempt > spec.max_retries {
             let err = TaskError::WorkerDied {
-                function: spec.function.clone(),
+                function: spec.function.to_string(),
                 attempts: attempt,
                 reason: "the head restarted while the task was pending or running, and it has \
                          no retries left to run again"

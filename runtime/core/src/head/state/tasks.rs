@@ -9,7 +9,7 @@ impl HeadState {
             .create(return_id, ObjectValue::Pending, Some(submitter));
         match spec.kind.clone() {
             TaskKind::Function => self.add_task(spec, 0),
-            TaskKind::CreateActor(opts) => self.submit_actor(spec, opts),
+            TaskKind::CreateActor(opts) => self.submit_actor(spec, *opts),
             TaskKind::ActorCall(actor) => self.submit_call(submitter, spec, actor),
         }
     }
@@ -171,7 +171,7 @@ impl HeadState {
             self.requeue(task_id);
         } else {
             let err = TaskError::WorkerDied {
-                function: spec.function.clone(),
+                function: spec.function.to_string(),
                 attempts: attempt + 1,
                 reason,
             };

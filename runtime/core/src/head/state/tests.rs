@@ -208,6 +208,14 @@ fn task(job: JobId, function: &str, args: Vec<TaskArg>, max_retries: u32) -> Tas
     }
 }
 
+/// The error a location holds, if it is one.
+fn error_of(location: Option<ObjectLocation>) -> Option<TaskError> {
+    match location {
+        Some(ObjectLocation::Error(e)) => Some(*e),
+        _ => None,
+    }
+}
+
 fn stored_inline(v: u8) -> TaskOutcome {
     TaskOutcome::Stored(StoredValue::Inline(vec![v]))
 }
@@ -245,10 +253,10 @@ fn a_task_whose_worker_dies_is_retried_then_fails_with_worker_died() {
     assert!(b.location(driver, spec.return_id).is_none());
 
     b.finish(node, &second, TaskOutcome::WorkerDied("SIGKILL".into()));
-    match b.location(driver, spec.return_id) {
-        Some(ObjectLocation::Error(TaskError::WorkerDied {
+    match error_of(b.location(driver, spec.return_id)) {
+        Some(TaskError::WorkerDied {
             attempts, reason, ..
-        })) => assert_eq!((attempts, reason.as_str()), (2, "SIGKILL")),
+        }) => assert_eq!((attempts, reason.as_str()), (2, "SIGKILL")),
         other => panic!("expected WorkerDied, got {other:?}"),
     }
     assert!(b.assigned(node).is_empty(), "no third attempt");
@@ -350,8 +358,8 @@ fn a_lost_object_is_made_again_from_lineage_and_a_lost_put_fails_with_object_los
     assert_eq!(remade.attempt, 0);
     // The put has no task to make it again.
     b.send(driver.peer, ToHead::Subscribe(vec![put, make.return_id]));
-    match b.location(driver, put) {
-        Some(ObjectLocation::Error(TaskError::ObjectLost { object, .. })) => {
+    match error_of(b.location(driver, put)) {
+        Some(TaskError::ObjectLost { object, .. }) => {
             assert_eq!(object, put)
         }
         other => panic!("expected ObjectLost, got {other:?}"),
@@ -363,14 +371,14 @@ fn a_lost_object_is_made_again_from_lineage_and_a_lost_put_fails_with_object_los
 fn actor_creation(job: JobId, max_restarts: i32) -> (ActorId, TaskSpec) {
     let actor = ActorId::random();
     let mut spec = task(job, "Counter::new", Vec::new(), 0);
-    spec.kind = TaskKind::CreateActor(ActorCreation {
+    spec.kind = TaskKind::CreateActor(Box::new(ActorCreation {
         actor,
         class: "Counter".into(),
         name: None,
         detached: false,
         max_restarts,
         max_task_retries: 0,
-    });
+    }));
     (actor, spec)
 }
 
@@ -412,10 +420,10 @@ fn an_actor_restarts_until_max_restarts_then_its_calls_fail_with_actor_died() {
     // The node also reports the call that was running in the dead process.
     b.finish(node, &sent, TaskOutcome::WorkerDied("SIGKILL again".into()));
     assert!(b.assigned(node).is_empty(), "no second restart");
-    match b.location(driver, call.return_id) {
-        Some(ObjectLocation::Error(TaskError::ActorDied {
+    match error_of(b.location(driver, call.return_id)) {
+        Some(TaskError::ActorDied {
             actor: id, class, ..
-        })) => assert_eq!((id, class.as_str()), (actor, "Counter")),
+        }) => assert_eq!((id, class.as_str()), (actor, "Counter")),
         other => panic!("expected ActorDied, got {other:?}"),
     }
     // A call made after the death fails at once.
@@ -423,8 +431,8 @@ fn an_actor_restarts_until_max_restarts_then_its_calls_fail_with_actor_died() {
     late.kind = TaskKind::ActorCall(actor);
     b.submit(driver, &late);
     assert!(matches!(
-        b.location(driver, late.return_id),
-        Some(ObjectLocation::Error(TaskError::ActorDied { .. }))
+        error_of(b.location(driver, late.return_id)),
+        Some(TaskError::ActorDied { .. })
     ));
 }
 
@@ -810,8 +818,8 @@ fn a_driver_back_after_a_restart_goes_on_with_its_job_and_nothing_it_received_ru
     );
     let a = b.only_assignment(node);
     assert_eq!((a.spec.task_id, a.attempt), (again.task_id, 1));
-    match b.location(driver, spent.return_id) {
-        Some(ObjectLocation::Error(TaskError::WorkerDied { attempts, .. })) => {
+    match error_of(b.location(driver, spent.return_id)) {
+        Some(TaskError::WorkerDied { attempts, .. }) => {
             assert_eq!(attempts, 1)
         }
         other => panic!("expected WorkerDied, got {other:?}"),

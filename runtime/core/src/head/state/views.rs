@@ -157,7 +157,7 @@ impl HeadState {
             rows.push(TaskRow {
                 task_id: spec.task_id,
                 attempt: task.attempt(),
-                name: Arc::from(spec.function.as_str()),
+                name: spec.function.clone(),
                 job: spec.job,
                 kind: task_type(&spec.kind),
                 actor: spec.actor(),
