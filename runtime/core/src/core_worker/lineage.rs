@@ -4,8 +4,9 @@
 //! them; the driver tells it again (`ToHead::Resume`).
 //!
 //! Invariant: an entry lives while this process holds a handle to its object or a
-//! kept task takes it as an argument; a task is kept only until its value is known
-//! here (then the value stands in for it, and its arguments are let go).
+//! kept task takes it as an argument. A task whose value is known here (in its slot)
+//! is declared as that value, never run again; its entry is not touched when the
+//! value arrives, so results cost the reader of the head's messages nothing here.
 
 use crate::ids::ObjectId;
 use crate::protocol::{ObjectLocation, TaskKind, TaskSpec};
@@ -86,16 +87,6 @@ impl Lineage {
         self.insert(id, Recipe::InSlot);
     }
 
-    /// `id`'s value (or error) arrived and is in its slot: its task need not be kept.
-    pub(super) fn value_known(&mut self, id: ObjectId) {
-        let Some(m) = self.made.get_mut(&id) else {
-            return;
-        };
-        if let Recipe::Task { spec, .. } = std::mem::replace(&mut m.recipe, Recipe::InSlot) {
-            self.release_args(&spec);
-        }
-    }
-
     /// This process's last handle to `id` went, with its slot, which held `value`.
     pub(super) fn dropped(&mut self, id: ObjectId, value: Option<ObjectLocation>) {
         let Some(m) = self.made.get_mut(&id) else {
@@ -103,20 +94,36 @@ impl Lineage {
         };
         m.held = false;
         if m.dependents > 0 {
-            if matches!(m.recipe, Recipe::InSlot) {
-                // Kept tasks still take it: its value moves out of the slot.
-                m.recipe = match value {
-                    Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => {
-                        Recipe::Kept(Box::new(v))
+            // Kept tasks still take it: a value it has here moves out of the slot
+            // (and a task it came from is no longer needed); a put whose value was
+            // never here (a large one, on the head's node) has nothing to keep.
+            match value {
+                Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => {
+                    let old = std::mem::replace(&mut m.recipe, Recipe::Kept(Box::new(v)));
+                    if let Recipe::Task { spec, .. } = old {
+                        self.release_args(&spec);
                     }
-                    // A value this process never had here (a large put): lost with
-                    // the head's node; nothing to keep.
-                    _ => Recipe::Kept(Box::new(ObjectLocation::Nodes(Vec::new()))),
-                };
+                }
+                _ if matches!(m.recipe, Recipe::InSlot) => {
+                    m.recipe = Recipe::Kept(Box::new(ObjectLocation::Nodes(Vec::new())));
+                }
+                _ => {}
             }
             return;
         }
         self.remove(id);
+    }
+
+    fn release_args(&mut self, spec: &TaskSpec) {
+        for arg in spec.arg_refs() {
+            let Some(a) = self.made.get_mut(&arg) else {
+                continue;
+            };
+            a.dependents = a.dependents.saturating_sub(1);
+            if a.dependents == 0 && !a.held {
+                self.remove(arg);
+            }
+        }
     }
 
     /// Removes `id` and, transitively, arguments no longer needed by anyone.
@@ -139,18 +146,6 @@ impl Lineage {
         }
     }
 
-    fn release_args(&mut self, spec: &TaskSpec) {
-        for arg in spec.arg_refs() {
-            let Some(a) = self.made.get_mut(&arg) else {
-                continue;
-            };
-            a.dependents = a.dependents.saturating_sub(1);
-            if a.dependents == 0 && !a.held {
-                self.remove(arg);
-            }
-        }
-    }
-
     /// How many objects are kept (for tests and leak checks).
     pub(super) fn len(&self) -> usize {
         self.made.len()
@@ -169,11 +164,15 @@ impl Lineage {
                 continue;
             };
             let value = match &mut m.recipe {
-                Recipe::Task { spec, resumed } => {
-                    *resumed += 1;
-                    plan.tasks.push((spec.clone(), *resumed));
-                    None
-                }
+                Recipe::Task { spec, resumed } => match slot_value(id) {
+                    // Its result came: declared as it is, not run again.
+                    Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => Some(v),
+                    _ => {
+                        *resumed += 1;
+                        plan.tasks.push((spec.clone(), *resumed));
+                        None
+                    }
+                },
                 Recipe::InSlot => slot_value(id),
                 Recipe::Kept(v) => Some((**v).clone()),
             };
@@ -264,17 +263,22 @@ mod tests {
         let mut l = Lineage::default();
         l.put(ObjectId(1));
         l.submitted(Arc::new(task(2, &[1])));
+        l.submitted(Arc::new(task(3, &[2])));
         l.dropped(ObjectId(1), Some(inline(1)));
-        assert_eq!(l.len(), 2);
-        l.value_known(ObjectId(2));
-        assert_eq!(l.len(), 1, "the put is needed by no kept task");
+        // 2's result came (it is in its slot): declared as it is, not run again.
         let plan = l.plan(|id| (id == ObjectId(2)).then(|| inline(9)));
-        assert!(
-            plan.tasks.is_empty(),
+        assert_eq!(
+            returns(&plan),
+            vec![(3, 1)],
             "no task whose result is here runs again"
         );
-        assert_eq!(values(&plan), vec![(2, vec![9])]);
+        assert_eq!(values(&plan), vec![(1, vec![1]), (2, vec![9])]);
+        // Its handle goes while 3 still needs it: the value is kept, 2's task and
+        // with it the put are let go.
         l.dropped(ObjectId(2), Some(inline(9)));
+        assert_eq!(l.len(), 2);
+        assert_eq!(values(&l.plan(|_| None)), vec![(2, vec![9])]);
+        l.dropped(ObjectId(3), None);
         assert_eq!(l.len(), 0, "nothing is kept past its last handle");
     }
 

@@ -228,20 +228,11 @@ impl CoreWorker {
     fn on_message(&self, msg: FromHead) {
         match msg {
             FromHead::ObjectReady { id, location } => {
-                let known_here = !matches!(location, ObjectLocation::Nodes(_));
                 if let Some(mut slot) = self.slots.get_mut(&id) {
                     slot.location = Some(location);
                     slot.subscribed = false;
                     for w in slot.waiters.drain(..) {
                         let _ = w.send(id);
-                    }
-                } else {
-                    return;
-                }
-                if known_here && self.reconnect.is_some() {
-                    let mut out = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(lineage) = out.lineage.as_mut() {
-                        lineage.value_known(id);
                     }
                 }
             }
