@@ -839,43 +839,20 @@ fn a_run_killed_midway_with_its_driver_or_its_head_resumes_to_the_same_output() 
 
 #[test]
 fn the_faces_job_outlives_its_head_killed_twice_and_restarted_after_2_s_and_30_s() {
-    const IMAGES: usize = 200;
-    let input = derived_photos(IMAGES);
-    let whole = temp_dir("restart-whole");
-    encode_stdout(&input, &whole, &["--cpus", "2"], &[]);
-    let reference = output_bytes(&whole);
-
     // A head and two nodes; the head is killed with SIGKILL a third of the way in and
     // back on its port and storage 2 s later, then again two thirds of the way in and
     // back 30 s later. The same driver goes on each time.
-    let mut cluster = TestCluster::start(2, 1, 2000);
-    let out = temp_dir("restart-out");
-    let root = cluster.root.to_string_lossy().into_owned();
-    let env = [
-        ("RAYISH_TOKEN", cluster.token.as_str()),
-        ("RAYISH_TEMP_DIR", root.as_str()),
-    ];
-    let mut child = spawn_encode(&input, &out, &["--address", &cluster.address], &env);
-    for (at, away) in [(IMAGES / 3, 2), (IMAGES * 2 / 3, 30)] {
-        wait_for_journal(&mut child, &out, at);
-        cluster.restart_head_after(3, std::time::Duration::from_secs(away));
-    }
-    let res = child.wait_with_output().expect("rayish-faces");
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success(), "{stderr}");
+    let cluster = TestCluster::start(2, 1, 2000);
+    let (_, stderr) = faces_job_through(cluster, |cluster, child, out| {
+        for (at, away) in [(FAULT_IMAGES / 3, 2), (FAULT_IMAGES * 2 / 3, 30)] {
+            wait_for_journal(child, out, at);
+            cluster.restart_head_after(3, std::time::Duration::from_secs(away));
+        }
+    });
     assert_eq!(
         stderr.matches("reconnected to the head").count(),
         2,
         "the driver did not go on across both restarts: {stderr}"
-    );
-    assert_eq!(
-        journal_lines(&out),
-        IMAGES + 1,
-        "each image finished exactly once"
-    );
-    assert!(
-        output_bytes(&out) == reference,
-        "the output differs from an uninterrupted run's"
     );
 }
 
@@ -917,17 +894,19 @@ fn wait_until_busy(cluster: &TestCluster, ip: &str) {
     }
 }
 
-/// Runs the faces job over `IMAGES` derived photos on `cluster`, calls `fault` once
-/// the node on `victim` is busy, and checks the run's output against an
-/// uninterrupted local run's, byte for byte, and that the victim came back as its
-/// next incarnation.
-fn faces_job_survives(
+/// Photos in each chaos test's faces job.
+const FAULT_IMAGES: usize = 200;
+
+/// Runs the faces job over `FAULT_IMAGES` derived photos on `cluster`, with `fault`
+/// called once it has started (given the cluster, the driver and its output
+/// directory), and checks that it succeeded with each image journaled once and an
+/// output byte for byte that of an uninterrupted local run. Returns the cluster and
+/// the driver's stderr.
+fn faces_job_through(
     mut cluster: TestCluster,
-    victim: &str,
-    fault: impl FnOnce(&mut TestCluster),
-) {
-    const IMAGES: usize = 200;
-    let input = derived_photos(IMAGES);
+    fault: impl FnOnce(&mut TestCluster, &mut std::process::Child, &Path),
+) -> (TestCluster, String) {
+    let input = derived_photos(FAULT_IMAGES);
     let whole = temp_dir("fault-whole");
     encode_stdout(&input, &whole, &["--cpus", "2"], &[]);
     let reference = output_bytes(&whole);
@@ -938,20 +917,30 @@ fn faces_job_survives(
         ("RAYISH_TEMP_DIR", root.as_str()),
     ];
     let mut child = spawn_encode(&input, &out, &["--address", &cluster.address], &env);
-    wait_for_journal(&mut child, &out, 10);
-    wait_until_busy(&cluster, victim);
-    fault(&mut cluster);
+    fault(&mut cluster, &mut child, &out);
     let res = child.wait_with_output().expect("rayish-faces");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
+    assert!(res.status.success(), "{stderr}");
+    assert_eq!(
+        journal_lines(&out),
+        FAULT_IMAGES + 1,
+        "each image finished exactly once"
     );
-    assert_eq!(journal_lines(&out), IMAGES + 1, "each image finished once");
     assert!(
         output_bytes(&out) == reference,
         "the output differs from an uninterrupted run's"
     );
+    (cluster, stderr)
+}
+
+/// [`faces_job_through`] with `fault` once the node on `victim` is busy; checks that
+/// the victim came back as its next incarnation.
+fn faces_job_survives(cluster: TestCluster, victim: &str, fault: impl FnOnce(&mut TestCluster)) {
+    let (cluster, _) = faces_job_through(cluster, |cluster, child, out| {
+        wait_for_journal(child, out, 10);
+        wait_until_busy(cluster, victim);
+        fault(cluster);
+    });
     // Declared dead while away, it learnt so and joined again as a new node.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while lives_at(&cluster, victim) != [(false, 1), (true, 2)] {

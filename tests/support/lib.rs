@@ -196,7 +196,18 @@ impl TestCluster {
 
     /// Joins one more node on `ip` with extra `rayish start` arguments.
     pub fn join(&mut self, ip: &str, cpus: u32, extra: &[&str]) {
-        let child = Command::new(rayish_bin())
+        self.join_with(Command::new(rayish_bin()), ip, cpus, extra);
+    }
+
+    /// Joins one more node, as `join` does, on `host`'s inside address and inside its
+    /// network namespace.
+    pub fn join_in(&mut self, host: &NetnsHost, cpus: u32, extra: &[&str]) {
+        self.join_with(host.command(&rayish_bin()), &host.inside, cpus, extra);
+    }
+
+    /// Starts `rayish` (`cmd`, with any wrapper) as a node on `ip` and waits for it.
+    fn join_with(&mut self, mut cmd: Command, ip: &str, cpus: u32, extra: &[&str]) {
+        let child = cmd
             .args(["start", "--block", "--address", &self.address])
             .env("RAYISH_TOKEN", &self.token)
             .args(["--node-ip-address", ip, "--num-cpus", &cpus.to_string()])
@@ -207,30 +218,6 @@ impl TestCluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("start node");
-        self.nodes.push(child);
-        self.wait_for_nodes(self.nodes.len());
-    }
-
-    /// Joins one more node, as `join` does, on `host`'s inside address and inside its
-    /// network namespace.
-    pub fn join_in(&mut self, host: &NetnsHost, cpus: u32, extra: &[&str]) {
-        let child = host
-            .command(&rayish_bin())
-            .args(["start", "--block", "--address", &self.address])
-            .env("RAYISH_TOKEN", &self.token)
-            .args([
-                "--node-ip-address",
-                &host.inside,
-                "--num-cpus",
-                &cpus.to_string(),
-            ])
-            .args(extra)
-            .arg("--temp-dir")
-            .arg(&self.root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node in its namespace");
         self.nodes.push(child);
         self.wait_for_nodes(self.nodes.len());
     }

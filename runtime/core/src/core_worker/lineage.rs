@@ -9,7 +9,7 @@
 //! value arrives, so results cost the reader of the head's messages nothing here.
 
 use crate::ids::ObjectId;
-use crate::protocol::{ObjectLocation, TaskKind, TaskSpec};
+use crate::protocol::{ObjectLocation, ResumeState, ResumedValue, TaskKind, TaskSpec};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
@@ -20,8 +20,9 @@ enum Recipe {
     Task { spec: Arc<TaskSpec>, resumed: u32 },
     /// Its value is in this process's slot for it (a put, or a result received).
     InSlot,
-    /// Its value, kept after the handle (and the slot) went, for the kept tasks
-    /// that take it. Boxed: a location is 80 bytes, and every entry would pay for it.
+    /// Its value (`Inline` or `Error`; `Nodes`: lost), kept after the handle (and
+    /// the slot) went, for the kept tasks that take it. Boxed, so that every entry
+    /// stays at 32 bytes.
     Kept(Box<ObjectLocation>),
 }
 
@@ -35,15 +36,10 @@ struct Made {
     held: bool,
 }
 
-/// What to tell a restarted head, from [`Lineage::plan`].
-#[derive(Debug, Default)]
-pub(super) struct Plan {
-    /// Objects whose value is known here, with it (`Inline` or `Error`).
-    pub(super) values: Vec<(ObjectId, ObjectLocation)>,
-    /// Tasks to run again, in order, with their attempt numbers.
-    pub(super) tasks: Vec<(Arc<TaskSpec>, u32)>,
-    /// Of those, the objects this process holds no handle to.
-    pub(super) unheld: Vec<ObjectId>,
+/// `location` if it holds the value itself (inline, or an error), so that this
+/// process can declare it again.
+fn known_here(location: Option<ObjectLocation>) -> Option<ObjectLocation> {
+    location.filter(|l| matches!(l, ObjectLocation::Inline(_) | ObjectLocation::Error(_)))
 }
 
 /// The objects this process made and may still need.
@@ -97,96 +93,98 @@ impl Lineage {
             // Kept tasks still take it: a value it has here moves out of the slot
             // (and a task it came from is no longer needed); a put whose value was
             // never here (a large one, on the head's node) has nothing to keep.
-            match value {
-                Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => {
+            match known_here(value) {
+                Some(v) => {
                     let old = std::mem::replace(&mut m.recipe, Recipe::Kept(Box::new(v)));
                     if let Recipe::Task { spec, .. } = old {
-                        self.release_args(&spec);
+                        let mut gone = Vec::new();
+                        self.let_go_args(&spec, &mut gone);
+                        self.remove(gone);
                     }
                 }
-                _ if matches!(m.recipe, Recipe::InSlot) => {
+                None if matches!(m.recipe, Recipe::InSlot) => {
                     m.recipe = Recipe::Kept(Box::new(ObjectLocation::Nodes(Vec::new())));
                 }
-                _ => {}
+                None => {}
             }
             return;
         }
-        self.remove(id);
+        self.remove(vec![id]);
     }
 
-    fn release_args(&mut self, spec: &TaskSpec) {
+    /// `spec` no longer needs its arguments: each loses a dependent, and those left
+    /// with none and no handle join `gone`.
+    fn let_go_args(&mut self, spec: &TaskSpec, gone: &mut Vec<ObjectId>) {
         for arg in spec.arg_refs() {
-            let Some(a) = self.made.get_mut(&arg) else {
-                continue;
-            };
-            a.dependents = a.dependents.saturating_sub(1);
-            if a.dependents == 0 && !a.held {
-                self.remove(arg);
-            }
-        }
-    }
-
-    /// Removes `id` and, transitively, arguments no longer needed by anyone.
-    fn remove(&mut self, id: ObjectId) {
-        let mut gone = vec![id];
-        while let Some(id) = gone.pop() {
-            let Some(m) = self.made.remove(&id) else {
-                continue;
-            };
-            if let Recipe::Task { spec, .. } = m.recipe {
-                for arg in spec.arg_refs() {
-                    if let Some(a) = self.made.get_mut(&arg) {
-                        a.dependents = a.dependents.saturating_sub(1);
-                        if a.dependents == 0 && !a.held {
-                            gone.push(arg);
-                        }
-                    }
+            if let Some(a) = self.made.get_mut(&arg) {
+                a.dependents = a.dependents.saturating_sub(1);
+                if a.dependents == 0 && !a.held {
+                    gone.push(arg);
                 }
             }
         }
     }
 
-    /// How many objects are kept (for tests and leak checks).
-    pub(super) fn len(&self) -> usize {
+    /// Removes `gone` and, transitively, arguments no longer needed by anyone (with
+    /// a stack, not recursion: chains can be long).
+    fn remove(&mut self, mut gone: Vec<ObjectId>) {
+        while let Some(id) = gone.pop() {
+            if let Some(Made {
+                recipe: Recipe::Task { spec, .. },
+                ..
+            }) = self.made.remove(&id)
+            {
+                self.let_go_args(&spec, &mut gone);
+            }
+        }
+    }
+
+    /// How many objects are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.made.len()
     }
 
-    /// What to tell a restarted head: every kept object's value, or its task to run
-    /// again (counted as one more attempt), in the order they were made.
-    /// `slot_value` gives the value in this process's slot for an object, if known.
-    pub(super) fn plan(&mut self, slot_value: impl Fn(ObjectId) -> Option<ObjectLocation>) -> Plan {
+    /// What to tell a restarted head (all of [`ResumeState`] but `holds`): every
+    /// kept object's value, or its task to run again (counted as one more attempt),
+    /// in the order they were made. `slot_value` gives the value in this process's
+    /// slot for an object, if it has one.
+    pub(super) fn plan(
+        &mut self,
+        slot_value: impl Fn(ObjectId) -> Option<ObjectLocation>,
+    ) -> ResumeState {
         let mut order: Vec<(u64, ObjectId)> =
             self.made.iter().map(|(id, m)| (m.seq, *id)).collect();
         order.sort_unstable();
-        let mut plan = Plan::default();
+        let mut plan = ResumeState::default();
         for (_, id) in order {
             let Some(m) = self.made.get_mut(&id) else {
                 continue;
             };
             let value = match &mut m.recipe {
-                Recipe::Task { spec, resumed } => match slot_value(id) {
-                    // Its result came: declared as it is, not run again.
-                    Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => Some(v),
-                    _ => {
+                // Its result came: declared as it is, not run again.
+                Recipe::Task { spec, resumed } => match known_here(slot_value(id)) {
+                    None => {
                         *resumed += 1;
                         plan.tasks.push((spec.clone(), *resumed));
                         None
                     }
+                    known => known,
                 },
-                Recipe::InSlot => slot_value(id),
-                Recipe::Kept(v) => Some((**v).clone()),
+                Recipe::InSlot => match known_here(slot_value(id)) {
+                    // Not known here: not made again (a `get` of it reports the loss).
+                    None => continue,
+                    known => known,
+                },
+                Recipe::Kept(v) => match known_here(Some((**v).clone())) {
+                    None => continue,
+                    known => known,
+                },
             };
             match value {
-                Some(v @ (ObjectLocation::Inline(_) | ObjectLocation::Error(_))) => {
-                    plan.values.push((id, v))
-                }
-                // Not known here: not made again (a `get` of it reports the loss).
-                Some(ObjectLocation::Nodes(_)) | None
-                    if !matches!(m.recipe, Recipe::Task { .. }) =>
-                {
-                    continue
-                }
-                _ => {}
+                Some(ObjectLocation::Inline(value)) => plan.values.push(ResumedValue { id, value }),
+                Some(ObjectLocation::Error(e)) => plan.errors.push((id, *e)),
+                Some(ObjectLocation::Nodes(_)) | None => {}
             }
             if !m.held {
                 plan.unheld.push(id);
@@ -223,17 +221,15 @@ mod tests {
     }
 
     /// The plan's values, as (object, inline bytes).
-    fn values(plan: &Plan) -> Vec<(u128, Vec<u8>)> {
+    fn values(plan: &ResumeState) -> Vec<(u128, Vec<u8>)> {
+        assert!(plan.errors.is_empty(), "{:?}", plan.errors);
         plan.values
             .iter()
-            .map(|(id, v)| match v {
-                ObjectLocation::Inline(b) => (id.0, b.clone()),
-                other => panic!("not inline: {other:?}"),
-            })
+            .map(|v| (v.id.0, v.value.clone()))
             .collect()
     }
 
-    fn returns(plan: &Plan) -> Vec<(u128, u32)> {
+    fn returns(plan: &ResumeState) -> Vec<(u128, u32)> {
         plan.tasks
             .iter()
             .map(|(s, a)| (s.return_id.0, *a))

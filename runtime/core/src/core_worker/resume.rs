@@ -4,7 +4,7 @@
 
 use super::{Connection, CoreWorker};
 use crate::ids::{JobId, ObjectId};
-use crate::protocol::{ObjectLocation, ResumeState, ResumedValue, TaskError, ToHead};
+use crate::protocol::{ObjectLocation, TaskError, ToHead};
 use crate::transport::ControlReader;
 use rustc_hash::FxHashSet as HashSet;
 use std::future::Future;
@@ -118,22 +118,14 @@ impl CoreWorker {
         // Updates the old head never got: the inventory below says where things stand.
         out.refs.messages.clear();
         out.refs.count = 0;
-        let plan = out
+        let mut state = out
             .lineage
             .as_mut()
             .map(|l| l.plan(|id| self.slots.get(&id).and_then(|s| s.location.clone())))
             .unwrap_or_default();
-        let mut state = ResumeState::default();
-        let mut remade: HashSet<ObjectId> = HashSet::default();
-        for (id, location) in plan.values {
-            remade.insert(id);
-            match location {
-                ObjectLocation::Inline(value) => state.values.push(ResumedValue { id, value }),
-                ObjectLocation::Error(e) => state.errors.push((id, *e)),
-                ObjectLocation::Nodes(_) => {}
-            }
-        }
-        for (spec, _) in &plan.tasks {
+        let mut remade: HashSet<ObjectId> = state.values.iter().map(|v| v.id).collect();
+        remade.extend(state.errors.iter().map(|(id, _)| *id));
+        for (spec, _) in &state.tasks {
             remade.insert(spec.return_id);
             // Where it was is stale: it is being made again.
             if let Some(mut slot) = self.slots.get_mut(&spec.return_id) {
@@ -142,8 +134,6 @@ impl CoreWorker {
                 }
             }
         }
-        state.tasks = plan.tasks;
-        state.unheld = plan.unheld;
         state.holds = self
             .refs
             .iter()
@@ -205,11 +195,5 @@ impl CoreWorker {
             out.head.send(ToHead::SubscribeOutput);
         }
         conn.reader
-    }
-
-    /// Objects this driver keeps to make again should its head restart (for tests).
-    pub fn lineage_len(&self) -> usize {
-        let out = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
-        out.lineage.as_ref().map_or(0, |l| l.len())
     }
 }

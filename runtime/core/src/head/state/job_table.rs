@@ -66,18 +66,25 @@ impl JobTable {
         now: Instant,
     ) -> JobId {
         let id = JobId::random();
-        self.jobs.insert(
+        let info = JobInfo {
             id,
+            name: name.to_string(),
+            driver_pid,
+            submission_id,
+            started: now,
+            ended: None,
+            lost: None,
+        };
+        self.insert_live(info, binary, driver);
+        id
+    }
+
+    /// Lists `info`'s job as live, its driver connected on `driver`.
+    fn insert_live(&mut self, info: JobInfo, binary: BinaryHash, driver: PeerId) {
+        self.jobs.insert(
+            info.id,
             JobEntry {
-                info: JobInfo {
-                    id,
-                    name: name.to_string(),
-                    driver_pid,
-                    submission_id,
-                    started: now,
-                    ended: None,
-                    lost: None,
-                },
+                info,
                 binary,
                 driver,
                 alive: true,
@@ -85,7 +92,6 @@ impl JobTable {
                 wants_output: false,
             },
         );
-        id
     }
 
     /// Whether process `driver_pid` may go on with `job`: only the process that ran
@@ -132,25 +138,16 @@ impl JobTable {
             Some(at) => self.ended.remove(at).map_or(now, |j| j.started),
             None => now,
         };
-        self.jobs.insert(
-            job,
-            JobEntry {
-                info: JobInfo {
-                    id: job,
-                    name: name.to_string(),
-                    driver_pid,
-                    submission_id,
-                    started,
-                    ended: None,
-                    lost: None,
-                },
-                binary,
-                driver,
-                alive: true,
-                driver_gone: false,
-                wants_output: false,
-            },
-        );
+        let info = JobInfo {
+            id: job,
+            name: name.to_string(),
+            driver_pid,
+            submission_id,
+            started,
+            ended: None,
+            lost: None,
+        };
+        self.insert_live(info, binary, driver);
         Ok(())
     }
 

@@ -666,6 +666,14 @@ fn a_running_entrypoint_holds_its_resources_on_the_head_node_until_it_ends() {
     assert!(b.assigned(node).is_empty());
 }
 
+/// A new, empty storage directory for a head, and the storage on it.
+fn fresh_storage(tag: &str) -> (std::path::PathBuf, crate::storage::Storage) {
+    let dir =
+        std::env::temp_dir().join(format!("rayish-head-{tag}-{:016x}", rand::random::<u64>()));
+    let storage = crate::storage::Storage::open(&dir).expect("the storage");
+    (dir, storage)
+}
+
 fn job_rows(b: &Bench) -> Vec<crate::head::view::JobRow> {
     match b.head.view(crate::head::view::StateQuery::Jobs) {
         crate::head::view::StateRows::Jobs(j) => j,
@@ -675,8 +683,7 @@ fn job_rows(b: &Bench) -> Vec<crate::head::view::JobRow> {
 
 #[test]
 fn a_restarted_head_lists_the_driver_jobs_its_storage_names_as_ended() {
-    let dir = std::env::temp_dir().join(format!("rayish-head-jobs-{:016x}", rand::random::<u64>()));
-    let storage = crate::storage::Storage::open(&dir).expect("the storage");
+    let (dir, storage) = fresh_storage("jobs");
     let mut b = Bench::on_storage(Some(storage.clone()));
     let clean = b.driver();
     let lost = b.driver();
@@ -726,9 +733,7 @@ fn a_restarted_head_lists_the_driver_jobs_its_storage_names_as_ended() {
 
 #[test]
 fn a_restarted_head_lists_the_nodes_its_storage_names_as_dead() {
-    let dir =
-        std::env::temp_dir().join(format!("rayish-head-nodes-{:016x}", rand::random::<u64>()));
-    let storage = crate::storage::Storage::open(&dir).expect("the storage");
+    let (dir, storage) = fresh_storage("nodes");
     let mut b = Bench::on_storage(Some(storage.clone()));
     let gone = b.cpu_node(1.0);
     let stays = b.cpu_node(2.0);
@@ -767,9 +772,7 @@ fn a_restarted_head_lists_the_nodes_its_storage_names_as_dead() {
 
 #[test]
 fn a_driver_back_after_a_restart_goes_on_with_its_job_and_nothing_it_received_runs_again() {
-    let dir =
-        std::env::temp_dir().join(format!("rayish-head-resume-{:016x}", rand::random::<u64>()));
-    let storage = crate::storage::Storage::open(&dir).expect("the storage");
+    let (dir, storage) = fresh_storage("resume");
     let mut b = Bench::on_storage(Some(storage.clone()));
     let before = b.driver();
     storage.flush_blocking().expect("written");
