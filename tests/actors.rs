@@ -209,3 +209,54 @@ fn an_actor_whose_node_dies_is_restarted_on_another() {
         "a restart starts from the constructor: {r}"
     );
 }
+
+#[test]
+fn a_detached_actor_keeps_its_state_across_a_head_restart_and_is_restarted_if_its_node_is_gone() {
+    // The head's own node has no `spot`: the actor lives on the other node.
+    let mut cluster = TestCluster::start(0, 1, 2000);
+    cluster.join("127.0.0.5", 1, &["--resources", r#"{"spot": 1}"#]);
+    let created = actor_driver(
+        &cluster,
+        &[
+            "named",
+            "--name",
+            "counter",
+            "--detached",
+            "--max-restarts",
+            "1",
+            "--resource",
+            "spot",
+        ],
+    );
+    assert_eq!(created["total"], 5, "{created}");
+    let pid = created["pid"].as_u64().expect("pid");
+
+    // The head killed and back 2 s later: its node kept the actor, with its count.
+    cluster.restart_head_after(2, Duration::from_secs(2));
+    let found = actor_driver(&cluster, &["lookup", "--name", "counter"]);
+    assert_eq!(found["found"], true, "{found}");
+    assert_eq!(found["total"], 6, "the count survived: {found}");
+    assert_eq!(found["pid"], pid, "the same process: {found}");
+
+    // The head killed again, and the actor's node with it: the restarted head
+    // creates the actor again (its one restart) on a node that has `spot`.
+    cluster.kill_node(0);
+    // Killed and reaped, then off the list, so that the cluster counts one node less.
+    let mut gone = cluster.nodes.remove(1);
+    let _ = gone.kill();
+    let _ = gone.wait();
+    wait_until("the actor's process to end with its node", || {
+        !process_alive(pid)
+    });
+    cluster.start_head_again(1);
+    cluster.join("127.0.0.6", 1, &["--resources", r#"{"spot": 1}"#]);
+    let found = actor_driver(&cluster, &["lookup", "--name", "counter"]);
+    assert_eq!(found["found"], true, "{found}");
+    assert_eq!(
+        found["total"], 1,
+        "a restart starts from the constructor: {found}"
+    );
+    assert_ne!(found["pid"], pid, "{found}");
+    let status = cluster.status().expect("status");
+    assert_eq!(status["actors"], 1, "{status}");
+}

@@ -385,6 +385,23 @@ fn a_driver_waiting_on_its_tasks_outlives_a_head_restart() {
         dir.as_os_str(),
     ]);
     assert!(lines.by_ref().any(|l| l == "SUBMITTED"));
+    // The other node's id, as tasks see it (`rayish list nodes`: Ray's hex ids).
+    let out = std::process::Command::new(rayish_suite::rayish_bin())
+        .args(["list", "nodes", "--format", "json", "--address"])
+        .arg(&cluster.dashboard)
+        .env("RAYISH_TOKEN", &cluster.token)
+        .output()
+        .expect("rayish list nodes");
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let survivor = nodes
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|n| n["node_ip"] == "127.0.0.3")
+                .and_then(|n| n["node_id"].as_str())
+        })
+        .expect("the other node's id")
+        .to_string();
     // The slow tasks are running (1.5 s each, 4 CPUs for 6 of them) when the head
     // dies, and the driver is blocked in `get_all` of the chain after them.
     std::thread::sleep(Duration::from_millis(700));
@@ -399,12 +416,41 @@ fn a_driver_waiting_on_its_tasks_outlives_a_head_restart() {
     assert_eq!(r["early_again"], r["early"], "{r}");
     assert_eq!(r["after"], 1005, "{r}");
     let mut runs: std::collections::BTreeMap<String, usize> = Default::default();
+    // Each task's runs: (when it started, the node it ran on).
+    let mut first_node: std::collections::BTreeMap<String, (u128, String)> = Default::default();
     for entry in std::fs::read_dir(&dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        let key = name.split('.').next().unwrap_or_default().to_string();
-        *runs.entry(key).or_default() += 1;
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.split('.');
+        let key = parts.next().unwrap_or_default().to_string();
+        let started: u128 = parts.nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let node = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        *runs.entry(key.clone()).or_default() += 1;
+        let first = first_node.entry(key).or_insert((started, node.clone()));
+        if started < first.0 {
+            *first = (started, node);
+        }
     }
     eprintln!("runs per task: {runs:?}");
+    // The node that kept running while the head was away came back with its work:
+    // what it ran when the head died ran once. Only the head's own node's tasks died
+    // with it.
+    let kept: Vec<&String> = first_node
+        .iter()
+        .filter(|(k, (_, node))| k.starts_with("slow") && *node == survivor)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        !kept.is_empty(),
+        "no slow task ran on {survivor}: {first_node:?}"
+    );
+    for k in kept {
+        assert_eq!(
+            runs.get(k),
+            Some(&1),
+            "{k} ran on the returning node: {runs:?}"
+        );
+    }
     for i in 0..4 {
         // Received before the head died: never run again.
         assert_eq!(runs.get(&format!("early{i}")), Some(&1), "{runs:?}");
@@ -438,6 +484,72 @@ fn get_on_a_dead_cluster_returns_an_error() {
         r["error"].as_str().unwrap_or("").contains("unreachable"),
         "{r}"
     );
+}
+
+#[test]
+fn a_driver_cut_off_from_the_head_fails_with_cluster_down() {
+    // The driver runs in a network namespace of its own, reaching the head over a
+    // veth pair the test takes down while the driver waits on a two-minute task.
+    let host = rayish_suite::NetnsHost::create("drv", 78);
+    let cluster = TestCluster::start_at(
+        &host.outside,
+        1,
+        1,
+        2000,
+        &["--head-reconnect-timeout", "4"],
+    );
+    let mut driver = cluster
+        .driver_in(&host, "cluster_driver")
+        .arg("head-dies")
+        .env("RAYISH_HEAD_RECONNECT_TIMEOUT", "4")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the driver");
+    // A driver that hung would hang the test: one that is not done in 90 s is killed
+    // (and then fails the check that it exited cleanly).
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let pid = driver.id().to_string();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(90)).is_err() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+        }
+    });
+    let stdout = driver.stdout.take().expect("piped stdout");
+    let mut lines: Box<dyn Iterator<Item = String>> =
+        Box::new(std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok));
+    assert!(lines.by_ref().any(|l| l == "WAITING"));
+    wait_until("the task runs", 10, || {
+        cluster
+            .status()
+            .is_some_and(|s| s["running_tasks"].as_u64() == Some(1))
+    });
+    host.cut();
+    let r = finish_scenario(driver, lines);
+    let _ = done.send(());
+    watchdog.join().expect("watchdog");
+    // Told the cluster is unreachable, not the task's value two minutes later.
+    assert!(
+        r["error"].as_str().unwrap_or("").contains("unreachable"),
+        "{r}"
+    );
+    assert!(r["seconds"].as_f64().unwrap_or(f64::MAX) < 60.0, "{r}");
+    // The head gave the silent driver up too: its job ended and its task stopped.
+    wait_until("the head ends the cut-off driver's job", 20, || {
+        cluster.status().is_some_and(|s| {
+            s["drivers"].as_u64() == Some(0) && s["running_tasks"].as_u64() == Some(0)
+        })
+    });
+    // Healed, the same host runs a new driver as if nothing happened.
+    host.heal();
+    let r = rayish_suite::run_for_result(
+        cluster
+            .driver_in(&host, "cluster_driver")
+            .args(["many", "--n", "200"]),
+    );
+    assert_eq!(r["wrong"], 0, "{r}");
 }
 
 #[test]

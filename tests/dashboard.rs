@@ -4,7 +4,8 @@
 //! failed task's error and node, the named actor, the log files and the timeline. A
 //! JavaScript error on any page fails the test; screenshots are saved under
 //! `target/release/dashboard/` (README shows one). Also `rayish timeline -o` writes the tasks'
-//! Chrome trace.
+//! Chrome trace. A second test restarts the head and finds the restart on the
+//! overview, with the node back as itself, then its next incarnation after a pause.
 
 use rayish_suite::{rand_u64, target_dir, TestCluster};
 use serde_json::Value;
@@ -45,6 +46,11 @@ fn sign_in_page(dir: &Path, cluster: &TestCluster, view: &str) -> PathBuf {
 /// Chromium's rendering of the dashboard's `view` once its data has loaded; with a
 /// screenshot of it saved too.
 fn render(dir: &Path, cluster: &TestCluster, view: &str) -> String {
+    render_as(dir, cluster, view, view.split('?').next().unwrap_or(view))
+}
+
+/// As [`render`], the screenshot saved as `<shot>.png`.
+fn render_as(dir: &Path, cluster: &TestCluster, view: &str, shot: &str) -> String {
     let page = sign_in_page(dir, cluster, view);
     let profile = dir.join(format!("profile-{:x}", rand_u64()));
     let shots = target_dir().join("dashboard");
@@ -75,10 +81,10 @@ fn render(dir: &Path, cluster: &TestCluster, view: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut shot = Command::new(chromium());
-    common(&mut shot);
-    let png = shots.join(format!("{}.png", view.split('?').next().unwrap_or(view)));
-    let out = shot
+    let mut screenshot = Command::new(chromium());
+    common(&mut screenshot);
+    let png = shots.join(format!("{shot}.png"));
+    let out = screenshot
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", page.display()))
         .output()
@@ -226,5 +232,64 @@ fn the_dashboard_shows_a_running_cluster_in_a_browser() {
 
     std::fs::write(&go, b"").expect("go");
     assert!(driver.wait().expect("driver").success());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_dashboard_shows_head_restarts_and_node_incarnations() {
+    let mut cluster = TestCluster::start(1, 1, 5000);
+    let dir = std::env::temp_dir().join(format!("rayish-dashboard-{:x}", rand_u64()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .expect("private scratch dir");
+    let node_row = |page: &str, ip: &str, state: &str| -> String {
+        page.split("<tr>")
+            .find(|row| row.contains(&format!("<td>{ip}</td>")) && row.contains(state))
+            .unwrap_or_else(|| panic!("no {state} row for {ip}:\n{page}"))
+            .to_string()
+    };
+
+    let before = render_as(&dir, &cluster, "overview", "overview-first-start");
+    assert!(
+        before.contains("head restarts (up since"),
+        "no restart card:\n{before}"
+    );
+    let row = node_row(&before, "127.0.0.3", "s-ALIVE");
+    assert!(row.contains("ALIVE</span></td><td>1</td>"), "{row}");
+
+    cluster.restart_head(2);
+    let after = render_as(&dir, &cluster, "overview", "overview-restarted");
+    assert!(
+        after.contains("<div class=\"n s-RESTARTING\">1</div><div class=\"l\">head restarts, last"),
+        "the restart is not shown:\n{after}"
+    );
+    // The node waited for the head and came back as itself, with its work.
+    let row = node_row(&after, "127.0.0.3", "s-ALIVE");
+    assert!(row.contains("ALIVE</span></td><td>1</td>"), "{row}");
+    assert!(
+        !after
+            .split("<tr>")
+            .any(|row| row.contains("<td>127.0.0.3</td>") && row.contains("s-DEAD")),
+        "the node is listed as dead too:\n{after}"
+    );
+
+    // Paused past the node timeout, it is declared dead and joins again as its next
+    // incarnation; the one before is listed as dead, with the cause.
+    let pid = cluster.nodes[1].id() as i32;
+    // SAFETY: kill(2) of a node process this test started (still its child).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(std::time::Duration::from_millis(6500));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    cluster.wait_for_nodes(2);
+    let later = render_as(&dir, &cluster, "overview", "overview-incarnations");
+    let row = node_row(&later, "127.0.0.3", "s-ALIVE");
+    assert!(row.contains("ALIVE</span></td><td>2</td>"), "{row}");
+    let row = node_row(&later, "127.0.0.3", "s-DEAD");
+    assert!(
+        row.contains("DEAD</span></td><td>1</td>") && row.contains("no heartbeat"),
+        "{row}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

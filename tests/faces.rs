@@ -841,12 +841,21 @@ fn a_run_killed_midway_with_its_driver_or_its_head_resumes_to_the_same_output() 
 fn the_faces_job_outlives_its_head_killed_twice_and_restarted_after_2_s_and_30_s() {
     // A head and two nodes; the head is killed with SIGKILL a third of the way in and
     // back on its port and storage 2 s later, then again two thirds of the way in and
-    // back 30 s later. The same driver goes on each time.
+    // back 30 s later. The same driver goes on each time, and so do the two nodes:
+    // they keep running their tasks while the head is away and come back as
+    // themselves, with their work.
     let cluster = TestCluster::start(2, 1, 2000);
     let (_, stderr) = faces_job_through(cluster, |cluster, child, out| {
         for (at, away) in [(FAULT_IMAGES / 3, 2), (FAULT_IMAGES * 2 / 3, 30)] {
             wait_for_journal(child, out, at);
             cluster.restart_head_after(3, std::time::Duration::from_secs(away));
+            for ip in ["127.0.0.3", "127.0.0.4"] {
+                assert_eq!(
+                    lives_at(cluster, ip),
+                    vec![(true, 1)],
+                    "{ip} did not come back as itself"
+                );
+            }
         }
     });
     assert_eq!(

@@ -133,6 +133,12 @@ enum Scenario {
         detached: bool,
         #[arg(long)]
         go: Option<PathBuf>,
+        /// Its `max_restarts`.
+        #[arg(long, default_value_t = 0)]
+        max_restarts: i32,
+        /// A custom resource it needs one of (to place it on a node that has it).
+        #[arg(long)]
+        resource: Option<String>,
     },
     /// Finds a named actor and adds to it; with `--kill`, kills it afterwards.
     Lookup {
@@ -264,10 +270,19 @@ fn main() -> anyhow::Result<()> {
                 "after": after,
             })
         }
-        Scenario::Named { name, detached, go } => {
-            let mut opts = ActorOptions::new().name(&name);
+        Scenario::Named {
+            name,
+            detached,
+            go,
+            max_restarts,
+            resource,
+        } => {
+            let mut opts = ActorOptions::new().name(&name).max_restarts(max_restarts);
             if detached {
                 opts = opts.detached();
+            }
+            if let Some(resource) = &resource {
+                opts = opts.resource(resource, 1.0);
             }
             let j = Journal::remote_with(opts.clone(), 0);
             let total = rayish::get(&j.add(5))?;

@@ -141,6 +141,16 @@ enum Scenario {
     },
     /// Waits on a long task while the test kills the head.
     HeadDies,
+    /// One small task after another, each `get` before the next is submitted,
+    /// printing `TICK <ms since the Unix epoch>` as each result arrives, until `until`
+    /// exists (benches/head_restart.sh times a resumed driver's first task so).
+    Ticks {
+        #[arg(long)]
+        until: PathBuf,
+        /// Pause between one result and the next submission.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+    },
     /// Tasks that need a custom resource only one node has.
     Special,
     /// Arguments and results of many megabytes, moved between nodes.
@@ -356,7 +366,8 @@ fn slow_where_after(before: (String, u32), ms: u64) -> (String, u32) {
     slow_where(ms)
 }
 
-/// `base + i` after `ms`, leaving a file named after `key` in `dir` per run.
+/// `base + i` after `ms`, leaving a file named after `key` in `dir` per run, which
+/// holds the id of the node it ran on.
 #[rayish::remote]
 fn counted_add(dir: String, key: String, base: u64, i: u64, ms: u64) -> u64 {
     let run = format!(
@@ -364,7 +375,7 @@ fn counted_add(dir: String, key: String, base: u64, i: u64, ms: u64) -> u64 {
         std::process::id(),
         rayish_suite_nanos()
     );
-    let _ = std::fs::write(run, b"");
+    let _ = std::fs::write(run, rayish::current_node_id().unwrap_or_default());
     std::thread::sleep(Duration::from_millis(ms));
     base + i
 }
@@ -920,6 +931,22 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             result(json!({"right": right, "wrong": wrong, "read_in_place": in_place}));
+        }
+        Scenario::Ticks { until, pause_ms } => {
+            let mut wrong = 0u64;
+            let mut i = 0u64;
+            while !until.exists() {
+                if rayish::get(&plus_one::remote(i))? != i + 1 {
+                    wrong += 1;
+                }
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis();
+                println!("TICK {ms}");
+                i += 1;
+                std::thread::sleep(Duration::from_millis(pause_ms));
+            }
+            result(json!({"ticks": i, "wrong": wrong}));
         }
         Scenario::HeadDies => {
             let r = slow::remote(0u64, 120_000u64);

@@ -266,7 +266,8 @@ impl TestCluster {
             .unwrap_or(0)
     }
 
-    fn wait_for_nodes(&self, n: usize) {
+    /// Waits (up to a minute) until `n` nodes are alive.
+    pub fn wait_for_nodes(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.alive_nodes() < n {
             assert!(
@@ -279,7 +280,15 @@ impl TestCluster {
 
     /// A command for a test driver or an example, pointed at this cluster.
     pub fn driver(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program_bin(program));
+        self.driver_env(Command::new(program_bin(program)))
+    }
+
+    /// [`Self::driver`] run inside `host`'s network namespace.
+    pub fn driver_in(&self, host: &NetnsHost, program: &str) -> Command {
+        self.driver_env(host.command(&program_bin(program)))
+    }
+
+    fn driver_env(&self, mut cmd: Command) -> Command {
         cmd.env("RAYISH_ADDRESS", &self.address)
             .env("RAYISH_TOKEN", &self.token)
             .env("RAYISH_TEMP_DIR", &self.root);

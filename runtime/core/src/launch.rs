@@ -376,6 +376,20 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
     let node_id = NodeId::random();
     let listener = metrics_listener(opts).await?;
     let dashboard = dashboard_listener(opts).await?;
+    let head_starts = match &opts.storage {
+        Some(storage) => Some(
+            storage
+                .record_head_start(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                )
+                .await
+                .map_err(LaunchError::Storage)?,
+        ),
+        None => None,
+    };
+
     let settings = HeadSettings {
         head_node: node_id,
         node_timeout: opts.node_timeout,
@@ -383,20 +397,9 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
             .as_ref()
             .map(|_| session_dir(opts).join(metrics::SERVICE_DISCOVERY_FILE)),
         task_events_capacity: opts.task_events_capacity,
-        head_starts: match &opts.storage {
-            Some(storage) => Some(
-                storage
-                    .record_head_start(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64),
-                    )
-                    .await
-                    .map_err(LaunchError::Storage)?,
-            ),
-            None => None,
-        },
+        head_starts,
         storage: opts.storage.clone(),
+        head_reconnect_timeout: opts.head_reconnect_timeout,
     };
     // One cache for the head and its node: what a local-mode driver registers in
     // place (its own executable) is found by both.
@@ -445,6 +448,7 @@ pub async fn launch_head(opts: &LaunchOptions) -> Result<Launched, LaunchError> 
                 session_name: session,
                 jobs: jobs.clone(),
                 head_ip: address.ip().to_string(),
+                head_starts,
             },
         );
         jobs_of_head = jobs;

@@ -39,6 +39,10 @@ pub const NODES_TABLE: &str = "nodes";
 /// Every driver's job the head lists, by job id (the newest ended ones only).
 pub const DRIVER_JOBS_TABLE: &str = "driver_jobs";
 
+/// Every detached actor not dead, by actor id: its creation, so a restarted head
+/// takes it back from its node or creates it again.
+pub const DETACHED_ACTORS_TABLE: &str = "detached_actors";
+
 /// Why the store failed.
 #[derive(Debug, Error)]
 pub enum StorageError {

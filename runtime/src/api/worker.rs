@@ -4,13 +4,14 @@
 
 use crate::registry::{lookup, lookup_constructor, lookup_method, ActorInstance, InvokeError};
 use rayish_core::core_worker::node_link::{NodeLink, RunRequest};
-use rayish_core::core_worker::{set_current_task, Connection, CoreWorker};
+use rayish_core::core_worker::{set_current_task, Connection, CoreWorker, Reconnect};
 use rayish_core::ids::{JobId, NodeId};
 use rayish_core::protocol::{FromWorker, Hello, PeerRole, RunKind, TaskError, Welcome};
 use rayish_core::transport::tls::{ClusterKey, ClusterTls};
 use rayish_core::transport::{connect, make_client_endpoint, open_control};
 use std::os::fd::FromRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs the worker and exits the process.
@@ -95,40 +96,32 @@ fn worker_main() -> Result<(), String> {
         bind,
     )
     .map_err(|e| e.to_string())?;
-    let conn = handle.block_on(async {
-        let head_conn = connect(&endpoint, head, Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
-        let hello = Hello {
-            role: PeerRole::Worker {
-                node,
-                job,
-                proof,
-                pid: std::process::id(),
-            },
-            software_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let control = open_control(&head_conn, hello)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Welcome::Accepted {
-            peer, head_node, ..
-        } = control.welcome
-        else {
-            return Err("the head refused this worker".to_string());
-        };
-        Ok::<_, String>(Connection {
-            endpoint: endpoint.clone(),
-            peer_client,
-            head_conn,
-            head: control.sender,
-            reader: control.reader,
-            peer,
+    let hello = Hello {
+        role: PeerRole::Worker {
+            node,
             job,
-            head_node,
-        })
-    })?;
-    let cw = CoreWorker::start(handle, conn, Some((link, node)), None);
+            proof,
+            pid: std::process::id(),
+        },
+        software_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let to_head = HeadDialer {
+        endpoint,
+        peer_client,
+        head,
+        hello,
+    };
+    let conn = handle.block_on(to_head.connect())?;
+    // A restarted head takes this worker back once its node is back: the tasks it
+    // runs go on, and so do their calls to the head.
+    let reconnect = Reconnect {
+        connect: Arc::new(move |_job| {
+            let to_head = to_head.clone();
+            Box::pin(async move { to_head.connect().await })
+        }),
+        within: head_wait,
+    };
+    let cw = CoreWorker::start(handle, conn, Some((link, node)), Some(reconnect));
     crate::api::metrics::running_in_worker();
     crate::api::context::install(cw.clone());
     crate::api::register_exit_hook();
@@ -176,6 +169,46 @@ fn worker_main() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What a worker says to join its head, kept to say it again to a restarted head.
+#[derive(Clone)]
+struct HeadDialer {
+    endpoint: rayish_core::transport::Endpoint,
+    peer_client: rayish_core::transport::ClientConfig,
+    head: std::net::SocketAddr,
+    hello: Hello,
+}
+
+impl HeadDialer {
+    /// A control stream to the head, as this worker.
+    async fn connect(&self) -> Result<Connection, String> {
+        let head_conn = connect(&self.endpoint, self.head, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let control = open_control(&head_conn, self.hello.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let Welcome::Accepted {
+            peer, head_node, ..
+        } = control.welcome
+        else {
+            return Err("the head refused this worker".to_string());
+        };
+        let PeerRole::Worker { job, .. } = self.hello.role else {
+            return Err("not a worker's hello".to_string());
+        };
+        Ok(Connection {
+            endpoint: self.endpoint.clone(),
+            peer_client: self.peer_client.clone(),
+            head_conn,
+            head: control.sender,
+            reader: control.reader,
+            peer,
+            job,
+            head_node,
+        })
+    }
 }
 
 fn execute(

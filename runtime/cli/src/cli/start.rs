@@ -452,8 +452,8 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
                     None => std::future::pending().await,
                 }
             };
-            let lost = tokio::select! {
-                reason = launched.node.closed() => reason,
+            let ended = tokio::select! {
+                ended = launched.node.closed() => ended,
                 _ = tokio::signal::ctrl_c() => {
                     stop_jobs(&launched).await;
                     launched.node.close();
@@ -466,14 +466,16 @@ fn run_blocking(args: StartArgs, root: PathBuf) -> Result<()> {
                 }
             };
             launched.node.close();
-            if is_head {
+            let lost = ended.reason;
+            if is_head || !ended.may_rejoin {
                 // The head's own node talks to it in memory: this cannot happen
-                // unless the head itself stopped.
+                // unless the head itself stopped. Another node waited for its head
+                // as long as it is waited for.
                 return (lost, 1);
             }
-            // Lost the head, or declared dead after a pause: drop everything of the
-            // old incarnation (workers, objects) and join again as a new node,
-            // retrying for as long as the head is waited for.
+            // Declared dead after a pause, or not taken back by a restarted head:
+            // drop everything of the old incarnation (workers, objects) and join
+            // again as a new node, retrying for as long as the head is waited for.
             tracing::warn!("{lost}; joining the head again as a new node");
             launched.endpoint.close(0u32.into(), b"rejoining");
             drop(launched);

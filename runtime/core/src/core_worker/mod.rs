@@ -191,6 +191,7 @@ impl CoreWorker {
         node: Option<(NodeLink, NodeId)>,
         reconnect: Option<Reconnect>,
     ) -> Arc<Self> {
+        let is_driver = node.is_none();
         let cw = Arc::new(Self {
             rt: rt.clone(),
             link: std::sync::RwLock::new(HeadLink {
@@ -211,7 +212,9 @@ impl CoreWorker {
             outgoing: std::sync::Mutex::new(Outgoing {
                 head: conn.head,
                 refs: RefOutbox::default(),
-                lineage: reconnect.as_ref().map(|_| Lineage::default()),
+                // A driver keeps what it made, to tell a restarted head; a worker
+                // reconnects too, but keeps nothing (its tasks are its driver's).
+                lineage: (reconnect.is_some() && is_driver).then(Lineage::default),
             }),
             reconnect,
             this: std::sync::OnceLock::new(),

@@ -64,9 +64,12 @@ pub(super) async fn read_from_head(weak: Weak<CoreWorker>, mut reader: ControlRe
         } else {
             reconnect.within
         };
+        let is_driver = cw.node.is_none();
         drop(cw);
         tracing::warn!("{reason}; waiting up to {wait:?} for the head to come back");
-        eprintln!("rayish warning: {reason}; waiting up to {wait:?} for the head to come back");
+        if is_driver {
+            eprintln!("rayish warning: {reason}; waiting up to {wait:?} for the head to come back");
+        }
         let deadline = Instant::now() + wait;
         let mut last = String::new();
         let conn = loop {
@@ -172,12 +175,15 @@ impl CoreWorker {
             lost,
             "reconnected to the head; resuming the job"
         );
-        eprintln!(
-            "rayish warning: reconnected to the head; {} tasks run again, {} values declared again, {} objects lost",
-            state.tasks.len(),
-            state.values.len() + state.errors.len(),
-            lost
-        );
+        if self.node.is_none() {
+            // A driver's user is told; a worker's line would reach them as its output.
+            eprintln!(
+                "rayish warning: reconnected to the head; {} tasks run again, {} values declared again, {} objects lost",
+                state.tasks.len(),
+                state.values.len() + state.errors.len(),
+                lost
+            );
+        }
         out.head.send(ToHead::Resume(Box::new(state)));
         if !subscribe.is_empty() {
             out.head.send(ToHead::Subscribe(subscribe));

@@ -53,6 +53,8 @@ struct Dashboard {
     jobs: Option<JobManager>,
     /// The head's address, as `JobDetails` show a driver's node.
     head_ip: String,
+    /// The head's starts on its storage, if it keeps one.
+    head_starts: Option<crate::protocol::HeadStarts>,
 }
 
 /// Binds the dashboard's socket.
@@ -68,6 +70,8 @@ pub struct DashboardParts {
     pub jobs: Option<JobManager>,
     /// The head's address.
     pub head_ip: String,
+    /// The head's starts on its storage (this one included), if it keeps one.
+    pub head_starts: Option<crate::protocol::HeadStarts>,
 }
 
 /// Serves the dashboard on `listener` until the process ends.
@@ -83,6 +87,7 @@ pub fn serve(
         session_name: parts.session_name,
         jobs: parts.jobs,
         head_ip: parts.head_ip,
+        head_starts: parts.head_starts,
     };
     // Everything but the sign-in pages needs the token: checked once, here, so no
     // endpoint can forget it.
@@ -93,6 +98,7 @@ pub fn serve(
         .route("/api/v0/tasks/timeline", get(tasks_timeline))
         .route("/api/rayish/node_usage", get(node_usage))
         .route("/api/rayish/user_metrics", get(user_metrics))
+        .route("/api/rayish/head", get(head_info))
         .route("/api/v0/logs", get(list_logs))
         .route("/api/v0/logs/{media}", get(get_log))
         .route("/api/jobs/", get(jobs_api::list).post(jobs_api::submit))
@@ -518,6 +524,21 @@ async fn node_usage(State(d): State<Dashboard>) -> Response {
         out.insert(n.status.node_id.to_string(), entry);
     }
     reply(Value::Object(out))
+}
+
+/// `GET /api/rayish/head`: the head's starts on its storage (how often it was
+/// restarted, when it first and last began; `null` for a head without storage), for
+/// the overview page. Fixed at the head's start, so it does not ask the head.
+async fn head_info(State(d): State<Dashboard>) -> Response {
+    reply(json!({
+        "head_ip": d.head_ip,
+        "head_starts": d.head_starts.map(|s| json!({
+            "count": s.count,
+            "restarts": s.restarts(),
+            "first_start_time_ms": s.first_ms,
+            "last_start_time_ms": s.last_ms,
+        })),
+    }))
 }
 
 /// `GET /api/rayish/user_metrics`: the drivers' own metrics (`rayish::metrics`,

@@ -290,10 +290,20 @@ fn resources_json(r: &ResourceSet) -> Value {
     Value::Object(map)
 }
 
+/// The node label that carries [`crate::protocol::NodeRegistration::incarnation`].
+pub const INCARNATION_LABEL: &str = "rayish.io/incarnation";
+
 fn node_json(n: &NodeRow) -> Map<String, Value> {
     let ip = n.status.address.ip().to_string();
     let mut labels = Map::new();
     labels.insert("ray.io/node_id".into(), json!(n.status.node_id.to_string()));
+    // Which join of its node process this node is (1 first; one more each time it
+    // was declared dead or lost its head and joined again). Ray has no such field;
+    // a label keeps Ray's row shape, and Ray's labels are strings.
+    labels.insert(
+        INCARNATION_LABEL.into(),
+        json!(n.status.incarnation.to_string()),
+    );
     json!({
         "node_id": n.status.node_id.to_string(),
         "node_ip": ip,

@@ -36,13 +36,18 @@ impl NodeInner {
             return Ok(path);
         }
         tracing::info!(%hash, "fetching a job binary from the head");
-        let Some(conn) = &self.head_conn else {
+        let conn = self
+            .head_conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(conn) = conn else {
             return Err(TransferError::Stream(format!(
                 "binary {hash} is not in the head's cache {} (or failed its check)",
                 path.display()
             )));
         };
-        let path = fetch_binary(conn, hash, &self.cfg.binaries).await?;
+        let path = fetch_binary(&conn, hash, &self.cfg.binaries).await?;
         self.known_binaries.insert(hash.clone(), path.clone());
         Ok(path)
     }

@@ -8,7 +8,8 @@
 //! (messages from the head, workers' requests, heartbeats). What the node does is
 //! split by concern: `execution.rs` runs assignments (arguments, leases, followers,
 //! outcomes), `actors.rs` hosts actors and their calls, `fetch.rs` gets binaries and
-//! objects onto the node, `worker_requests.rs` answers a worker's gets and puts;
+//! objects onto the node, `worker_requests.rs` answers a worker's gets and puts,
+//! `head_link.rs` keeps the stream to the head across the head's restarts;
 //! `task_queue.rs` keeps the node to its resources and `worker_pool.rs` keeps its
 //! worker processes.
 
@@ -16,6 +17,7 @@ mod actors;
 mod agent;
 mod execution;
 mod fetch;
+mod head_link;
 mod metrics;
 mod task_queue;
 mod worker_output;
@@ -26,15 +28,16 @@ use crate::binaries::BinaryCache;
 use crate::ids::{ActorId, BinaryHash, NodeId};
 use crate::object_store::{ObjectStore, FREE_SEGMENT_IDLE};
 use crate::protocol::{
-    AgentReply, FromHead, Hello, NodeLoad, NodeRegistration, PeerRole, TaskKind, ToHead,
+    AgentReply, FromHead, Hello, NodeLoad, NodeRegistration, PeerRole, TaskKind, ToHead, Welcome,
 };
 use crate::resources::ResourceSet;
 use crate::transport::{
-    connect, open_control, ConnectError, Endpoint, HandshakeError, InProcessHead, MessageSender,
+    connect, open_control, ConnectError, ControlReader, Endpoint, HandshakeError, InProcessHead,
     PeerConnections,
 };
 use actors::LocalActor;
 use dashmap::DashMap;
+use head_link::HeadLink;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,10 +92,15 @@ pub enum NodeError {
 struct NodeInner {
     cfg: NodeConfig,
     store: Arc<ObjectStore>,
+    /// What it told the head when it joined (said again, as a returning node, to a
+    /// restarted head).
+    reg: NodeRegistration,
+    /// Its QUIC endpoint (to reach a restarted head).
+    endpoint: Endpoint,
     /// QUIC connection to the head, for fetching binaries; `None` for the head's own
     /// node, which shares the head's binary cache.
-    head_conn: Option<quinn::Connection>,
-    head: MessageSender<ToHead>,
+    head_conn: std::sync::RwLock<Option<quinn::Connection>>,
+    head: Arc<HeadLink>,
     pool: Arc<WorkerPool>,
     queue: task_queue::LocalTaskQueue,
     peers: PeerConnections,
@@ -110,21 +118,119 @@ struct NodeInner {
     agent: Arc<agent::Agent>,
 }
 
+/// Pause between attempts to reach a head that went away.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+impl NodeInner {
+    /// The head went away (`why`): waits up to `--head-reconnect-timeout` for it to
+    /// come back on its address (a restarted head), keeping this node's workers,
+    /// tasks and objects, and tells it what the node still has. The new stream's
+    /// reader; or why the node cannot go on as itself.
+    async fn come_back(&self, why: &str) -> Result<ControlReader, NodeEnded> {
+        self.head.lost();
+        let timeout = self.cfg.head_reconnect_timeout;
+        if self.head_conn_is_local() {
+            // The head's own node: its head is this process, gone only at its end.
+            return Err(NodeEnded {
+                reason: why.to_string(),
+                may_rejoin: false,
+            });
+        }
+        tracing::warn!("{why}; waiting up to {timeout:?} for the head to come back");
+        // Actors live on too: the head takes back those it knows (detached ones)
+        // and tells the node to end the others.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut reg = self.reg.clone();
+        reg.resumes = true;
+        let mut last;
+        loop {
+            if self.head.overflowed() {
+                return Err(NodeEnded {
+                    reason: format!("{why}; too much happened while the head was away"),
+                    may_rejoin: true,
+                });
+            }
+            let hello = Hello {
+                role: PeerRole::Node(reg.clone()),
+                software_version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let attempt = async {
+                let conn = connect(&self.endpoint, self.cfg.head, self.cfg.connect_timeout)
+                    .await
+                    .map_err(NodeError::from)?;
+                let control = open_control(&conn, hello).await?;
+                Ok::<_, NodeError>((conn, control))
+            };
+            match attempt.await {
+                Ok((conn, control)) if matches!(control.welcome, Welcome::Accepted { .. }) => {
+                    *self.head_conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    let actors = self
+                        .actors
+                        .iter()
+                        .map(|a| (*a.key(), a.worker.pid()))
+                        .collect();
+                    self.head
+                        .back(control.sender, self.store.inventory(), actors);
+                    tracing::info!(node = ?self.cfg.node_id, "the head is back; this node goes on with its work");
+                    return Ok(control.reader);
+                }
+                Ok(_) => last = "the head sent an unexpected welcome".into(),
+                Err(NodeError::Handshake(HandshakeError::Rejected(reason))) => {
+                    return Err(NodeEnded {
+                        reason: format!("{why}; the head did not take this node back: {reason}"),
+                        may_rejoin: true,
+                    });
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeEnded {
+                    reason: format!(
+                        "{why}; the head did not come back within {timeout:?} ({last})"
+                    ),
+                    may_rejoin: false,
+                });
+            }
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+        }
+    }
+
+    /// Whether this is the head process's own node (no connection of its own).
+    fn head_conn_is_local(&self) -> bool {
+        self.head_conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+}
+
 /// How often a node marks its live jobs' binaries as used (see `BinaryCache::touch`).
 const BINARY_TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a node's link to the head ended.
+#[derive(Debug, Clone)]
+pub struct NodeEnded {
+    /// What happened.
+    pub reason: String,
+    /// Whether the head is still there for this process to join as a new node (it
+    /// declared this node dead, or refused to take it back); false when the head did
+    /// not come back within the reconnect timeout.
+    pub may_rejoin: bool,
+}
 
 /// A running node.
 pub struct RunningNode {
     inner: Arc<NodeInner>,
-    ended: tokio::sync::oneshot::Receiver<String>,
+    ended: tokio::sync::oneshot::Receiver<NodeEnded>,
 }
 
 impl RunningNode {
     /// Waits until the node's link to the head ends, and says why.
-    pub async fn closed(&mut self) -> String {
-        (&mut self.ended)
-            .await
-            .unwrap_or_else(|_| "node stopped".into())
+    pub async fn closed(&mut self) -> NodeEnded {
+        (&mut self.ended).await.unwrap_or_else(|_| NodeEnded {
+            reason: "node stopped".into(),
+            may_rejoin: false,
+        })
     }
 
     /// What a metrics scrape asks of this node.
@@ -176,10 +282,11 @@ pub async fn start_node(
         worker_key: rand::random(),
         metrics_address: cfg.metrics_address,
         incarnation: cfg.incarnation,
+        resumes: false,
     };
     let worker_key = reg.worker_key;
     let hello = Hello {
-        role: PeerRole::Node(reg),
+        role: PeerRole::Node(reg.clone()),
         software_version: env!("CARGO_PKG_VERSION").into(),
     };
     let (head_conn, control) = match local_head {
@@ -201,7 +308,8 @@ pub async fn start_node(
         head_reconnect_timeout: cfg.head_reconnect_timeout,
         worker_key,
     };
-    let pool = Arc::new(WorkerPool::new(env, req_tx, control.sender.clone()));
+    let head = Arc::new(HeadLink::new(control.sender));
+    let pool = Arc::new(WorkerPool::new(env, req_tx, head.clone()));
     let cfg_resources = cfg.resources.clone();
     let agent = Arc::new(agent::Agent::new(&cfg.log_dir, store.clone()));
     let tls = crate::transport::tls::ClusterTls::from_key(&cfg.cluster_key)
@@ -211,8 +319,10 @@ pub async fn start_node(
     let inner = Arc::new(NodeInner {
         cfg,
         store,
-        head_conn,
-        head: control.sender,
+        reg,
+        endpoint,
+        head_conn: std::sync::RwLock::new(head_conn),
+        head,
         pool,
         queue: task_queue::LocalTaskQueue::new(cfg_resources),
         peers,
@@ -282,6 +392,7 @@ pub async fn start_node(
         let reason = loop {
             match reader.next().await {
                 Ok(Some(FromHead::Execute(assignment))) => {
+                    node.head.assigned(&assignment);
                     if let TaskKind::ActorCall(actor) = assignment.spec.kind {
                         node.actor_call(actor, *assignment);
                     } else {
@@ -305,6 +416,7 @@ pub async fn start_node(
                     }
                 }
                 Ok(Some(FromHead::JobEnded(job))) => {
+                    node.head.job_ended(job);
                     node.queue.drop_job(job);
                     node.pool.kill_job(job);
                     if let Some((_, hash)) = node.job_binaries.remove(&job) {
@@ -325,11 +437,22 @@ pub async fn start_node(
                     });
                 }
                 Ok(Some(FromHead::NodeDead(reason))) => {
-                    break format!("the head declared this node dead ({reason})")
+                    break NodeEnded {
+                        reason: format!("the head declared this node dead ({reason})"),
+                        may_rejoin: true,
+                    };
                 }
                 Ok(Some(other)) => tracing::debug!("ignoring {other:?}"),
-                Ok(None) => break "the head closed the connection".to_string(),
-                Err(e) => break format!("lost the head: {e}"),
+                lost => {
+                    let why = match lost {
+                        Err(e) => format!("lost the head: {e}"),
+                        Ok(_) => "the head closed the connection".to_string(),
+                    };
+                    match node.come_back(&why).await {
+                        Ok(r) => reader = r,
+                        Err(end) => break end,
+                    }
+                }
             }
         };
         node.pool.kill_all();

@@ -9,7 +9,6 @@
 
 use super::worker_pool::Worker;
 use crate::protocol::{ToHead, WorkerOutput};
-use crate::transport::MessageSender;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,7 +43,7 @@ pub(super) struct OutputSink {
 
 impl OutputSink {
     /// Starts the task that sends lines to the head through `head`.
-    pub(super) fn start(head: MessageSender<ToHead>) -> Self {
+    pub(super) fn start(head: Arc<super::head_link::HeadLink>) -> Self {
         let (tx, rx) = mpsc::channel(MAX_PENDING);
         let dropped = Arc::new(AtomicU64::new(0));
         tokio::spawn(send_batches(rx, head, dropped.clone()));
@@ -60,7 +59,7 @@ impl OutputSink {
 
 async fn send_batches(
     mut rx: mpsc::Receiver<Line>,
-    head: MessageSender<ToHead>,
+    head: Arc<super::head_link::HeadLink>,
     dropped: Arc<AtomicU64>,
 ) {
     let mut reported = 0;
@@ -73,9 +72,8 @@ async fn send_batches(
                 _ => break,
             }
         }
-        if !head.send(ToHead::WorkerOutput(group(lines))) {
-            return;
-        }
+        // Held while the head is away (see `HeadLink`), so a restart loses none.
+        head.send(ToHead::WorkerOutput(group(lines)));
         let now = dropped.load(Ordering::Relaxed);
         if now > reported {
             tracing::warn!(

@@ -8,7 +8,7 @@
 use super::worker_output::{pump, OutputSink};
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
 use crate::protocol::{
-    FromWorker, RunKind, TaskError, TaskSpec, ToHead, ToWorker, WorkerValue, MAX_WORKER_FRAME_LEN,
+    FromWorker, RunKind, TaskError, TaskSpec, ToWorker, WorkerValue, MAX_WORKER_FRAME_LEN,
 };
 use crate::transport::{spawn_writer_within, FrameReader, MessageSender};
 use dashmap::DashMap;
@@ -239,7 +239,7 @@ impl WorkerPool {
     pub(super) fn new(
         env: WorkerEnv,
         requests: tokio::sync::mpsc::UnboundedSender<(Arc<Worker>, WorkerRequest)>,
-        head: MessageSender<ToHead>,
+        head: Arc<super::head_link::HeadLink>,
     ) -> Self {
         Self {
             env,

@@ -532,6 +532,21 @@ impl ObjectStore {
         self.lock().reused
     }
 
+    /// Every object held (in memory or spilled), with its size.
+    pub fn inventory(&self) -> Vec<(ObjectId, u64)> {
+        self.lock()
+            .slots
+            .iter()
+            .map(|(id, slot)| {
+                let len = match slot {
+                    Slot::Memory { bytes, .. } => bytes.len() as u64,
+                    Slot::Spilled { len, .. } => *len,
+                };
+                (*id, len)
+            })
+            .collect()
+    }
+
     /// Objects held (in memory or spilled).
     pub fn len(&self) -> usize {
         self.lock().slots.len()

@@ -120,6 +120,36 @@ pub enum ToHead {
     /// From a driver that reconnected to a restarted head (its first message): what
     /// it holds, so the head can re-make the objects it still needs.
     Resume(Box<ResumeState>),
+    /// From a node back from losing its head, with the same id (its first message;
+    /// see [`super::NodeRegistration::resumes`]): what it still runs and holds.
+    NodeResumed(Box<NodeInventory>),
+}
+
+/// What a node back from losing its head still has (Ray's raylets report their
+/// resources and leases to a restarted GCS the same way). Every task the head
+/// assigned it is either here or reported ended by a `TaskFinished` sent after this.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeInventory {
+    /// Function tasks assigned to it and not reported ended: queued there, fetching
+    /// their arguments, or running.
+    pub tasks: Vec<AssignedTask>,
+    /// The objects in its store, with their sizes.
+    pub objects: Vec<(ObjectId, u64)>,
+    /// The actors alive in its workers, with their worker's process id.
+    pub actors: Vec<(ActorId, u32)>,
+}
+
+/// A task a node holds, as its inventory reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssignedTask {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its job.
+    pub job: JobId,
+    /// Which attempt the node runs.
+    pub attempt: u32,
+    /// What it holds while it runs.
+    pub resources: crate::resources::ResourceSet,
 }
 
 /// An object's value a reconnecting driver declares again.

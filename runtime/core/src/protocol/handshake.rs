@@ -66,6 +66,11 @@ pub struct NodeRegistration {
     /// a pause or a partition) or that lost its head joins again as a new node, with
     /// a new id, as its next incarnation.
     pub incarnation: u32,
+    /// Whether this is a node that lost its head and is back with the same id,
+    /// workers, tasks and objects (to a restarted head): its inventory follows as
+    /// its first message ([`super::ToHead::NodeResumed`]). A head that cannot take
+    /// it back refuses it, and the node joins again as a new node.
+    pub resumes: bool,
 }
 
 /// What a worker of `job` started by a node with `worker_key` presents to the head.

@@ -177,6 +177,16 @@ impl ActorTable {
         self.actors.insert(actor, entry);
     }
 
+    /// Lists a detached actor an earlier head of this storage knew, with the restarts
+    /// it had: being created (or taken back from its node) again.
+    pub(super) fn restore(&mut self, creation: Arc<TaskSpec>, opts: ActorCreation, restarts: u32) {
+        let actor = opts.actor;
+        self.add(creation, opts, true);
+        if let Some(a) = self.actors.get_mut(&actor) {
+            a.restarts = restarts;
+        }
+    }
+
     /// A call `task` from `caller` joins the actor's line: its order number.
     pub(super) fn enqueue_call(&mut self, actor: ActorId, task: TaskId, caller: PeerId) -> u64 {
         let seq = self.next_seq;

@@ -55,6 +55,7 @@ impl HeadState {
             return;
         }
         tracing::info!(?actor, class = %opts.class, name = ?opts.name, "actor submitted");
+        self.remember_actor(actor);
         self.add_task(spec, 0);
     }
 
@@ -129,6 +130,7 @@ impl HeadState {
         let kill = a.kill_reason().is_some();
         let handle = a.handle();
         tracing::info!(?actor, node = ?node_id, restarts = a.restarts(), "actor alive");
+        self.remember_actor(actor);
         if kill {
             // Killed while it was being created: end it now that it exists.
             if let Some(peer) = self.nodes.live_peer(node_id) {
@@ -198,6 +200,7 @@ impl HeadState {
             "actor died ({reason}); re-creating it"
         );
         let task_id = spec.task_id;
+        self.remember_actor(actor);
         // The creation's arguments are still pinned (until the actor is dead for good).
         self.tasks.insert(spec, attempt, self.clock_ms());
         self.requeue(task_id);
@@ -209,6 +212,9 @@ impl HeadState {
         let Some(dead) = self.actors.mark_dead(actor, cause.clone()) else {
             return;
         };
+        if dead.detached {
+            self.remember_actor(actor);
+        }
         let creation = dead.creation;
         let handle = creation.return_id;
         if let Some(a) = self.actors.get(&actor) {

@@ -1,6 +1,6 @@
 //! What the head keeps in its storage ([`crate::storage`]) and reads back when it
 //! starts again on it: every node it has seen and every driver's job (the newest
-//! dead and ended ones only, as it lists them). The table of submitted jobs is kept
+//! dead and ended ones only, as it lists them), and every detached actor not dead. The table of submitted jobs is kept
 //! by [`crate::jobs`]; the token and the head's starts by the launcher.
 //!
 //! Invariant: a node's record is queued when it joins and when it dies, a driver
@@ -11,18 +11,26 @@
 //! that were alive when the earlier head stopped with the restart as the cause.
 
 use super::job_table::JobInfo;
+use super::object_table::ObjectValue;
 use super::HeadState;
+use crate::ids::{ActorId, BinaryHash};
 use crate::ids::{JobId, NodeId};
 use crate::protocol::NodeRegistration;
+use crate::protocol::{TaskKind, TaskSpec};
 use crate::resources::ResourceSet;
-use crate::storage::{DRIVER_JOBS_TABLE, NODES_TABLE};
+use crate::storage::{DETACHED_ACTORS_TABLE, DRIVER_JOBS_TABLE, NODES_TABLE};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a node alive when the earlier head stopped is listed as dead.
-const HEAD_RESTARTED: &str = "the head restarted; a node that came back joined as a new node";
+const HEAD_RESTARTED: &str =
+    "the head restarted, and the node did not come back within the node timeout";
+
+/// Why the earlier head's own node is listed as dead.
+const HEAD_NODE_RESTARTED: &str = "the head restarted; this was its own node";
 
 /// Why a job whose driver was connected when the earlier head stopped is ended.
 const DRIVER_WITH_THE_HEAD: &str = "the head restarted; its driver's connection went with it";
@@ -41,6 +49,20 @@ struct StoredJob {
     lost: Option<String>,
 }
 
+/// A detached actor as its record keeps it (keyed by its id): what it takes to take
+/// it back from its node, or to create it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredActor {
+    /// Its creation task as submitted (class, name, options, arguments).
+    creation: TaskSpec,
+    /// The binary its job's workers run.
+    binary: BinaryHash,
+    /// Times it was re-created.
+    restarts: u32,
+    /// The node it lives on, if it is alive.
+    home: Option<NodeId>,
+}
+
 /// A node as its record keeps it (keyed by its id): what `rayish status` and the
 /// state API list. The node's worker key is not kept: a dead node has no workers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +75,10 @@ struct StoredNode {
     /// Which join of its node process it was.
     #[serde(default)]
     incarnation: u32,
+    /// Whether it was the head process's own node (it dies with that head, so a
+    /// restarted head does not wait for it to come back).
+    #[serde(default)]
+    is_head: bool,
     /// When it joined, in milliseconds since the Unix epoch.
     joined_ms: u64,
     /// When it died and why, if it has.
@@ -75,6 +101,7 @@ impl HeadState {
             resources: reg.resources.clone(),
             metrics_address: reg.metrics_address,
             incarnation: reg.incarnation,
+            is_head: id == self.settings.head_node,
             joined_ms: self.epoch_ms(life.joined),
             died: life.died.map(|(at, why)| (self.epoch_ms(at), why)),
         };
@@ -95,12 +122,18 @@ impl HeadState {
         nodes.sort_by_key(|(_, n)| n.died.as_ref().map_or(now_ms, |(at, _)| *at));
         let mut forgotten = Vec::new();
         let mut ended_here = Vec::new();
+        let mut may_return = Vec::new();
         for (id, record) in nodes {
             let died = match record.died {
                 Some((at, why)) => (at, why),
                 None => {
                     ended_here.push(id);
-                    (now_ms, HEAD_RESTARTED.to_string())
+                    if record.is_head {
+                        (now_ms, HEAD_NODE_RESTARTED.to_string())
+                    } else {
+                        may_return.push(id);
+                        (now_ms, HEAD_RESTARTED.to_string())
+                    }
                 }
             };
             let reg = NodeRegistration {
@@ -112,15 +145,91 @@ impl HeadState {
                 worker_key: [0; 32],
                 metrics_address: record.metrics_address,
                 incarnation: record.incarnation,
+                resumes: false,
             };
             let joined = self.instant_of(record.joined_ms);
             let died = (self.instant_of(died.0), died.1);
             forgotten.extend(self.nodes.restore_dead(reg, joined, died));
         }
-        for id in ended_here {
-            self.remember_node(id);
+        for id in &ended_here {
+            self.remember_node(*id);
         }
         self.forget(NODES_TABLE, &forgotten);
+        // Those may come back with their work, as the same nodes; the earlier
+        // head's own node went with it.
+        self.expect_nodes(may_return);
+    }
+
+    /// Queues detached actor `actor`'s record as the table has it now (deleted once
+    /// it is dead). Written when it is submitted, alive, re-created or dead: never
+    /// per call.
+    pub(super) fn remember_actor(&self, actor: ActorId) {
+        let Some(storage) = &self.settings.storage else {
+            return;
+        };
+        let key = actor.to_string();
+        let Some(a) = self.actors.get(&actor).filter(|a| a.opts().detached) else {
+            return;
+        };
+        if a.is_dead() {
+            storage.delete(DETACHED_ACTORS_TABLE, &key);
+            return;
+        }
+        let Some(binary) = self.jobs.binary(a.creation().job) else {
+            return;
+        };
+        let record = StoredActor {
+            creation: (**a.creation()).clone(),
+            binary: binary.clone(),
+            restarts: a.restarts(),
+            home: match a.state() {
+                super::actor_table::ActorState::Alive(node) => Some(*node),
+                _ => None,
+            },
+        };
+        storage.put(DETACHED_ACTORS_TABLE, &key, &record);
+    }
+
+    /// Takes back the detached actors an earlier head of this storage knew: each
+    /// waits for its node to come back with it, or is created again (per its
+    /// `max_restarts`) if its node cannot; their jobs live on.
+    pub(super) fn restore_actors(&mut self) {
+        let Some(records) = self.stored_by_id::<StoredActor>(DETACHED_ACTORS_TABLE) else {
+            return;
+        };
+        let now = self.clock.now();
+        for (id, record) in records {
+            let actor = ActorId(id);
+            let TaskKind::CreateActor(opts) = &record.creation.kind else {
+                tracing::warn!(?actor, "a stored actor's creation is not one; skipped");
+                continue;
+            };
+            let opts = (**opts).clone();
+            if opts.actor != actor || !opts.detached || !record.binary.is_well_formed() {
+                tracing::warn!(?actor, "a stored actor does not match its key; skipped");
+                continue;
+            }
+            let creation = Arc::new(record.creation);
+            let handle = creation.return_id;
+            self.jobs
+                .revive_for_detached(creation.job, record.binary, now);
+            self.remember_job(creation.job);
+            self.actors
+                .restore(Arc::clone(&creation), opts, record.restarts);
+            // The handle object exists (the actor did), and the actor holds it.
+            self.objects
+                .create(handle, ObjectValue::Inline(Vec::new()), None);
+            self.objects.retain(handle);
+            match record.home {
+                Some(node) if self.reclaim.awaits(node) => {
+                    self.reclaim.await_actor(actor, node);
+                }
+                _ => self.actor_lost(
+                    actor,
+                    "its node was gone when the head restarted".to_string(),
+                ),
+            }
+        }
     }
 
     /// Queues driver job `job`'s record as the table has it now.

@@ -151,6 +151,40 @@ impl JobTable {
         Ok(())
     }
 
+    /// `job` lives on through a detached actor an earlier head of this storage knew
+    /// (its driver gone): alive again, running `binary`, taken off the ended list.
+    pub(super) fn revive_for_detached(&mut self, job: JobId, binary: BinaryHash, now: Instant) {
+        if self.jobs.contains_key(&job) {
+            return;
+        }
+        let info = match self.ended.iter().position(|j| j.id == job) {
+            Some(at) => self.ended.remove(at),
+            None => None,
+        };
+        let mut info = info.unwrap_or(JobInfo {
+            id: job,
+            name: String::new(),
+            driver_pid: 0,
+            submission_id: None,
+            started: now,
+            ended: None,
+            lost: None,
+        });
+        info.ended = None;
+        self.jobs.insert(
+            job,
+            JobEntry {
+                info,
+                binary,
+                // No connection: its driver is gone.
+                driver: PeerId(u128::MAX),
+                alive: true,
+                driver_gone: true,
+                wants_output: false,
+            },
+        );
+    }
+
     /// Whether `job` accepts tasks and workers.
     pub(super) fn is_alive(&self, job: JobId) -> bool {
         self.jobs.get(&job).is_some_and(|j| j.alive)

@@ -17,7 +17,12 @@ impl HeadState {
             PeerRole::Node(reg) => {
                 let (id, address) = (reg.node_id, reg.address);
                 let resources = reg.resources.to_string();
-                if let Err(reason) = self.nodes.join(reg, peer, self.clock.now()) {
+                let joined = if reg.resumes {
+                    self.node_returns(reg, peer)
+                } else {
+                    self.nodes.join(reg, peer, self.clock.now())
+                };
+                if let Err(reason) = joined {
                     return Welcome::Rejected(reason);
                 }
                 tracing::info!(node = ?id, %address, %resources, "node joined");
@@ -147,6 +152,10 @@ impl HeadState {
             );
             self.nodes.excuse_stall(now);
         }
+        // After a restart: nodes that did not come back in time are given up, and
+        // what came back unclaimed is let go at the end of its window.
+        self.release_parked();
+        self.expire_reclaim();
         for task_id in self.tasks.due(now) {
             self.requeue(task_id);
         }
@@ -172,6 +181,7 @@ impl HeadState {
         };
         self.remember_node(node_id);
         self.forget(crate::storage::NODES_TABLE, &forgotten);
+        self.reclaim.node_gone(node_id);
         let running = dead.running;
         tracing::warn!(node = ?node_id, address = %dead.address, running = running.len(), "node died: {reason}");
         // Actors first: calls that were running there are then retried into a

@@ -10,8 +10,9 @@
 //! scheduling queue in [`super::scheduler`]. What the head does across tables is
 //! split by concern into `impl HeadState` blocks: [`membership`], [`tasks`],
 //! [`objects`], [`placement`], [`actors`], [`status`], [`agent_relay`],
-//! [`durable`] for what outlives the head's process, and [`resume`] for a driver
-//! back from a head restart; they change a table only
+//! [`durable`] for what outlives the head's process, [`resume`] for a driver
+//! back from a head restart and [`reclaim`] for a node back from one (with
+//! [`reclaim_table`]); they change a table only
 //! through its methods.
 
 mod actor_table;
@@ -27,6 +28,8 @@ mod objects;
 mod output;
 mod peer_table;
 mod placement;
+mod reclaim;
+mod reclaim_table;
 mod resume;
 mod status;
 mod task_events;
@@ -42,8 +45,9 @@ use super::clock::{Clock, SystemClock};
 use super::scheduler::{pick_node, SchedulingQueue};
 use crate::ids::{JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{
-    ArgSource, AutoscalerReport, ClusterStatus, FromHead, ObjectLocation, PeerRole, StoredValue,
-    TaskArg, TaskAssignment, TaskError, TaskKind, TaskOutcome, TaskSpec, ToHead, Welcome,
+    ArgSource, AutoscalerReport, ClusterStatus, FromHead, NodeRegistration, ObjectLocation,
+    PeerRole, StoredValue, TaskArg, TaskAssignment, TaskError, TaskKind, TaskOutcome, TaskSpec,
+    ToHead, Welcome,
 };
 use crate::resources::ResourceSet;
 use crate::transport::MessageSender;
@@ -53,6 +57,7 @@ use job_table::JobTable;
 use node_table::NodeTable;
 use object_table::{Freed, ObjectTable, ObjectValue};
 use peer_table::{PeerKind, PeerProcess, PeerTable};
+use reclaim_table::ReclaimTable;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,6 +133,9 @@ pub struct HeadSettings {
     /// The head's storage, if it keeps one: what it remembers across restarts
     /// (see [`durable`]).
     pub storage: Option<crate::storage::Storage>,
+    /// How long peers wait for a silent head (`--head-reconnect-timeout`): after a
+    /// restart, what returning nodes bring waits this long for its drivers.
+    pub head_reconnect_timeout: Duration,
 }
 
 /// The head's tables and the logic that changes them.
@@ -164,6 +172,9 @@ pub struct HeadState {
     agent_relay: agent_relay::AgentRelay,
     /// What running job entrypoints hold on the head's node, by submission id.
     entrypoints: HashMap<String, ResourceSet>,
+    /// After a restart: the nodes that may come back with their work, and what
+    /// those that did brought (see [`reclaim`]).
+    reclaim: ReclaimTable,
 }
 
 impl HeadState {
@@ -201,9 +212,11 @@ impl HeadState {
             last_tick: now,
             agent_relay: Default::default(),
             entrypoints: HashMap::default(),
+            reclaim: ReclaimTable::default(),
         };
         state.restore_nodes();
         state.restore_jobs();
+        state.restore_actors();
         state
     }
 
@@ -376,7 +389,9 @@ impl HeadState {
             }
             ToHead::ObjectCopied(id) => {
                 if let Some(node) = self.peers.node(peer) {
-                    if !self.objects.add_copy(&id, node) {
+                    // A copy a returning node made before the restart waits for its
+                    // claim like the node's other objects.
+                    if !self.objects.add_copy(&id, node) && !self.reclaim.holds(&id) {
                         // Freed meanwhile: the copy is garbage.
                         self.send(peer, FromHead::DeleteObjects(vec![id]));
                     }
@@ -403,6 +418,7 @@ impl HeadState {
             ToHead::SubscribeOutput => self.subscribe_output(peer),
             ToHead::AgentReply { id, reply } => self.agent_replied(peer, id, reply),
             ToHead::Resume(state) => self.resumed(peer, *state, &mut freed),
+            ToHead::NodeResumed(inventory) => self.node_inventory(peer, *inventory),
             ToHead::GetActor { request, name } => {
                 let result = self.find_actor(peer, &name);
                 self.send(peer, FromHead::ActorFound { request, result });

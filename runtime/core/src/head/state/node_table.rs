@@ -99,6 +99,32 @@ impl NodeTable {
         Ok(())
     }
 
+    /// Dead node `reg.node_id`, listed from an earlier head, is back as itself (it
+    /// lost that head and kept its work): alive again, holding nothing until its
+    /// inventory is charged. Refused unless it is listed and dead.
+    pub(super) fn rejoin(
+        &mut self,
+        reg: NodeRegistration,
+        peer: PeerId,
+        now: Instant,
+    ) -> Result<(), String> {
+        let id = reg.node_id;
+        let Some(node) = self.nodes.get_mut(&id).filter(|n| !n.alive) else {
+            return Err(format!("node {id} is not a dead node of this head"));
+        };
+        node.capacity = reg.resources.clone();
+        node.reg = reg;
+        node.peer = peer;
+        node.alive = true;
+        node.used = ResourceSet::new();
+        node.running.clear();
+        node.last_heartbeat = now;
+        node.died = None;
+        self.dead.retain(|d| *d != id);
+        self.version += 1;
+        Ok(())
+    }
+
     /// Bumped by every join and death.
     pub(super) fn version(&self) -> u64 {
         self.version

@@ -1,5 +1,6 @@
 //! A driver back from a head restart: the objects it still needs, made again from what
-//! it kept (values, or the tasks that make them).
+//! it kept (values, or the tasks that make them); a worker back from one: what it
+//! holds.
 
 use super::*;
 use crate::protocol::ResumeState;
@@ -11,7 +12,15 @@ impl HeadState {
     /// those tasks are let go last, when the tasks pin them.
     pub(super) fn resumed(&mut self, peer: PeerId, state: ResumeState, freed: &mut Freed) {
         let Some(job) = self.peers.driver_job(peer) else {
-            tracing::warn!(?peer, "a resume from a peer that is not a driver; ignored");
+            // A worker back from the restart (its node came back) keeps nothing of
+            // its own to declare: only what it holds counts.
+            if self.peers.job(peer).is_some() && self.peers.node(peer).is_none() {
+                for id in state.holds {
+                    self.objects.add_holder(peer, id);
+                }
+            } else {
+                tracing::warn!(?peer, "a resume from a peer that is not a driver; ignored");
+            }
             return;
         };
         let (values, tasks) = (state.values.len(), state.tasks.len());
@@ -40,7 +49,11 @@ impl HeadState {
     /// Runs a task again that the driver submitted to an earlier head and has no
     /// result of: it may have been running when that head died, so this is a retry,
     /// counted against its `max_retries`.
-    fn resume_task(&mut self, peer: PeerId, spec: Arc<TaskSpec>, attempt: u32) {
+    pub(super) fn resume_task(&mut self, peer: PeerId, spec: Arc<TaskSpec>, attempt: u32) {
+        // A node back with its work may have it running, or its result.
+        let Some((spec, attempt)) = self.claim_task(peer, spec, attempt) else {
+            return;
+        };
         let return_id = spec.return_id;
         if attempt > spec.max_retries {
             let err = TaskError::WorkerDied {

@@ -102,7 +102,7 @@ impl HeadState {
         worker_pid: u32,
     ) {
         let Some(task) = self.tasks.get(&task_id) else {
-            return;
+            return self.unclaimed_task_ended(node_id, task_id, attempt, outcome);
         };
         if task.state() != TaskState::Running(node_id) || task.attempt() != attempt {
             tracing::debug!(?task_id, "stale report of a task that was already re-run");

@@ -10,6 +10,7 @@ use crate::resources::{CPU, GPU};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 const NODE_TIMEOUT: Duration = Duration::from_secs(2);
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A head and the peers it talks to.
 struct Bench {
@@ -49,6 +50,7 @@ impl Bench {
             task_events_capacity: 4,
             head_starts: None,
             storage,
+            head_reconnect_timeout: RECONNECT_TIMEOUT,
         };
         Self {
             head: HeadState::with_clock(settings, clock.clone()),
@@ -95,6 +97,7 @@ impl Bench {
             worker_key: [7; 32],
             metrics_address: None,
             incarnation: 1,
+            resumes: false,
         };
         let (peer, welcome) = self.connect(PeerRole::Node(reg));
         assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
@@ -853,6 +856,143 @@ fn a_driver_back_after_a_restart_goes_on_with_its_job_and_nothing_it_received_ru
         b.head.peers.job(driver.peer).is_none(),
         "the old link is over"
     );
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_node_back_from_a_restart_keeps_its_work_and_nothing_it_ran_runs_again() {
+    let (dir, storage) = fresh_storage("reclaim");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let before = b.driver();
+    let kept = b.cpu_node(2.0);
+    let gone = b.cpu_node(1.0);
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    // The next head: the driver is back first, with four tasks it has no result of.
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let role = PeerRole::Driver {
+        binary: BinaryHash("ab".repeat(32)),
+        name: "test".into(),
+        pid: 4242,
+        submission_id: None,
+        resumes: Some(before.job),
+    };
+    let driver = match b.connect(role) {
+        (peer, Welcome::Accepted { job: Some(job), .. }) => TestDriver { peer, job },
+        (_, other) => panic!("driver refused: {other:?}"),
+    };
+    let running = task(driver.job, "running", Vec::new(), 3);
+    let large = task(driver.job, "large", Vec::new(), 3);
+    let small = task(driver.job, "small", Vec::new(), 3);
+    let lost = task(driver.job, "lost", Vec::new(), 3);
+    let all = [&running, &large, &small, &lost];
+    let state = crate::protocol::ResumeState {
+        tasks: all.iter().map(|t| (Arc::new((*t).clone()), 1)).collect(),
+        ..Default::default()
+    };
+    b.send(driver.peer, ToHead::Resume(Box::new(state)));
+    b.send(
+        driver.peer,
+        ToHead::Subscribe(all.iter().map(|t| t.return_id).collect()),
+    );
+    assert!(
+        b.location(driver, running.return_id).is_none(),
+        "nothing is decided while the nodes may come back"
+    );
+
+    // A node this head never saw cannot come back; the kept one can, as itself.
+    let reg = |id: NodeId, resumes: bool| NodeRegistration {
+        node_id: id,
+        address: "127.0.0.9:7000".parse().expect("an address"),
+        resources: ResourceSet::new().with(CPU, 2.0),
+        hostname: "test".into(),
+        pid: 1,
+        worker_key: [7; 32],
+        metrics_address: None,
+        incarnation: 1,
+        resumes,
+    };
+    let (_, welcome) = b.connect(PeerRole::Node(reg(NodeId::random(), true)));
+    assert!(matches!(welcome, Welcome::Rejected(_)), "{welcome:?}");
+    let (peer, welcome) = b.connect(PeerRole::Node(reg(kept.id, true)));
+    assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
+    let back = TestNode { peer, id: kept.id };
+    // Its inventory: `running` still runs, `small` is not reported (it ended just
+    // before the restart: its end is sent again below), `large`'s result is stored.
+    let held = |t: &TaskSpec| crate::protocol::AssignedTask {
+        task_id: t.task_id,
+        job: t.job,
+        attempt: 0,
+        resources: t.resources.clone(),
+    };
+    let inventory = crate::protocol::NodeInventory {
+        tasks: vec![held(&running)],
+        objects: vec![(large.return_id, 1 << 20)],
+        actors: Vec::new(),
+    };
+    b.send(back.peer, ToHead::NodeResumed(Box::new(inventory)));
+    b.send(
+        back.peer,
+        ToHead::TaskFinished {
+            task_id: small.task_id,
+            attempt: 0,
+            outcome: stored_inline(5),
+            run_micros: 1000,
+            worker_pid: 777,
+        },
+    );
+    assert!(
+        b.assigned(back).is_empty(),
+        "the other node may still come back"
+    );
+
+    // The other node does not come back within the node timeout: given up.
+    b.pass(NODE_TIMEOUT + NODE_TIMEOUT / 5, &[back]);
+    let a = b.only_assignment(back);
+    assert_eq!(
+        (a.spec.task_id, a.attempt),
+        (lost.task_id, 1),
+        "only the lost task runs again, as a retry"
+    );
+    let mut told: HashMap<ObjectId, ObjectLocation> = HashMap::default();
+    for m in b.inbox(driver.peer) {
+        if let FromHead::ObjectReady { id, location } = m {
+            told.insert(id, location);
+        }
+    }
+    assert!(held_only_by(told.remove(&large.return_id), back));
+    assert!(matches!(told.remove(&small.return_id), Some(ObjectLocation::Inline(v)) if v == [5]));
+    assert!(told.is_empty(), "{told:?}");
+    // The running one is the head's again: its end completes it, and the node holds
+    // what both tasks hold meanwhile.
+    let status = b.head.status();
+    let node = status
+        .nodes
+        .iter()
+        .find(|n| n.node_id == back.id)
+        .expect("listed");
+    assert!(node.alive);
+    assert_eq!(node.running_tasks, 2);
+    b.finish(
+        back,
+        &TaskAssignment {
+            spec: Arc::new(running.clone()),
+            attempt: 0,
+            sources: Vec::new(),
+            binary: BinaryHash("ab".repeat(32)),
+        },
+        stored_inline(8),
+    );
+    assert!(matches!(
+        b.location(driver, running.return_id),
+        Some(ObjectLocation::Inline(v)) if v == [8]
+    ));
+    // Too late for the node given up: it must join as a new node.
+    let (_, welcome) = b.connect(PeerRole::Node(reg(gone.id, true)));
+    assert!(matches!(welcome, Welcome::Rejected(_)), "{welcome:?}");
     drop(b);
     drop(storage);
     let _ = std::fs::remove_dir_all(&dir);
