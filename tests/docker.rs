@@ -1,7 +1,9 @@
 //! The Docker image (cluster/Dockerfile, built by cluster/build-image.sh on a base made
 //! with debootstrap, as there is no registry here): a head and two workers as
 //! containers on a private Docker network run the faces job; one worker container is
-//! stopped mid-job and the job still completes, with the same output as local mode.
+//! stopped mid-job and the job still completes, with the same output as local mode;
+//! in another run the head's container is restarted (`docker restart`) mid-job and
+//! the job goes on.
 //!
 //! Needs Docker and root (debootstrap); tests/run.sh runs it.
 
@@ -55,6 +57,106 @@ impl Drop for Deployment {
 }
 
 impl Deployment {
+    /// A head and two workers of image `tag` on a network of their own, each with 1
+    /// CPU and `photos` at /photos; returns once all three nodes are alive.
+    fn start(tag: &str, photos: &Path) -> Deployment {
+        let network = format!("rayish-t{:x}", rayish_suite::rand_u64() & 0xffff_ffff);
+        docker_ok(&["network", "create", &network]);
+        let mut d = Deployment {
+            tag: tag.to_string(),
+            containers: Vec::new(),
+            network,
+            token: rayish_core::transport::tls::new_token(),
+        };
+        d.run(
+            "head",
+            photos,
+            &["start", "--head", "--block", "--num-cpus", "1"],
+        );
+        for w in ["worker1", "worker2"] {
+            d.run(
+                w,
+                photos,
+                &[
+                    "start",
+                    "--address",
+                    "head:6379",
+                    "--block",
+                    "--num-cpus",
+                    "1",
+                ],
+            );
+        }
+        d.wait_for_alive(3);
+        d
+    }
+
+    /// Waits (up to a minute) until `n` nodes are alive.
+    fn wait_for_alive(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let alive = self.status()["nodes"]
+                .as_array()
+                .map_or(0, |n| n.iter().filter(|n| n["alive"] == true).count());
+            if alive == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} nodes are not alive: {}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// `rayish-faces encode /photos` from container `name` against the head, in the
+    /// background, its output to /tmp/out there.
+    fn start_job(&self, name: &str) -> std::process::Child {
+        Command::new("docker")
+            .args([
+                "exec",
+                &format!("{}-{name}", self.network),
+                "rayish-faces",
+                "encode",
+                "/photos",
+                "--address",
+                "head:6379",
+            ])
+            .args(["--out", "/tmp/out", "--quiet"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the job")
+    }
+
+    /// Checks the job run from container `name` did every image as local mode does
+    /// here.
+    fn assert_same_faces_as_local(&self, name: &str, photos: &Path) {
+        let remote = self.exec(name, &["cat", "/tmp/out/encodings.jsonl"]);
+        assert!(remote.status.success(), "{}", text(&remote));
+        let remote = faces_by_file(&String::from_utf8_lossy(&remote.stdout));
+        let local_out = photos.with_extension("local-out");
+        let local = Command::new(target_dir().join("rayish-faces"))
+            .args([
+                "encode",
+                photos.to_str().expect("path"),
+                "--out",
+                local_out.to_str().expect("path"),
+                "--quiet",
+            ])
+            .env_remove("RAYISH_ADDRESS")
+            .output()
+            .expect("local run");
+        assert!(local.status.success(), "{}", text(&local));
+        let local = faces_by_file(
+            &std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"),
+        );
+        assert_eq!(remote.len(), 70);
+        assert_same_faces(&local, &remote, 1e-9);
+        let _ = std::fs::remove_dir_all(&local_out);
+    }
+
     fn run(&mut self, name: &str, photos: &Path, args: &[&str]) {
         let full = format!("{}-{name}", self.network);
         let volume = format!("{}:/photos:ro", photos.display());
@@ -161,48 +263,7 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
     ]);
 
     let photos = photo_set();
-    let network = format!("rayish-t{:x}", rayish_suite::rand_u64() & 0xffff_ffff);
-    docker_ok(&["network", "create", &network]);
-    let mut d = Deployment {
-        tag: tag.clone(),
-        containers: Vec::new(),
-        network,
-        token: rayish_core::transport::tls::new_token(),
-    };
-    d.run(
-        "head",
-        &photos,
-        &["start", "--head", "--block", "--num-cpus", "1"],
-    );
-    for w in ["worker1", "worker2"] {
-        d.run(
-            w,
-            &photos,
-            &[
-                "start",
-                "--address",
-                "head:6379",
-                "--block",
-                "--num-cpus",
-                "1",
-            ],
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let alive = d.status()["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["alive"] == true).count());
-        if alive == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the three nodes did not join: {}",
-            d.status()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let d = Deployment::start(&tag, &photos);
 
     // The token reached every container without being on a command line.
     for c in &d.containers {
@@ -266,30 +327,59 @@ fn the_image_runs_a_head_and_two_workers_and_survives_a_stopped_worker() {
     assert_eq!(dead.len(), 1, "worker2 is not seen dead: {status}");
 
     // Every image done, as local mode does it here.
-    let remote = d.exec("head", &["cat", "/tmp/out/encodings.jsonl"]);
-    assert!(remote.status.success(), "{}", text(&remote));
-    let remote = faces_by_file(&String::from_utf8_lossy(&remote.stdout));
-    let local_out = photos.with_extension("local-out");
-    let local = Command::new(target_dir().join("rayish-faces"))
-        .args([
-            "encode",
-            photos.to_str().expect("path"),
-            "--out",
-            local_out.to_str().expect("path"),
-            "--quiet",
-        ])
-        .env_remove("RAYISH_ADDRESS")
-        .output()
-        .expect("local run");
-    assert!(local.status.success(), "{}", text(&local));
-    let local = faces_by_file(
-        &std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"),
-    );
-    assert_eq!(remote.len(), 70);
-    assert_same_faces(&local, &remote, 1e-9);
+    d.assert_same_faces_as_local("head", &photos);
     drop(d);
     let _ = std::fs::remove_dir_all(&photos);
-    let _ = std::fs::remove_dir_all(&local_out);
+}
+
+#[test]
+fn the_image_s_cluster_outlives_a_docker_restart_of_its_head_mid_job() {
+    let _one = rayish_suite::exclusive();
+    let tag = build_image();
+    let photos = photo_set();
+    let d = Deployment::start(&tag, &photos);
+    // Driven from worker1's container, so that the driver outlives the head's.
+    let job = d.start_job("worker1");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while d.status()["nodes"].as_array().map_or(0, |n| {
+        n.iter()
+            .filter_map(|n| n["finished_tasks"].as_u64())
+            .sum::<u64>()
+    }) < 6
+    {
+        assert!(Instant::now() < deadline, "no task ran: {}", d.status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGTERM, then the same container and command again: same storage, same token
+    // (in its environment), same name on the network.
+    docker_ok(&["restart", &format!("{}-head", d.network)]);
+    let out = job.wait_with_output().expect("the job");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the job failed across the head's restart: {}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("reconnected to the head"),
+        "the driver did not go on through the restart: {stderr}"
+    );
+    // The workers kept their work and came back as themselves.
+    let status = d.status();
+    for w in ["worker1", "worker2"] {
+        let lives: Vec<(bool, u64)> = status["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["hostname"] == w)
+            .map(|n| (n["alive"] == true, n["incarnation"].as_u64().unwrap_or(0)))
+            .collect();
+        assert_eq!(lives, vec![(true, 1)], "{w}: {status}");
+    }
+    assert_eq!(status["head_starts"]["count"], 2, "{status}");
+    d.assert_same_faces_as_local("worker1", &photos);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&photos);
 }
 
 #[test]

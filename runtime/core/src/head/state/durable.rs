@@ -224,10 +224,17 @@ impl HeadState {
                 Some(node) if self.reclaim.awaits(node) => {
                     self.reclaim.await_actor(actor, node);
                 }
-                _ => self.actor_lost(
+                Some(_) => self.actor_lost(
                     actor,
                     "its node was gone when the head restarted".to_string(),
                 ),
+                None => {
+                    // It was being created: its creation runs again (not a restart).
+                    let task_id = creation.task_id;
+                    self.tasks
+                        .insert(Arc::clone(&creation), record.restarts, self.clock_ms());
+                    self.requeue(task_id);
+                }
             }
         }
     }

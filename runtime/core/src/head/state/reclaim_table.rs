@@ -189,10 +189,7 @@ impl ReclaimTable {
 
     /// The parked tasks, if no node is awaited any more (past the window, those
     /// that did not come back are given up: returned second).
-    pub(super) fn unpark(
-        &mut self,
-        now: Instant,
-    ) -> Option<(Vec<ParkedTask>, Vec<NodeId>)> {
+    pub(super) fn unpark(&mut self, now: Instant) -> Option<(Vec<ParkedTask>, Vec<NodeId>)> {
         if self.waiting(now) {
             return None;
         }

@@ -997,3 +997,74 @@ fn a_node_back_from_a_restart_keeps_its_work_and_nothing_it_ran_runs_again() {
     drop(storage);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_detached_actor_is_taken_back_from_its_returning_node_or_created_again() {
+    let (dir, storage) = fresh_storage("detached");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    // Each node has a resource of its own, so each actor goes where the test says.
+    let kept = b.node(ResourceSet::new().with(CPU, 2.0).with("a", 1.0));
+    let lost = b.node(ResourceSet::new().with(CPU, 2.0).with("b", 1.0));
+    let driver = b.driver();
+    let detached = |b: &mut Bench, node: TestNode, resource: &str| {
+        let (actor, mut create) = actor_creation(driver.job, 1);
+        if let TaskKind::CreateActor(c) = &mut create.kind {
+            c.detached = true;
+        }
+        create.resources = ResourceSet::new().with(resource, 1.0);
+        b.submit(driver, &create);
+        let a = b.only_assignment(node);
+        b.finish(node, &a, stored_inline(0));
+        actor
+    };
+    let stays = detached(&mut b, kept, "a");
+    let moves = detached(&mut b, lost, "b");
+    // Its driver exits: the detached actors keep the job alive.
+    b.send(driver.peer, ToHead::Goodbye);
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    assert!(b.head.jobs.is_alive(driver.job), "the job lives on");
+    let reg = NodeRegistration {
+        node_id: kept.id,
+        address: "127.0.0.9:7000".parse().expect("an address"),
+        resources: ResourceSet::new()
+            .with(CPU, 2.0)
+            .with("a", 1.0)
+            .with("b", 1.0),
+        hostname: "test".into(),
+        pid: 1,
+        worker_key: [7; 32],
+        metrics_address: None,
+        incarnation: 1,
+        resumes: true,
+    };
+    let (peer, welcome) = b.connect(PeerRole::Node(reg));
+    assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
+    let back = TestNode { peer, id: kept.id };
+    let stranger = ActorId::random();
+    let inventory = crate::protocol::NodeInventory {
+        actors: vec![(stays, 4321), (stranger, 99)],
+        ..Default::default()
+    };
+    b.send(back.peer, ToHead::NodeResumed(Box::new(inventory)));
+    let state = |b: &Bench, a: ActorId| b.head.actors.get(&a).map(|a| a.state().clone());
+    assert_eq!(state(&b, stays), Some(ActorState::Alive(kept.id)));
+    assert!(
+        b.inbox(back.peer)
+            .iter()
+            .any(|m| matches!(m, FromHead::KillActor(a) if *a == stranger)),
+        "an actor the head does not know is ended"
+    );
+    // The other node does not come back: its actor is created again (its one
+    // restart), on the node that did (which now has `b` too).
+    assert_eq!(state(&b, moves), Some(ActorState::Creating));
+    b.pass(NODE_TIMEOUT + NODE_TIMEOUT / 5, &[back]);
+    let again = b.only_assignment(back);
+    assert_eq!(again.spec.actor(), Some(moves));
+    assert_eq!(b.head.actors.get(&moves).map(|a| a.restarts()), Some(1));
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
