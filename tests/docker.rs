@@ -153,6 +153,21 @@ impl Deployment {
             &std::fs::read_to_string(local_out.join("encodings.jsonl")).expect("local jsonl"),
         );
         assert_eq!(remote.len(), 70);
+        let failed: Vec<String> = remote
+            .iter()
+            .filter(|(file, r)| {
+                r["status"] != *local.get(*file).map_or(&Value::Null, |l| &l["status"])
+            })
+            .map(|(file, r)| {
+                let mut r = r.clone();
+                r["encodings"] = Value::Null;
+                format!("{file}: {r}")
+            })
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "images whose outcome differs: {failed:?}"
+        );
         assert_same_faces(&local, &remote, 1e-9);
         let _ = std::fs::remove_dir_all(&local_out);
     }

@@ -163,6 +163,10 @@ pub enum RunError {
     Journal(#[from] crate::journal::JournalError),
 }
 
+/// How often an image is run again after the cluster lost its batch's data
+/// (`TaskError::ObjectLost`) before it fails with that error.
+const LOST_RUNS: u32 = 3;
+
 struct InFlight {
     jobs: Vec<u64>,
     result: ObjectRef<Vec<FaceJob>>,
@@ -256,6 +260,8 @@ pub fn run_on_runtime(
     let mut driver_queue: VecDeque<Vec<u64>> = VecDeque::new();
     let mut in_flight: Vec<InFlight> = Vec::new();
     let mut handed_back = 0u64;
+    // Runs of each image lost to the cluster (see `LOST_RUNS`).
+    let mut lost_runs: std::collections::HashMap<u64, u32> = Default::default();
     observer.progress(&status)?;
 
     while !queue.is_empty() || !driver_queue.is_empty() || !in_flight.is_empty() {
@@ -322,6 +328,26 @@ pub fn run_on_runtime(
             let done = in_flight.swap_remove(pos);
             let finished = match rayish::get(&done.result) {
                 Ok(jobs) => jobs,
+                Err(rayish::Error::Task(e))
+                    if matches!(e, rayish::TaskError::ObjectLost { .. })
+                        && done
+                            .jobs
+                            .iter()
+                            .all(|j| lost_runs.get(j).copied().unwrap_or(0) < LOST_RUNS) =>
+                {
+                    // The cluster lost the batch's data (a put kept on a node that
+                    // died, or on a head that restarted), not the images: read and
+                    // run them again.
+                    tracing::warn!(
+                        "a batch of {} was lost ({e}); running it again",
+                        done.jobs.len()
+                    );
+                    for j in &done.jobs {
+                        *lost_runs.entry(*j).or_default() += 1;
+                    }
+                    queue.push_front(done.jobs);
+                    continue;
+                }
                 Err(rayish::Error::Task(e)) if done.jobs.len() > 1 => {
                     // One image may be the culprit (a worker dying inside dlib): retry
                     // the batch's images one by one, so only that one fails.
