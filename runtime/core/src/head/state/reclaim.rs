@@ -88,7 +88,21 @@ impl HeadState {
                 .arg_refs()
                 .chain(spec.nested_refs.iter().copied())
                 .collect();
-            self.resume_task(peer, spec, attempt);
+            if self.peers.job(peer) == Some(spec.job) {
+                self.resume_task(peer, spec, attempt);
+            } else {
+                // Its driver left while it waited: nobody wants it; its pending
+                // result goes.
+                let return_id = spec.return_id;
+                let err = TaskError::WorkerDied {
+                    function: spec.function.to_string(),
+                    attempts: attempt,
+                    reason: "its driver left while it waited for the nodes".into(),
+                };
+                self.objects
+                    .create(return_id, ObjectValue::Error(Box::new(err)), None);
+                self.objects.free_if_unreferenced(return_id, &mut freed);
+            }
             // Pinned again by the task now, if it runs or is running.
             for id in pins {
                 self.objects.release(id, &mut freed);

@@ -86,20 +86,37 @@ impl Bench {
     }
 
     fn node_with_id(&mut self, id: NodeId, resources: ResourceSet) -> TestNode {
-        let reg = NodeRegistration {
-            node_id: id,
-            address: format!("127.0.0.{}:7000", self.next_peer + 1)
-                .parse()
-                .expect("an address"),
-            resources,
-            hostname: "test".into(),
-            pid: 1,
-            worker_key: [7; 32],
-            metrics_address: None,
-            incarnation: 1,
-            resumes: false,
+        let address = format!("127.0.0.{}:7000", self.next_peer + 1);
+        let (peer, welcome) =
+            self.connect(PeerRole::Node(registration(id, resources, &address, false)));
+        assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
+        TestNode { peer, id }
+    }
+
+    /// The driver of `job` (pid 4242, as `driver` makes it) back after a restart.
+    fn resumed_driver(&mut self, job: JobId) -> TestDriver {
+        let role = PeerRole::Driver {
+            binary: BinaryHash("ab".repeat(32)),
+            name: "test".into(),
+            pid: 4242,
+            submission_id: None,
+            resumes: Some(job),
         };
-        let (peer, welcome) = self.connect(PeerRole::Node(reg));
+        match self.connect(role) {
+            (peer, Welcome::Accepted { job: Some(job), .. }) => TestDriver { peer, job },
+            (_, other) => panic!("driver refused: {other:?}"),
+        }
+    }
+
+    /// What node `id` offering `resources` says when it connects back with its
+    /// work after a restart.
+    fn returning(id: NodeId, resources: ResourceSet) -> PeerRole {
+        PeerRole::Node(registration(id, resources, "127.0.0.9:7000", true))
+    }
+
+    /// Node `id` back with its work after a restart; fails if refused.
+    fn node_back(&mut self, id: NodeId, resources: ResourceSet) -> TestNode {
+        let (peer, welcome) = self.connect(Self::returning(id, resources));
         assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
         TestNode { peer, id }
     }
@@ -193,6 +210,26 @@ impl Bench {
                 worker_pid: 777,
             },
         );
+    }
+}
+
+/// A test node's registration (its worker key is all sevens).
+fn registration(
+    id: NodeId,
+    resources: ResourceSet,
+    address: &str,
+    resumes: bool,
+) -> NodeRegistration {
+    NodeRegistration {
+        node_id: id,
+        address: address.parse().expect("an address"),
+        resources,
+        hostname: "test".into(),
+        pid: 1,
+        worker_key: [7; 32],
+        metrics_address: None,
+        incarnation: 1,
+        resumes,
     }
 }
 
@@ -861,29 +898,50 @@ fn a_driver_back_after_a_restart_goes_on_with_its_job_and_nothing_it_received_ru
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A head that had a driver and two nodes (2 and 1 CPUs) on storage `tag`,
+/// restarted, with the driver back: the next head, and who was there before.
+struct Restarted {
+    dir: std::path::PathBuf,
+    storage: crate::storage::Storage,
+    b: Bench,
+    driver: TestDriver,
+    kept: TestNode,
+    gone: TestNode,
+}
+
+impl Restarted {
+    fn new(tag: &str) -> Self {
+        let (dir, storage) = fresh_storage(tag);
+        let mut b = Bench::on_storage(Some(storage.clone()));
+        let before = b.driver();
+        let kept = b.cpu_node(2.0);
+        let gone = b.cpu_node(1.0);
+        storage.flush_blocking().expect("written");
+        drop(b);
+        let mut b = Bench::on_storage(Some(storage.clone()));
+        let driver = b.resumed_driver(before.job);
+        Self {
+            dir,
+            storage,
+            b,
+            driver,
+            kept,
+            gone,
+        }
+    }
+}
+
 #[test]
 fn a_node_back_from_a_restart_keeps_its_work_and_nothing_it_ran_runs_again() {
-    let (dir, storage) = fresh_storage("reclaim");
-    let mut b = Bench::on_storage(Some(storage.clone()));
-    let before = b.driver();
-    let kept = b.cpu_node(2.0);
-    let gone = b.cpu_node(1.0);
-    storage.flush_blocking().expect("written");
-    drop(b);
-
     // The next head: the driver is back first, with four tasks it has no result of.
-    let mut b = Bench::on_storage(Some(storage.clone()));
-    let role = PeerRole::Driver {
-        binary: BinaryHash("ab".repeat(32)),
-        name: "test".into(),
-        pid: 4242,
-        submission_id: None,
-        resumes: Some(before.job),
-    };
-    let driver = match b.connect(role) {
-        (peer, Welcome::Accepted { job: Some(job), .. }) => TestDriver { peer, job },
-        (_, other) => panic!("driver refused: {other:?}"),
-    };
+    let Restarted {
+        dir,
+        storage,
+        mut b,
+        driver,
+        kept,
+        gone,
+    } = Restarted::new("reclaim");
     let running = task(driver.job, "running", Vec::new(), 3);
     let large = task(driver.job, "large", Vec::new(), 3);
     let small = task(driver.job, "small", Vec::new(), 3);
@@ -904,22 +962,10 @@ fn a_node_back_from_a_restart_keeps_its_work_and_nothing_it_ran_runs_again() {
     );
 
     // A node this head never saw cannot come back; the kept one can, as itself.
-    let reg = |id: NodeId, resumes: bool| NodeRegistration {
-        node_id: id,
-        address: "127.0.0.9:7000".parse().expect("an address"),
-        resources: ResourceSet::new().with(CPU, 2.0),
-        hostname: "test".into(),
-        pid: 1,
-        worker_key: [7; 32],
-        metrics_address: None,
-        incarnation: 1,
-        resumes,
-    };
-    let (_, welcome) = b.connect(PeerRole::Node(reg(NodeId::random(), true)));
+    let two_cpus = || ResourceSet::new().with(CPU, 2.0);
+    let (_, welcome) = b.connect(Bench::returning(NodeId::random(), two_cpus()));
     assert!(matches!(welcome, Welcome::Rejected(_)), "{welcome:?}");
-    let (peer, welcome) = b.connect(PeerRole::Node(reg(kept.id, true)));
-    assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
-    let back = TestNode { peer, id: kept.id };
+    let back = b.node_back(kept.id, two_cpus());
     // Its inventory: `running` still runs, `small` is not reported (it ended just
     // before the restart: its end is sent again below), `large`'s result is stored.
     let held = |t: &TaskSpec| crate::protocol::AssignedTask {
@@ -991,7 +1037,7 @@ fn a_node_back_from_a_restart_keeps_its_work_and_nothing_it_ran_runs_again() {
         Some(ObjectLocation::Inline(v)) if v == [8]
     ));
     // Too late for the node given up: it must join as a new node.
-    let (_, welcome) = b.connect(PeerRole::Node(reg(gone.id, true)));
+    let (_, welcome) = b.connect(Bench::returning(gone.id, two_cpus()));
     assert!(matches!(welcome, Welcome::Rejected(_)), "{welcome:?}");
     drop(b);
     drop(storage);
@@ -1026,23 +1072,13 @@ fn a_detached_actor_is_taken_back_from_its_returning_node_or_created_again() {
 
     let mut b = Bench::on_storage(Some(storage.clone()));
     assert!(b.head.jobs.is_alive(driver.job), "the job lives on");
-    let reg = NodeRegistration {
-        node_id: kept.id,
-        address: "127.0.0.9:7000".parse().expect("an address"),
-        resources: ResourceSet::new()
+    let back = b.node_back(
+        kept.id,
+        ResourceSet::new()
             .with(CPU, 2.0)
             .with("a", 1.0)
             .with("b", 1.0),
-        hostname: "test".into(),
-        pid: 1,
-        worker_key: [7; 32],
-        metrics_address: None,
-        incarnation: 1,
-        resumes: true,
-    };
-    let (peer, welcome) = b.connect(PeerRole::Node(reg));
-    assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
-    let back = TestNode { peer, id: kept.id };
+    );
     let stranger = ActorId::random();
     let inventory = crate::protocol::NodeInventory {
         actors: vec![(stays, 4321), (stranger, 99)],
@@ -1064,6 +1100,34 @@ fn a_detached_actor_is_taken_back_from_its_returning_node_or_created_again() {
     let again = b.only_assignment(back);
     assert_eq!(again.spec.actor(), Some(moves));
     assert_eq!(b.head.actors.get(&moves).map(|a| a.restarts()), Some(1));
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_parked_task_whose_driver_left_meanwhile_does_not_run() {
+    let Restarted {
+        dir,
+        storage,
+        mut b,
+        driver,
+        kept,
+        ..
+    } = Restarted::new("parked-left");
+    let left = task(driver.job, "left", Vec::new(), 3);
+    let state = crate::protocol::ResumeState {
+        tasks: vec![(Arc::new(left.clone()), 1)],
+        ..Default::default()
+    };
+    b.send(driver.peer, ToHead::Resume(Box::new(state)));
+    // The driver goes while its task waits for the nodes.
+    b.send(driver.peer, ToHead::Goodbye);
+    let back = b.node_back(kept.id, ResourceSet::new().with(CPU, 2.0));
+    b.send(back.peer, ToHead::NodeResumed(Box::default()));
+    b.pass(NODE_TIMEOUT + NODE_TIMEOUT / 5, &[back]);
+    assert!(b.assigned(back).is_empty(), "a task nobody waits for ran");
+    assert!(!b.head.objects.contains(&left.return_id));
     drop(b);
     drop(storage);
     let _ = std::fs::remove_dir_all(&dir);
