@@ -109,19 +109,18 @@ impl NodeTable {
         now: Instant,
     ) -> Result<(), String> {
         let id = reg.node_id;
-        let Some(node) = self.nodes.get_mut(&id).filter(|n| !n.alive) else {
+        let Some(old) = self.nodes.get(&id).filter(|n| !n.alive) else {
             return Err(format!("node {id} is not a dead node of this head"));
         };
-        node.capacity = reg.resources.clone();
-        node.reg = reg;
-        node.peer = peer;
-        node.alive = true;
-        node.used = ResourceSet::new();
-        node.running.clear();
-        node.last_heartbeat = now;
-        node.died = None;
+        // A fresh entry, as a join makes, that keeps when it first joined and what
+        // it finished.
+        let (joined, finished) = (old.joined, old.finished);
         self.dead.retain(|d| *d != id);
-        self.version += 1;
+        self.join(reg, peer, now)?;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.joined = joined;
+            node.finished = finished;
+        }
         Ok(())
     }
 

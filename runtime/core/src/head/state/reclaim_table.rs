@@ -296,16 +296,23 @@ mod tests {
         }
     }
 
+    /// A table after a restart at `now`: `nodes` may come back for 5 s, what they
+    /// bring waits 60 s for its drivers.
+    fn expecting(nodes: &[NodeId], now: Instant) -> ReclaimTable {
+        let mut t = ReclaimTable::default();
+        t.expect(
+            nodes.iter().copied(),
+            now + Duration::from_secs(5),
+            now + Duration::from_secs(60),
+        );
+        t
+    }
+
     #[test]
     fn resumed_tasks_wait_for_the_expected_nodes_then_find_what_they_brought() {
         let now = Instant::now();
         let (a, b) = (NodeId::random(), NodeId::random());
-        let mut t = ReclaimTable::default();
-        t.expect(
-            [a, b],
-            now + Duration::from_secs(5),
-            now + Duration::from_secs(60),
-        );
+        let mut t = expecting(&[a, b], now);
         assert!(t.may_return(a, now));
         assert!(!t.may_return(a, now + Duration::from_secs(6)));
         let (running, stored, unknown) = (TaskId(1), TaskId(2), TaskId(3));
@@ -342,12 +349,7 @@ mod tests {
     fn an_end_reported_before_the_claim_is_kept_and_frees_what_the_task_held() {
         let now = Instant::now();
         let a = NodeId::random();
-        let mut t = ReclaimTable::default();
-        t.expect(
-            [a],
-            now + Duration::from_secs(5),
-            now + Duration::from_secs(60),
-        );
+        let mut t = expecting(&[a], now);
         t.returned(a);
         let mut held = task(TaskId(1), 2);
         held.resources = ResourceSet::new().with("CPU", 1.0);
@@ -375,12 +377,7 @@ mod tests {
     fn a_dead_node_takes_what_it_brought_with_it() {
         let now = Instant::now();
         let (a, b) = (NodeId::random(), NodeId::random());
-        let mut t = ReclaimTable::default();
-        t.expect(
-            [a, b],
-            now + Duration::from_secs(5),
-            now + Duration::from_secs(60),
-        );
+        let mut t = expecting(&[a, b], now);
         t.returned(a);
         t.inventory(a, vec![task(TaskId(1), 0)], vec![(ObjectId(7), 9)]);
         t.node_gone(a);
