@@ -553,6 +553,55 @@ fn a_driver_cut_off_from_the_head_fails_with_cluster_down() {
 }
 
 #[test]
+fn a_task_cut_off_from_its_argument_s_holder_reads_a_copy_made_around_the_cut() {
+    // Two nodes, each in a network namespace of its own, reach each other only
+    // through this one, where the head runs: the test cuts the route between them
+    // alone, so the head still hears from both while neither reaches the other.
+    let maker = rayish_suite::NetnsHost::create("mk", 84);
+    let reader = rayish_suite::NetnsHost::create("rd", 85);
+    let route = rayish_suite::Forwarding::between(&maker, &reader);
+    let mut cluster = TestCluster::start_at(&maker.outside, 0, 1, 2000, &[]);
+    let timeout = ["--node-timeout-ms", "2000"];
+    cluster.join_in(
+        &maker,
+        1,
+        &[&timeout[..], &["--resources", r#"{"producer": 1}"#]].concat(),
+    );
+    cluster.join_in(
+        &reader,
+        1,
+        &[&timeout[..], &["--resources", r#"{"consumer": 1}"#]].concat(),
+    );
+    let go = cluster.root().join("go");
+    let (driver, mut lines) = cluster.spawn_scenario([
+        OsStr::new("huge"),
+        OsStr::new("--mib"),
+        OsStr::new("8"),
+        OsStr::new("--readers"),
+        OsStr::new("3"),
+        OsStr::new("--go"),
+        go.as_os_str(),
+    ]);
+    assert!(lines.any(|l| l == "MADE"), "no MADE");
+    // The 8 MiB value is on the maker only; the readers need the "consumer" node.
+    route.cut();
+    std::fs::write(go.with_extension("1"), b"").expect("go 1");
+    let r = finish_scenario(driver, lines);
+    assert_eq!(r["all_correct"], true, "{r}");
+    assert_eq!(r["reader_nodes"], 1, "{r}");
+    // The reader did fail to reach the maker, and read the copy the head's node made.
+    let logs = rayish_suite::read_logs(cluster.root());
+    assert!(
+        logs.contains("copying it to another node"),
+        "no copy was made around the cut"
+    );
+    // Healed, the reader pulls from the maker directly again.
+    route.heal();
+    let again = cluster.scenario(["pass-refs"]);
+    assert_eq!(again["wrong"], 0, "{again}");
+}
+
+#[test]
 fn local_mode_runs_the_example_with_no_cluster() {
     let _machine = rayish_suite::exclusive();
     let root = std::env::temp_dir().join(format!("rayish-local-{:x}", rayish_suite::rand_u64()));

@@ -905,6 +905,21 @@ impl NetnsHost {
         cmd
     }
 
+    /// Sends everything not for this side's address through this side, so that
+    /// hosts in two namespaces reach each other with this namespace as their router
+    /// (see [`Forwarding`]).
+    pub fn route_through_outside(&self) {
+        ip_cmd(&[
+            "-n",
+            &self.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.outside,
+        ]);
+    }
+
     /// Takes the link down: nothing passes either way until [`Self::heal`].
     pub fn cut(&self) {
         ip_cmd(&["link", "set", &self.veth, "down"]);
@@ -924,5 +939,93 @@ impl Drop for NetnsHost {
         let _ = Command::new("ip")
             .args(["link", "del", &self.veth])
             .output();
+    }
+}
+
+/// Two namespace hosts routed to each other through this namespace (which keeps
+/// reaching both): the test can cut the route between them alone, as a partition
+/// between two nodes that the head still hears from.
+pub struct Forwarding {
+    /// `iptables` rule specifications this inserted into `FORWARD`, removed on drop.
+    rules: std::sync::Mutex<Vec<Vec<String>>>,
+    ends: (String, String),
+}
+
+impl Forwarding {
+    /// Lets `a` and `b` reach each other through this namespace. (Docker's `FORWARD`
+    /// policy is DROP: the two directions are accepted explicitly.)
+    pub fn between(a: &NetnsHost, b: &NetnsHost) -> Self {
+        a.route_through_outside();
+        b.route_through_outside();
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
+        let f = Self {
+            rules: std::sync::Mutex::new(Vec::new()),
+            ends: (a.veth.clone(), b.veth.clone()),
+        };
+        f.insert("ACCEPT");
+        f
+    }
+
+    /// Drops everything between the two, both ways, until [`Self::heal`].
+    pub fn cut(&self) {
+        self.insert("DROP");
+    }
+
+    /// Removes the cut.
+    pub fn heal(&self) {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        rules.retain(|rule| {
+            if rule.last().map(String::as_str) == Some("DROP") {
+                Self::iptables("-D", rule);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn insert(&self, verdict: &str) {
+        let (a, b) = &self.ends;
+        for (from, to) in [(a, b), (b, a)] {
+            let rule: Vec<String> = ["FORWARD", "-i", from, "-o", to, "-j", verdict]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            // Inserted first: a cut goes before the accepts.
+            let mut insert = rule.clone();
+            insert.insert(1, "1".into());
+            Self::iptables("-I", &insert);
+            self.rules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(rule);
+        }
+    }
+
+    fn iptables(op: &str, rule: &[String]) {
+        let out = Command::new("iptables")
+            .arg(op)
+            .args(rule)
+            .output()
+            .expect("run iptables");
+        assert!(
+            out.status.success(),
+            "iptables {op} {}: {}",
+            rule.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        for rule in self
+            .rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = Command::new("iptables").arg("-D").args(&rule).output();
+        }
     }
 }

@@ -20,9 +20,6 @@ impl NodeInner {
             return Ok(path.clone());
         }
         let path = self.cfg.binaries.path(hash)?;
-        // A file already there is executed only once it hashes to its name: the
-        // cache is private to this user (see `session::ensure_private_dir`), and this
-        // check, once per process and binary, catches anything put there before.
         // A file already there runs only once it hashed to its name in this process
         // (see `BinaryCache::contains`): the cache is private to this user, and the
         // check catches anything put there before.
@@ -75,6 +72,23 @@ impl NodeInner {
             }
         }
         Err(last.unwrap_or_else(|| TransferError::Stream("no live node holds the object".into())))
+    }
+
+    /// Makes a copy of `id` here for nodes that cannot reach its holders, as the
+    /// head asked, and tells the head how that went.
+    pub(super) async fn copy_for_others(&self, id: ObjectId, holders: Vec<NodeAddress>) {
+        if self.store.contains(&id) {
+            // Already here (a task's argument meanwhile): the head may not know yet.
+            self.head.send(ToHead::ObjectCopied(id));
+            return;
+        }
+        // `object` reports the copy itself when it succeeds.
+        if let Err(e) = self.object(id, &holders).await {
+            self.head.send(ToHead::ObjectCopyFailed {
+                id,
+                reason: e.to_string(),
+            });
+        }
     }
 
     /// Pulls `id` from `addr` straight into this node's store.

@@ -415,6 +415,10 @@ pub async fn start_node(
                         node.store.remove(&id);
                     }
                 }
+                Ok(Some(FromHead::CopyObject { id, holders })) => {
+                    let node = node.clone();
+                    tokio::spawn(async move { node.copy_for_others(id, holders).await });
+                }
                 Ok(Some(FromHead::JobEnded(job))) => {
                     node.head.job_ended(job);
                     node.queue.drop_job(job);

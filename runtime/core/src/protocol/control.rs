@@ -67,6 +67,13 @@ pub enum ToHead {
     },
     /// From nodes: a copy of this object now lives here (after a pull).
     ObjectCopied(ObjectId),
+    /// From nodes: the copy asked for by [`FromHead::CopyObject`] could not be made.
+    ObjectCopyFailed {
+        /// The object.
+        id: ObjectId,
+        /// Why, for the log.
+        reason: String,
+    },
     /// Ask for a [`ClusterStatus`].
     StatusRequest,
     /// From the autoscaler: what it is doing and why, shown by `rayish status`.
@@ -255,6 +262,15 @@ pub enum FromHead {
     Execute(Box<TaskAssignment>),
     /// To a node: drop these objects from your store.
     DeleteObjects(Vec<ObjectId>),
+    /// To a node: pull a copy of this object from one of `holders`, for a node that
+    /// cannot reach them; answered by [`ToHead::ObjectCopied`] or
+    /// [`ToHead::ObjectCopyFailed`].
+    CopyObject {
+        /// The object.
+        id: ObjectId,
+        /// Where it is.
+        holders: Vec<NodeAddress>,
+    },
     /// To a subscriber: this object is ready.
     ObjectReady {
         /// The object.

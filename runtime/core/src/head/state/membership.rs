@@ -182,6 +182,7 @@ impl HeadState {
         self.remember_node(node_id);
         self.forget(crate::storage::NODES_TABLE, &forgotten);
         self.reclaim.node_gone(node_id);
+        self.relays.node_gone(node_id);
         let running = dead.running;
         tracing::warn!(node = ?node_id, address = %dead.address, running = running.len(), "node died: {reason}");
         // Actors first: calls that were running there are then retried into a

@@ -30,6 +30,7 @@ mod peer_table;
 mod placement;
 mod reclaim;
 mod reclaim_table;
+mod relay_table;
 mod resume;
 mod status;
 mod task_events;
@@ -58,6 +59,7 @@ use node_table::NodeTable;
 use object_table::{Freed, ObjectTable, ObjectValue};
 use peer_table::{PeerKind, PeerProcess, PeerTable};
 use reclaim_table::ReclaimTable;
+use relay_table::RelayTable;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,6 +177,9 @@ pub struct HeadState {
     /// After a restart: the nodes that may come back with their work, and what
     /// those that did brought (see [`reclaim`]).
     reclaim: ReclaimTable,
+    /// Objects some node could not fetch from holders the head still hears from, and
+    /// the copies made for it elsewhere (see [`relay_table`]).
+    relays: RelayTable,
 }
 
 impl HeadState {
@@ -213,6 +218,7 @@ impl HeadState {
             agent_relay: Default::default(),
             entrypoints: HashMap::default(),
             reclaim: ReclaimTable::default(),
+            relays: RelayTable::default(),
         };
         state.restore_nodes();
         state.restore_jobs();
@@ -389,12 +395,21 @@ impl HeadState {
             }
             ToHead::ObjectCopied(id) => {
                 if let Some(node) = self.peers.node(peer) {
+                    if !self.relays.is_empty() {
+                        self.relays.copied(&id, node);
+                    }
                     // A copy a returning node made before the restart waits for its
                     // claim like the node's other objects.
                     if !self.objects.add_copy(&id, node) && !self.reclaim.holds(&id) {
                         // Freed meanwhile: the copy is garbage.
                         self.send(peer, FromHead::DeleteObjects(vec![id]));
                     }
+                }
+            }
+            ToHead::ObjectCopyFailed { id, reason } => {
+                if let Some(node) = self.peers.node(peer) {
+                    tracing::warn!(object = ?id, node = ?node, "could not copy an object for a node cut off from its holders: {reason}");
+                    self.relays.copy_failed(&id, node);
                 }
             }
             ToHead::Goodbye => {

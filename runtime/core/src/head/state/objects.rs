@@ -1,4 +1,5 @@
-//! Objects: readiness, subscribers, freeing, and loss with a node.
+//! Objects: readiness, subscribers, freeing, copies around a cut between nodes, and
+//! loss with a node.
 
 use super::*;
 
@@ -68,6 +69,11 @@ impl HeadState {
     }
 
     pub(super) fn apply_freed(&mut self, freed: Freed) {
+        if !self.relays.is_empty() {
+            for id in &freed.objects {
+                self.relays.forget(id);
+            }
+        }
         if !freed.objects.is_empty() {
             self.handles_freed(&freed.objects);
         }
@@ -87,6 +93,7 @@ impl HeadState {
         if !self.objects.contains(&id) {
             return;
         }
+        self.relays.forget(&id);
         let creator = self.objects.take_creator(&id);
         let args_alive = creator.as_ref().is_some_and(|spec| {
             spec.arg_refs().all(|a| {
@@ -111,5 +118,35 @@ impl HeadState {
                 self.object_ready(id);
             }
         }
+    }
+
+    /// Node `fetcher` could not fetch `id` from any of its holders. If the head still
+    /// hears from one of them, the cut may be between the nodes alone (a partition,
+    /// a firewall): another node is asked to copy it, the head's own first (every
+    /// node reaches the head's host), so that the next try fetches it from there.
+    /// Holders that are in fact dead are the loss path's business.
+    pub(super) fn copy_around_cut(&mut self, id: ObjectId, fetcher: NodeId) {
+        let Some(ObjectValue::OnNodes { nodes, .. }) = self.objects.value(&id) else {
+            return;
+        };
+        if nodes.contains(&fetcher) || !nodes.iter().any(|n| self.nodes.is_live(*n)) {
+            return;
+        }
+        let holders = nodes.clone();
+        let head = self.settings.head_node;
+        let mut candidates: Vec<NodeId> = self.nodes.views().iter().map(|v| v.id).collect();
+        candidates.sort_by_key(|n| (*n != head, *n));
+        let Some(copier) = self.relays.fetch_failed(id, fetcher, &holders, candidates) else {
+            return;
+        };
+        let Some(peer) = self.nodes.live_peer(copier) else {
+            return;
+        };
+        tracing::warn!(
+            object = ?id, node = ?fetcher, copier = ?copier,
+            "a node could not fetch an object from holders the head still hears from; copying it to another node"
+        );
+        let holders = self.nodes.addresses(&holders);
+        self.send(peer, FromHead::CopyObject { id, holders });
     }
 }

@@ -51,7 +51,13 @@ impl HeadState {
                 TaskArg::Ref(id) => match self.objects.value(id) {
                     Some(ObjectValue::Inline(v)) => ArgSource::Inline(v.clone()),
                     Some(ObjectValue::OnNodes { nodes, .. }) => {
-                        ArgSource::At(self.nodes.addresses(nodes))
+                        let mut at = self.nodes.addresses(nodes);
+                        // Holders some node could not reach are tried last: a copy
+                        // made around the cut comes first.
+                        if let Some(unreached) = self.relays.unreached(id) {
+                            at.sort_by_key(|a| unreached.contains(&a.node));
+                        }
+                        ArgSource::At(at)
                     }
                     // Unreachable by construction: tasks are queued only when every
                     // argument is ready and not an error; an empty holder list makes

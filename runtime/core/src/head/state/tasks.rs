@@ -135,7 +135,7 @@ impl HeadState {
             }
             TaskOutcome::WorkerDied(reason) => self.attempt_failed(task_id, reason),
             TaskOutcome::ArgumentUnavailable { object, reason } => {
-                self.argument_unavailable(task_id, object, reason)
+                self.argument_unavailable(task_id, node_id, object, reason)
             }
         }
     }
@@ -179,13 +179,16 @@ impl HeadState {
         }
     }
 
-    /// A node could not fetch one of the task's arguments. Its holders may have died
-    /// without the head knowing yet, so the task is retried after a pause (without
-    /// using up a retry) until the head learns where the argument is, re-makes it, or
-    /// declares it lost; past a few node timeouts the task fails with `ObjectLost`.
+    /// Node `fetcher` could not fetch one of the task's arguments. Its holders may
+    /// have died without the head knowing yet, or be cut off from `fetcher` alone (a
+    /// copy is then made elsewhere: [`Self::copy_around_cut`]), so the task is retried
+    /// after a pause (without using up a retry) until the head learns where the
+    /// argument is, re-makes it, or declares it lost; past a few node timeouts the
+    /// task fails with `ObjectLost`.
     pub(super) fn argument_unavailable(
         &mut self,
         task_id: TaskId,
+        fetcher: NodeId,
         object: ObjectId,
         reason: String,
     ) {
@@ -208,6 +211,7 @@ impl HeadState {
             ?object,
             "argument unavailable ({reason}); retrying later"
         );
+        self.copy_around_cut(object, fetcher);
         self.tasks.delay(task_id, self.clock.now() + pause);
     }
 

@@ -1132,3 +1132,130 @@ fn a_parked_task_whose_driver_left_meanwhile_does_not_run() {
     drop(storage);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The objects the head asked `node` to copy since the last look.
+fn copies_asked(b: &mut Bench, node: TestNode) -> Vec<ObjectId> {
+    b.inbox(node.peer)
+        .into_iter()
+        .filter_map(|m| match m {
+            FromHead::CopyObject { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_cut_off_from_an_object_s_holder_reads_a_copy_another_node_made() {
+    let mut b = Bench::new();
+    let only = |name: &str| ResourceSet::new().with(CPU, 1.0).with(name, 1.0);
+    let maker = b.node(only("maker"));
+    let reader = b.node(only("reader"));
+    let relay = b.cpu_node(1.0);
+    let driver = b.driver();
+    let mut make = task(driver.job, "make", Vec::new(), 0);
+    make.resources = ResourceSet::new().with("maker", 1.0);
+    b.submit(driver, &make);
+    let made = b.only_assignment(maker);
+    b.finish(maker, &made, stored_on_node());
+    let mut read = task(driver.job, "read", vec![TaskArg::Ref(make.return_id)], 0);
+    read.resources = ResourceSet::new().with("reader", 1.0);
+    b.submit(driver, &read);
+    let first = b.only_assignment(reader);
+    // The reader cannot reach the maker, though the head hears from both.
+    let cut = || TaskOutcome::ArgumentUnavailable {
+        object: make.return_id,
+        reason: "timed out".into(),
+    };
+    b.finish(reader, &first, cut());
+    let copies: Vec<_> = b
+        .inbox(relay.peer)
+        .into_iter()
+        .filter_map(|m| match m {
+            FromHead::CopyObject { id, holders } => Some((id, holders)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].0, make.return_id);
+    assert_eq!(
+        copies[0].1.iter().map(|h| h.node).collect::<Vec<_>>(),
+        vec![maker.id]
+    );
+    // A second failure while the copy is under way asks for no other copy.
+    b.pass(NODE_TIMEOUT, &[maker, reader, relay]);
+    let second = b.only_assignment(reader);
+    b.finish(reader, &second, cut());
+    assert!(copies_asked(&mut b, relay).is_empty());
+    assert!(copies_asked(&mut b, maker).is_empty());
+    // The copy is made: the next try lists it first, the unreachable holder last.
+    b.send(relay.peer, ToHead::ObjectCopied(make.return_id));
+    b.pass(NODE_TIMEOUT, &[maker, reader, relay]);
+    let third = b.only_assignment(reader);
+    match &third.sources[0] {
+        ArgSource::At(at) => assert_eq!(
+            at.iter().map(|h| h.node).collect::<Vec<_>>(),
+            vec![relay.id, maker.id]
+        ),
+        other => panic!("expected holders, got {other:?}"),
+    }
+    b.finish(reader, &third, stored_inline(9));
+    assert!(matches!(
+        b.location(driver, read.return_id),
+        Some(ObjectLocation::Inline(v)) if v == vec![9]
+    ));
+    // Once the object is freed, nothing of the cut is kept.
+    b.send(driver.peer, ToHead::RemoveRefs(vec![make.return_id]));
+    assert!(b.head.relays.is_empty());
+}
+
+#[test]
+fn a_failed_copy_around_a_cut_is_not_asked_of_the_same_node_again() {
+    let mut b = Bench::new();
+    let only = |name: &str| ResourceSet::new().with(CPU, 1.0).with(name, 1.0);
+    let maker = b.node(only("maker"));
+    let reader = b.node(only("reader"));
+    let relay = b.cpu_node(1.0);
+    let driver = b.driver();
+    let mut make = task(driver.job, "make", Vec::new(), 0);
+    make.resources = ResourceSet::new().with("maker", 1.0);
+    b.submit(driver, &make);
+    let made = b.only_assignment(maker);
+    b.finish(maker, &made, stored_on_node());
+    let mut read = task(driver.job, "read", vec![TaskArg::Ref(make.return_id)], 0);
+    read.resources = ResourceSet::new().with("reader", 1.0);
+    b.submit(driver, &read);
+    let cut = || TaskOutcome::ArgumentUnavailable {
+        object: make.return_id,
+        reason: "timed out".into(),
+    };
+    let first = b.only_assignment(reader);
+    b.finish(reader, &first, cut());
+    assert_eq!(copies_asked(&mut b, relay), vec![make.return_id]);
+    b.send(
+        relay.peer,
+        ToHead::ObjectCopyFailed {
+            id: make.return_id,
+            reason: "cut off too".into(),
+        },
+    );
+    // No node is left to ask: the reader keeps trying until the patience runs out,
+    // and then fails with ObjectLost, as before there were copies.
+    let mut tries = 1;
+    loop {
+        b.pass(NODE_TIMEOUT, &[maker, reader, relay]);
+        assert!(
+            copies_asked(&mut b, relay).is_empty(),
+            "asked the failed node again"
+        );
+        let Some(again) = b.assigned(reader).pop() else {
+            break;
+        };
+        tries += 1;
+        b.finish(reader, &again, cut());
+        assert!(tries < 100, "never gave up");
+    }
+    match error_of(b.location(driver, read.return_id)) {
+        Some(TaskError::ObjectLost { object, .. }) => assert_eq!(object, make.return_id),
+        other => panic!("expected ObjectLost, got {other:?}"),
+    }
+}
