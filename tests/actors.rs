@@ -211,6 +211,52 @@ fn an_actor_whose_node_dies_is_restarted_on_another() {
 }
 
 #[test]
+fn a_driver_s_named_actor_keeps_its_state_across_a_head_restart() {
+    // The head's own node has no `spot`: the actor lives on the other node, which
+    // outlives the head.
+    let mut cluster = TestCluster::start(0, 1, 2000);
+    cluster.join("127.0.0.5", 1, &["--resources", r#"{"spot": 1}"#]);
+    let go = cluster.root().join("go-restart");
+    let go_arg = go.to_string_lossy().into_owned();
+    let (mut driver, mut lines) = cluster.spawn_driver(
+        "actor_driver",
+        ["survive", "--go", go_arg.as_str(), "--name", "journal"],
+    );
+    let first = lines
+        .find_map(|l| l.strip_prefix("NODE ").map(str::to_string))
+        .expect("the actor's first node");
+    cluster.restart_head_after(2, Duration::from_secs(2));
+    // Calls made before the driver is back would be lost (see README): wait for it.
+    wait_until("the driver to reconnect", || {
+        cluster
+            .status()
+            .is_some_and(|s| s["drivers"].as_u64() == Some(1))
+    });
+    std::fs::write(&go, b"").expect("go");
+    let line = lines.find_map(|l| l.strip_prefix("RESULT ").map(str::to_string));
+    let Some(line) = line else {
+        let mut err = String::new();
+        if let Some(mut e) = driver.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!("no RESULT; driver stderr:\n{err}");
+    };
+    assert!(driver.wait().expect("driver exits").success());
+    let r: Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(r["first"], first.as_str(), "{r}");
+    assert_eq!(r["second"], first.as_str(), "the same node: {r}");
+    assert_eq!(r["total_after"], 5, "its count survived the restart: {r}");
+    assert_eq!(r["by_name"], 5, "its name too: {r}");
+    assert_eq!(r["ready"], "ok: ()", "its handle object too: {r}");
+    // Its driver is gone: the actor ends with the job.
+    wait_until("the driver's actor to end", || {
+        cluster
+            .status()
+            .is_some_and(|s| s["actors"].as_u64() == Some(0))
+    });
+}
+
+#[test]
 fn a_detached_actor_keeps_its_state_across_a_head_restart_and_is_restarted_if_its_node_is_gone() {
     // The head's own node has no `spot`: the actor lives on the other node.
     let mut cluster = TestCluster::start(0, 1, 2000);

@@ -152,10 +152,13 @@ enum Scenario {
     /// An actor that holds a custom resource only one node has.
     Placed,
     /// An actor needing resource `spot`, restartable; prints `NODE <id>`, waits for
-    /// `go` (the test kills that node meanwhile), then calls it again.
+    /// `go` (the test kills that node, or restarts the head, meanwhile), then calls it
+    /// again; with `--name`, it is named so and also looked up by name after `go`.
     Survive {
         #[arg(long)]
         go: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -357,14 +360,15 @@ fn main() -> anyhow::Result<()> {
                 "dropped_process_gone": !alive(scoped_pid),
             })
         }
-        Scenario::Survive { go } => {
-            let j = Journal::remote_with(
-                ActorOptions::new()
-                    .resource("spot", 1.0)
-                    .max_restarts(1)
-                    .max_task_retries(-1),
-                0,
-            );
+        Scenario::Survive { go, name } => {
+            let mut opts = ActorOptions::new()
+                .resource("spot", 1.0)
+                .max_restarts(1)
+                .max_task_retries(-1);
+            if let Some(name) = &name {
+                opts = opts.name(name);
+            }
+            let j = Journal::remote_with(opts, 0);
             rayish::get(&j.add(5))?;
             let first = rayish::get(&j.node())?;
             println!("NODE {first}");
@@ -376,7 +380,17 @@ fn main() -> anyhow::Result<()> {
             }
             let second = rayish::get_timeout(&j.node(), Duration::from_secs(90))?;
             let total = rayish::get(&j.total())?;
-            json!({"first": first, "second": second, "total_after": total})
+            // Its handle object is still ready (after a head restart too).
+            let ready = error_text(rayish::get_timeout(&j.ready(), Duration::from_secs(30)));
+            // Looked up by name, it is the same actor, with the same count.
+            let by_name = match &name {
+                Some(name) => {
+                    let found = rayish::get_actor::<Journal>(name)?;
+                    json!(rayish::get(&found.total())?)
+                }
+                None => json!(null),
+            };
+            json!({"first": first, "second": second, "total_after": total, "by_name": by_name, "ready": ready})
         }
         Scenario::Placed => {
             let j = Journal::remote_with(ActorOptions::new().resource("special", 1.0), 0);

@@ -39,9 +39,9 @@ pub const NODES_TABLE: &str = "nodes";
 /// Every driver's job the head lists, by job id (the newest ended ones only).
 pub const DRIVER_JOBS_TABLE: &str = "driver_jobs";
 
-/// Every detached actor not dead, by actor id: its creation, so a restarted head
-/// takes it back from its node or creates it again.
-pub const DETACHED_ACTORS_TABLE: &str = "detached_actors";
+/// Every actor not dead, detached or its driver's, by actor id: its creation, so a
+/// restarted head takes it back from its node or creates it again.
+pub const ACTORS_TABLE: &str = "actors";
 
 /// Why the store failed.
 #[derive(Debug, Error)]

@@ -24,6 +24,10 @@ enum Recipe {
     /// the slot) went, for the kept tasks that take it. Boxed, so that every entry
     /// stays at 32 bytes.
     Kept(Box<ObjectLocation>),
+    /// An actor's handle object (an actor this process created or looked up): the
+    /// head keeps actors in its storage, so it is only declared held, never made
+    /// again here, and never counted lost here.
+    ActorHandle,
 }
 
 struct Made {
@@ -64,10 +68,13 @@ impl Lineage {
     }
 
     /// This process submitted `spec` and holds a handle to its result. Only plain
-    /// function calls are kept: an actor's state cannot be made again by a re-run.
+    /// function calls are kept: an actor's state cannot be made again by a re-run
+    /// (an actor's creation is noted as its handle object).
     pub(super) fn submitted(&mut self, spec: Arc<TaskSpec>) {
-        if spec.kind != TaskKind::Function {
-            return;
+        match spec.kind {
+            TaskKind::Function => {}
+            TaskKind::CreateActor(_) => return self.actor_handle(spec.return_id),
+            TaskKind::ActorCall(_) => return,
         }
         for arg in spec.arg_refs() {
             if let Some(m) = self.made.get_mut(&arg) {
@@ -76,6 +83,19 @@ impl Lineage {
         }
         let id = spec.return_id;
         self.insert(id, Recipe::Task { spec, resumed: 0 });
+    }
+
+    /// This process holds `id`, an actor's handle object.
+    pub(super) fn actor_handle(&mut self, id: ObjectId) {
+        self.insert(id, Recipe::ActorHandle);
+    }
+
+    /// The actors' handle objects this process holds.
+    pub(super) fn actor_handles(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        self.made
+            .iter()
+            .filter(|(_, m)| matches!(m.recipe, Recipe::ActorHandle))
+            .map(|(id, _)| *id)
     }
 
     /// This process put `id`, whose value is in its slot.
@@ -180,6 +200,8 @@ impl Lineage {
                     None => continue,
                     known => known,
                 },
+                // The head has it (or says it is gone when asked).
+                Recipe::ActorHandle => continue,
             };
             match value {
                 Some(ObjectLocation::Inline(value)) => plan.values.push(ResumedValue { id, value }),
@@ -300,6 +322,30 @@ mod tests {
         assert_eq!(l.len(), 1);
         let plan = l.plan(|_| None);
         assert!(plan.values.is_empty() && plan.tasks.is_empty() && plan.unheld.is_empty());
+    }
+
+    #[test]
+    fn an_actor_s_handle_object_is_named_held_never_run_again_and_goes_with_its_handle() {
+        let mut l = Lineage::default();
+        let mut create = task(4, &[]);
+        create.kind = TaskKind::CreateActor(Box::new(crate::protocol::ActorCreation {
+            actor: crate::ids::ActorId::random(),
+            class: "Counter".into(),
+            name: None,
+            detached: false,
+            max_restarts: 0,
+            max_task_retries: 0,
+        }));
+        l.submitted(Arc::new(create));
+        l.actor_handle(ObjectId(5)); // one looked up by name
+        let mut handles: Vec<ObjectId> = l.actor_handles().collect();
+        handles.sort();
+        assert_eq!(handles, vec![ObjectId(4), ObjectId(5)]);
+        let plan = l.plan(|_| None);
+        assert!(plan.values.is_empty() && plan.tasks.is_empty() && plan.unheld.is_empty());
+        l.dropped(ObjectId(4), None);
+        l.dropped(ObjectId(5), None);
+        assert_eq!(l.len(), 0);
     }
 
     #[test]

@@ -492,7 +492,13 @@ impl CoreWorker {
             name: name.to_string(),
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(info)) => Ok(info),
+            Ok(Ok(info)) => {
+                let mut out = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(lineage) = out.lineage.as_mut() {
+                    lineage.actor_handle(info.handle);
+                }
+                Ok(info)
+            }
             Ok(Err(reason)) => Err(GetError::ActorNotFound {
                 name: name.to_string(),
                 reason,

@@ -126,6 +126,12 @@ impl CoreWorker {
             .as_mut()
             .map(|l| l.plan(|id| self.slots.get(&id).and_then(|s| s.location.clone())))
             .unwrap_or_default();
+        // Actors' handle objects: the head keeps actors across its restarts.
+        let actor_handles: HashSet<ObjectId> = out
+            .lineage
+            .as_ref()
+            .map(|l| l.actor_handles().collect())
+            .unwrap_or_default();
         let mut remade: HashSet<ObjectId> = state.values.iter().map(|v| v.id).collect();
         remade.extend(state.errors.iter().map(|(id, _)| *id));
         for (spec, _) in &state.tasks {
@@ -150,7 +156,7 @@ impl CoreWorker {
                 continue;
             }
             let id = *slot.key();
-            if remade.contains(&id) {
+            if remade.contains(&id) || actor_handles.contains(&id) {
                 if slot.subscribed {
                     subscribe.push(id);
                 }

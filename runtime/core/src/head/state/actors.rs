@@ -212,9 +212,7 @@ impl HeadState {
         let Some(dead) = self.actors.mark_dead(actor, cause.clone()) else {
             return;
         };
-        if dead.detached {
-            self.remember_actor(actor);
-        }
+        self.remember_actor(actor);
         let creation = dead.creation;
         let handle = creation.return_id;
         if let Some(a) = self.actors.get(&actor) {

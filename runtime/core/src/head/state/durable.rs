@@ -1,7 +1,8 @@
 //! What the head keeps in its storage ([`crate::storage`]) and reads back when it
 //! starts again on it: every node it has seen and every driver's job (the newest
-//! dead and ended ones only, as it lists them), and every detached actor not dead. The table of submitted jobs is kept
-//! by [`crate::jobs`]; the token and the head's starts by the launcher.
+//! dead and ended ones only, as it lists them), and every actor not dead. The table
+//! of submitted jobs is kept by [`crate::jobs`]; the token and the head's starts by
+//! the launcher.
 //!
 //! Invariant: a node's record is queued when it joins and when it dies, a driver
 //! job's when its driver connects and when the job ends, never per heartbeat or
@@ -18,7 +19,7 @@ use crate::ids::{JobId, NodeId};
 use crate::protocol::NodeRegistration;
 use crate::protocol::{TaskKind, TaskSpec};
 use crate::resources::ResourceSet;
-use crate::storage::{DETACHED_ACTORS_TABLE, DRIVER_JOBS_TABLE, NODES_TABLE};
+use crate::storage::{ACTORS_TABLE, DRIVER_JOBS_TABLE, NODES_TABLE};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -49,8 +50,8 @@ struct StoredJob {
     lost: Option<String>,
 }
 
-/// A detached actor as its record keeps it (keyed by its id): what it takes to take
-/// it back from its node, or to create it again.
+/// An actor as its record keeps it (keyed by its id): what it takes to take it back
+/// from its node, or to create it again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredActor {
     /// Its creation task as submitted (class, name, options, arguments).
@@ -160,19 +161,18 @@ impl HeadState {
         self.expect_nodes(may_return);
     }
 
-    /// Queues detached actor `actor`'s record as the table has it now (deleted once
-    /// it is dead). Written when it is submitted, alive, re-created or dead: never
-    /// per call.
+    /// Queues actor `actor`'s record as the table has it now (deleted once it is
+    /// dead). Written when it is submitted, alive, re-created or dead: never per call.
     pub(super) fn remember_actor(&self, actor: ActorId) {
         let Some(storage) = &self.settings.storage else {
             return;
         };
         let key = actor.to_string();
-        let Some(a) = self.actors.get(&actor).filter(|a| a.opts().detached) else {
+        let Some(a) = self.actors.get(&actor) else {
             return;
         };
         if a.is_dead() {
-            storage.delete(DETACHED_ACTORS_TABLE, &key);
+            storage.delete(ACTORS_TABLE, &key);
             return;
         }
         let Some(binary) = self.jobs.binary(a.creation().job) else {
@@ -187,14 +187,17 @@ impl HeadState {
                 _ => None,
             },
         };
-        storage.put(DETACHED_ACTORS_TABLE, &key, &record);
+        storage.put(ACTORS_TABLE, &key, &record);
     }
 
-    /// Takes back the detached actors an earlier head of this storage knew: each
-    /// waits for its node to come back with it, or is created again (per its
-    /// `max_restarts`) if its node cannot; their jobs live on.
+    /// Takes back the actors an earlier head of this storage knew: each waits for
+    /// its node to come back with it, or is created again (per its `max_restarts`)
+    /// if its node cannot; their jobs live on. A driver's actor lives on as long as
+    /// the claim window: its driver (or a worker) holding a handle to it then
+    /// declares it; else it ends as actors whose handles are gone do, and a job
+    /// whose driver did not come back ends with its actors.
     pub(super) fn restore_actors(&mut self) {
-        let Some(records) = self.stored_by_id::<StoredActor>(DETACHED_ACTORS_TABLE) else {
+        let Some(records) = self.stored_by_id::<StoredActor>(ACTORS_TABLE) else {
             return;
         };
         let now = self.clock.now();
@@ -205,21 +208,30 @@ impl HeadState {
                 continue;
             };
             let opts = (**opts).clone();
-            if opts.actor != actor || !opts.detached || !record.binary.is_well_formed() {
+            if opts.actor != actor || !record.binary.is_well_formed() {
                 tracing::warn!(?actor, "a stored actor does not match its key; skipped");
                 continue;
             }
             let creation = Arc::new(record.creation);
             let handle = creation.return_id;
             self.jobs
-                .revive_for_detached(creation.job, record.binary, now);
+                .revive_without_driver(creation.job, record.binary, now);
             self.remember_job(creation.job);
+            let detached = opts.detached;
             self.actors
                 .restore(Arc::clone(&creation), opts, record.restarts);
-            // The handle object exists (the actor did), and the actor holds it.
+            // The handle object exists (the actor did). A detached actor holds it;
+            // a driver's is held for its holders to declare.
             self.objects
                 .create(handle, ObjectValue::Inline(Vec::new()), None);
             self.objects.retain(handle);
+            if !detached {
+                self.reclaim.hold_handle(
+                    handle,
+                    creation.job,
+                    now + self.settings.head_reconnect_timeout,
+                );
+            }
             match record.home {
                 Some(node) if self.reclaim.awaits(node) => {
                     self.reclaim.await_actor(actor, node);

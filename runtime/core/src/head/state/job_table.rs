@@ -108,7 +108,7 @@ impl JobTable {
 
     /// A driver running `binary` reconnected on `driver` to go on with `job`, which
     /// this head lists as ended (an earlier head of its storage knew it) or not at
-    /// all, or as living on through detached actors. The job is alive again under its
+    /// all, or as living on through its actors. The job is alive again under its
     /// old id, with its old start time when known; `Err` if its driver is still
     /// connected on another connection, or the job was another process's.
     #[allow(clippy::too_many_arguments)]
@@ -151,9 +151,10 @@ impl JobTable {
         Ok(())
     }
 
-    /// `job` lives on through a detached actor an earlier head of this storage knew
-    /// (its driver gone): alive again, running `binary`, taken off the ended list.
-    pub(super) fn revive_for_detached(&mut self, job: JobId, binary: BinaryHash, now: Instant) {
+    /// `job` lives on through an actor an earlier head of this storage knew (its
+    /// driver gone, or not back yet): alive again, running `binary`, taken off the
+    /// ended list.
+    pub(super) fn revive_without_driver(&mut self, job: JobId, binary: BinaryHash, now: Instant) {
         if self.jobs.contains_key(&job) {
             return;
         }

@@ -127,7 +127,7 @@ impl HeadState {
         let held = a.creation().resources.clone();
         self.nodes.hold(node, &held);
         self.actors.mark_alive(actor, node, held, pid);
-        tracing::info!(?actor, node = ?node, "a detached actor came back with its node");
+        tracing::info!(?actor, node = ?node, "an actor came back with its node");
         self.remember_actor(actor);
         self.dispatch_calls(actor);
     }
@@ -273,5 +273,18 @@ impl HeadState {
                 self.send(peer, FromHead::DeleteObjects(ids));
             }
         }
+        // Drivers' actors: those whose driver did not come back end with its job,
+        // and those nobody declared a handle to end as unreferenced actors do.
+        for job in left.driverless {
+            if self.jobs.driver_gone(job) && self.jobs.is_alive(job) {
+                tracing::info!(job = ?job, "the driver of a job with actors did not come back");
+                self.job_ended(job);
+            }
+        }
+        let mut freed = Freed::default();
+        for handle in left.handles {
+            self.objects.release(handle, &mut freed);
+        }
+        self.apply_freed(freed);
     }
 }

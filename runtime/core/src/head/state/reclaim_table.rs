@@ -6,7 +6,9 @@
 //! Invariant: a task or object is here until a driver claims it (it then enters the
 //! task or object table) or the claim window ends (it is then let go on its node),
 //! never in both places; while a node that may come back has not reported, resumed
-//! tasks are parked rather than run, so nothing a node still runs is run twice.
+//! tasks are parked rather than run, so nothing a node still runs is run twice. A
+//! driver's actor taken back from the storage is held (its handle object pinned)
+//! until the window ends, so its holders can declare it first.
 
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, PeerId, TaskId};
 use crate::protocol::{AssignedTask, TaskOutcome, TaskSpec};
@@ -57,6 +59,10 @@ pub(super) struct Unclaimed {
     pub(super) tasks: Vec<(TaskId, HeldTask)>,
     /// Objects, with the nodes holding them.
     pub(super) objects: Vec<(ObjectId, Vec<NodeId>)>,
+    /// Actors' handle objects held for their drivers, to release.
+    pub(super) handles: Vec<ObjectId>,
+    /// Jobs whose drivers did not come back, to end.
+    pub(super) driverless: Vec<JobId>,
 }
 
 /// See the module documentation.
@@ -75,8 +81,14 @@ pub(super) struct ReclaimTable {
     objects: HashMap<ObjectId, (u64, HashSet<NodeId>)>,
     /// Resumed tasks waiting for the expected nodes, in arrival order.
     parked: Vec<ParkedTask>,
-    /// Detached actors waiting for the node they lived on.
+    /// Actors waiting for the node they lived on.
     actors: HashMap<ActorId, NodeId>,
+    /// Handle objects of drivers' actors, held for their drivers (and workers) to
+    /// claim by declaring them: released when the window ends.
+    handles: Vec<ObjectId>,
+    /// Jobs living on for their actors until their drivers come back: ended when
+    /// the window ends if they have not.
+    driverless: HashSet<JobId>,
 }
 
 impl ReclaimTable {
@@ -99,7 +111,16 @@ impl ReclaimTable {
         self.expected.contains(&node) || self.returning.contains(&node)
     }
 
-    /// Detached actor `actor` lived on `node`, which may come back with it.
+    /// The handle object of a driver's actor, taken back from the storage: held
+    /// until the claim window ends (opened now if no node is expected), while `job`
+    /// waits for its driver.
+    pub(super) fn hold_handle(&mut self, handle: ObjectId, job: JobId, until: Instant) {
+        self.claims_until.get_or_insert(until);
+        self.handles.push(handle);
+        self.driverless.insert(job);
+    }
+
+    /// Actor `actor` lived on `node`, which may come back with it.
     pub(super) fn await_actor(&mut self, actor: ActorId, node: NodeId) {
         self.actors.insert(actor, node);
     }
@@ -278,6 +299,8 @@ impl ReclaimTable {
                 .drain()
                 .map(|(id, (_, nodes))| (id, nodes.into_iter().collect()))
                 .collect(),
+            handles: std::mem::take(&mut self.handles),
+            driverless: self.driverless.drain().collect(),
         })
     }
 }

@@ -1259,3 +1259,71 @@ fn a_failed_copy_around_a_cut_is_not_asked_of_the_same_node_again() {
         other => panic!("expected ObjectLost, got {other:?}"),
     }
 }
+
+#[test]
+fn a_driver_s_actors_outlive_a_head_restart_while_held_and_end_with_a_driver_that_is_gone() {
+    let (dir, storage) = fresh_storage("drivers-actors");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let node = b.cpu_node(4.0);
+    let comes_back = b.driver();
+    let stays_away = b.driver();
+    let create = |b: &mut Bench, driver: TestDriver| {
+        let (actor, spec) = actor_creation(driver.job, 1);
+        b.submit(driver, &spec);
+        let a = b.only_assignment(node);
+        b.finish(node, &a, stored_inline(0));
+        (actor, spec.return_id)
+    };
+    let (held, held_handle) = create(&mut b, comes_back);
+    let (dropped, _) = create(&mut b, comes_back);
+    let (orphan, _) = create(&mut b, stays_away);
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let back = b.node_back(node.id, ResourceSet::new().with(CPU, 4.0));
+    let inventory = crate::protocol::NodeInventory {
+        actors: vec![(held, 11), (dropped, 12), (orphan, 13)],
+        ..Default::default()
+    };
+    b.send(back.peer, ToHead::NodeResumed(Box::new(inventory)));
+    let state = |b: &Bench, a: ActorId| b.head.actors.get(&a).map(|a| a.state().clone());
+    for a in [held, dropped, orphan] {
+        assert_eq!(state(&b, a), Some(ActorState::Alive(node.id)), "{a:?}");
+    }
+    // One driver comes back holding a handle to one of its two actors.
+    let driver = b.resumed_driver(comes_back.job);
+    let resume = crate::protocol::ResumeState {
+        holds: vec![held_handle],
+        ..Default::default()
+    };
+    b.send(driver.peer, ToHead::Resume(Box::new(resume)));
+    assert!(
+        !b.inbox(back.peer)
+            .iter()
+            .any(|m| matches!(m, FromHead::KillActor(_))),
+        "nothing ended before the window"
+    );
+    // Past the window: the held actor lives on; the one no handle names ends, and
+    // so does the job whose driver did not come back, with its actor.
+    b.pass(RECONNECT_TIMEOUT + NODE_TIMEOUT, &[back]);
+    assert_eq!(state(&b, held), Some(ActorState::Alive(node.id)));
+    let killed: Vec<ActorId> = b
+        .inbox(back.peer)
+        .into_iter()
+        .filter_map(|m| match m {
+            FromHead::KillActor(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        killed.contains(&dropped) && killed.contains(&orphan),
+        "{killed:?}"
+    );
+    assert!(!killed.contains(&held), "{killed:?}");
+    assert!(b.head.jobs.is_alive(comes_back.job));
+    assert!(!b.head.jobs.is_alive(stays_away.job));
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
