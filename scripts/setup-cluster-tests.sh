@@ -2,14 +2,14 @@
 # Installs what the cluster tests need, idempotently: an ssh server and client (the
 # launcher tests' machines are network namespaces each running its own sshd), rsync
 # (how `rayish up` copies file mounts, as Ray's launcher does), iproute2 (`ip netns`),
-# debootstrap (the Docker test's base image, made without a registry), prometheus
-# (the metrics test scrapes a cluster with the real server) and chromium (the
-# dashboard's browser test drives it headless); and, in
-# virtual environments, helm, Ray's CLI and a local S3 server (see below). Docker
-# itself must already run (`docker info`).
+# iptables (a partition between two namespaces only), debootstrap (the Docker test's
+# base image, made without a registry), prometheus (the metrics test scrapes a cluster
+# with the real server) and chromium (the dashboard's browser test drives it
+# headless); and, in virtual environments, helm, Ray's CLI and a local S3 server (see
+# below). Docker itself must already run (`docker info`).
 set -euo pipefail
 need_pkgs=()
-for p in openssh-server openssh-client rsync iproute2 debootstrap prometheus chromium; do
+for p in openssh-server openssh-client rsync iproute2 iptables debootstrap prometheus chromium; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

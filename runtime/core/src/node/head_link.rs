@@ -66,7 +66,9 @@ impl HeadLink {
     /// The head assigned `a` to this node.
     pub(super) fn assigned(&self, a: &TaskAssignment) {
         if a.spec.kind != TaskKind::Function {
-            // Actors cannot be taken back by a restarted head yet.
+            // A restarted head takes actors back from the inventory's actor list
+            // and its storage; their calls in flight are not taken back (drivers do
+            // not send them again).
             return;
         }
         self.lock().assigned.insert(

@@ -44,7 +44,7 @@ pub enum TaskError {
     },
     /// The object's only copies were on nodes that died and it could not be recomputed.
     #[error(
-        "object {object} was lost with the node(s) holding it and cannot be recomputed: {reason}"
+        "object {object} is lost (no reachable node holds it) and cannot be recomputed: {reason}"
     )]
     ObjectLost {
         /// The object.

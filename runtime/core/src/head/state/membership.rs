@@ -241,9 +241,13 @@ impl HeadState {
     }
 
     /// A detached actor died: if its job's driver is gone and it was the last, the
-    /// job ends now.
+    /// job ends now (unless its driver may still come back after a head restart:
+    /// the claim window decides then).
     pub(super) fn end_job_if_finished(&mut self, job_id: JobId) {
-        if self.jobs.driver_gone(job_id) && !self.actors.has_detached(job_id) {
+        if self.jobs.driver_gone(job_id)
+            && !self.actors.has_detached(job_id)
+            && !self.reclaim.awaits_driver(job_id)
+        {
             tracing::info!(job = ?job_id, "last detached actor ended; job ended");
             let forgotten = self.jobs.remove(job_id, self.clock.now());
             self.remember_job(job_id);

@@ -120,6 +120,12 @@ impl ReclaimTable {
         self.driverless.insert(job);
     }
 
+    /// Whether `job` lives on for its actors until the window ends, waiting for
+    /// its driver.
+    pub(super) fn awaits_driver(&self, job: JobId) -> bool {
+        self.driverless.contains(&job)
+    }
+
     /// Actor `actor` lived on `node`, which may come back with it.
     pub(super) fn await_actor(&mut self, actor: ActorId, node: NodeId) {
         self.actors.insert(actor, node);
