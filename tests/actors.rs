@@ -184,7 +184,7 @@ fn an_actor_whose_node_dies_is_restarted_on_another() {
     let at5 = cluster.node_id_at("127.0.0.5").expect("node 5");
     let go = cluster.root().join("go-survive");
     let go_arg = go.to_string_lossy().into_owned();
-    let (mut driver, mut lines) =
+    let (driver, mut lines) =
         cluster.spawn_driver("actor_driver", ["survive", "--go", go_arg.as_str()]);
     let first = lines
         .find_map(|l| l.strip_prefix("NODE ").map(str::to_string))
@@ -192,16 +192,7 @@ fn an_actor_whose_node_dies_is_restarted_on_another() {
     let victim = if first == at5 { 1 } else { 2 };
     cluster.kill_node(victim);
     std::fs::write(&go, b"").expect("go");
-    let line = lines.find_map(|l| l.strip_prefix("RESULT ").map(str::to_string));
-    let Some(line) = line else {
-        let mut err = String::new();
-        if let Some(mut e) = driver.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        panic!("no RESULT; driver stderr:\n{err}");
-    };
-    assert!(driver.wait().expect("driver exits").success());
-    let r: Value = serde_json::from_str(&line).expect("json");
+    let r = rayish_suite::finish_scenario(driver, lines);
     assert_eq!(r["first"], first.as_str(), "{r}");
     assert!(r["second"] != r["first"], "restarted elsewhere: {r}");
     assert_eq!(
@@ -218,7 +209,7 @@ fn a_driver_s_named_actor_keeps_its_state_across_a_head_restart() {
     cluster.join("127.0.0.5", 1, &["--resources", r#"{"spot": 1}"#]);
     let go = cluster.root().join("go-restart");
     let go_arg = go.to_string_lossy().into_owned();
-    let (mut driver, mut lines) = cluster.spawn_driver(
+    let (driver, mut lines) = cluster.spawn_driver(
         "actor_driver",
         ["survive", "--go", go_arg.as_str(), "--name", "journal"],
     );
@@ -233,16 +224,7 @@ fn a_driver_s_named_actor_keeps_its_state_across_a_head_restart() {
             .is_some_and(|s| s["drivers"].as_u64() == Some(1))
     });
     std::fs::write(&go, b"").expect("go");
-    let line = lines.find_map(|l| l.strip_prefix("RESULT ").map(str::to_string));
-    let Some(line) = line else {
-        let mut err = String::new();
-        if let Some(mut e) = driver.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        panic!("no RESULT; driver stderr:\n{err}");
-    };
-    assert!(driver.wait().expect("driver exits").success());
-    let r: Value = serde_json::from_str(&line).expect("json");
+    let r = rayish_suite::finish_scenario(driver, lines);
     assert_eq!(r["first"], first.as_str(), "{r}");
     assert_eq!(r["second"], first.as_str(), "the same node: {r}");
     assert_eq!(r["total_after"], 5, "its count survived the restart: {r}");

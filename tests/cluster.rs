@@ -559,7 +559,7 @@ fn a_task_cut_off_from_its_argument_s_holder_reads_a_copy_made_around_the_cut() 
     // alone, so the head still hears from both while neither reaches the other.
     let maker = rayish_suite::NetnsHost::create("mk", 84);
     let reader = rayish_suite::NetnsHost::create("rd", 85);
-    let route = rayish_suite::Forwarding::between(&maker, &reader);
+    let mut route = rayish_suite::Forwarding::between(&maker, &reader);
     let mut cluster = TestCluster::start_at(&maker.outside, 0, 1, 2000, &[]);
     let timeout = ["--node-timeout-ms", "2000"];
     cluster.join_in(

@@ -855,10 +855,19 @@ pub struct NetnsHost {
 }
 
 fn ip_cmd(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
+    run_checked("ip", args);
+}
+
+/// Runs `program` with `args`; fails the test, with its stderr, if it fails.
+fn run_checked<S: AsRef<str>>(program: &str, args: &[S]) {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let out = Command::new(program)
+        .args(&args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
     assert!(
         out.status.success(),
-        "ip {}: {}",
+        "{program} {}: {}",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -947,7 +956,7 @@ impl Drop for NetnsHost {
 /// between two nodes that the head still hears from.
 pub struct Forwarding {
     /// `iptables` rule specifications this inserted into `FORWARD`, removed on drop.
-    rules: std::sync::Mutex<Vec<Vec<String>>>,
+    rules: Vec<Vec<String>>,
     ends: (String, String),
 }
 
@@ -958,8 +967,8 @@ impl Forwarding {
         a.route_through_outside();
         b.route_through_outside();
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
-        let f = Self {
-            rules: std::sync::Mutex::new(Vec::new()),
+        let mut f = Self {
+            rules: Vec::new(),
             ends: (a.veth.clone(), b.veth.clone()),
         };
         f.insert("ACCEPT");
@@ -967,16 +976,18 @@ impl Forwarding {
     }
 
     /// Drops everything between the two, both ways, until [`Self::heal`].
-    pub fn cut(&self) {
+    pub fn cut(&mut self) {
         self.insert("DROP");
     }
 
     /// Removes the cut.
-    pub fn heal(&self) {
-        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        rules.retain(|rule| {
+    pub fn heal(&mut self) {
+        self.rules.retain(|rule| {
             if rule.last().map(String::as_str) == Some("DROP") {
-                Self::iptables("-D", rule);
+                let delete: Vec<&str> = std::iter::once("-D")
+                    .chain(rule.iter().map(String::as_str))
+                    .collect();
+                run_checked("iptables", &delete);
                 false
             } else {
                 true
@@ -984,47 +995,27 @@ impl Forwarding {
         });
     }
 
-    fn insert(&self, verdict: &str) {
-        let (a, b) = &self.ends;
-        for (from, to) in [(a, b), (b, a)] {
+    fn insert(&mut self, verdict: &str) {
+        let (a, b) = self.ends.clone();
+        for (from, to) in [(&a, &b), (&b, &a)] {
             let rule: Vec<String> = ["FORWARD", "-i", from, "-o", to, "-j", verdict]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
             // Inserted first: a cut goes before the accepts.
-            let mut insert = rule.clone();
-            insert.insert(1, "1".into());
-            Self::iptables("-I", &insert);
-            self.rules
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(rule);
+            let insert: Vec<&str> = ["-I", "FORWARD", "1"]
+                .into_iter()
+                .chain(rule[1..].iter().map(String::as_str))
+                .collect();
+            run_checked("iptables", &insert);
+            self.rules.push(rule);
         }
-    }
-
-    fn iptables(op: &str, rule: &[String]) {
-        let out = Command::new("iptables")
-            .arg(op)
-            .args(rule)
-            .output()
-            .expect("run iptables");
-        assert!(
-            out.status.success(),
-            "iptables {op} {}: {}",
-            rule.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
-        for rule in self
-            .rules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        for rule in self.rules.drain(..) {
             let _ = Command::new("iptables").arg("-D").args(&rule).output();
         }
     }

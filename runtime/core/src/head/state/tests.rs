@@ -1133,64 +1133,97 @@ fn a_parked_task_whose_driver_left_meanwhile_does_not_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The objects the head asked `node` to copy since the last look.
-fn copies_asked(b: &mut Bench, node: TestNode) -> Vec<ObjectId> {
+/// The copies the head asked `node` to make since the last look: each object, with
+/// the holders named to copy it from.
+fn copies_asked(b: &mut Bench, node: TestNode) -> Vec<(ObjectId, Vec<NodeId>)> {
     b.inbox(node.peer)
         .into_iter()
         .filter_map(|m| match m {
-            FromHead::CopyObject { id, .. } => Some(id),
+            FromHead::CopyObject { id, holders } => {
+                Some((id, holders.iter().map(|h| h.node).collect()))
+            }
             _ => None,
         })
         .collect()
 }
 
+/// A cut between two nodes the head hears from: `make` left its large value on
+/// `maker` alone, and `read`, which takes it, ran on `reader` (each has a resource
+/// of its own), which reported that it could not fetch the value; `relay` is a
+/// third node.
+struct Cut {
+    b: Bench,
+    maker: TestNode,
+    reader: TestNode,
+    relay: TestNode,
+    driver: TestDriver,
+    make: TaskSpec,
+    read: TaskSpec,
+}
+
+impl Cut {
+    fn new() -> Self {
+        let mut b = Bench::new();
+        let only = |name: &str| ResourceSet::new().with(CPU, 1.0).with(name, 1.0);
+        let maker = b.node(only("maker"));
+        let reader = b.node(only("reader"));
+        let relay = b.cpu_node(1.0);
+        let driver = b.driver();
+        let mut make = task(driver.job, "make", Vec::new(), 0);
+        make.resources = ResourceSet::new().with("maker", 1.0);
+        b.submit(driver, &make);
+        let made = b.only_assignment(maker);
+        b.finish(maker, &made, stored_on_node());
+        let mut read = task(driver.job, "read", vec![TaskArg::Ref(make.return_id)], 0);
+        read.resources = ResourceSet::new().with("reader", 1.0);
+        b.submit(driver, &read);
+        let first = b.only_assignment(reader);
+        let mut cut = Self {
+            b,
+            maker,
+            reader,
+            relay,
+            driver,
+            make,
+            read,
+        };
+        cut.b.finish(reader, &first, cut.unreachable());
+        cut
+    }
+
+    /// What the reader reports: it could not fetch `make`'s value.
+    fn unreachable(&self) -> TaskOutcome {
+        TaskOutcome::ArgumentUnavailable {
+            object: self.make.return_id,
+            reason: "timed out".into(),
+        }
+    }
+
+    /// Lets a node timeout pass with every node heard from.
+    fn pass(&mut self) {
+        let alive = [self.maker, self.reader, self.relay];
+        self.b.pass(NODE_TIMEOUT, &alive);
+    }
+}
+
 #[test]
 fn a_node_cut_off_from_an_object_s_holder_reads_a_copy_another_node_made() {
-    let mut b = Bench::new();
-    let only = |name: &str| ResourceSet::new().with(CPU, 1.0).with(name, 1.0);
-    let maker = b.node(only("maker"));
-    let reader = b.node(only("reader"));
-    let relay = b.cpu_node(1.0);
-    let driver = b.driver();
-    let mut make = task(driver.job, "make", Vec::new(), 0);
-    make.resources = ResourceSet::new().with("maker", 1.0);
-    b.submit(driver, &make);
-    let made = b.only_assignment(maker);
-    b.finish(maker, &made, stored_on_node());
-    let mut read = task(driver.job, "read", vec![TaskArg::Ref(make.return_id)], 0);
-    read.resources = ResourceSet::new().with("reader", 1.0);
-    b.submit(driver, &read);
-    let first = b.only_assignment(reader);
-    // The reader cannot reach the maker, though the head hears from both.
-    let cut = || TaskOutcome::ArgumentUnavailable {
-        object: make.return_id,
-        reason: "timed out".into(),
-    };
-    b.finish(reader, &first, cut());
-    let copies: Vec<_> = b
-        .inbox(relay.peer)
-        .into_iter()
-        .filter_map(|m| match m {
-            FromHead::CopyObject { id, holders } => Some((id, holders)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(copies.len(), 1, "{copies:?}");
-    assert_eq!(copies[0].0, make.return_id);
+    let mut c = Cut::new();
+    let (maker, reader, relay) = (c.maker, c.reader, c.relay);
     assert_eq!(
-        copies[0].1.iter().map(|h| h.node).collect::<Vec<_>>(),
-        vec![maker.id]
+        copies_asked(&mut c.b, relay),
+        vec![(c.make.return_id, vec![maker.id])]
     );
     // A second failure while the copy is under way asks for no other copy.
-    b.pass(NODE_TIMEOUT, &[maker, reader, relay]);
-    let second = b.only_assignment(reader);
-    b.finish(reader, &second, cut());
-    assert!(copies_asked(&mut b, relay).is_empty());
-    assert!(copies_asked(&mut b, maker).is_empty());
+    c.pass();
+    let second = c.b.only_assignment(reader);
+    c.b.finish(reader, &second, c.unreachable());
+    assert!(copies_asked(&mut c.b, relay).is_empty());
+    assert!(copies_asked(&mut c.b, maker).is_empty());
     // The copy is made: the next try lists it first, the unreachable holder last.
-    b.send(relay.peer, ToHead::ObjectCopied(make.return_id));
-    b.pass(NODE_TIMEOUT, &[maker, reader, relay]);
-    let third = b.only_assignment(reader);
+    c.b.send(relay.peer, ToHead::ObjectCopied(c.make.return_id));
+    c.pass();
+    let third = c.b.only_assignment(reader);
     match &third.sources[0] {
         ArgSource::At(at) => assert_eq!(
             at.iter().map(|h| h.node).collect::<Vec<_>>(),
@@ -1198,43 +1231,28 @@ fn a_node_cut_off_from_an_object_s_holder_reads_a_copy_another_node_made() {
         ),
         other => panic!("expected holders, got {other:?}"),
     }
-    b.finish(reader, &third, stored_inline(9));
+    c.b.finish(reader, &third, stored_inline(9));
     assert!(matches!(
-        b.location(driver, read.return_id),
+        c.b.location(c.driver, c.read.return_id),
         Some(ObjectLocation::Inline(v)) if v == vec![9]
     ));
     // Once the object is freed, nothing of the cut is kept.
-    b.send(driver.peer, ToHead::RemoveRefs(vec![make.return_id]));
-    assert!(b.head.relays.is_empty());
+    c.b.send(c.driver.peer, ToHead::RemoveRefs(vec![c.make.return_id]));
+    assert!(c.b.head.relays.is_empty());
 }
 
 #[test]
 fn a_failed_copy_around_a_cut_is_not_asked_of_the_same_node_again() {
-    let mut b = Bench::new();
-    let only = |name: &str| ResourceSet::new().with(CPU, 1.0).with(name, 1.0);
-    let maker = b.node(only("maker"));
-    let reader = b.node(only("reader"));
-    let relay = b.cpu_node(1.0);
-    let driver = b.driver();
-    let mut make = task(driver.job, "make", Vec::new(), 0);
-    make.resources = ResourceSet::new().with("maker", 1.0);
-    b.submit(driver, &make);
-    let made = b.only_assignment(maker);
-    b.finish(maker, &made, stored_on_node());
-    let mut read = task(driver.job, "read", vec![TaskArg::Ref(make.return_id)], 0);
-    read.resources = ResourceSet::new().with("reader", 1.0);
-    b.submit(driver, &read);
-    let cut = || TaskOutcome::ArgumentUnavailable {
-        object: make.return_id,
-        reason: "timed out".into(),
-    };
-    let first = b.only_assignment(reader);
-    b.finish(reader, &first, cut());
-    assert_eq!(copies_asked(&mut b, relay), vec![make.return_id]);
-    b.send(
+    let mut c = Cut::new();
+    let (reader, relay) = (c.reader, c.relay);
+    assert_eq!(
+        copies_asked(&mut c.b, relay),
+        vec![(c.make.return_id, vec![c.maker.id])]
+    );
+    c.b.send(
         relay.peer,
         ToHead::ObjectCopyFailed {
-            id: make.return_id,
+            id: c.make.return_id,
             reason: "cut off too".into(),
         },
     );
@@ -1242,20 +1260,20 @@ fn a_failed_copy_around_a_cut_is_not_asked_of_the_same_node_again() {
     // and then fails with ObjectLost, as before there were copies.
     let mut tries = 1;
     loop {
-        b.pass(NODE_TIMEOUT, &[maker, reader, relay]);
+        c.pass();
         assert!(
-            copies_asked(&mut b, relay).is_empty(),
+            copies_asked(&mut c.b, relay).is_empty(),
             "asked the failed node again"
         );
-        let Some(again) = b.assigned(reader).pop() else {
+        let Some(again) = c.b.assigned(reader).pop() else {
             break;
         };
         tries += 1;
-        b.finish(reader, &again, cut());
+        c.b.finish(reader, &again, c.unreachable());
         assert!(tries < 100, "never gave up");
     }
-    match error_of(b.location(driver, read.return_id)) {
-        Some(TaskError::ObjectLost { object, .. }) => assert_eq!(object, make.return_id),
+    match error_of(c.b.location(c.driver, c.read.return_id)) {
+        Some(TaskError::ObjectLost { object, .. }) => assert_eq!(object, c.make.return_id),
         other => panic!("expected ObjectLost, got {other:?}"),
     }
 }
