@@ -67,14 +67,14 @@ impl Lineage {
         );
     }
 
-    /// This process submitted `spec` and holds a handle to its result. Only plain
-    /// function calls are kept: an actor's state cannot be made again by a re-run
-    /// (an actor's creation is noted as its handle object).
+    /// This process submitted `spec` and holds a handle to its result. An actor's
+    /// creation is noted as its handle object (the head keeps actors); a function
+    /// task or an actor call is kept to send again: the restarted head takes what
+    /// the returning nodes have of it, and runs it again only when it is lost (an
+    /// actor call then only as the retry its actor's `max_task_retries` allows).
     pub(super) fn submitted(&mut self, spec: Arc<TaskSpec>) {
-        match spec.kind {
-            TaskKind::Function => {}
-            TaskKind::CreateActor(_) => return self.actor_handle(spec.return_id),
-            TaskKind::ActorCall(_) => return,
+        if let TaskKind::CreateActor(_) = spec.kind {
+            return self.actor_handle(spec.return_id);
         }
         for arg in spec.arg_refs() {
             if let Some(m) = self.made.get_mut(&arg) {
@@ -313,15 +313,22 @@ mod tests {
     }
 
     #[test]
-    fn actor_calls_are_not_kept_and_unknown_puts_are_not_declared() {
+    fn actor_calls_are_sent_again_until_their_result_comes_and_unknown_puts_are_not_declared() {
         let mut l = Lineage::default();
-        let mut call = task(2, &[]);
-        call.kind = TaskKind::ActorCall(crate::ids::ActorId::random());
-        l.submitted(Arc::new(call));
+        let call = |ret| {
+            let mut call = task(ret, &[]);
+            call.kind = TaskKind::ActorCall(crate::ids::ActorId::random());
+            Arc::new(call)
+        };
+        l.submitted(call(2));
+        l.submitted(call(4));
         l.put(ObjectId(3));
-        assert_eq!(l.len(), 1);
-        let plan = l.plan(|_| None);
-        assert!(plan.values.is_empty() && plan.tasks.is_empty() && plan.unheld.is_empty());
+        assert_eq!(l.len(), 3);
+        // The first call's result came; the second's did not.
+        let plan = l.plan(|id| (id == ObjectId(2)).then(|| inline(7)));
+        assert_eq!(values(&plan), vec![(2, vec![7])]);
+        assert_eq!(returns(&plan), vec![(4, 1)]);
+        assert!(plan.unheld.is_empty());
     }
 
     #[test]

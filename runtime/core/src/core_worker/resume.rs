@@ -166,8 +166,8 @@ impl CoreWorker {
             slot.location = Some(ObjectLocation::Error(Box::new(TaskError::ObjectLost {
                 object: id,
                 reason: "the head restarted, and this driver had neither its value nor a task \
-                         to make it again (an actor's call or creation, a large put kept on \
-                         the head's node, or an object made by a worker)"
+                         to make it again (a large put kept on the head's node, or an object \
+                         made by a worker)"
                     .into(),
             })));
             slot.subscribed = false;

@@ -5,7 +5,7 @@
 //! task ends sent in the last few seconds (they may have died with the head), so a
 //! node that comes back tells the new head exactly what it still has.
 //!
-//! Invariant: every function task the head assigned is either in the inventory a
+//! Invariant: every task or actor call the head assigned is either in the inventory a
 //! returning node sends or reported ended by a `TaskFinished` sent after it; the
 //! inventory, the re-sent ends and the held messages go out under one lock, before
 //! anything sent later.
@@ -38,7 +38,9 @@ struct LinkState {
     away: Option<Vec<ToHead>>,
     /// More than [`MAX_HELD`] messages came while the head was away.
     overflowed: bool,
-    /// Function tasks the head assigned and this node has not reported ended.
+    /// Tasks and actor calls the head assigned and this node has not reported ended
+    /// (an actor's creation is not among them: a restarted head takes actors back
+    /// from the inventory's actor list and its storage).
     assigned: HashMap<TaskId, AssignedTask>,
     /// Task ends sent to the head in the last [`RESEND_WINDOW`], oldest first.
     recent_ends: VecDeque<(Instant, ToHead)>,
@@ -65,10 +67,7 @@ impl HeadLink {
 
     /// The head assigned `a` to this node.
     pub(super) fn assigned(&self, a: &TaskAssignment) {
-        if a.spec.kind != TaskKind::Function {
-            // A restarted head takes actors back from the inventory's actor list
-            // and its storage; their calls in flight are not taken back (drivers do
-            // not send them again).
+        if matches!(a.spec.kind, TaskKind::CreateActor(_)) {
             return;
         }
         self.lock().assigned.insert(
@@ -261,6 +260,34 @@ mod tests {
             .collect();
         // 1 again (sent just before the loss), 2 (held), then 3 (sent after).
         assert_eq!(ends, vec![1, 2, 3]);
+        assert_eq!(link.outstanding(), 1);
+    }
+
+    #[test]
+    fn actor_calls_are_counted_until_they_end_and_creations_are_not() {
+        let (tx, _head) = unbounded_channel();
+        let link = HeadLink::new(MessageSender::direct(Arc::new(tx)));
+        let with_kind = |task, kind| {
+            let mut a = assignment(task, 1);
+            Arc::make_mut(&mut a.spec).kind = kind;
+            a
+        };
+        let actor = ActorId(9);
+        link.assigned(&with_kind(
+            1,
+            TaskKind::CreateActor(Box::new(crate::protocol::ActorCreation {
+                actor,
+                class: "Counter".into(),
+                name: None,
+                detached: false,
+                max_restarts: 0,
+                max_task_retries: 0,
+            })),
+        ));
+        link.assigned(&with_kind(2, TaskKind::ActorCall(actor)));
+        link.assigned(&with_kind(3, TaskKind::ActorCall(actor)));
+        assert_eq!(link.outstanding(), 2, "the two calls, not the creation");
+        assert!(link.send(end(2)));
         assert_eq!(link.outstanding(), 1);
     }
 }

@@ -187,10 +187,17 @@ impl ActorTable {
         }
     }
 
-    /// A call `task` from `caller` joins the actor's line: its order number.
-    pub(super) fn enqueue_call(&mut self, actor: ActorId, task: TaskId, caller: PeerId) -> u64 {
+    /// The next order number: of a call that joins a line, or of one taken back
+    /// running (so that a retry of it goes back in before later calls).
+    pub(super) fn next_call_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        seq
+    }
+
+    /// A call `task` from `caller` joins the actor's line: its order number.
+    pub(super) fn enqueue_call(&mut self, actor: ActorId, task: TaskId, caller: PeerId) -> u64 {
+        let seq = self.next_call_seq();
         if let Some(a) = self.actors.get_mut(&actor) {
             a.calls.push_back(PendingCall {
                 seq,

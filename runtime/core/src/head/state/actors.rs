@@ -59,8 +59,25 @@ impl HeadState {
         self.add_task(spec, 0);
     }
 
-    /// An `ActorCall` task was submitted: queue it behind the caller's earlier calls.
+    /// An `ActorCall` task was submitted: queue it behind the caller's earlier calls
+    /// (which may still wait for the nodes after a head restart: it then waits too).
     pub(super) fn submit_call(&mut self, caller: PeerId, spec: Arc<TaskSpec>, actor: ActorId) {
+        if self.reclaim.parks_call(caller, actor) {
+            self.park_resumed(caller, spec, 0);
+            return;
+        }
+        self.queue_call(caller, spec, actor, 0);
+    }
+
+    /// Queues call `spec` (as attempt `attempt`) in its actor's line, or fails it if
+    /// the actor is dead or unknown.
+    pub(super) fn queue_call(
+        &mut self,
+        caller: PeerId,
+        spec: Arc<TaskSpec>,
+        actor: ActorId,
+        attempt: u32,
+    ) {
         let return_id = spec.return_id;
         let dead = match self.actors.get(&actor) {
             None => Some(TaskError::ActorDied {
@@ -84,8 +101,14 @@ impl HeadState {
         }
         let task_id = spec.task_id;
         let seq = self.actors.enqueue_call(actor, task_id, caller);
-        self.add_task(spec, 0);
-        self.tasks.set_call(task_id, seq, caller);
+        self.add_task(spec, attempt);
+        if self.tasks.get(&task_id).is_some() {
+            self.tasks.set_call(task_id, seq, caller);
+        } else {
+            // It ended at once (an argument was an error): it must not hold back
+            // the caller's later calls.
+            self.actors.forget_call(actor, seq);
+        }
     }
 
     /// A call's arguments are ready.

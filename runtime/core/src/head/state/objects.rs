@@ -88,6 +88,15 @@ impl HeadState {
         }
     }
 
+    /// `id`, stored on nodes, was made by `spec`: kept to run again if every copy is
+    /// lost, when `spec` is a function task. An actor call is not run again for
+    /// that (its actor's state moved on since), nor is an actor's creation.
+    pub(super) fn keep_lineage(&mut self, id: &ObjectId, spec: Arc<TaskSpec>) {
+        if spec.kind == TaskKind::Function {
+            self.objects.set_creator(id, spec);
+        }
+    }
+
     /// The last copy of `id` is gone: re-run the task that made it, or record the loss.
     pub(super) fn object_lost(&mut self, id: ObjectId) {
         if !self.objects.contains(&id) {
@@ -111,7 +120,9 @@ impl HeadState {
             _ => {
                 let err = TaskError::ObjectLost {
                     object: id,
-                    reason: "it was made by put or its task's arguments are gone".into(),
+                    reason: "it was made by put or by an actor call (neither is run again \
+                             to make it), or its task's arguments are gone"
+                        .into(),
                 };
                 self.objects
                     .set_value(&id, ObjectValue::Error(Box::new(err)));

@@ -9,6 +9,17 @@ use super::*;
 use crate::ids::ActorId;
 use crate::protocol::NodeInventory;
 
+/// A resumed task that no returning node has a result of or runs: it must run
+/// (again).
+pub(super) struct Rerun {
+    /// The task.
+    pub(super) spec: Arc<TaskSpec>,
+    /// The attempt it runs as.
+    pub(super) attempt: u32,
+    /// A returning node reported that its worker died running it.
+    pub(super) died_running: bool,
+}
+
 impl HeadState {
     /// After a restart: the nodes alive under the earlier head may come back.
     pub(super) fn expect_nodes(&mut self, nodes: Vec<NodeId>) {
@@ -83,13 +94,14 @@ impl HeadState {
             );
         }
         let mut freed = Freed::default();
+        let now = self.clock.now();
         for (peer, spec, attempt) in parked {
             let pins: Vec<ObjectId> = spec
                 .arg_refs()
                 .chain(spec.nested_refs.iter().copied())
                 .collect();
             if self.peers.job(peer) == Some(spec.job) {
-                self.resume_task(peer, spec, attempt);
+                self.resume_task(peer, spec, attempt, now);
             } else {
                 // Its driver left while it waited: nobody wants it; its pending
                 // result goes.
@@ -132,6 +144,18 @@ impl HeadState {
         self.dispatch_calls(actor);
     }
 
+    /// A resumed task waits for the nodes that may still come back with it: known
+    /// (pending) meanwhile, so the driver can wait for it, and its arguments pinned,
+    /// so what the driver holds only for it stays.
+    pub(super) fn park_resumed(&mut self, peer: PeerId, spec: Arc<TaskSpec>, attempt: u32) {
+        self.objects
+            .create(spec.return_id, ObjectValue::Pending, Some(peer));
+        for id in spec.arg_refs().chain(spec.nested_refs.iter().copied()) {
+            self.objects.retain(id);
+        }
+        self.reclaim.park(peer, spec, attempt);
+    }
+
     /// A resumed task: what the returning nodes have of it, if anything. `None`
     /// once it is taken care of; else it must run again.
     pub(super) fn claim_task(
@@ -139,28 +163,26 @@ impl HeadState {
         peer: PeerId,
         spec: Arc<TaskSpec>,
         attempt: u32,
-    ) -> Option<(Arc<TaskSpec>, u32)> {
+        now: Instant,
+    ) -> Option<Rerun> {
         let return_id = spec.return_id;
-        match self
-            .reclaim
-            .claim(spec.task_id, return_id, self.clock.now())
-        {
-            Claim::Nothing => Some((spec, attempt)),
+        let rerun = |spec, attempt, died_running| {
+            Some(Rerun {
+                spec,
+                attempt,
+                died_running,
+            })
+        };
+        match self.reclaim.claim(spec.task_id, return_id, now) {
+            Claim::Nothing => rerun(spec, attempt, false),
             Claim::Wait => {
-                // Known (pending) meanwhile, so the driver can wait for it, and its
-                // arguments pinned, so what the driver holds only for it stays.
-                self.objects
-                    .create(return_id, ObjectValue::Pending, Some(peer));
-                for id in spec.arg_refs().chain(spec.nested_refs.iter().copied()) {
-                    self.objects.retain(id);
-                }
-                self.reclaim.park(peer, spec, attempt);
+                self.park_resumed(peer, spec, attempt);
                 None
             }
             Claim::Stored { nodes, size } => {
                 self.objects
                     .create(return_id, ObjectValue::OnNodes { nodes, size }, Some(peer));
-                self.objects.set_creator(&return_id, spec);
+                self.keep_lineage(&return_id, spec);
                 self.object_ready(return_id);
                 None
             }
@@ -178,13 +200,13 @@ impl HeadState {
                     TaskOutcome::Failed(err) => ObjectValue::Error(Box::new(err)),
                     // Lost after all: run again as the attempt after the one that
                     // died (an unavailable argument uses no retry).
-                    TaskOutcome::WorkerDied(_) => return Some((spec, attempt.max(ran + 1))),
-                    TaskOutcome::ArgumentUnavailable { .. } => return Some((spec, attempt)),
+                    TaskOutcome::WorkerDied(_) => return rerun(spec, attempt.max(ran + 1), true),
+                    TaskOutcome::ArgumentUnavailable { .. } => return rerun(spec, attempt, false),
                 };
                 let stored = matches!(value, ObjectValue::OnNodes { .. });
                 self.objects.create(return_id, value, Some(peer));
                 if stored {
-                    self.objects.set_creator(&return_id, spec);
+                    self.keep_lineage(&return_id, spec);
                 }
                 self.object_ready(return_id);
                 None
@@ -205,10 +227,18 @@ impl HeadState {
         for id in spec.arg_refs().chain(spec.nested_refs.iter().copied()) {
             self.objects.retain(id);
         }
+        let call = match spec.kind {
+            TaskKind::ActorCall(_) => Some(self.actors.next_call_seq()),
+            _ => None,
+        };
         let now_ms = self.clock_ms();
         self.tasks.insert(spec, held.attempt, now_ms);
         // Charged to the node when its inventory came.
         self.tasks.start(task_id, held.node, held.resources, now_ms);
+        if let Some(seq) = call {
+            // A retry of it goes back in line before the caller's later calls.
+            self.tasks.set_call(task_id, seq, peer);
+        }
     }
 
     /// A node reported the end of a task this head has no entry for: one it held

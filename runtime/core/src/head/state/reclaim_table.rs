@@ -11,7 +11,7 @@
 //! until the window ends, so its holders can declare it first.
 
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, PeerId, TaskId};
-use crate::protocol::{AssignedTask, TaskOutcome, TaskSpec};
+use crate::protocol::{AssignedTask, TaskKind, TaskOutcome, TaskSpec};
 use crate::resources::ResourceSet;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
@@ -81,8 +81,14 @@ pub(super) struct ReclaimTable {
     objects: HashMap<ObjectId, (u64, HashSet<NodeId>)>,
     /// Resumed tasks waiting for the expected nodes, in arrival order.
     parked: Vec<ParkedTask>,
+    /// The callers and actors of the parked actor calls: a caller's later calls to
+    /// that actor wait behind them.
+    parked_calls: HashSet<(PeerId, ActorId)>,
     /// Actors waiting for the node they lived on.
     actors: HashMap<ActorId, NodeId>,
+    /// Actors whose node did not bring them back (being created again), until the
+    /// window ends: their calls may have run in the process lost.
+    lost_actors: HashSet<ActorId>,
     /// Handle objects of drivers' actors, held for their drivers (and workers) to
     /// claim by declaring them: released when the window ends.
     handles: Vec<ObjectId>,
@@ -147,7 +153,16 @@ impl ReclaimTable {
         if !self.expected.is_empty() || !self.returning.is_empty() {
             return Vec::new();
         }
-        self.actors.drain().map(|(a, _)| a).collect()
+        let lost: Vec<ActorId> = self.actors.drain().map(|(a, _)| a).collect();
+        self.lost_actors.extend(lost.iter().copied());
+        lost
+    }
+
+    /// Whether `actor`'s process may have been lost with its node (its node is
+    /// still awaited, or did not bring it back): a call on it that no node reports
+    /// may have run there.
+    pub(super) fn lost_with_node(&self, actor: ActorId) -> bool {
+        self.actors.contains_key(&actor) || self.lost_actors.contains(&actor)
     }
 
     /// Whether node `id` may come back with its work now.
@@ -211,7 +226,15 @@ impl ReclaimTable {
 
     /// A resumed task, to run once the expected nodes are in.
     pub(super) fn park(&mut self, peer: PeerId, spec: Arc<TaskSpec>, attempt: u32) {
+        if let TaskKind::ActorCall(actor) = spec.kind {
+            self.parked_calls.insert((peer, actor));
+        }
         self.parked.push((peer, spec, attempt));
+    }
+
+    /// Whether a call of `caller` to `actor` is parked.
+    pub(super) fn parks_call(&self, caller: PeerId, actor: ActorId) -> bool {
+        !self.parked_calls.is_empty() && self.parked_calls.contains(&(caller, actor))
     }
 
     /// The parked tasks, if no node is awaited any more (past the window, those
@@ -225,6 +248,7 @@ impl ReclaimTable {
             .drain()
             .chain(self.returning.drain())
             .collect();
+        self.parked_calls.clear();
         Some((std::mem::take(&mut self.parked), given_up))
     }
 
@@ -298,6 +322,7 @@ impl ReclaimTable {
         }
         self.claims_until = None;
         self.ended.clear();
+        self.lost_actors.clear();
         Some(Unclaimed {
             tasks: self.running.drain().collect(),
             objects: self

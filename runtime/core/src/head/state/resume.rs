@@ -1,8 +1,10 @@
 //! A driver back from a head restart: the objects it still needs, made again from what
-//! it kept (values, or the tasks that make them); a worker back from one: what it
-//! holds.
+//! it kept (values, or the tasks and actor calls that make them); a worker back from
+//! one: what it holds.
 
+use super::reclaim::Rerun;
 use super::*;
+use crate::ids::ActorId;
 use crate::protocol::ResumeState;
 
 impl HeadState {
@@ -30,12 +32,17 @@ impl HeadState {
         for (id, err) in state.errors {
             self.put(peer, id, ObjectValue::Error(Box::new(err)));
         }
+        // One instant for the whole list: whether the nodes are still awaited must
+        // not change between a caller's calls, or a later one could overtake one
+        // that waits.
+        let now = self.clock.now();
         for (spec, attempt) in state.tasks {
-            if spec.job != job || spec.kind != TaskKind::Function {
+            // An actor's creation is never re-submitted: the head keeps actors.
+            if spec.job != job || matches!(spec.kind, TaskKind::CreateActor(_)) {
                 tracing::warn!(?peer, "a resumed task of another job or kind; ignored");
                 continue;
             }
-            self.resume_task(peer, spec, attempt);
+            self.resume_task(peer, spec, attempt, now);
         }
         for id in state.holds {
             self.objects.add_holder(peer, id);
@@ -46,14 +53,37 @@ impl HeadState {
         tracing::info!(job = ?job, values, tasks, "driver resumed its job");
     }
 
-    /// Runs a task again that the driver submitted to an earlier head and has no
-    /// result of: it may have been running when that head died, so this is a retry,
-    /// counted against its `max_retries`.
-    pub(super) fn resume_task(&mut self, peer: PeerId, spec: Arc<TaskSpec>, attempt: u32) {
-        // A node back with its work may have it running, or its result.
-        let Some((spec, attempt)) = self.claim_task(peer, spec, attempt) else {
+    /// A task or actor call the driver submitted to an earlier head and has no result
+    /// of: what the returning nodes have of it is taken (its result, or the task still
+    /// running); else it runs again ([`Self::rerun_function`], [`Self::resume_call`]).
+    pub(super) fn resume_task(
+        &mut self,
+        peer: PeerId,
+        spec: Arc<TaskSpec>,
+        attempt: u32,
+        now: Instant,
+    ) {
+        if let TaskKind::ActorCall(actor) = spec.kind {
+            if self.reclaim.parks_call(peer, actor) {
+                // An earlier call of the same caller waits for the nodes: this one
+                // must not start before it.
+                self.park_resumed(peer, spec, attempt);
+                return;
+            }
+        }
+        let Some(rerun) = self.claim_task(peer, spec, attempt, now) else {
             return;
         };
+        match rerun.spec.kind {
+            TaskKind::ActorCall(actor) => self.resume_call(peer, rerun, actor),
+            _ => self.rerun_function(peer, rerun),
+        }
+    }
+
+    /// A function task no returning node has: it may have been running when the
+    /// earlier head died, so this is a retry, counted against its `max_retries`.
+    fn rerun_function(&mut self, peer: PeerId, rerun: Rerun) {
+        let Rerun { spec, attempt, .. } = rerun;
         let return_id = spec.return_id;
         if attempt > spec.max_retries {
             let err = TaskError::WorkerDied {
@@ -71,5 +101,49 @@ impl HeadState {
         self.objects
             .create(return_id, ObjectValue::Pending, Some(peer));
         self.add_task(spec, attempt);
+    }
+
+    /// An actor call no returning node has. If the actor's process came back with
+    /// its node, the call never reached it (a node reports every call it was sent
+    /// until it reports the call's end), so it joins the actor's line as submitted.
+    /// If the process was lost with its node, or a node reported it died under the
+    /// call, the call may have run: it runs again only as a retry that the actor's
+    /// `max_task_retries` allows, as when an actor dies under a call.
+    fn resume_call(&mut self, peer: PeerId, rerun: Rerun, actor: ActorId) {
+        let Rerun {
+            spec,
+            attempt,
+            died_running,
+        } = rerun;
+        let return_id = spec.return_id;
+        self.objects
+            .create(return_id, ObjectValue::Pending, Some(peer));
+        if !died_running && !self.reclaim.lost_with_node(actor) {
+            return self.queue_call(peer, spec, actor, 0);
+        }
+        let refused = self
+            .actors
+            .get(&actor)
+            .filter(|a| !a.is_dead() && !a.may_retry(attempt.saturating_sub(1)))
+            .map(|a| {
+                let why = if died_running {
+                    "its process died under this call while the head was restarting"
+                } else {
+                    "its process was lost with its node while the head was restarting, \
+                     and this call may have been running"
+                };
+                a.died_error(&format!(
+                    "{why} (max_task_retries={})",
+                    a.opts().max_task_retries
+                ))
+            });
+        match refused {
+            Some(err) => {
+                self.objects
+                    .create(return_id, ObjectValue::Error(Box::new(err)), Some(peer));
+                self.object_ready(return_id);
+            }
+            None => self.queue_call(peer, spec, actor, attempt),
+        }
     }
 }

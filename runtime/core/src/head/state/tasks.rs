@@ -282,7 +282,7 @@ impl HeadState {
             .chain(spec.nested_refs.iter().copied())
             .collect();
         if keep_lineage {
-            self.objects.set_creator(&return_id, spec);
+            self.keep_lineage(&return_id, spec);
         }
         self.object_ready(return_id);
         for id in arg_pins {

@@ -1364,3 +1364,258 @@ fn a_driver_s_actors_outlive_a_head_restart_while_held_and_end_with_a_driver_tha
     drop(storage);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A call to `actor`, taking `args`.
+fn actor_call(job: JobId, actor: ActorId, args: Vec<TaskArg>) -> TaskSpec {
+    let mut call = task(job, "Counter::add", args, 0);
+    call.kind = TaskKind::ActorCall(actor);
+    call.resources = ResourceSet::new();
+    call
+}
+
+/// What the driver was told about each object since the last look.
+fn told(b: &mut Bench, driver: TestDriver) -> HashMap<ObjectId, ObjectLocation> {
+    let mut told = HashMap::default();
+    for m in b.inbox(driver.peer) {
+        if let FromHead::ObjectReady { id, location } = m {
+            told.insert(id, location);
+        }
+    }
+    told
+}
+
+#[test]
+fn actor_calls_in_flight_at_a_head_restart_are_taken_back_and_none_runs_twice() {
+    let (dir, storage) = fresh_storage("calls");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let node = b.cpu_node(4.0);
+    let before = b.driver();
+    let (actor, create) = actor_creation(before.job, 0);
+    b.submit(before, &create);
+    let a = b.only_assignment(node);
+    b.finish(node, &a, stored_inline(0));
+    // Four calls reach the node: the first ends and its result reaches the driver;
+    // the second runs when the head dies; the third ends while the head is away; the
+    // fourth was lost on its way to the node.
+    let calls: Vec<TaskSpec> = (0..4)
+        .map(|_| actor_call(before.job, actor, Vec::new()))
+        .collect();
+    for c in &calls {
+        b.submit(before, c);
+    }
+    assert_eq!(b.assigned(node).len(), 4);
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    // The driver is back first, with the calls it has no result of, and one it
+    // made while the head was away; its node is not back yet.
+    let driver = b.resumed_driver(before.job);
+    let made_meanwhile = actor_call(before.job, actor, Vec::new());
+    let resumed = [&calls[1], &calls[2], &calls[3], &made_meanwhile];
+    let state = crate::protocol::ResumeState {
+        tasks: resumed
+            .iter()
+            .map(|t| (Arc::new((*t).clone()), 1))
+            .collect(),
+        holds: vec![create.return_id],
+        ..Default::default()
+    };
+    b.send(driver.peer, ToHead::Resume(Box::new(state)));
+    b.send(
+        driver.peer,
+        ToHead::Subscribe(resumed.iter().map(|t| t.return_id).collect()),
+    );
+    // A call made now waits behind them, as its caller's later call.
+    let made_now = actor_call(before.job, actor, Vec::new());
+    b.submit(driver, &made_now);
+    let back = b.node_back(node.id, ResourceSet::new().with(CPU, 4.0));
+    assert!(
+        b.assigned(back).is_empty(),
+        "nothing runs before the inventory"
+    );
+    let held = |t: &TaskSpec| crate::protocol::AssignedTask {
+        task_id: t.task_id,
+        job: t.job,
+        attempt: 0,
+        resources: t.resources.clone(),
+    };
+    let inventory = crate::protocol::NodeInventory {
+        tasks: vec![held(&calls[1]), held(&calls[2])],
+        actors: vec![(actor, 4321)],
+        ..Default::default()
+    };
+    b.send(back.peer, ToHead::NodeResumed(Box::new(inventory)));
+    // The third call's end, held while the head was away, comes after it; then
+    // the parked calls go on.
+    b.send(
+        back.peer,
+        ToHead::TaskFinished {
+            task_id: calls[2].task_id,
+            attempt: 0,
+            outcome: stored_inline(3),
+            run_micros: 1000,
+            worker_pid: 4321,
+        },
+    );
+    b.pass(NODE_TIMEOUT / 5, &[back]);
+    // Only the calls the node never got run, in the caller's order, as first
+    // attempts: the running one is not sent again.
+    let sent: Vec<(TaskId, u32)> = b
+        .assigned(back)
+        .iter()
+        .map(|a| (a.spec.task_id, a.attempt))
+        .collect();
+    let expected: Vec<(TaskId, u32)> = [&calls[3], &made_meanwhile, &made_now]
+        .iter()
+        .map(|t| (t.task_id, 0))
+        .collect();
+    assert_eq!(sent, expected);
+    let mut told = told(&mut b, driver);
+    assert!(
+        matches!(told.remove(&calls[2].return_id), Some(ObjectLocation::Inline(v)) if v == [3])
+    );
+    assert!(told.is_empty(), "{told:?}");
+    // The running call is the head's again: its end reaches the driver.
+    b.send(
+        back.peer,
+        ToHead::TaskFinished {
+            task_id: calls[1].task_id,
+            attempt: 0,
+            outcome: stored_inline(2),
+            run_micros: 1000,
+            worker_pid: 4321,
+        },
+    );
+    assert!(matches!(
+        b.location(driver, calls[1].return_id),
+        Some(ObjectLocation::Inline(v)) if v == [2]
+    ));
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_call_whose_actor_was_lost_with_its_node_at_a_head_restart_runs_again_only_as_a_retry() {
+    let (dir, storage) = fresh_storage("lost-calls");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let kept = b.cpu_node(4.0);
+    let lost = b.node(ResourceSet::new().with(CPU, 4.0).with("x", 2.0));
+    let before = b.driver();
+    // Two actors on the node that will not come back, one restart each; only the
+    // second lets a call run again.
+    let create = |b: &mut Bench, retries: i32| {
+        let (actor, mut spec) = actor_creation(before.job, 1);
+        spec.resources = ResourceSet::new().with("x", 1.0);
+        if let TaskKind::CreateActor(c) = &mut spec.kind {
+            c.max_task_retries = retries;
+        }
+        b.submit(before, &spec);
+        let a = b.only_assignment(lost);
+        b.finish(lost, &a, stored_inline(0));
+        (actor, spec.return_id)
+    };
+    let (once, once_handle) = create(&mut b, 0);
+    let (twice, twice_handle) = create(&mut b, 1);
+    let call_once = actor_call(before.job, once, Vec::new());
+    let call_twice = actor_call(before.job, twice, Vec::new());
+    b.submit(before, &call_once);
+    b.submit(before, &call_twice);
+    assert_eq!(b.assigned(lost).len(), 2);
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let back = b.node_back(kept.id, ResourceSet::new().with(CPU, 4.0).with("x", 2.0));
+    b.send(back.peer, ToHead::NodeResumed(Box::default()));
+    let driver = b.resumed_driver(before.job);
+    let state = crate::protocol::ResumeState {
+        tasks: vec![
+            (Arc::new(call_once.clone()), 1),
+            (Arc::new(call_twice.clone()), 1),
+        ],
+        holds: vec![once_handle, twice_handle],
+        ..Default::default()
+    };
+    b.send(driver.peer, ToHead::Resume(Box::new(state)));
+    b.send(
+        driver.peer,
+        ToHead::Subscribe(vec![call_once.return_id, call_twice.return_id]),
+    );
+    // The other node does not come back: both actors are created again on this one.
+    b.pass(NODE_TIMEOUT + NODE_TIMEOUT / 5, &[back]);
+    let creations = b.assigned(back);
+    assert_eq!(creations.len(), 2, "{creations:?}");
+    match error_of(b.location(driver, call_once.return_id)) {
+        Some(TaskError::ActorDied { actor, cause, .. }) => {
+            assert_eq!(actor, once);
+            assert!(cause.contains("max_task_retries=0"), "{cause}");
+        }
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+    for a in &creations {
+        b.finish(back, a, stored_inline(0));
+    }
+    // The other runs again on the new process, as its retry.
+    let a = b.only_assignment(back);
+    assert_eq!((a.spec.task_id, a.attempt), (call_twice.task_id, 1));
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_call_whose_argument_is_an_error_does_not_hold_back_its_caller_s_later_calls() {
+    let mut b = Bench::new();
+    let node = b.cpu_node(2.0);
+    let driver = b.driver();
+    let (actor, create) = actor_creation(driver.job, 0);
+    b.submit(driver, &create);
+    let a = b.only_assignment(node);
+    b.finish(node, &a, stored_inline(0));
+    let broken = task(driver.job, "broken", Vec::new(), 0);
+    b.submit(driver, &broken);
+    let a = b.only_assignment(node);
+    let err = TaskError::Failed {
+        function: "broken".into(),
+        message: "no".into(),
+        node: "n".into(),
+    };
+    b.finish(node, &a, TaskOutcome::Failed(err));
+    let first = actor_call(driver.job, actor, vec![TaskArg::Ref(broken.return_id)]);
+    b.submit(driver, &first);
+    assert!(matches!(
+        error_of(b.location(driver, first.return_id)),
+        Some(TaskError::Failed { .. })
+    ));
+    let second = actor_call(driver.job, actor, Vec::new());
+    b.submit(driver, &second);
+    assert_eq!(b.only_assignment(node).spec.task_id, second.task_id);
+}
+
+#[test]
+fn an_actor_call_s_result_lost_with_its_node_is_reported_lost_not_run_again() {
+    let mut b = Bench::new();
+    let home = b.cpu_node(2.0);
+    let driver = b.driver();
+    let (actor, create) = actor_creation(driver.job, 0);
+    b.submit(driver, &create);
+    let a = b.only_assignment(home);
+    b.finish(home, &a, stored_inline(0));
+    let call = actor_call(driver.job, actor, Vec::new());
+    b.submit(driver, &call);
+    let a = b.only_assignment(home);
+    b.finish(home, &a, stored_on_node());
+    assert!(held_only_by(b.location(driver, call.return_id), home));
+    // Its node dies with the only copy (and the actor).
+    let other = b.cpu_node(2.0);
+    b.pass(NODE_TIMEOUT + NODE_TIMEOUT / 5, &[other]);
+    assert!(b.assigned(other).is_empty(), "nothing runs again");
+    match b.head.objects.value(&call.return_id) {
+        Some(ObjectValue::Error(e)) => {
+            assert!(matches!(**e, TaskError::ObjectLost { .. }), "{e}")
+        }
+        other => panic!("expected ObjectLost, got {other:?}"),
+    }
+}
