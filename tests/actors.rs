@@ -4,7 +4,7 @@
 //! `kill`, failing constructors, dropped handles, resources held for life.
 
 use rayish_suite::{run_for_result, TestCluster};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn actor_driver(cluster: &TestCluster, args: &[&str]) -> Value {
@@ -236,6 +236,35 @@ fn a_driver_s_named_actor_keeps_its_state_across_a_head_restart() {
             .status()
             .is_some_and(|s| s["actors"].as_u64() == Some(0))
     });
+}
+
+#[test]
+fn actor_calls_in_flight_or_made_while_the_head_is_away_run_once_each_in_order() {
+    // The head's own node has no `spot`: the actor lives on the other node, which
+    // outlives the head.
+    let mut cluster = TestCluster::start(0, 1, 2000);
+    cluster.join("127.0.0.5", 1, &["--resources", r#"{"spot": 1}"#]);
+    let go = cluster.root().join("go-in-flight");
+    let go_arg = go.to_string_lossy().into_owned();
+    let (driver, mut lines) =
+        cluster.spawn_driver("actor_driver", ["in-flight", "--go", go_arg.as_str()]);
+    assert!(lines.any(|l| l == "SENT"), "the driver sent its calls");
+    // Some calls have run, one runs, the rest wait on the node when the head dies;
+    // more are made while it is away.
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.kill_node(0);
+    std::fs::write(&go, b"").expect("go");
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start_head_again(2);
+    let r = rayish_suite::finish_scenario(driver, lines);
+    let expected: Vec<String> = (1..=60).map(|n| n.to_string()).collect();
+    assert_eq!(r["counts"], json!(expected), "each call ran once: {r}");
+    assert_eq!(
+        r["order"],
+        json!((0..60).collect::<Vec<u64>>()),
+        "in order: {r}"
+    );
+    assert_eq!(r["same_process"], true, "{r}");
 }
 
 #[test]

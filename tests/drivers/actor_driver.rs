@@ -30,6 +30,12 @@ impl Journal {
         self.entries.len()
     }
 
+    /// [`Self::push`] after a pause of `ms`.
+    pub fn push_after(&mut self, ms: u64, caller: u64, i: u64) -> usize {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.push(caller, i)
+    }
+
     pub fn add(&mut self, n: u64) -> u64 {
         self.total += n;
         self.total
@@ -159,6 +165,15 @@ enum Scenario {
         go: PathBuf,
         #[arg(long)]
         name: Option<String>,
+    },
+    /// An actor needing resource `spot` is sent `calls` slow calls (prints `SENT`),
+    /// then, once `go` exists (the test kills the head meanwhile, and starts it
+    /// again after), `calls` more: every call's count, in order, and the journal.
+    InFlight {
+        #[arg(long)]
+        go: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        calls: u64,
     },
 }
 
@@ -391,6 +406,33 @@ fn main() -> anyhow::Result<()> {
                 None => json!(null),
             };
             json!({"first": first, "second": second, "total_after": total, "by_name": by_name, "ready": ready})
+        }
+        Scenario::InFlight { go, calls } => {
+            let j = Journal::remote_with(ActorOptions::new().resource("spot", 1.0), 0);
+            let pid = rayish::get(&j.pid())?;
+            let mut sent: Vec<_> = (0..calls).map(|i| j.push_after(100, 0, i)).collect();
+            println!("SENT");
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !go.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Made while the head is away.
+            sent.extend((calls..2 * calls).map(|i| j.push_after(0, 0, i)));
+            let counts: Vec<String> = sent
+                .iter()
+                .map(|r| match rayish::get_timeout(r, Duration::from_secs(120)) {
+                    Ok(n) => n.to_string(),
+                    Err(e) => format!("error: {e}"),
+                })
+                .collect();
+            let order: Vec<u64> = rayish::get(&j.entries())?
+                .into_iter()
+                .map(|(_, i)| i)
+                .collect();
+            let same_process = rayish::get(&j.pid())? == pid;
+            json!({"counts": counts, "order": order, "same_process": same_process})
         }
         Scenario::Placed => {
             let j = Journal::remote_with(ActorOptions::new().resource("special", 1.0), 0);
