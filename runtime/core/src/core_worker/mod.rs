@@ -191,7 +191,6 @@ impl CoreWorker {
         node: Option<(NodeLink, NodeId)>,
         reconnect: Option<Reconnect>,
     ) -> Arc<Self> {
-        let is_driver = node.is_none();
         let cw = Arc::new(Self {
             rt: rt.clone(),
             link: std::sync::RwLock::new(HeadLink {
@@ -212,9 +211,9 @@ impl CoreWorker {
             outgoing: std::sync::Mutex::new(Outgoing {
                 head: conn.head,
                 refs: RefOutbox::default(),
-                // A driver keeps what it made, to tell a restarted head; a worker
-                // reconnects too, but keeps nothing (its tasks are its driver's).
-                lineage: (reconnect.is_some() && is_driver).then(Lineage::default),
+                // A driver, and a worker (whose running task may wait for tasks
+                // it submitted), keep what they made, to tell a restarted head.
+                lineage: reconnect.is_some().then(Lineage::default),
             }),
             reconnect,
             this: std::sync::OnceLock::new(),
@@ -458,7 +457,8 @@ impl CoreWorker {
     pub fn submit(&self, spec: TaskSpec) {
         self.slots.entry(spec.return_id).or_default();
         let spec = Arc::new(spec);
-        // Only a driver keeps lineage (see `lineage`): the same allocation.
+        // Only a process that reconnects keeps lineage (see `lineage`): the same
+        // allocation.
         let kept = self.reconnect.is_some().then(|| spec.clone());
         self.to_head_noting(ToHead::SubmitTasks(vec![spec]), |lineage| {
             if let Some(spec) = kept {

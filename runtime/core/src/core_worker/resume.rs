@@ -106,7 +106,7 @@ pub(super) async fn read_from_head(weak: Weak<CoreWorker>, mut reader: ControlRe
 
 impl CoreWorker {
     /// Goes on with `conn`, a new control stream to a head that lost track of this
-    /// driver: tells it what this driver made and still needs (values, and tasks to
+    /// process: tells it what this process made and still needs (values, and tasks to
     /// run again), fails here what nobody can make again, and asks again what was
     /// asked of the old head. Returns the stream's reader.
     fn resume(&self, conn: Connection) -> ControlReader {
@@ -165,9 +165,9 @@ impl CoreWorker {
             lost += 1;
             slot.location = Some(ObjectLocation::Error(Box::new(TaskError::ObjectLost {
                 object: id,
-                reason: "the head restarted, and this driver had neither its value nor a task \
-                         to make it again (a large put kept on the head's node, or an object \
-                         made by a worker)"
+                reason: "the head restarted, and this process had neither its value nor a \
+                         task to make it again (a large put kept on the head's node, or an \
+                         object another process made)"
                     .into(),
             })));
             slot.subscribed = false;

@@ -77,8 +77,17 @@ impl HeadLink {
                 job: a.spec.job,
                 attempt: a.attempt,
                 resources: a.spec.resources.clone(),
+                blocked: false,
             },
         );
+    }
+
+    /// Task `task` waits in `get` (or goes on): a restarted head lends its CPU as
+    /// this head did.
+    pub(super) fn blocked(&self, task: TaskId, blocked: bool) {
+        if let Some(t) = self.lock().assigned.get_mut(&task) {
+            t.blocked = blocked;
+        }
     }
 
     /// Job `job` ended: its tasks here are dropped without a report.
@@ -289,5 +298,26 @@ mod tests {
         assert_eq!(link.outstanding(), 2, "the two calls, not the creation");
         assert!(link.send(end(2)));
         assert_eq!(link.outstanding(), 1);
+    }
+
+    #[test]
+    fn a_task_waiting_in_get_is_reported_blocked_to_the_head_that_comes_back() {
+        let (tx, _old_head) = unbounded_channel();
+        let link = HeadLink::new(MessageSender::direct(Arc::new(tx)));
+        link.assigned(&assignment(1, 1));
+        link.assigned(&assignment(2, 1));
+        link.blocked(TaskId(1), true);
+        link.blocked(TaskId(2), true);
+        link.blocked(TaskId(2), false);
+        link.lost();
+        let (tx, mut new_head) = unbounded_channel();
+        link.back(MessageSender::direct(Arc::new(tx)), Vec::new(), Vec::new());
+        let Ok(ToHead::NodeResumed(inv)) = new_head.try_recv() else {
+            panic!("the inventory first");
+        };
+        let mut blocked: Vec<(u128, bool)> =
+            inv.tasks.iter().map(|t| (t.task_id.0, t.blocked)).collect();
+        blocked.sort_unstable();
+        assert_eq!(blocked, vec![(1, true), (2, false)]);
     }
 }

@@ -369,6 +369,7 @@ pub async fn start_node(
             match request {
                 WorkerRequest::Blocked { task_id, blocked } => {
                     // In order: a resume must never overtake its block.
+                    rq.head.blocked(task_id, blocked);
                     let start = rq.queue.set_blocked(task_id, blocked);
                     rq.start(start);
                     continue;

@@ -157,6 +157,8 @@ pub struct AssignedTask {
     pub attempt: u32,
     /// What it holds while it runs.
     pub resources: crate::resources::ResourceSet,
+    /// It waits in `get` (its CPU is lent to others meanwhile).
+    pub blocked: bool,
 }
 
 /// An object's value a reconnecting driver declares again.

@@ -46,7 +46,7 @@ pub use transfer::*;
 pub use worker::*;
 
 /// Version of this protocol; peers speaking another one are refused.
-pub const PROTOCOL_VERSION: u16 = 15;
+pub const PROTOCOL_VERSION: u16 = 16;
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RYSH";
 /// Bytes before a frame's payload.

@@ -8,6 +8,7 @@ use super::reclaim_table::{Claim, HeldTask};
 use super::*;
 use crate::ids::ActorId;
 use crate::protocol::NodeInventory;
+use crate::resources::CPU;
 
 /// A resumed task that no returning node has a result of or runs: it must run
 /// (again).
@@ -58,7 +59,7 @@ impl HeadState {
 
     /// A returning node's inventory: its tasks are charged to it and wait for their
     /// drivers' claims with its objects; resumed tasks waiting for it may go on.
-    pub(super) fn node_inventory(&mut self, peer: PeerId, inventory: NodeInventory) {
+    pub(super) fn node_inventory(&mut self, peer: PeerId, mut inventory: NodeInventory) {
         let Some(node) = self.peers.node(peer) else {
             return;
         };
@@ -67,7 +68,13 @@ impl HeadState {
             return;
         }
         let (tasks, objects) = (inventory.tasks.len(), inventory.objects.len());
-        for t in &inventory.tasks {
+        for t in &mut inventory.tasks {
+            if t.blocked {
+                // It waits in `get` (for tasks it submitted, maybe): its CPU stays
+                // lent, or its children could never get one.
+                let cpu = ResourceSet::new().with(CPU, t.resources.get(CPU));
+                t.resources.subtract(&cpu);
+            }
             self.nodes.start_task(node, t.task_id, &t.resources);
         }
         for (actor, pid) in inventory.actors {
@@ -95,6 +102,12 @@ impl HeadState {
         }
         let mut freed = Freed::default();
         let now = self.clock.now();
+        // Held objects first: parked tasks may take them as arguments.
+        for (peer, id) in self.reclaim.take_parked_holds() {
+            if self.peers.job(peer).is_some() {
+                self.claim_held(peer, id, now);
+            }
+        }
         for (peer, spec, attempt) in parked {
             let pins: Vec<ObjectId> = spec
                 .arg_refs()
@@ -235,6 +248,9 @@ impl HeadState {
         self.tasks.insert(spec, held.attempt, now_ms);
         // Charged to the node when its inventory came.
         self.tasks.start(task_id, held.node, held.resources, now_ms);
+        if held.blocked {
+            self.tasks.mark_blocked(task_id);
+        }
         if let Some(seq) = call {
             // A retry of it goes back in line before the caller's later calls.
             self.tasks.set_call(task_id, seq, peer);

@@ -26,8 +26,10 @@ pub(super) struct HeldTask {
     pub(super) job: JobId,
     /// The attempt the node runs.
     pub(super) attempt: u32,
-    /// What it holds there (charged to the node).
+    /// What it holds there (charged to the node): no CPU while it is blocked.
     pub(super) resources: ResourceSet,
+    /// It waits in `get`, its CPU lent to others.
+    pub(super) blocked: bool,
 }
 
 /// What a claim of a resumed task found.
@@ -81,6 +83,9 @@ pub(super) struct ReclaimTable {
     objects: HashMap<ObjectId, (u64, HashSet<NodeId>)>,
     /// Resumed tasks waiting for the expected nodes, in arrival order.
     parked: Vec<ParkedTask>,
+    /// Objects a resumed peer holds that no returning node has reported yet: taken
+    /// once none is awaited.
+    parked_holds: Vec<(PeerId, ObjectId)>,
     /// The callers and actors of the parked actor calls: a caller's later calls to
     /// that actor wait behind them.
     parked_calls: HashSet<(PeerId, ActorId)>,
@@ -199,6 +204,7 @@ impl ReclaimTable {
                     job: t.job,
                     attempt: t.attempt,
                     resources: t.resources,
+                    blocked: t.blocked,
                 },
             );
         }
@@ -230,6 +236,22 @@ impl ReclaimTable {
             self.parked_calls.insert((peer, actor));
         }
         self.parked.push((peer, spec, attempt));
+    }
+
+    /// `peer` holds `object`, which a node that may still come back may have.
+    pub(super) fn park_hold(&mut self, peer: PeerId, object: ObjectId) {
+        self.parked_holds.push((peer, object));
+    }
+
+    /// The parked holds, once [`Self::unpark`] has let the parked tasks go.
+    pub(super) fn take_parked_holds(&mut self) -> Vec<(PeerId, ObjectId)> {
+        std::mem::take(&mut self.parked_holds)
+    }
+
+    /// `object`, if a returning node holds it unclaimed: its size and holders,
+    /// now claimed.
+    pub(super) fn take_object(&mut self, object: &ObjectId) -> Option<(u64, HashSet<NodeId>)> {
+        self.objects.remove(object)
     }
 
     /// Whether a call of `caller` to `actor` is parked.
@@ -347,6 +369,7 @@ mod tests {
             job: JobId(1),
             attempt,
             resources: ResourceSet::new(),
+            blocked: false,
         }
     }
 

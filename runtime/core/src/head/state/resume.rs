@@ -8,21 +8,24 @@ use crate::ids::ActorId;
 use crate::protocol::ResumeState;
 
 impl HeadState {
-    /// `peer`, a driver that reconnected to go on with its job, says what it holds.
+    /// `peer`, a driver that reconnected to go on with its job (or a worker back
+    /// with its node), says what it holds.
     /// Values first, then tasks in the order they were submitted, so that every
     /// argument is known before the task taking it; the objects it holds only for
     /// those tasks are let go last, when the tasks pin them.
     pub(super) fn resumed(&mut self, peer: PeerId, state: ResumeState, freed: &mut Freed) {
-        let Some(job) = self.peers.driver_job(peer) else {
-            // A worker back from the restart (its node came back) keeps nothing of
-            // its own to declare: only what it holds counts.
-            if self.peers.job(peer).is_some() && self.peers.node(peer).is_none() {
-                for id in state.holds {
-                    self.objects.add_holder(peer, id);
-                }
-            } else {
-                tracing::warn!(?peer, "a resume from a peer that is not a driver; ignored");
-            }
+        // A driver, or a worker back with its node: both go on with what they
+        // submitted (a worker's running task waits for its own tasks and calls).
+        let job = match self.peers.driver_job(peer) {
+            Some(job) => Some(job),
+            None if self.peers.node(peer).is_none() => self.peers.job(peer),
+            None => None,
+        };
+        let Some(job) = job else {
+            tracing::warn!(
+                ?peer,
+                "a resume from a peer that is not a driver or worker; ignored"
+            );
             return;
         };
         let (values, tasks) = (state.values.len(), state.tasks.len());
@@ -36,6 +39,11 @@ impl HeadState {
         // not change between a caller's calls, or a later one could overtake one
         // that waits.
         let now = self.clock.now();
+        // Objects it holds that returning nodes keep (large puts, results), before
+        // the tasks that may take them.
+        for id in &state.holds {
+            self.claim_held(peer, *id, now);
+        }
         for (spec, attempt) in state.tasks {
             // An actor's creation is never re-submitted: the head keeps actors.
             if spec.job != job || matches!(spec.kind, TaskKind::CreateActor(_)) {
@@ -50,10 +58,25 @@ impl HeadState {
         for id in state.unheld {
             self.objects.remove_holder(peer, id, freed);
         }
-        tracing::info!(job = ?job, values, tasks, "driver resumed its job");
+        tracing::info!(job = ?job, values, tasks, "a driver or worker resumed its job");
     }
 
-    /// A task or actor call the driver submitted to an earlier head and has no result
+    /// `peer` holds `id`: if this head does not know it and a returning node keeps
+    /// it, it is taken back as stored there (waiting for the nodes still awaited).
+    pub(super) fn claim_held(&mut self, peer: PeerId, id: ObjectId, now: Instant) {
+        if self.objects.contains(&id) {
+            return;
+        }
+        if let Some((size, nodes)) = self.reclaim.take_object(&id) {
+            self.objects
+                .create(id, ObjectValue::OnNodes { nodes, size }, Some(peer));
+            self.object_ready(id);
+        } else if self.reclaim.waiting(now) {
+            self.reclaim.park_hold(peer, id);
+        }
+    }
+
+    /// A task or actor call the peer submitted to an earlier head and has no result
     /// of: what the returning nodes have of it is taken (its result, or the task still
     /// running); else it runs again ([`Self::rerun_function`], [`Self::resume_call`]).
     pub(super) fn resume_task(

@@ -278,6 +278,14 @@ impl TaskTable {
         Some((node, cpu))
     }
 
+    /// Task `id`, taken back running, was blocked when its node came back: what it
+    /// holds was charged without its CPU already.
+    pub(super) fn mark_blocked(&mut self, id: TaskId) {
+        if let Some(task) = self.tasks.get_mut(&id) {
+            task.blocked = true;
+        }
+    }
+
     /// Task `id`'s run ended (its node gives back what it holds): what it held.
     pub(super) fn take_held(&mut self, id: TaskId) -> ResourceSet {
         let Some(task) = self.tasks.get_mut(&id) else {

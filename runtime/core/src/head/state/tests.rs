@@ -121,6 +121,20 @@ impl Bench {
         TestNode { peer, id }
     }
 
+    /// A worker that `node` started for `job`.
+    fn worker(&mut self, node: TestNode, job: JobId) -> PeerId {
+        let role = PeerRole::Worker {
+            node: node.id,
+            job,
+            proof: crate::protocol::worker_proof(&[7; 32], job),
+            pid: 5151,
+        };
+        match self.connect(role) {
+            (peer, Welcome::Accepted { .. }) => peer,
+            (_, other) => panic!("worker refused: {other:?}"),
+        }
+    }
+
     fn cpu_node(&mut self, cpus: f64) -> TestNode {
         self.node(ResourceSet::new().with(CPU, cpus))
     }
@@ -193,7 +207,12 @@ impl Bench {
 
     /// What the driver was told about `id`, if anything.
     fn location(&mut self, driver: TestDriver, id: ObjectId) -> Option<ObjectLocation> {
-        self.inbox(driver.peer).into_iter().find_map(|m| match m {
+        self.location_of(driver.peer, id)
+    }
+
+    /// What `peer` was told about `id`, if anything.
+    fn location_of(&mut self, peer: PeerId, id: ObjectId) -> Option<ObjectLocation> {
+        self.inbox(peer).into_iter().find_map(|m| match m {
             FromHead::ObjectReady { id: got, location } if got == id => Some(location),
             _ => None,
         })
@@ -973,6 +992,7 @@ fn a_node_back_from_a_restart_keeps_its_work_and_nothing_it_ran_runs_again() {
         job: t.job,
         attempt: 0,
         resources: t.resources.clone(),
+        blocked: false,
     };
     let inventory = crate::protocol::NodeInventory {
         tasks: vec![held(&running)],
@@ -1439,6 +1459,7 @@ fn actor_calls_in_flight_at_a_head_restart_are_taken_back_and_none_runs_twice() 
         job: t.job,
         attempt: 0,
         resources: t.resources.clone(),
+        blocked: false,
     };
     let inventory = crate::protocol::NodeInventory {
         tasks: vec![held(&calls[1]), held(&calls[2])],
@@ -1618,4 +1639,108 @@ fn an_actor_call_s_result_lost_with_its_node_is_reported_lost_not_run_again() {
         }
         other => panic!("expected ObjectLost, got {other:?}"),
     }
+}
+
+#[test]
+fn a_task_waiting_on_its_own_tasks_at_a_head_restart_gets_them_back_and_keeps_lending_its_cpu() {
+    let (dir, storage) = fresh_storage("nested");
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let node = b.cpu_node(1.0);
+    let before = b.driver();
+    storage.flush_blocking().expect("written");
+    drop(b);
+
+    // The parent ran on the node, waiting in `get` for two children it submitted,
+    // one of them running (on the CPU the parent lent), one waiting at the head;
+    // the second takes a large value the parent put, kept on the node.
+    let mut b = Bench::on_storage(Some(storage.clone()));
+    let job = before.job;
+    let parent = task(job, "parent", Vec::new(), 3);
+    let put = ObjectId::random();
+    let child = |args| {
+        let mut t = task(job, "child", args, 3);
+        t.parent = parent.task_id;
+        t
+    };
+    let running = child(Vec::new());
+    let waiting = child(vec![TaskArg::Ref(put)]);
+    let back = b.node_back(node.id, ResourceSet::new().with(CPU, 1.0));
+    let held = |t: &TaskSpec, blocked| crate::protocol::AssignedTask {
+        task_id: t.task_id,
+        job,
+        attempt: 0,
+        resources: t.resources.clone(),
+        blocked,
+    };
+    let inventory = crate::protocol::NodeInventory {
+        tasks: vec![held(&parent, true), held(&running, false)],
+        objects: vec![(put, 1 << 20)],
+        actors: Vec::new(),
+    };
+    b.send(back.peer, ToHead::NodeResumed(Box::new(inventory)));
+    let driver = b.resumed_driver(job);
+    let state = crate::protocol::ResumeState {
+        tasks: vec![(Arc::new(parent.clone()), 1)],
+        ..Default::default()
+    };
+    b.send(driver.peer, ToHead::Resume(Box::new(state)));
+    // The parent's worker comes back and says what it submitted and holds.
+    let worker = b.worker(back, job);
+    let state = crate::protocol::ResumeState {
+        tasks: vec![
+            (Arc::new(running.clone()), 1),
+            (Arc::new(waiting.clone()), 1),
+        ],
+        holds: vec![put],
+        ..Default::default()
+    };
+    b.send(worker, ToHead::Resume(Box::new(state)));
+    b.send(
+        worker,
+        ToHead::Subscribe(vec![running.return_id, waiting.return_id]),
+    );
+    assert!(
+        b.assigned(back).is_empty(),
+        "the running child is not sent again"
+    );
+    // The running child ends; the waiting one gets the CPU the blocked parent
+    // still lends, and reads the put where it is.
+    b.send(
+        back.peer,
+        ToHead::TaskFinished {
+            task_id: running.task_id,
+            attempt: 0,
+            outcome: stored_inline(1),
+            run_micros: 1000,
+            worker_pid: 777,
+        },
+    );
+    let a = b.only_assignment(back);
+    assert_eq!(a.spec.task_id, waiting.task_id);
+    assert!(
+        matches!(&a.sources[0], ArgSource::At(at) if at.len() == 1 && at[0].node == back.id),
+        "{:?}",
+        a.sources
+    );
+    assert!(matches!(
+        b.location_of(worker, running.return_id),
+        Some(ObjectLocation::Inline(v)) if v == [1]
+    ));
+    // When the parent goes on, it takes its CPU back.
+    let used_cpu = |b: &Bench| {
+        b.head
+            .nodes
+            .views()
+            .iter()
+            .find(|v| v.id == back.id)
+            .map(|v| v.used.get(CPU))
+    };
+    assert_eq!(used_cpu(&b), Some(1.0), "the second child only");
+    b.send(worker, ToHead::TaskUnblocked(parent.task_id));
+    assert_eq!(used_cpu(&b), Some(2.0), "the parent and the second child");
+    b.finish(back, &a, stored_inline(2));
+    assert_eq!(used_cpu(&b), Some(1.0), "the parent");
+    drop(b);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
 }
