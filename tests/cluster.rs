@@ -373,6 +373,40 @@ fn objects_are_freed_everywhere_when_no_reference_remains() {
 }
 
 #[test]
+fn a_task_waiting_on_its_own_tasks_outlives_a_head_restart() {
+    // The head's node has neither `spot` nor `kid`: the parent and its children run
+    // on the other node (one CPU, lent by the waiting parent), which outlives the head.
+    let mut cluster = TestCluster::start(0, 1, 2000);
+    cluster.join("127.0.0.5", 1, &["--resources", r#"{"spot": 1, "kid": 8}"#]);
+    let dir = cluster.root().join("nested-restart-runs");
+    std::fs::create_dir_all(&dir).expect("runs dir");
+    let (driver, mut lines) = cluster.spawn_scenario([
+        OsStr::new("nested-restart"),
+        OsStr::new("--dir"),
+        dir.as_os_str(),
+    ]);
+    assert!(lines.by_ref().any(|l| l == "SUBMITTED"));
+    // Wait for the first child to run, so that the parent waits in `get` when the
+    // head dies, with children done, running and waiting.
+    wait_until("the first child to run", 60, || {
+        std::fs::read_dir(&dir).is_ok_and(|d| d.count() > 0)
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    cluster.restart_head_after(2, Duration::from_secs(2));
+    let r = finish_scenario(driver, lines);
+    assert_eq!(r["values"], r["expected"], "{r}");
+    let mut runs: std::collections::BTreeMap<String, usize> = Default::default();
+    for entry in std::fs::read_dir(&dir).expect("runs dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let key = name.split('.').next().unwrap_or_default().to_string();
+        *runs.entry(key).or_default() += 1;
+    }
+    let once: std::collections::BTreeMap<String, usize> =
+        (0..6).map(|i| (format!("kid{i}"), 1)).collect();
+    assert_eq!(runs, once, "each child ran once");
+}
+
+#[test]
 fn a_driver_waiting_on_its_tasks_outlives_a_head_restart() {
     let mut cluster = TestCluster::start(1, 2, 5000);
     let dir = cluster.root().join("head-restart-runs");

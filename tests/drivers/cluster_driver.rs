@@ -70,6 +70,15 @@ enum Scenario {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// One task (needing `spot`) puts a large value and waits for `n` children of
+    /// 300 ms each (needing `kid`) that read it; prints SUBMITTED (the test restarts
+    /// the head meanwhile). Each child leaves a file per run in `dir`.
+    NestedRestart {
+        #[arg(long, default_value_t = 6)]
+        n: u64,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// `n` tasks of `ms` milliseconds each, all at once; where did they run?
     Burst {
         /// Tasks.
@@ -378,6 +387,34 @@ fn counted_add(dir: String, key: String, base: u64, i: u64, ms: u64) -> u64 {
     let _ = std::fs::write(run, rayish::current_node_id().unwrap_or_default());
     std::thread::sleep(Duration::from_millis(ms));
     base + i
+}
+
+/// Puts a large value, then waits for `n` children of `ms` each that read it
+/// (`counted_len`), submitted at once: its CPU is lent to them meanwhile.
+#[rayish::remote]
+fn fan_out(dir: String, n: u64, ms: u64) -> rayish::Result<Vec<u64>> {
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let data = rayish::put(&data)?;
+    let kid = TaskOptions::new().resource("kid", 1.0);
+    let kids: Vec<_> = (0..n)
+        .map(|i| {
+            counted_len::remote_with(kid.clone(), dir.clone(), format!("kid{i}"), &data, i, ms)
+        })
+        .collect();
+    rayish::get_all(&kids)
+}
+
+/// `data`'s length plus `i`, after `ms`, leaving a file per run as `counted_add`.
+#[rayish::remote]
+fn counted_len(dir: String, key: String, data: Vec<u8>, i: u64, ms: u64) -> u64 {
+    let run = format!(
+        "{dir}/{key}.{}.{}",
+        std::process::id(),
+        rayish_suite_nanos()
+    );
+    let _ = std::fs::write(run, rayish::current_node_id().unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(ms));
+    data.len() as u64 + i
 }
 
 fn rayish_suite_nanos() -> u128 {
@@ -773,6 +810,18 @@ fn main() -> anyhow::Result<()> {
                 "chain_wrong": wrong,
                 "after": after,
             }));
+        }
+        Scenario::NestedRestart { n, dir } => {
+            let dir = dir.to_string_lossy().into_owned();
+            let spot = TaskOptions::new().resource("spot", 1.0);
+            let parent = fan_out::remote_with(spot, dir, n, 300u64);
+            println!("SUBMITTED");
+            let got = match rayish::get(&parent) {
+                Ok(v) => json!(v),
+                Err(e) => json!(format!("error: {e}")),
+            };
+            let expected: Vec<u64> = (0..n).map(|i| 1_000_000 + i).collect();
+            result(json!({"values": got, "expected": expected}));
         }
         Scenario::Long { n, go } => {
             let len = 100_000;
