@@ -155,8 +155,8 @@ impl HeadLink {
     }
 
     /// The head is back on `sender`: sends the inventory (the assigned tasks not
-    /// ended, `objects` and `actors`), the task ends sent just before the loss, then
-    /// what was held, and goes on over `sender`.
+    /// ended, `objects` and `actors`), the task ends sent just before the loss, what
+    /// was held, then `NodeCaughtUp`, and goes on over `sender`.
     pub(super) fn back(
         &self,
         sender: MessageSender<ToHead>,
@@ -176,6 +176,7 @@ impl HeadLink {
         for msg in s.away.take().unwrap_or_default() {
             sender.send(msg);
         }
+        sender.send(ToHead::NodeCaughtUp);
         s.sender = sender;
     }
 
@@ -260,15 +261,17 @@ mod tests {
         tasks.sort_unstable();
         assert_eq!(tasks, vec![3, 4], "not ended, job not ended");
         assert_eq!(inv.objects, vec![(ObjectId(9), 10)]);
-        let ends: Vec<u128> = got[1..]
+        let after: Vec<String> = got[1..]
             .iter()
             .map(|m| match m {
-                ToHead::TaskFinished { task_id, .. } => task_id.0,
+                ToHead::TaskFinished { task_id, .. } => task_id.0.to_string(),
+                ToHead::NodeCaughtUp => "caught up".to_string(),
                 other => panic!("only task ends follow: {other:?}"),
             })
             .collect();
-        // 1 again (sent just before the loss), 2 (held), then 3 (sent after).
-        assert_eq!(ends, vec![1, 2, 3]);
+        // 1 again (sent just before the loss), 2 (held), the mark that all that
+        // waited is out, then 3 (sent after).
+        assert_eq!(after, ["1", "2", "caught up", "3"]);
         assert_eq!(link.outstanding(), 1);
     }
 

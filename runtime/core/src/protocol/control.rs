@@ -130,11 +130,16 @@ pub enum ToHead {
     /// From a node back from losing its head, with the same id (its first message;
     /// see [`super::NodeRegistration::resumes`]): what it still runs and holds.
     NodeResumed(Box<NodeInventory>),
+    /// From a node back from losing its head, after its inventory, the task ends
+    /// sent again and everything held while the head was away: what it reported is
+    /// complete, so resumed tasks may be claimed against it.
+    NodeCaughtUp,
 }
 
 /// What a node back from losing its head still has (Ray's raylets report their
 /// resources and leases to a restarted GCS the same way). Every task the head
-/// assigned it is either here or reported ended by a `TaskFinished` sent after this.
+/// assigned it is either here or reported ended by a `TaskFinished` sent after this
+/// and before [`ToHead::NodeCaughtUp`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeInventory {
     /// Function tasks assigned to it and not reported ended: queued there, fetching

@@ -434,6 +434,7 @@ impl HeadState {
             ToHead::AgentReply { id, reply } => self.agent_replied(peer, id, reply),
             ToHead::Resume(state) => self.resumed(peer, *state, &mut freed),
             ToHead::NodeResumed(inventory) => self.node_inventory(peer, *inventory),
+            ToHead::NodeCaughtUp => self.node_caught_up(peer),
             ToHead::GetActor { request, name } => {
                 let result = self.find_actor(peer, &name);
                 self.send(peer, FromHead::ActorFound { request, result });

@@ -83,7 +83,19 @@ impl HeadState {
         self.reclaim
             .inventory(node, inventory.tasks, inventory.objects);
         tracing::info!(node = ?node, tasks, objects, "a returning node's inventory");
-        self.release_parked();
+    }
+
+    /// A returning node sent everything it held for this head (the task ends among
+    /// it are in the reclaim table now): resumed tasks waiting for it may go on.
+    /// Not sooner: a task that ended while the head was away is in no inventory,
+    /// and its end must be known before its claim, or it would run twice.
+    pub(super) fn node_caught_up(&mut self, peer: PeerId) {
+        let Some(node) = self.peers.node(peer) else {
+            return;
+        };
+        if self.reclaim.caught_up(node) {
+            self.release_parked();
+        }
     }
 
     /// Resumes the tasks that waited for the returning nodes, once none is awaited.

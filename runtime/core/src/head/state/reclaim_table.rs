@@ -5,8 +5,10 @@
 //!
 //! Invariant: a task or object is here until a driver claims it (it then enters the
 //! task or object table) or the claim window ends (it is then let go on its node),
-//! never in both places; while a node that may come back has not reported, resumed
-//! tasks are parked rather than run, so nothing a node still runs is run twice. A
+//! never in both places; while a node that may come back has not reported (its
+//! inventory, then every task end it held for the head, up to `NodeCaughtUp`),
+//! resumed tasks are parked rather than run, so nothing a node ran or still runs is
+//! run twice. A
 //! driver's actor taken back from the storage is held (its handle object pinned)
 //! until the window ends, so its holders can declare it first.
 
@@ -72,8 +74,11 @@ pub(super) struct Unclaimed {
 pub(super) struct ReclaimTable {
     /// Alive under the earlier head, not back yet.
     expected: HashSet<NodeId>,
-    /// Back (connected again), their inventory not in yet.
+    /// Back (connected again), their inventory and what they held for the head not
+    /// all in yet.
     returning: HashSet<NodeId>,
+    /// Returning nodes whose inventory is in (what they held is still coming).
+    reported: HashSet<NodeId>,
     /// Until when expected nodes may come back.
     nodes_until: Option<Instant>,
     /// Until when what they brought waits for its drivers.
@@ -184,7 +189,13 @@ impl ReclaimTable {
 
     /// Whether `id` connected again and its inventory is awaited.
     pub(super) fn is_returning(&self, id: NodeId) -> bool {
-        self.returning.contains(&id)
+        self.returning.contains(&id) && !self.reported.contains(&id)
+    }
+
+    /// Node `id` sent all it held after its inventory: whether it was returning.
+    pub(super) fn caught_up(&mut self, id: NodeId) -> bool {
+        self.reported.remove(&id);
+        self.returning.remove(&id)
     }
 
     /// Node `id`'s inventory: the tasks it holds (the caller charges them to the
@@ -195,7 +206,7 @@ impl ReclaimTable {
         tasks: Vec<AssignedTask>,
         objects: Vec<(ObjectId, u64)>,
     ) {
-        self.returning.remove(&id);
+        self.reported.insert(id);
         for t in tasks {
             self.running.insert(
                 t.task_id,
@@ -265,10 +276,11 @@ impl ReclaimTable {
         if self.waiting(now) {
             return None;
         }
+        let reported = std::mem::take(&mut self.reported);
         let given_up: Vec<NodeId> = self
             .expected
             .drain()
-            .chain(self.returning.drain())
+            .chain(self.returning.drain().filter(|n| !reported.contains(n)))
             .collect();
         self.parked_calls.clear();
         Some((std::mem::take(&mut self.parked), given_up))
@@ -327,6 +339,7 @@ impl ReclaimTable {
     pub(super) fn node_gone(&mut self, id: NodeId) {
         self.expected.remove(&id);
         self.returning.remove(&id);
+        self.reported.remove(&id);
         self.running.retain(|_, h| h.node != id);
         self.ended.retain(|_, (n, _, _)| *n != id);
         self.objects.retain(|_, (_, nodes)| {
@@ -398,10 +411,15 @@ mod tests {
         t.returned(a);
         assert!(t.waiting(now), "a's inventory is not in yet");
         t.inventory(a, vec![task(running, 1)], vec![(stored_obj, 4096)]);
+        assert!(t.waiting(now), "what a held for the head is still coming");
+        assert!(t.caught_up(a));
         assert!(t.waiting(now), "b has not come back");
         assert!(t.unpark(now).is_none());
         t.returned(b);
         t.inventory(b, Vec::new(), vec![(stored_obj, 4096)]);
+        assert!(t.waiting(now), "what b held for the head is still coming");
+        assert!(t.caught_up(b));
+        assert!(!t.caught_up(b), "once");
         assert!(!t.waiting(now));
         let (parked, given_up) = t.unpark(now).expect("nothing awaited");
         assert!(parked.is_empty() && given_up.is_empty());
