@@ -238,24 +238,51 @@ fn a_driver_s_named_actor_keeps_its_state_across_a_head_restart() {
     });
 }
 
-#[test]
-fn actor_calls_in_flight_or_made_while_the_head_is_away_run_once_each_in_order() {
+/// How the head restart goes in [`calls_across_a_head_restart`].
+enum Restart {
+    /// Killed, started again 2 s later; the actor's node reconnects at once.
+    Plain,
+    /// The actor's node is stopped from the kill until the driver is back.
+    NodeAfterDriver,
+}
+
+/// The `in-flight` scenario: 30 slow calls in flight when the head is killed, 30
+/// more made while it is away; each must run once, in order, in the same process.
+fn calls_across_a_head_restart(restart: Restart) {
     // The head's own node has no `spot`: the actor lives on the other node, which
     // outlives the head.
-    let mut cluster = TestCluster::start(0, 1, 2000);
+    let mut cluster = TestCluster::start(0, 1, 4000);
     cluster.join("127.0.0.5", 1, &["--resources", r#"{"spot": 1}"#]);
     let go = cluster.root().join("go-in-flight");
     let go_arg = go.to_string_lossy().into_owned();
     let (driver, mut lines) =
         cluster.spawn_driver("actor_driver", ["in-flight", "--go", go_arg.as_str()]);
     assert!(lines.any(|l| l == "SENT"), "the driver sent its calls");
-    // Some calls have run, one runs, the rest wait on the node when the head dies;
-    // more are made while it is away.
+    // Some calls have run, one runs, the rest wait on the node when the head dies.
     std::thread::sleep(Duration::from_millis(700));
+    let node = cluster.nodes[1].id() as i32;
     cluster.kill_node(0);
-    std::fs::write(&go, b"").expect("go");
-    std::thread::sleep(Duration::from_secs(2));
-    cluster.start_head_again(2);
+    match restart {
+        Restart::Plain => {
+            std::fs::write(&go, b"").expect("go");
+            std::thread::sleep(Duration::from_secs(2));
+            cluster.start_head_again(2);
+        }
+        Restart::NodeAfterDriver => {
+            // SAFETY: kill(2) of a node process this test started (still its child).
+            unsafe { libc::kill(node, libc::SIGSTOP) };
+            std::fs::write(&go, b"").expect("go");
+            std::thread::sleep(Duration::from_millis(500));
+            cluster.start_head_again(1);
+            wait_until("the driver to reconnect", || {
+                cluster
+                    .status()
+                    .is_some_and(|s| s["drivers"].as_u64() == Some(1))
+            });
+            // SAFETY: as above.
+            unsafe { libc::kill(node, libc::SIGCONT) };
+        }
+    }
     let r = rayish_suite::finish_scenario(driver, lines);
     let expected: Vec<String> = (1..=60).map(|n| n.to_string()).collect();
     assert_eq!(r["counts"], json!(expected), "each call ran once: {r}");
@@ -265,6 +292,19 @@ fn actor_calls_in_flight_or_made_while_the_head_is_away_run_once_each_in_order()
         "in order: {r}"
     );
     assert_eq!(r["same_process"], true, "{r}");
+}
+
+#[test]
+fn actor_calls_in_flight_or_made_while_the_head_is_away_run_once_each_in_order() {
+    calls_across_a_head_restart(Restart::Plain);
+}
+
+#[test]
+fn actor_calls_that_end_while_their_node_is_away_run_once_when_the_driver_is_back_first() {
+    // The driver's calls wait for the node; calls the actor finished meanwhile reach
+    // the new head only after the node's inventory (they are in none), so they must
+    // not be run again.
+    calls_across_a_head_restart(Restart::NodeAfterDriver);
 }
 
 #[test]
