@@ -379,6 +379,13 @@ fn slow_where_after(before: (String, u32), ms: u64) -> (String, u32) {
 /// holds the id of the node it ran on.
 #[rayish::remote]
 fn counted_add(dir: String, key: String, base: u64, i: u64, ms: u64) -> u64 {
+    note_run(&dir, &key, ms);
+    base + i
+}
+
+/// Leaves a file for this run of `key` in `dir` (`<key>.<pid>.<nanos>`, holding the
+/// node's id), then sleeps `ms`.
+fn note_run(dir: &str, key: &str, ms: u64) {
     let run = format!(
         "{dir}/{key}.{}.{}",
         std::process::id(),
@@ -386,7 +393,6 @@ fn counted_add(dir: String, key: String, base: u64, i: u64, ms: u64) -> u64 {
     );
     let _ = std::fs::write(run, rayish::current_node_id().unwrap_or_default());
     std::thread::sleep(Duration::from_millis(ms));
-    base + i
 }
 
 /// Puts a large value, then waits for `n` children of `ms` each that read it
@@ -407,13 +413,7 @@ fn fan_out(dir: String, n: u64, ms: u64) -> rayish::Result<Vec<u64>> {
 /// `data`'s length plus `i`, after `ms`, leaving a file per run as `counted_add`.
 #[rayish::remote]
 fn counted_len(dir: String, key: String, data: Vec<u8>, i: u64, ms: u64) -> u64 {
-    let run = format!(
-        "{dir}/{key}.{}.{}",
-        std::process::id(),
-        rayish_suite_nanos()
-    );
-    let _ = std::fs::write(run, rayish::current_node_id().unwrap_or_default());
-    std::thread::sleep(Duration::from_millis(ms));
+    note_run(&dir, &key, ms);
     data.len() as u64 + i
 }
 

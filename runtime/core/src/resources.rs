@@ -113,6 +113,12 @@ impl ResourceSet {
         self.units(name) as f64 / SCALE
     }
 
+    /// The part of this set that is `name` (what a task waiting in `get` lends is
+    /// `part(CPU)`).
+    pub fn part(&self, name: &str) -> ResourceSet {
+        ResourceSet::new().with(name, self.get(name))
+    }
+
     /// Whether every quantity in `demand` is available here.
     pub fn contains(&self, demand: &ResourceSet) -> bool {
         demand.0.iter().all(|(k, v)| self.units(k.as_str()) >= *v)

@@ -198,7 +198,7 @@ impl LocalTaskQueue {
         if let (Some(held), std::collections::hash_map::Entry::Vacant(slot)) =
             (running.get_mut(&task), lent.entry(task))
         {
-            let cpu = ResourceSet::new().with(CPU, held.get(CPU));
+            let cpu = held.part(CPU);
             held.subtract(&cpu);
             used.subtract(&cpu);
             slot.insert(cpu);

@@ -93,14 +93,6 @@ impl PeerTable {
         }
     }
 
-    /// The job of a driver (not of a worker).
-    pub(super) fn driver_job(&self, peer: PeerId) -> Option<JobId> {
-        match self.peers.get(&peer)?.kind {
-            PeerKind::Driver(job) => Some(job),
-            _ => None,
-        }
-    }
-
     /// The node id of a node.
     pub(super) fn node(&self, peer: PeerId) -> Option<NodeId> {
         match self.peers.get(&peer)?.kind {

@@ -72,7 +72,7 @@ impl HeadState {
             if t.blocked {
                 // It waits in `get` (for tasks it submitted, maybe): its CPU stays
                 // lent, or its children could never get one.
-                let cpu = ResourceSet::new().with(CPU, t.resources.get(CPU));
+                let cpu = t.resources.part(CPU);
                 t.resources.subtract(&cpu);
             }
             self.nodes.start_task(node, t.task_id, &t.resources);

@@ -1,6 +1,6 @@
-//! A driver back from a head restart: the objects it still needs, made again from what
-//! it kept (values, or the tasks and actor calls that make them); a worker back from
-//! one: what it holds.
+//! A driver back from a head restart, or a worker back with its node: the objects it
+//! still needs, taken back from the returning nodes or made again from what it kept
+//! (values, or the tasks and actor calls that make them).
 
 use super::reclaim::Rerun;
 use super::*;
@@ -16,12 +16,7 @@ impl HeadState {
     pub(super) fn resumed(&mut self, peer: PeerId, state: ResumeState, freed: &mut Freed) {
         // A driver, or a worker back with its node: both go on with what they
         // submitted (a worker's running task waits for its own tasks and calls).
-        let job = match self.peers.driver_job(peer) {
-            Some(job) => Some(job),
-            None if self.peers.node(peer).is_none() => self.peers.job(peer),
-            None => None,
-        };
-        let Some(job) = job else {
+        let Some(job) = self.peers.job(peer) else {
             tracing::warn!(
                 ?peer,
                 "a resume from a peer that is not a driver or worker; ignored"

@@ -269,7 +269,7 @@ impl TaskTable {
             return None;
         }
         task.blocked = blocked;
-        let cpu = ResourceSet::new().with(CPU, task.spec.resources.get(CPU));
+        let cpu = task.spec.resources.part(CPU);
         if blocked {
             task.held.subtract(&cpu);
         } else {

@@ -987,15 +987,8 @@ fn a_node_back_from_a_restart_keeps_its_work_and_nothing_it_ran_runs_again() {
     let back = b.node_back(kept.id, two_cpus());
     // Its inventory: `running` still runs, `small` is not reported (it ended just
     // before the restart: its end is sent again below), `large`'s result is stored.
-    let held = |t: &TaskSpec| crate::protocol::AssignedTask {
-        task_id: t.task_id,
-        job: t.job,
-        attempt: 0,
-        resources: t.resources.clone(),
-        blocked: false,
-    };
     let inventory = crate::protocol::NodeInventory {
-        tasks: vec![held(&running)],
+        tasks: vec![held(&running, false)],
         objects: vec![(large.return_id, 1 << 20)],
         actors: Vec::new(),
     };
@@ -1389,6 +1382,17 @@ fn a_driver_s_actors_outlive_a_head_restart_while_held_and_end_with_a_driver_tha
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `t`, as a returning node's inventory lists it (first attempt).
+fn held(t: &TaskSpec, blocked: bool) -> crate::protocol::AssignedTask {
+    crate::protocol::AssignedTask {
+        task_id: t.task_id,
+        job: t.job,
+        attempt: 0,
+        resources: t.resources.clone(),
+        blocked,
+    }
+}
+
 /// A call to `actor`, taking `args`.
 fn actor_call(job: JobId, actor: ActorId, args: Vec<TaskArg>) -> TaskSpec {
     let mut call = task(job, "Counter::add", args, 0);
@@ -1458,17 +1462,10 @@ fn actor_calls_in_flight_at_a_head_restart_are_taken_back_and_none_runs_twice() 
         b.assigned(back).is_empty(),
         "nothing runs before the inventory"
     );
-    let held = |t: &TaskSpec| crate::protocol::AssignedTask {
-        task_id: t.task_id,
-        job: t.job,
-        attempt: 0,
-        resources: t.resources.clone(),
-        blocked: false,
-    };
     // The third call ended while the head was away: it is not in the inventory,
     // and its end, held for the head, comes after it.
     let inventory = crate::protocol::NodeInventory {
-        tasks: vec![held(&calls[1])],
+        tasks: vec![held(&calls[1], false)],
         actors: vec![(actor, 4321)],
         ..Default::default()
     };
@@ -1674,13 +1671,6 @@ fn a_task_waiting_on_its_own_tasks_at_a_head_restart_gets_them_back_and_keeps_le
     let running = child(Vec::new());
     let waiting = child(vec![TaskArg::Ref(put)]);
     let back = b.node_back(node.id, ResourceSet::new().with(CPU, 1.0));
-    let held = |t: &TaskSpec, blocked| crate::protocol::AssignedTask {
-        task_id: t.task_id,
-        job,
-        attempt: 0,
-        resources: t.resources.clone(),
-        blocked,
-    };
     let inventory = crate::protocol::NodeInventory {
         tasks: vec![held(&parent, true), held(&running, false)],
         objects: vec![(put, 1 << 20)],
